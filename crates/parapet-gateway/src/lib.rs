@@ -1,0 +1,1 @@
+//! `parapet-gateway`: the PostgreSQL wire-protocol gateway.

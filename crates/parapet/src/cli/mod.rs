@@ -1,0 +1,8 @@
+//! One module per subcommand. Each exposes its clap argument type(s) and a `run` function
+//! returning the process exit code.
+
+pub mod log;
+pub mod policy;
+pub mod quickstart;
+pub mod serve;
+pub mod user;

@@ -1,0 +1,4 @@
+//! Library half of the `parapet` binary: command implementations and configuration, kept in a
+//! library so integration tests can reach them.
+
+pub mod cli;
