@@ -1,0 +1,29 @@
+#!/usr/bin/env bash
+# Installs the system packages Parapet needs to build, test and benchmark on Debian:
+#   libclang-dev, clang  - pg_query's build (bindgen + the PostgreSQL parser in C)
+#   postgresql(-contrib) - initdb/pg_ctl/postgres/pgbench/psql for the tests' throw-away clusters
+#   pgbouncer            - the baseline in bench/gateway.sh
+# Idempotent and quiet when everything is present (no apt-get update then).
+set -euo pipefail
+
+packages=(libclang-dev clang postgresql postgresql-contrib postgresql-client pgbouncer)
+missing=()
+for p in "${packages[@]}"; do
+    dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p")
+done
+
+if ((${#missing[@]})); then
+    echo "setup: installing ${missing[*]}" >&2
+    SUDO=""
+    if [ "$(id -u)" -ne 0 ]; then
+        command -v sudo >/dev/null || { echo "setup: need root or sudo to apt-get install ${missing[*]}" >&2; exit 1; }
+        SUDO="sudo"
+    fi
+    $SUDO apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+
+if ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1; then
+    echo "setup: PostgreSQL server binaries not found under /usr/lib/postgresql/*/bin after install" >&2
+    exit 1
+fi
