@@ -1,7 +1,14 @@
 //! `parapet-log`: Parapet's tamper-evident, append-only audit log.
 //!
-//! PINNED PUBLIC API (other crates compile against these signatures; the log's owner fills the
-//! bodies and may add to the API, but must not rename or change these):
+//! The log follows the transparency-log standards exactly, so independent verifiers, witnesses
+//! and monitors work with it unchanged:
+//! - Merkle tree and proofs: RFC 9162 / RFC 6962 ([`hash`], [`proof`]).
+//! - Storage layout: C2SP tlog-tiles on a local directory ([`tile`], [`storage`]).
+//! - Checkpoints: C2SP tlog-checkpoint signed as a C2SP signed-note with Ed25519
+//!   ([`checkpoint`], [`note`]).
+//! - Proof output: C2SP tlog-proof ([`LogReader::inclusion_proof_text`]).
+//!
+//! PINNED PUBLIC API (other crates compile against these signatures):
 //!
 //! - [`Log::init`] creates an empty log and a signing key, returns the verifier key.
 //! - [`Log::open`] opens an existing log for appending (crash recovery happens here).
@@ -11,42 +18,222 @@
 //! - [`Log::append`] is `submit(..).await`.
 //! - [`LogReader`] reads entries of a log on disk (used by `parapet policy replay` and tests).
 
-use std::future::Future;
-use std::path::Path;
-use std::pin::Pin;
-use std::task::{Context, Poll};
+pub mod bulk;
+pub mod checkpoint;
+mod error;
+pub mod hash;
+pub mod note;
+pub mod proof;
+mod reader;
+pub mod storage;
+pub mod tile;
+mod tiles;
+pub mod verify;
+mod writer;
 
-/// Errors of the log.
-#[derive(Debug, thiserror::Error)]
-pub enum LogError {
-    /// Placeholder until implemented.
-    #[error("not implemented yet")]
-    Unimplemented,
-}
+pub use error::LogError;
+pub use reader::{EntryIter, LogReader, ProofText, CONSISTENCY_PROOF_HEADER, INCLUSION_PROOF_HEADER};
+pub use writer::MAX_BATCH_ENTRIES;
+
+use crate::checkpoint::Checkpoint;
+use crate::hash::{empty_root, leaf_hash, Hash};
+use crate::note::{valid_key_name, NoteSigner};
+use crate::storage::{LocalDir, Storage};
+use crate::tile::MAX_ENTRY_SIZE;
+use crate::writer::{BatchData, Item, Shared, TreeState, Writer};
+use std::fs::{self, OpenOptions};
+use std::future::Future;
+use std::io::Write;
+use std::ops::Range;
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
+use std::pin::Pin;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use tokio::sync::oneshot;
 
 /// A handle for appending to an open log. Cheap to clone; `Send + Sync`.
-#[derive(Clone, Debug)]
-pub struct Log {}
+#[derive(Clone)]
+pub struct Log {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    shared: Arc<Shared>,
+    dir: PathBuf,
+    origin: String,
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        let mut q = self.shared.queue.lock();
+        q.shutdown = true;
+        self.shared.cv.notify_one();
+    }
+}
+
+impl std::fmt::Debug for Log {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Log")
+            .field("dir", &self.inner.dir)
+            .field("origin", &self.inner.origin)
+            .field("size", &self.size())
+            .finish()
+    }
+}
+
+fn read_signer(key_file: &Path) -> Result<NoteSigner, LogError> {
+    let text = fs::read_to_string(key_file).map_err(|e| LogError::BadSigningKey {
+        path: key_file.display().to_string(),
+        reason: format!("cannot read it: {e}"),
+    })?;
+    NoteSigner::parse(text.trim()).map_err(|reason| LogError::BadSigningKey {
+        path: key_file.display().to_string(),
+        reason: format!("{reason} (expected PRIVATE+KEY+name+keyid+key, as written by `parapet log init`)"),
+    })
+}
+
+fn sync_parent(path: &Path) -> Result<(), LogError> {
+    let parent = match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+        _ => PathBuf::from("."),
+    };
+    fs::File::open(&parent)
+        .and_then(|f| f.sync_all())
+        .map_err(|e| LogError::io(format!("syncing directory {}", parent.display()), e))
+}
 
 impl Log {
     /// Creates an empty log in `dir` with origin `origin` and a new Ed25519 key in `key_file`
     /// (mode 0600, refuses to overwrite); publishes the size-0 checkpoint.
     /// Returns the verifier key (`name+keyhash+base64`).
     pub fn init(dir: &Path, origin: &str, key_file: &Path) -> Result<String, LogError> {
-        let _ = (dir, origin, key_file);
-        Err(LogError::Unimplemented)
+        if !valid_key_name(origin) {
+            return Err(LogError::InvalidOrigin {
+                origin: origin.to_string(),
+            });
+        }
+        let cp_path = dir.join(storage::CHECKPOINT);
+        if cp_path.exists() {
+            return Err(LogError::AlreadyExists {
+                path: cp_path.display().to_string(),
+            });
+        }
+        if key_file.exists() {
+            return Err(LogError::AlreadyExists {
+                path: key_file.display().to_string(),
+            });
+        }
+        fs::create_dir_all(dir)
+            .map_err(|e| LogError::io(format!("creating log directory {}", dir.display()), e))?;
+        let signer = NoteSigner::generate(origin);
+        let mut f = OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(key_file)
+            .map_err(|e| {
+                if e.kind() == std::io::ErrorKind::AlreadyExists {
+                    LogError::AlreadyExists {
+                        path: key_file.display().to_string(),
+                    }
+                } else {
+                    LogError::io(format!("creating key file {}", key_file.display()), e)
+                }
+            })?;
+        f.write_all(format!("{}\n", signer.to_key_text()).as_bytes())
+            .and_then(|()| f.sync_all())
+            .map_err(|e| LogError::io(format!("writing key file {}", key_file.display()), e))?;
+        sync_parent(key_file)?;
+        let cp = Checkpoint {
+            origin: origin.to_string(),
+            size: 0,
+            root: empty_root(),
+            extensions: Vec::new(),
+        };
+        let mut st = LocalDir::new(dir);
+        st.publish_checkpoint(signer.sign(&cp.to_text()).as_bytes())
+            .map_err(|e| LogError::io(format!("writing {}", cp_path.display()), e))?;
+        sync_parent(dir)?;
+        Ok(signer.verifier().to_key_text())
     }
 
     /// Opens an existing log for appending, recovering from any interrupted batch.
     pub fn open(dir: &Path, key_file: &Path) -> Result<Log, LogError> {
-        let _ = (dir, key_file);
-        Err(LogError::Unimplemented)
+        let signer = read_signer(key_file)?;
+        let note = storage::read_checkpoint_file(dir)?;
+        let text = signer.verifier().open(&note, "checkpoint").map_err(|e| match e {
+            LogError::Tampered(_) => LogError::BadSigningKey {
+                path: key_file.display().to_string(),
+                reason: format!(
+                    "it does not sign the checkpoint of {} (wrong key for this log, or the checkpoint was modified)",
+                    dir.display()
+                ),
+            },
+            e => e,
+        })?;
+        let cp = Checkpoint::parse(text, &format!("{}/checkpoint", dir.display()))?;
+        let mut st = LocalDir::new(dir);
+        let tree = TreeState::load(&st, &cp)?;
+        writer::remove_garbage(&mut st, cp.size)
+            .map_err(|e| LogError::io(format!("cleaning up {}", dir.display()), e))?;
+        let shared = Arc::new(Shared::default());
+        shared.size.store(cp.size, Ordering::Release);
+        let w = Writer {
+            storage: st,
+            signer,
+            origin: cp.origin.clone(),
+            tree,
+            shared: shared.clone(),
+            broken: false,
+        };
+        std::thread::Builder::new()
+            .name("parapet-log-writer".into())
+            .spawn(move || w.run())
+            .map_err(|e| LogError::io("starting the log writer thread", e))?;
+        Ok(Log {
+            inner: Arc::new(Inner {
+                shared,
+                dir: dir.to_path_buf(),
+                origin: cp.origin,
+            }),
+        })
     }
 
     /// Queues `entry`; the returned ticket resolves to its index once it is durable.
+    /// Cheap and non-blocking: hashes the entry and pushes it on the writer's queue.
     pub fn submit(&self, entry: Vec<u8>) -> AppendTicket {
-        let _ = entry;
-        AppendTicket {}
+        if entry.len() > MAX_ENTRY_SIZE {
+            return AppendTicket::failed(LogError::EntryTooLarge { len: entry.len() });
+        }
+        let leaf = leaf_hash(&entry);
+        let (tx, rx) = oneshot::channel();
+        match self.inner.shared.push(Item::One { entry, leaf, tx }) {
+            Ok(()) => AppendTicket {
+                rx: Some(rx),
+                ready: None,
+            },
+            Err(_) => AppendTicket::failed(LogError::Closed),
+        }
+    }
+
+    /// Queues a batch of entries as one unit; the ticket resolves to their index range.
+    pub fn submit_batch(&self, batch: Batch) -> BatchTicket {
+        let (tx, rx) = oneshot::channel();
+        if batch.len() > MAX_BATCH_ENTRIES {
+            let _ = tx.send(Err(LogError::malformed(
+                "batch",
+                format!("{} entries is over the limit of {MAX_BATCH_ENTRIES}", batch.len()),
+            )));
+            return BatchTicket { rx };
+        }
+        if let Err(Item::Many { tx, .. }) =
+            self.inner.shared.push(Item::Many { batch: batch.0, tx })
+        {
+            let _ = tx.send(Err(LogError::Closed));
+        }
+        BatchTicket { rx }
     }
 
     /// Appends `entry` durably and returns its index.
@@ -56,49 +243,135 @@ impl Log {
 
     /// Number of entries durably in the log (covered by the latest published checkpoint).
     pub fn size(&self) -> u64 {
-        0
+        self.inner.shared.size.load(Ordering::Acquire)
     }
 
-    /// Flushes every queued entry and stops the background writer.
+    /// The log's origin.
+    pub fn origin(&self) -> &str {
+        &self.inner.origin
+    }
+
+    /// The log directory.
+    pub fn dir(&self) -> &Path {
+        &self.inner.dir
+    }
+
+    /// Flushes every queued entry and stops the background writer. Later submits fail with
+    /// [`LogError::Closed`].
     pub async fn close(&self) -> Result<(), LogError> {
-        Ok(())
+        let (tx, rx) = oneshot::channel();
+        {
+            let mut q = self.inner.shared.queue.lock();
+            if q.closed {
+                return Ok(());
+            }
+            q.items.push_back(Item::Close { tx });
+            q.closed = true;
+            q.writer_waiting = false;
+            self.inner.shared.cv.notify_one();
+        }
+        rx.await.map_err(|_| LogError::WriterGone)?
     }
 }
 
 /// A queued append: resolves to the entry's index once durable. `Send + 'static`.
 #[derive(Debug)]
-pub struct AppendTicket {}
+pub struct AppendTicket {
+    rx: Option<oneshot::Receiver<Result<u64, LogError>>>,
+    ready: Option<LogError>,
+}
 
-impl Future for AppendTicket {
-    type Output = Result<u64, LogError>;
-    fn poll(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<Self::Output> {
-        Poll::Ready(Err(LogError::Unimplemented))
+impl AppendTicket {
+    fn failed(e: LogError) -> AppendTicket {
+        AppendTicket {
+            rx: None,
+            ready: Some(e),
+        }
     }
 }
 
-/// Reads a log directory (checkpoint and entries); independent of any writer.
+impl Future for AppendTicket {
+    type Output = Result<u64, LogError>;
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.get_mut();
+        if let Some(e) = this.ready.take() {
+            return Poll::Ready(Err(e));
+        }
+        match this.rx.as_mut() {
+            None => Poll::Ready(Err(LogError::WriterGone)),
+            Some(rx) => match Pin::new(rx).poll(cx) {
+                Poll::Pending => Poll::Pending,
+                Poll::Ready(Ok(r)) => Poll::Ready(r),
+                Poll::Ready(Err(_)) => Poll::Ready(Err(LogError::WriterGone)),
+            },
+        }
+    }
+}
+
+/// Entries submitted together with [`Log::submit_batch`] (bulk loading). Leaf hashes are
+/// computed as entries are pushed, i.e. on the caller's thread.
+#[derive(Debug, Default)]
+pub struct Batch(BatchData);
+
+impl Batch {
+    /// An empty batch.
+    pub fn new() -> Batch {
+        Batch::default()
+    }
+
+    /// Adds an entry; refuses entries over 65535 bytes.
+    pub fn push(&mut self, entry: &[u8]) -> Result<(), LogError> {
+        if entry.len() > MAX_ENTRY_SIZE {
+            return Err(LogError::EntryTooLarge { len: entry.len() });
+        }
+        self.0.data.extend_from_slice(entry);
+        self.0.ends.push(self.0.data.len());
+        self.0.leaves.push(leaf_hash(entry));
+        Ok(())
+    }
+
+    /// Number of entries.
+    pub fn len(&self) -> usize {
+        self.0.ends.len()
+    }
+
+    /// Whether the batch is empty.
+    pub fn is_empty(&self) -> bool {
+        self.0.ends.is_empty()
+    }
+
+    /// Total entry bytes.
+    pub fn bytes(&self) -> usize {
+        self.0.data.len()
+    }
+}
+
+/// A queued [`Batch`]: resolves to the batch's index range once durable.
 #[derive(Debug)]
-pub struct LogReader {}
+pub struct BatchTicket {
+    rx: oneshot::Receiver<Result<Range<u64>, LogError>>,
+}
 
-impl LogReader {
-    /// Opens the log in `dir` for reading.
-    pub fn open(dir: &Path) -> Result<LogReader, LogError> {
-        let _ = dir;
-        Err(LogError::Unimplemented)
+impl BatchTicket {
+    /// Blocks the current thread until the batch is durable. Do not call from async code
+    /// (await the ticket instead).
+    pub fn wait(self) -> Result<Range<u64>, LogError> {
+        self.rx.blocking_recv().map_err(|_| LogError::WriterGone)?
     }
+}
 
-    /// Tree size of the latest checkpoint.
-    pub fn size(&self) -> u64 {
-        0
+impl Future for BatchTicket {
+    type Output = Result<Range<u64>, LogError>;
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        match Pin::new(&mut self.get_mut().rx).poll(cx) {
+            Poll::Pending => Poll::Pending,
+            Poll::Ready(Ok(r)) => Poll::Ready(r),
+            Poll::Ready(Err(_)) => Poll::Ready(Err(LogError::WriterGone)),
+        }
     }
+}
 
-    /// Iterates entries with indices in `start..end`.
-    pub fn entries(
-        &self,
-        start: u64,
-        end: u64,
-    ) -> impl Iterator<Item = Result<(u64, Vec<u8>), LogError>> + '_ {
-        let _ = (start, end);
-        std::iter::empty()
-    }
+/// Leaf hash of an entry (re-exported for verifiers and tests).
+pub fn entry_leaf_hash(entry: &[u8]) -> Hash {
+    leaf_hash(entry)
 }

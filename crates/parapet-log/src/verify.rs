@@ -1,0 +1,283 @@
+//! Offline verification of a whole log: the checkpoint signature, every entry against its leaf
+//! hash, every hash tile against the tiles below it, the root against the checkpoint, and
+//! optionally consistency with an older checkpoint. Reports the first bad entry or tile.
+//!
+//! Level-0 work (reading bundles, hashing entries) dominates and runs on two threads; each keeps
+//! its buffers, so there is no per-entry allocation.
+
+use crate::checkpoint::Checkpoint;
+use crate::error::LogError;
+use crate::hash::{fold_perfect, leaf_hash, Hash, HASH_SIZE};
+use crate::note::NoteVerifier;
+use crate::proof::{consistency_proof, root_hash, verify_consistency};
+use crate::storage::{read_checkpoint_file, LocalDir, Storage};
+use crate::tile::{
+    bundle_path, for_each_bundle_entry, nodes_at_tile_level, tile_count, tile_levels, tile_path,
+    tile_width, TILE_WIDTH,
+};
+use crate::tiles::{read_tile, TileNodes};
+use base64::engine::general_purpose::STANDARD as B64;
+use base64::Engine;
+use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+/// What a successful verification checked.
+#[derive(Debug, Clone)]
+pub struct VerifyReport {
+    /// The verified checkpoint.
+    pub checkpoint: Checkpoint,
+    /// Total bytes of entries hashed.
+    pub entry_bytes: u64,
+    /// Hash tiles checked.
+    pub tiles: u64,
+    /// Size of the older checkpoint proven consistent, if one was given.
+    pub old_size: Option<u64>,
+}
+
+impl std::fmt::Display for VerifyReport {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "OK: log {} verified: {} entries ({} bytes), {} hash tiles, root {}",
+            self.checkpoint.origin,
+            self.checkpoint.size,
+            self.entry_bytes,
+            self.tiles,
+            B64.encode(self.checkpoint.root)
+        )?;
+        if let Some(old) = self.old_size {
+            write!(f, "; consistent with the old checkpoint of size {old}")?;
+        }
+        Ok(())
+    }
+}
+
+struct Level0 {
+    roots: Vec<(u64, Hash)>,
+    bytes: u64,
+    error: Option<(u64, LogError)>,
+}
+
+fn check_level0_tile(
+    st: &LocalDir,
+    size: u64,
+    i: u64,
+    bundle: &mut Vec<u8>,
+    tile: &mut Vec<u8>,
+    out: &mut Level0,
+) -> Result<(), LogError> {
+    let w = tile_width(0, i, size);
+    let bpath = read_tile(st, None, i, w, bundle)?;
+    let tpath = read_tile(st, Some(0), i, w, tile)?;
+    let want = w as usize * HASH_SIZE;
+    if tile.len() != want {
+        return Err(LogError::Tampered(format!(
+            "{tpath}: {} bytes, expected {want} ({w} hashes of 32 bytes)",
+            tile.len()
+        )));
+    }
+    let full_fallback = w < TILE_WIDTH && bpath == bundle_path(i, TILE_WIDTH);
+    let mut bytes = 0u64;
+    let r = for_each_bundle_entry(bundle, w as usize, |k, e| {
+        bytes += e.len() as u64;
+        let h = leaf_hash(e);
+        if h[..] != tile[k * HASH_SIZE..(k + 1) * HASH_SIZE] {
+            return Err(LogError::Tampered(format!(
+                "entry {} (in {bpath}) does not match hash {k} of {tpath}: the entry or the hash tile was modified",
+                i * TILE_WIDTH + k as u64
+            )));
+        }
+        Ok(())
+    });
+    match r {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => return Err(e),
+        Err(crate::tile::BundleError::TrailingBytes(_)) if full_fallback => {}
+        Err(e) => {
+            return Err(LogError::Tampered(format!(
+                "{bpath}: malformed entry bundle: {e} (entries {}..{} were expected)",
+                i * TILE_WIDTH,
+                i * TILE_WIDTH + w
+            )))
+        }
+    }
+    out.bytes += bytes;
+    if w == TILE_WIDTH {
+        let mut hs: Vec<Hash> = tile
+            .chunks_exact(HASH_SIZE)
+            .map(|c| {
+                let mut h = [0u8; HASH_SIZE];
+                h.copy_from_slice(c);
+                h
+            })
+            .collect();
+        out.roots.push((i, fold_perfect(&mut hs)));
+    }
+    Ok(())
+}
+
+/// Verifies the log in `dir` against verifier key `vkey`; with `old` (a signed checkpoint), also
+/// proves that it is a prefix of the current tree. `progress` is called with the number of
+/// entries checked so far (from worker threads).
+pub fn verify_log(
+    dir: &Path,
+    vkey: &NoteVerifier,
+    old: Option<&[u8]>,
+    progress: &(dyn Fn(u64) + Sync),
+) -> Result<VerifyReport, LogError> {
+    let note = read_checkpoint_file(dir)?;
+    let text = vkey.open(&note, "checkpoint")?;
+    let cp = Checkpoint::parse(text, "checkpoint")?;
+    let st = LocalDir::new(dir);
+    let n = cp.size;
+
+    // Level 0: entries against leaf hashes, on two threads (interleaved tiles).
+    let tiles0 = tile_count(0, n);
+    let threads = std::thread::available_parallelism()
+        .map(|p| p.get())
+        .unwrap_or(1)
+        .clamp(1, 4) as u64;
+    let threads = threads.min(tiles0.max(1));
+    let first_bad = AtomicU64::new(u64::MAX);
+    let done = AtomicU64::new(0);
+    let results: Vec<Level0> = std::thread::scope(|s| {
+        let handles: Vec<_> = (0..threads)
+            .map(|t| {
+                let (st, first_bad, done) = (&st, &first_bad, &done);
+                s.spawn(move || {
+                    let mut out = Level0 {
+                        roots: Vec::new(),
+                        bytes: 0,
+                        error: None,
+                    };
+                    let (mut bundle, mut tile) = (Vec::new(), Vec::new());
+                    let mut i = t;
+                    while i < tiles0 && i < first_bad.load(Ordering::Relaxed) {
+                        if let Err(e) = check_level0_tile(st, n, i, &mut bundle, &mut tile, &mut out)
+                        {
+                            first_bad.fetch_min(i, Ordering::Relaxed);
+                            out.error = Some((i, e));
+                            break;
+                        }
+                        let d = done.fetch_add(tile_width(0, i, n), Ordering::Relaxed);
+                        progress(d + tile_width(0, i, n));
+                        i += threads;
+                    }
+                    out
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| {
+                h.join().unwrap_or_else(|_| Level0 {
+                    roots: Vec::new(),
+                    bytes: 0,
+                    error: Some((0, LogError::Tampered("verifier thread panicked".into()))),
+                })
+            })
+            .collect()
+    });
+    let mut bytes = 0;
+    let mut roots: Vec<(u64, Hash)> = Vec::new();
+    let mut worst: Option<(u64, LogError)> = None;
+    for r in results {
+        bytes += r.bytes;
+        roots.extend(r.roots);
+        if let Some((i, e)) = r.error {
+            if worst.as_ref().is_none_or(|(j, _)| i < *j) {
+                worst = Some((i, e));
+            }
+        }
+    }
+    if let Some((_, e)) = worst {
+        return Err(e);
+    }
+    roots.sort_unstable_by_key(|(i, _)| *i);
+    let mut below: Vec<Hash> = roots.into_iter().map(|(_, h)| h).collect();
+    let mut tiles = tiles0;
+
+    // Higher levels: each hash must equal the root of the full tile below it.
+    let mut buf = Vec::new();
+    for level in 1..tile_levels(n) {
+        let nodes = nodes_at_tile_level(level, n);
+        debug_assert_eq!(nodes as usize, below.len());
+        let mut next = Vec::new();
+        for i in 0..tile_count(level, n) {
+            let w = tile_width(level, i, n);
+            let path = read_tile(&st, Some(level), i, w, &mut buf)?;
+            let want = w as usize * HASH_SIZE;
+            if buf.len() != want {
+                return Err(LogError::Tampered(format!(
+                    "{path}: {} bytes, expected {want} ({w} hashes of 32 bytes)",
+                    buf.len()
+                )));
+            }
+            let mut hs = Vec::with_capacity(w as usize);
+            for (k, c) in buf.chunks_exact(HASH_SIZE).enumerate() {
+                let j = (i * TILE_WIDTH) as usize + k;
+                if below.get(j).map(|h| &h[..]) != Some(c) {
+                    return Err(LogError::Tampered(format!(
+                        "{path}: hash {k} does not match the root of {} below it: one of the two tiles was modified",
+                        tile_path(level - 1, j as u64, TILE_WIDTH)
+                    )));
+                }
+                let mut h = [0u8; HASH_SIZE];
+                h.copy_from_slice(c);
+                hs.push(h);
+            }
+            tiles += 1;
+            if w == TILE_WIDTH {
+                next.push(fold_perfect(&mut hs));
+            }
+        }
+        below = next;
+    }
+
+    // The root of the verified tiles must be the checkpoint's.
+    let mut nodes = TileNodes::new(&st, n);
+    let root = root_hash(&mut nodes, n)?;
+    if root != cp.root {
+        return Err(LogError::Tampered(format!(
+            "checkpoint: root hash {} does not match the root computed from the tiles ({}): \
+             the checkpoint or a right-edge partial tile was replaced",
+            B64.encode(cp.root),
+            B64.encode(root)
+        )));
+    }
+
+    let old_size = match old {
+        None => None,
+        Some(old_note) => {
+            let text = vkey.open(old_note, "old checkpoint")?;
+            let ocp = Checkpoint::parse(text, "old checkpoint")?;
+            if ocp.origin != cp.origin {
+                return Err(LogError::Tampered(format!(
+                    "old checkpoint is for log {:?}, not {:?}",
+                    ocp.origin, cp.origin
+                )));
+            }
+            if ocp.size > n {
+                return Err(LogError::Tampered(format!(
+                    "old checkpoint has size {} but the log now has only {n} entries: the log was truncated",
+                    ocp.size
+                )));
+            }
+            let proof = consistency_proof(&mut nodes, ocp.size, n)?;
+            verify_consistency(ocp.size, n, &ocp.root, &cp.root, &proof).map_err(|e| {
+                LogError::Tampered(format!(
+                    "old checkpoint (size {}) is not a prefix of the current log (size {n}): the log was rewritten ({e})",
+                    ocp.size
+                ))
+            })?;
+            Some(ocp.size)
+        }
+    };
+    let _ = st.location();
+    Ok(VerifyReport {
+        checkpoint: cp,
+        entry_bytes: bytes,
+        tiles,
+        old_size,
+    })
+}

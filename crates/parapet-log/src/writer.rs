@@ -1,0 +1,531 @@
+//! The writer: sequencing and integration on one dedicated thread.
+//!
+//! Sequencing: `submit` pushes entries (with their leaf hashes, computed by the caller) onto a
+//! queue under a short lock; queue order is index order. Integration: the writer thread takes
+//! everything queued (group commit), extends the tree's right edge, writes full tiles and bundles
+//! as they complete plus the current partial ones, makes them durable with one `sync`, publishes
+//! a signed checkpoint, and only then resolves the tickets. Memory is bounded: the compact range
+//! (one hash per tree level) plus at most one partial tile per tile level and one partial bundle.
+
+use crate::checkpoint::Checkpoint;
+use crate::error::LogError;
+use crate::hash::{node_hash, Hash};
+use crate::note::NoteSigner;
+use crate::proof::NodeSource;
+use crate::storage::{Storage, CHECKPOINT};
+use crate::tile::{
+    bundle_path, for_each_bundle_entry, nodes_at_tile_level, push_bundle_entry, tile_levels,
+    tile_path, TILE_WIDTH,
+};
+use crate::tiles::{parse_hashes, read_tile, TileNodes};
+use parking_lot::{Condvar, Mutex};
+use std::collections::VecDeque;
+use std::io;
+use std::ops::Range;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use tokio::sync::oneshot;
+
+/// Most entries integrated in one batch (bounds the work and the garbage after a crash).
+pub const MAX_BATCH_ENTRIES: usize = 1 << 16;
+
+/// Entries of a bulk submission with their leaf hashes.
+#[derive(Debug, Default)]
+pub(crate) struct BatchData {
+    pub(crate) data: Vec<u8>,
+    pub(crate) ends: Vec<usize>,
+    pub(crate) leaves: Vec<Hash>,
+}
+
+impl BatchData {
+    pub(crate) fn iter(&self) -> impl Iterator<Item = (&[u8], &Hash)> + '_ {
+        let mut start = 0;
+        self.ends.iter().zip(&self.leaves).map(move |(&end, h)| {
+            let e = &self.data[start..end];
+            start = end;
+            (e, h)
+        })
+    }
+}
+
+pub(crate) enum Item {
+    One {
+        entry: Vec<u8>,
+        leaf: Hash,
+        tx: oneshot::Sender<Result<u64, LogError>>,
+    },
+    Many {
+        batch: BatchData,
+        tx: oneshot::Sender<Result<Range<u64>, LogError>>,
+    },
+    Close {
+        tx: oneshot::Sender<Result<(), LogError>>,
+    },
+}
+
+impl Item {
+    fn len(&self) -> usize {
+        match self {
+            Item::One { .. } => 1,
+            Item::Many { batch, .. } => batch.ends.len(),
+            Item::Close { .. } => 0,
+        }
+    }
+}
+
+#[derive(Default)]
+pub(crate) struct Queue {
+    pub(crate) items: VecDeque<Item>,
+    pub(crate) closed: bool,
+    pub(crate) shutdown: bool,
+    pub(crate) writer_waiting: bool,
+}
+
+/// State shared by the handles and the writer thread.
+#[derive(Default)]
+pub(crate) struct Shared {
+    pub(crate) queue: Mutex<Queue>,
+    pub(crate) cv: Condvar,
+    pub(crate) size: AtomicU64,
+}
+
+impl Shared {
+    /// Queues an item unless the log is closed; wakes the writer if it sleeps.
+    pub(crate) fn push(&self, item: Item) -> Result<(), Item> {
+        let mut q = self.queue.lock();
+        if q.closed {
+            return Err(item);
+        }
+        q.items.push_back(item);
+        if q.writer_waiting {
+            q.writer_waiting = false;
+            self.cv.notify_one();
+        }
+        Ok(())
+    }
+}
+
+/// The right edge of the tree plus the partial tiles and bundle.
+#[derive(Debug, Default)]
+pub(crate) struct TreeState {
+    pub(crate) size: u64,
+    range: Vec<Hash>,
+    levels: Vec<Vec<Hash>>,
+    dirty: Vec<bool>,
+    bundle: Vec<u8>,
+    bundle_count: u64,
+    bundle_dirty: bool,
+    /// `.p` directories of tiles completed in this batch (removed after the checkpoint).
+    completed: Vec<String>,
+}
+
+fn hashes_bytes(h: &[Hash]) -> &[u8] {
+    h.as_flattened()
+}
+
+impl TreeState {
+    /// Root hash of the current tree.
+    pub(crate) fn root(&self) -> Hash {
+        let mut it = self.range.iter().rev();
+        match it.next() {
+            None => crate::hash::empty_root(),
+            Some(last) => it.fold(*last, |r, h| node_hash(h, &r)),
+        }
+    }
+
+    fn push_hash(
+        &mut self,
+        tl: usize,
+        h: Hash,
+        new_size: u64,
+        st: &mut dyn Storage,
+    ) -> io::Result<()> {
+        if self.levels.len() <= tl {
+            self.levels.resize_with(tl + 1, Vec::new);
+            self.dirty.resize(tl + 1, false);
+        }
+        self.levels[tl].push(h);
+        self.dirty[tl] = true;
+        if self.levels[tl].len() as u64 == TILE_WIDTH {
+            let index = nodes_at_tile_level(tl as u32, new_size) / TILE_WIDTH - 1;
+            let path = tile_path(tl as u32, index, TILE_WIDTH);
+            st.write(&path, hashes_bytes(&self.levels[tl]))?;
+            self.completed.push(format!("{path}.p"));
+            self.levels[tl].clear();
+            self.dirty[tl] = false;
+        }
+        Ok(())
+    }
+
+    /// Appends one entry (whose leaf hash is `leaf`), writing tiles that become full.
+    pub(crate) fn append(
+        &mut self,
+        entry: &[u8],
+        leaf: Hash,
+        st: &mut dyn Storage,
+    ) -> io::Result<()> {
+        let index = self.size;
+        let new_size = index + 1;
+        push_bundle_entry(&mut self.bundle, entry);
+        self.bundle_count += 1;
+        self.bundle_dirty = true;
+        if self.bundle_count == TILE_WIDTH {
+            let path = bundle_path(index / TILE_WIDTH, TILE_WIDTH);
+            st.write(&path, &self.bundle)?;
+            self.completed.push(format!("{path}.p"));
+            self.bundle.clear();
+            self.bundle_count = 0;
+            self.bundle_dirty = false;
+        }
+        self.push_hash(0, leaf, new_size, st)?;
+        let mut h = leaf;
+        let mut level = 0u32;
+        let mut s = index;
+        while s & 1 == 1 {
+            let left = self
+                .range
+                .pop()
+                .ok_or_else(|| io::Error::other("internal error: compact range too short"))?;
+            h = node_hash(&left, &h);
+            level += 1;
+            s >>= 1;
+            if level % crate::tile::TILE_HEIGHT == 0 {
+                self.push_hash((level / crate::tile::TILE_HEIGHT) as usize, h, new_size, st)?;
+            }
+        }
+        self.range.push(h);
+        self.size = new_size;
+        Ok(())
+    }
+
+    /// Writes the partial tiles and bundle changed since the last call.
+    pub(crate) fn write_partials(&mut self, st: &mut dyn Storage) -> io::Result<()> {
+        if self.bundle_dirty && self.bundle_count > 0 {
+            let path = bundle_path(self.size / TILE_WIDTH, self.bundle_count);
+            st.write(&path, &self.bundle)?;
+        }
+        self.bundle_dirty = false;
+        for tl in 0..self.levels.len() {
+            if self.dirty[tl] && !self.levels[tl].is_empty() {
+                let index = nodes_at_tile_level(tl as u32, self.size) / TILE_WIDTH;
+                let path = tile_path(tl as u32, index, self.levels[tl].len() as u64);
+                st.write(&path, hashes_bytes(&self.levels[tl]))?;
+            }
+            self.dirty[tl] = false;
+        }
+        Ok(())
+    }
+
+    /// Rebuilds the state of the published tree of checkpoint `cp` from storage.
+    pub(crate) fn load<S: Storage + ?Sized>(st: &S, cp: &Checkpoint) -> Result<TreeState, LogError> {
+        let n = cp.size;
+        let mut nodes = TileNodes::new(st, n);
+        let mut range = Vec::new();
+        for l in (0..64u32).rev() {
+            if (n >> l) & 1 == 1 {
+                range.push(nodes.node(l, (n >> l) - 1)?);
+            }
+        }
+        let levels_n = tile_levels(n) as usize;
+        let mut levels = Vec::with_capacity(levels_n);
+        let mut buf = Vec::new();
+        for tl in 0..levels_n {
+            let nodes_here = nodes_at_tile_level(tl as u32, n);
+            let width = nodes_here % TILE_WIDTH;
+            if width == 0 {
+                levels.push(Vec::new());
+            } else {
+                let path = read_tile(st, Some(tl as u32), nodes_here / TILE_WIDTH, width, &mut buf)?;
+                levels.push(parse_hashes(&path, &buf, width)?);
+            }
+        }
+        let bundle_count = n % TILE_WIDTH;
+        let mut bundle = Vec::new();
+        if bundle_count > 0 {
+            let path = read_tile(st, None, n / TILE_WIDTH, bundle_count, &mut bundle)?;
+            let mut end = 0usize;
+            let parsed = for_each_bundle_entry::<()>(&bundle, bundle_count as usize, |_, e| {
+                end += 2 + e.len();
+                Ok(())
+            });
+            match parsed {
+                Ok(_) => {}
+                Err(crate::tile::BundleError::TrailingBytes(_)) if path == bundle_path(n / TILE_WIDTH, TILE_WIDTH) => {}
+                Err(e) => return Err(LogError::Tampered(format!("{path}: {e}"))),
+            }
+            bundle.truncate(end);
+        }
+        let state = TreeState {
+            size: n,
+            range,
+            dirty: vec![false; levels.len()],
+            levels,
+            bundle,
+            bundle_count,
+            bundle_dirty: false,
+            completed: Vec::new(),
+        };
+        if state.root() != cp.root {
+            return Err(LogError::Tampered(format!(
+                "{}: the hash tiles do not match the checkpoint's root hash; run `parapet verify` to find the damaged tile",
+                st.location()
+            )));
+        }
+        Ok(state)
+    }
+}
+
+/// Removes what an interrupted batch may have left beyond the published tree of `size` leaves:
+/// temporary files, unpublished full tiles and bundles, and partial tiles wider than published.
+pub(crate) fn remove_garbage(st: &mut dyn Storage, size: u64) -> io::Result<()> {
+    let max_tiles = (MAX_BATCH_ENTRIES as u64) / TILE_WIDTH + 2;
+    let top = tile_levels(size + MAX_BATCH_ENTRIES as u64) + 1;
+    let mut levels: Vec<Option<u32>> = vec![None];
+    levels.extend((0..top).map(Some));
+    for level in levels {
+        let nodes = nodes_at_tile_level(level.unwrap_or(0), size);
+        let cur = nodes / TILE_WIDTH;
+        let width = nodes % TILE_WIDTH;
+        let path = |i: u64, w: u64| match level {
+            Some(l) => tile_path(l, i, w),
+            None => bundle_path(i, w),
+        };
+        for i in [cur, cur + max_tiles] {
+            let full = path(i, TILE_WIDTH);
+            let dir = full.rsplit_once('/').map(|(d, _)| d).unwrap_or("");
+            st.remove_temp_files(dir)?;
+            st.remove_temp_files(&format!("{full}.p"))?;
+        }
+        for i in cur..cur + max_tiles {
+            st.remove(&path(i, TILE_WIDTH))?;
+            if i > cur {
+                st.remove(&format!("{}.p", path(i, TILE_WIDTH)))?;
+            }
+        }
+        for w in width + 1..TILE_WIDTH {
+            st.remove(&path(cur, w))?;
+        }
+    }
+    st.remove_temp_files("")?;
+    Ok(())
+}
+
+/// The writer thread's state.
+pub(crate) struct Writer<S: Storage> {
+    pub(crate) storage: S,
+    pub(crate) signer: NoteSigner,
+    pub(crate) origin: String,
+    pub(crate) tree: TreeState,
+    pub(crate) shared: Arc<Shared>,
+    pub(crate) broken: bool,
+}
+
+enum Ack {
+    One(oneshot::Sender<Result<u64, LogError>>, u64),
+    Many(oneshot::Sender<Result<Range<u64>, LogError>>, Range<u64>),
+    Close(oneshot::Sender<Result<(), LogError>>),
+}
+
+impl<S: Storage> Writer<S> {
+    /// Runs until every handle is dropped (or the log is closed) and the queue is empty.
+    pub(crate) fn run(mut self) {
+        loop {
+            let mut items = Vec::new();
+            {
+                let mut q = self.shared.queue.lock();
+                while q.items.is_empty() {
+                    if q.shutdown {
+                        return;
+                    }
+                    q.writer_waiting = true;
+                    self.shared.cv.wait(&mut q);
+                }
+                let mut n = 0usize;
+                while let Some(front) = q.items.front() {
+                    if n > 0 && n + front.len() > MAX_BATCH_ENTRIES {
+                        break;
+                    }
+                    n += front.len();
+                    if let Some(it) = q.items.pop_front() {
+                        items.push(it);
+                    }
+                }
+            }
+            if self.process(items) {
+                return;
+            }
+        }
+    }
+
+    fn published_size(&self) -> u64 {
+        self.shared.size.load(Ordering::Acquire)
+    }
+
+    fn io_error(&self, what: &str, e: io::Error) -> LogError {
+        let size = self.published_size();
+        if e.raw_os_error() == Some(libc::ENOSPC) {
+            LogError::NoSpace {
+                dir: self.storage.location(),
+                size,
+            }
+        } else {
+            LogError::io(
+                format!(
+                    "log directory {}: {what} failed (the log is intact up to size {size}; \
+                     fix the cause — later appends retry from the last checkpoint)",
+                    self.storage.location()
+                ),
+                e,
+            )
+        }
+    }
+
+    /// Reloads the published state after a failed batch.
+    fn recover(&mut self) -> Result<(), LogError> {
+        let mut buf = Vec::new();
+        let found = self
+            .storage
+            .read_into(CHECKPOINT, &mut buf)
+            .map_err(|e| self.io_error("reading the checkpoint", e))?;
+        if !found {
+            return Err(LogError::NotALog {
+                dir: self.storage.location(),
+            });
+        }
+        let text = self.signer.verifier().open(&buf, "checkpoint")?.to_string();
+        let cp = Checkpoint::parse(&text, "checkpoint")?;
+        self.tree = TreeState::load(&self.storage, &cp)?;
+        remove_garbage(&mut self.storage, cp.size).map_err(|e| self.io_error("cleaning up", e))?;
+        self.shared.size.store(cp.size, Ordering::Release);
+        Ok(())
+    }
+
+    /// Integrates one batch; returns true if the log was closed.
+    fn process(&mut self, items: Vec<Item>) -> bool {
+        let mut closing = false;
+        if self.broken {
+            match self.recover() {
+                Ok(()) => self.broken = false,
+                Err(e) => {
+                    for it in items {
+                        closing |= fail(it, e.clone());
+                    }
+                    return closing;
+                }
+            }
+        }
+        let mut acks = Vec::with_capacity(items.len());
+        let mut result = Ok(());
+        for it in items {
+            match it {
+                Item::One { entry, leaf, tx } => {
+                    let idx = self.tree.size;
+                    if result.is_ok() {
+                        result = self.tree.append(&entry, leaf, &mut self.storage);
+                    }
+                    acks.push(Ack::One(tx, idx));
+                }
+                Item::Many { batch, tx } => {
+                    let start = self.tree.size;
+                    for (e, h) in batch.iter() {
+                        if result.is_err() {
+                            break;
+                        }
+                        result = self.tree.append(e, *h, &mut self.storage);
+                    }
+                    acks.push(Ack::Many(tx, start..self.tree.size));
+                }
+                Item::Close { tx } => {
+                    closing = true;
+                    acks.push(Ack::Close(tx));
+                }
+            }
+        }
+        let result = result
+            .map_err(|e| self.io_error("writing tiles", e))
+            .and_then(|()| self.commit());
+        match result {
+            Ok(()) => {
+                for a in acks {
+                    match a {
+                        Ack::One(tx, i) => {
+                            let _ = tx.send(Ok(i));
+                        }
+                        Ack::Many(tx, r) => {
+                            let _ = tx.send(Ok(r));
+                        }
+                        Ack::Close(tx) => {
+                            let _ = tx.send(Ok(()));
+                        }
+                    }
+                }
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "log batch failed");
+                self.broken = true;
+                self.tree.completed.clear();
+                for a in acks {
+                    match a {
+                        Ack::One(tx, _) => {
+                            let _ = tx.send(Err(e.clone()));
+                        }
+                        Ack::Many(tx, _) => {
+                            let _ = tx.send(Err(e.clone()));
+                        }
+                        Ack::Close(tx) => {
+                            let _ = tx.send(Err(e.clone()));
+                        }
+                    }
+                }
+            }
+        }
+        closing
+    }
+
+    /// Writes partials, syncs, publishes the checkpoint, then removes superseded partials.
+    fn commit(&mut self) -> Result<(), LogError> {
+        if self.tree.size == self.published_size() {
+            return Ok(());
+        }
+        self.tree
+            .write_partials(&mut self.storage)
+            .map_err(|e| self.io_error("writing partial tiles", e))?;
+        self.storage
+            .sync()
+            .map_err(|e| self.io_error("syncing tiles", e))?;
+        let cp = Checkpoint {
+            origin: self.origin.clone(),
+            size: self.tree.size,
+            root: self.tree.root(),
+            extensions: Vec::new(),
+        };
+        let note = self.signer.sign(&cp.to_text());
+        self.storage
+            .publish_checkpoint(note.as_bytes())
+            .map_err(|e| self.io_error("publishing the checkpoint", e))?;
+        self.shared.size.store(cp.size, Ordering::Release);
+        for p in std::mem::take(&mut self.tree.completed) {
+            if let Err(e) = self.storage.remove(&p) {
+                tracing::warn!(path = %p, error = %e, "could not remove superseded partial tiles");
+            }
+        }
+        Ok(())
+    }
+}
+
+fn fail(it: Item, e: LogError) -> bool {
+    match it {
+        Item::One { tx, .. } => {
+            let _ = tx.send(Err(e));
+            false
+        }
+        Item::Many { tx, .. } => {
+            let _ = tx.send(Err(e));
+            false
+        }
+        Item::Close { tx } => {
+            let _ = tx.send(Err(e));
+            true
+        }
+    }
+}
