@@ -162,9 +162,8 @@ impl Log {
     /// Opens an existing log for appending, recovering from any interrupted batch.
     pub fn open(dir: &Path, key_file: &Path) -> Result<Log, LogError> {
         let signer = read_signer(key_file)?;
-        let note = storage::read_checkpoint_file(dir)?;
-        let text = signer.verifier().open(&note, "checkpoint").map_err(|e| match e {
-            LogError::Tampered(_) => LogError::BadSigningKey {
+        Self::open_with_storage(LocalDir::new(dir), signer).map_err(|e| match e {
+            LogError::Tampered(m) if m.starts_with("checkpoint:") => LogError::BadSigningKey {
                 path: key_file.display().to_string(),
                 reason: format!(
                     "it does not sign the checkpoint of {} (wrong key for this log, or the checkpoint was modified)",
@@ -172,12 +171,25 @@ impl Log {
                 ),
             },
             e => e,
-        })?;
-        let cp = Checkpoint::parse(text, &format!("{}/checkpoint", dir.display()))?;
-        let mut st = LocalDir::new(dir);
+        })
+    }
+
+    /// Opens the log held by any [`Storage`] driver with signing key `signer`, recovering from
+    /// any interrupted batch (the checkpoint is the truth; anything beyond it is discarded).
+    pub fn open_with_storage<S: Storage>(mut st: S, signer: NoteSigner) -> Result<Log, LogError> {
+        let location = st.location();
+        let mut note = Vec::new();
+        let found = st
+            .read_into(storage::CHECKPOINT, &mut note)
+            .map_err(|e| LogError::io(format!("{location}: reading the checkpoint"), e))?;
+        if !found {
+            return Err(LogError::NotALog { dir: location });
+        }
+        let text = signer.verifier().open(&note, "checkpoint")?;
+        let cp = Checkpoint::parse(text, &format!("{location}/checkpoint"))?;
         let tree = TreeState::load(&st, &cp)?;
         writer::remove_garbage(&mut st, cp.size)
-            .map_err(|e| LogError::io(format!("cleaning up {}", dir.display()), e))?;
+            .map_err(|e| LogError::io(format!("cleaning up {location}"), e))?;
         let shared = Arc::new(Shared::default());
         shared.size.store(cp.size, Ordering::Release);
         let w = Writer {
@@ -195,7 +207,7 @@ impl Log {
         Ok(Log {
             inner: Arc::new(Inner {
                 shared,
-                dir: dir.to_path_buf(),
+                dir: PathBuf::from(location),
                 origin: cp.origin,
             }),
         })
@@ -374,4 +386,9 @@ impl Future for BatchTicket {
 /// Leaf hash of an entry (re-exported for verifiers and tests).
 pub fn entry_leaf_hash(entry: &[u8]) -> Hash {
     leaf_hash(entry)
+}
+
+/// Reads a signing key file written by [`Log::init`].
+pub fn read_signing_key(key_file: &Path) -> Result<NoteSigner, LogError> {
+    read_signer(key_file)
 }
