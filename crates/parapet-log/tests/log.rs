@@ -1,0 +1,335 @@
+//! End-to-end tests of the library on real directories: appends, concurrency, reopen and
+//! recovery, entry limits, the on-disk layout, verification, and I/O failures.
+
+use parapet_log::checkpoint::Checkpoint;
+use parapet_log::hash::leaf_hash;
+use parapet_log::note::NoteVerifier;
+use parapet_log::proof::{root_hash, verify_consistency, verify_inclusion, MemoryTree};
+use parapet_log::storage::{LocalDir, Storage};
+use parapet_log::verify::verify_log;
+use parapet_log::{read_signing_key, Batch, Log, LogError, LogReader, ProofText};
+use std::collections::HashSet;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+fn new_log(tmp: &Path) -> (PathBuf, PathBuf, NoteVerifier) {
+    let dir = tmp.join("log");
+    let key = tmp.join("key");
+    let vkey = Log::init(&dir, "example.com/test", &key).unwrap();
+    (dir, key, NoteVerifier::parse(&vkey).unwrap())
+}
+
+fn all_entries(dir: &Path) -> Vec<Vec<u8>> {
+    let r = LogReader::open(dir).unwrap();
+    r.entries(0, r.size())
+        .enumerate()
+        .map(|(i, e)| {
+            let (idx, e) = e.unwrap();
+            assert_eq!(idx, i as u64);
+            e
+        })
+        .collect()
+}
+
+fn no_progress(_: u64) {}
+
+#[test]
+fn init_refuses_to_overwrite_and_sets_key_mode() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (dir, key, _) = new_log(tmp.path());
+    use std::os::unix::fs::PermissionsExt;
+    assert_eq!(
+        std::fs::metadata(&key).unwrap().permissions().mode() & 0o777,
+        0o600
+    );
+    let before = std::fs::read(&key).unwrap();
+    let e = Log::init(&dir, "example.com/test", &tmp.path().join("key2")).unwrap_err();
+    assert!(matches!(e, LogError::AlreadyExists { .. }), "{e}");
+    let e = Log::init(&tmp.path().join("other"), "example.com/test", &key).unwrap_err();
+    assert!(e.to_string().contains("refusing to overwrite"), "{e}");
+    assert_eq!(std::fs::read(&key).unwrap(), before);
+    let e = Log::init(&tmp.path().join("o2"), "bad origin", &tmp.path().join("k3")).unwrap_err();
+    assert!(matches!(e, LogError::InvalidOrigin { .. }));
+    // The size-0 checkpoint verifies.
+    let v = NoteVerifier::parse(&read_signing_key(&key).unwrap().verifier().to_key_text()).unwrap();
+    let rep = verify_log(&dir, &v, None, &no_progress).unwrap();
+    assert_eq!(rep.checkpoint.size, 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_appends_are_exactly_the_submitted_set() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (dir, key, v) = new_log(tmp.path());
+    let log = Log::open(&dir, &key).unwrap();
+    let mut tasks = Vec::new();
+    for t in 0..64 {
+        let log = log.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut got = Vec::new();
+            for s in 0..40 {
+                let e = format!("task {t} entry {s}").into_bytes();
+                let idx = log.append(e.clone()).await.unwrap();
+                got.push((idx, e));
+            }
+            got
+        }));
+    }
+    let mut acked = Vec::new();
+    for t in tasks {
+        acked.extend(t.await.unwrap());
+    }
+    log.close().await.unwrap();
+    assert_eq!(log.size(), 64 * 40);
+    let entries = all_entries(&dir);
+    assert_eq!(entries.len(), 64 * 40);
+    for (idx, e) in &acked {
+        assert_eq!(&entries[*idx as usize], e);
+    }
+    let indices: HashSet<u64> = acked.iter().map(|(i, _)| *i).collect();
+    assert_eq!(indices.len(), 64 * 40);
+    // Per task, indices increase in submission order.
+    let rep = verify_log(&dir, &v, None, &no_progress).unwrap();
+    let mut t = MemoryTree {
+        leaves: entries.iter().map(|e| leaf_hash(e)).collect(),
+    };
+    assert_eq!(rep.checkpoint.root, root_hash(&mut t, 64 * 40).unwrap());
+    // Closed: later appends fail clearly.
+    assert!(matches!(log.append(b"late".to_vec()).await, Err(LogError::Closed)));
+}
+
+#[tokio::test]
+async fn oversized_entry_is_refused_and_harms_nothing() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (dir, key, v) = new_log(tmp.path());
+    let log = Log::open(&dir, &key).unwrap();
+    let a = log.submit(b"before".to_vec());
+    let big = log.submit(vec![b'x'; 65536]);
+    let max = log.submit(vec![b'y'; 65535]);
+    let empty = log.submit(Vec::new());
+    assert_eq!(a.await.unwrap(), 0);
+    let e = big.await.unwrap_err();
+    assert!(e.to_string().contains("65535"), "{e}");
+    assert_eq!(max.await.unwrap(), 1);
+    assert_eq!(empty.await.unwrap(), 2);
+    drop(log);
+    let entries = all_entries(&dir);
+    assert_eq!(entries, vec![b"before".to_vec(), vec![b'y'; 65535], vec![]]);
+    verify_log(&dir, &v, None, &no_progress).unwrap();
+}
+
+#[test]
+fn layout_follows_tlog_tiles_and_survives_reopen() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (dir, key, v) = new_log(tmp.path());
+    let mut expect: Vec<Vec<u8>> = Vec::new();
+    // Several sessions of odd sizes crossing tile boundaries, reopening each time.
+    for (round, n) in [1usize, 254, 2, 300, 65_000, 1].into_iter().enumerate() {
+        let log = Log::open(&dir, &key).unwrap();
+        let mut b = Batch::new();
+        for i in 0..n {
+            let e = format!("r{round} e{i}").into_bytes();
+            b.push(&e).unwrap();
+            expect.push(e);
+        }
+        let r = log.submit_batch(b).wait().unwrap();
+        assert_eq!(r.end, expect.len() as u64);
+    }
+    let n = expect.len() as u64; // 65558
+    assert_eq!(all_entries(&dir), expect);
+    // Exact files: full tiles, partials as .p/W, no superseded partials of full tiles.
+    assert!(dir.join("tile/entries/000").is_file());
+    assert!(dir.join("tile/0/255").is_file());
+    assert!(dir.join("tile/1/000").is_file());
+    assert!(dir.join(format!("tile/0/256.p/{}", n % 256)).is_file());
+    assert!(dir.join(format!("tile/entries/256.p/{}", n % 256)).is_file());
+    assert!(!dir.join("tile/1/001.p").exists()); // 256 level-8 nodes: tile/1/000 is full
+    assert!(dir.join("tile/2/000.p/1").is_file());
+    assert!(!dir.join("tile/0/000.p").exists());
+    assert_eq!(std::fs::read(dir.join("tile/0/000")).unwrap().len(), 256 * 32);
+    // Hashes in tiles are the RFC 6962 leaf hashes and the checkpoint root is the RFC root.
+    let t0 = std::fs::read(dir.join("tile/0/000")).unwrap();
+    assert_eq!(&t0[32..64], &leaf_hash(&expect[1])[..]);
+    let rep = verify_log(&dir, &v, None, &no_progress).unwrap();
+    let mut mt = MemoryTree {
+        leaves: expect.iter().map(|e| leaf_hash(e)).collect(),
+    };
+    assert_eq!(rep.checkpoint.root, root_hash(&mut mt, n).unwrap());
+    assert_eq!(rep.checkpoint.size, n);
+    // Proof texts verify against the printed checkpoint.
+    let reader = LogReader::open(&dir).unwrap();
+    for i in [0u64, 255, 256, 40_000, n - 1] {
+        let p = ProofText::parse(&reader.inclusion_proof_text(i).unwrap()).unwrap();
+        assert_eq!(p.number, i);
+        let text = v.open(p.checkpoint.as_bytes(), "proof checkpoint").unwrap();
+        let cp = Checkpoint::parse(text, "cp").unwrap();
+        verify_inclusion(i, cp.size, &leaf_hash(&expect[i as usize]), &p.hashes, &cp.root).unwrap();
+        assert!(verify_inclusion(i, cp.size, &leaf_hash(b"other"), &p.hashes, &cp.root).is_err());
+    }
+    for old in [1u64, 255, 256, 257, 65_000, n] {
+        let p = ProofText::parse(&reader.consistency_proof_text(old).unwrap()).unwrap();
+        assert_eq!(p.number, old);
+        let old_root = root_hash(&mut mt, old).unwrap();
+        verify_consistency(old, n, &old_root, &rep.checkpoint.root, &p.hashes).unwrap();
+    }
+    assert!(reader.inclusion_proof(n).is_err());
+    assert!(reader.consistency_proof(n + 1).is_err());
+}
+
+#[test]
+fn bulk_lines_and_limits() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (dir, key, v) = new_log(tmp.path());
+    let log = Log::open(&dir, &key).unwrap();
+    let mut input = Vec::new();
+    for i in 0..100_000 {
+        input.extend_from_slice(format!("line {i}\n").as_bytes());
+    }
+    input.extend_from_slice(b"\nlast without newline");
+    let s = parapet_log::bulk::append_lines(&log, &input[..], no_progress).unwrap();
+    assert_eq!(s.indices, 0..100_002);
+    // A too-long line: earlier lines are kept, nothing after it is appended.
+    let mut input = b"ok1\nok2\n".to_vec();
+    input.extend(vec![b'z'; 70_000]);
+    input.extend_from_slice(b"\nafter\n");
+    let e = parapet_log::bulk::append_lines(&log, &input[..], no_progress).unwrap_err();
+    assert!(e.to_string().contains("input line 3"), "{e}");
+    assert!(e.to_string().contains("65535"), "{e}");
+    drop(log);
+    let entries = all_entries(&dir);
+    assert_eq!(entries.len(), 100_004);
+    assert_eq!(entries[100_000], b"");
+    assert_eq!(entries[100_001], b"last without newline");
+    assert_eq!(entries[100_003], b"ok2");
+    verify_log(&dir, &v, None, &no_progress).unwrap();
+}
+
+#[test]
+fn open_discards_an_unpublished_batch() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (dir, key, v) = new_log(tmp.path());
+    let log = Log::open(&dir, &key).unwrap();
+    let mut b = Batch::new();
+    for i in 0..300 {
+        b.push(format!("{i}").as_bytes()).unwrap();
+    }
+    log.submit_batch(b).wait().unwrap();
+    drop(log);
+    let cp = std::fs::read(dir.join("checkpoint")).unwrap();
+    // Simulate a batch interrupted before its checkpoint: more tiles, a temp file, old checkpoint.
+    let log = Log::open(&dir, &key).unwrap();
+    let mut b = Batch::new();
+    for i in 0..600 {
+        b.push(format!("lost {i}").as_bytes()).unwrap();
+    }
+    log.submit_batch(b).wait().unwrap();
+    drop(log);
+    std::thread::sleep(std::time::Duration::from_millis(50));
+    std::fs::write(dir.join("checkpoint"), &cp).unwrap();
+    std::fs::write(dir.join("tile/0/.tmp-001"), b"junk").unwrap();
+    assert!(dir.join("tile/0/002").exists());
+    let log = Log::open(&dir, &key).unwrap();
+    assert_eq!(log.size(), 300);
+    assert!(!dir.join("tile/0/002").exists());
+    assert!(!dir.join("tile/0/.tmp-001").exists());
+    assert!(!dir.join("tile/0/001.p/200").exists());
+    let mut b = Batch::new();
+    for i in 0..1000 {
+        b.push(format!("new {i}").as_bytes()).unwrap();
+    }
+    assert_eq!(log.submit_batch(b).wait().unwrap(), 300..1300);
+    drop(log);
+    let e = all_entries(&dir);
+    assert_eq!(e[299], b"299");
+    assert_eq!(e[300], b"new 0");
+    verify_log(&dir, &v, None, &no_progress).unwrap();
+}
+
+/// Real directory storage that fails with ENOSPC while `full` is set (fault injection).
+struct FillableDisk {
+    inner: LocalDir,
+    full: Arc<AtomicBool>,
+}
+
+impl FillableDisk {
+    fn check(&self) -> std::io::Result<()> {
+        if self.full.load(Ordering::SeqCst) {
+            Err(std::io::Error::from_raw_os_error(libc::ENOSPC))
+        } else {
+            Ok(())
+        }
+    }
+}
+
+impl Storage for FillableDisk {
+    fn location(&self) -> String {
+        self.inner.location()
+    }
+    fn read_into(&self, path: &str, buf: &mut Vec<u8>) -> std::io::Result<bool> {
+        self.inner.read_into(path, buf)
+    }
+    fn write(&mut self, path: &str, data: &[u8]) -> std::io::Result<()> {
+        self.check()?;
+        self.inner.write(path, data)
+    }
+    fn sync(&mut self) -> std::io::Result<()> {
+        self.inner.sync()
+    }
+    fn publish_checkpoint(&mut self, data: &[u8]) -> std::io::Result<()> {
+        self.check()?;
+        self.inner.publish_checkpoint(data)
+    }
+    fn remove(&mut self, path: &str) -> std::io::Result<()> {
+        self.inner.remove(path)
+    }
+    fn remove_temp_files(&mut self, dir: &str) -> std::io::Result<()> {
+        self.inner.remove_temp_files(dir)
+    }
+}
+
+#[tokio::test]
+async fn disk_full_fails_pending_appends_clearly_and_recovers() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (dir, key, v) = new_log(tmp.path());
+    let full = Arc::new(AtomicBool::new(false));
+    let st = FillableDisk {
+        inner: LocalDir::new(&dir),
+        full: full.clone(),
+    };
+    let log = Log::open_with_storage(st, read_signing_key(&key).unwrap()).unwrap();
+    for i in 0..10u8 {
+        log.append(vec![i]).await.unwrap();
+    }
+    full.store(true, Ordering::SeqCst);
+    let t: Vec<_> = (0..5u8).map(|i| log.submit(vec![100 + i])).collect();
+    for t in t {
+        let e = t.await.unwrap_err();
+        let msg = e.to_string();
+        assert!(msg.contains("no space left on device"), "{msg}");
+        assert!(msg.contains("intact up to size 10"), "{msg}");
+    }
+    assert_eq!(log.size(), 10);
+    // The published log still verifies and holds exactly the acknowledged entries.
+    verify_log(&dir, &v, None, &no_progress).unwrap();
+    assert_eq!(all_entries(&dir).len(), 10);
+    // Space comes back: the next append recovers from the checkpoint and succeeds.
+    full.store(false, Ordering::SeqCst);
+    assert_eq!(log.append(b"after".to_vec()).await.unwrap(), 10);
+    log.close().await.unwrap();
+    let e = all_entries(&dir);
+    assert_eq!(e.len(), 11);
+    assert_eq!(e[10], b"after");
+    verify_log(&dir, &v, None, &no_progress).unwrap();
+}
+
+#[test]
+fn wrong_key_and_missing_log_are_clear_errors() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (dir, _key, _) = new_log(tmp.path());
+    let other = tmp.path().join("other-key");
+    Log::init(&tmp.path().join("log2"), "example.com/other", &other).unwrap();
+    let e = Log::open(&dir, &other).unwrap_err();
+    assert!(e.to_string().contains("does not sign the checkpoint"), "{e}");
+    let e = LogReader::open(&tmp.path().join("nothing")).unwrap_err();
+    assert!(e.to_string().contains("parapet log init"), "{e}");
+}
