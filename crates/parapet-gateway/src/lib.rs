@@ -1,1 +1,27 @@
 //! `parapet-gateway`: the PostgreSQL wire-protocol gateway.
+//!
+//! Clients connect with any PostgreSQL client, authenticate with SCRAM-SHA-256 against the
+//! gateway's users, and pick a target by database name. Every Query and Parse is judged by
+//! [`parapet_guard::Guard`], its decision is written to the [`parapet_log::Log`] (durably before
+//! forwarding, or before replying), and refused statements get SQLSTATE 42501 with the audit entry
+//! index in DETAIL. Everything else passes through unchanged.
+//!
+//! Layout: [`server`] (accept loop, shutdown, reloads), `startup` (TLS, startup, auth),
+//! `upstream` (gateway → server login, cancel), `session` (proxy loop), [`protocol`] (framing and
+//! messages), [`scram`], [`events`], [`config`], [`tls`].
+
+pub mod config;
+pub mod error;
+pub mod events;
+pub mod protocol;
+pub mod scram;
+pub mod server;
+mod session;
+mod startup;
+pub mod tls;
+mod upstream;
+
+pub use config::{Durability, GatewayConfig, StatementText, TargetConfig, TlsSettings, UpstreamConfig, UserConfig};
+pub use error::GatewayError;
+pub use scram::Verifier;
+pub use server::Gateway;

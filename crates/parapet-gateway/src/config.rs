@@ -1,0 +1,124 @@
+//! Plain configuration structs handed to the gateway by the binary (which owns TOML parsing).
+
+use parapet_guard::PolicySource;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// When a decision must be durable relative to the statement's forwarding.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Durability {
+    /// The decision entry is durable before the statement is sent to the server (default).
+    #[default]
+    BeforeForward,
+    /// The statement is sent at once; the server's reply is held until the decision is durable.
+    BeforeReply,
+}
+
+/// What statement text goes into decision events.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum StatementText {
+    /// The full statement text (`sql`) and its normalised form.
+    #[default]
+    Full,
+    /// Only the normalised form (literals replaced by `$n`); `sql` is omitted.
+    Normalized,
+}
+
+/// TLS certificate and key (PEM files).
+#[derive(Debug, Clone)]
+pub struct TlsSettings {
+    /// PEM certificate chain.
+    pub cert: PathBuf,
+    /// PEM private key.
+    pub key: PathBuf,
+}
+
+/// How the gateway reaches one upstream PostgreSQL server, with its own credentials.
+#[derive(Debug, Clone)]
+pub struct UpstreamConfig {
+    /// Host name or IP address.
+    pub host: String,
+    /// TCP port.
+    pub port: u16,
+    /// Database user the gateway logs in as.
+    pub user: String,
+    /// Password of that user (used for SCRAM, md5 or cleartext; ignored with trust).
+    pub password: Option<String>,
+    /// Database name on the server.
+    pub database: String,
+}
+
+/// One target: a name clients pick with the database name, and where it lives.
+#[derive(Debug, Clone)]
+pub struct TargetConfig {
+    /// Name clients use as `dbname`.
+    pub name: String,
+    /// The upstream server.
+    pub upstream: UpstreamConfig,
+    /// Environment label given to policies, e.g. `production`.
+    pub environment: String,
+}
+
+/// One gateway user.
+#[derive(Debug, Clone)]
+pub struct UserConfig {
+    /// Login name.
+    pub name: String,
+    /// PostgreSQL-format SCRAM-SHA-256 verifier.
+    pub scram: String,
+    /// Groups, given to policies.
+    pub groups: Vec<String>,
+}
+
+/// Everything the gateway needs, already validated by the caller.
+#[derive(Debug, Clone)]
+pub struct GatewayConfig {
+    /// Address to listen on for PostgreSQL clients.
+    pub listen: SocketAddr,
+    /// TLS certificate and key, if TLS is offered.
+    pub tls: Option<TlsSettings>,
+    /// Refuse clients that do not use TLS.
+    pub require_tls: bool,
+    /// Targets, by name.
+    pub targets: Vec<TargetConfig>,
+    /// Users.
+    pub users: Vec<UserConfig>,
+    /// Write-ahead mode.
+    pub durability: Durability,
+    /// Statement text in decision events.
+    pub statement_text: StatementText,
+    /// Largest message accepted from a client or server, in bytes (PostgreSQL's own cap is 1 GiB).
+    pub max_message_size: usize,
+    /// Where policies come from (re-read on SIGHUP and when a file changes).
+    pub policy: PolicySource,
+    /// How often policy files are checked for changes; `None` disables polling.
+    pub policy_poll: Option<Duration>,
+    /// Whether SIGHUP triggers a policy reload (only one gateway per process should set this).
+    pub reload_on_sighup: bool,
+}
+
+impl GatewayConfig {
+    /// The 1 GiB cap PostgreSQL itself applies to a message.
+    pub const MAX_MESSAGE_SIZE: usize = 1 << 30;
+
+    /// A configuration with defaults for everything but the listen address, targets and users.
+    pub fn new(listen: SocketAddr, targets: Vec<TargetConfig>, users: Vec<UserConfig>) -> Self {
+        GatewayConfig {
+            listen,
+            tls: None,
+            require_tls: false,
+            targets,
+            users,
+            durability: Durability::BeforeForward,
+            statement_text: StatementText::Full,
+            max_message_size: Self::MAX_MESSAGE_SIZE,
+            policy: PolicySource {
+                files: Vec::new(),
+                default_pack: true,
+            },
+            policy_poll: Some(Duration::from_secs(1)),
+            reload_on_sighup: true,
+        }
+    }
+}

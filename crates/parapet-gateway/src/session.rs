@@ -1,0 +1,559 @@
+//! The proxy loop of an authenticated session: simple query, extended query (Parse/Bind/Execute/
+//! Describe/Close/Sync/Flush, pipelined), COPY and everything else, in both directions.
+//!
+//! Two halves run concurrently on one task:
+//! - the **frontend** half reads client messages, judges every Query and Parse with the guard,
+//!   writes the decision to the log (waiting for it to be durable in `before_forward` mode) and
+//!   forwards — or, for a refused statement, sends upstream something that fails the same way on
+//!   the server, so client and server agree on the transaction state;
+//! - the **backend** half relays server messages in large chunks, looks only at message headers,
+//!   tracks ReadyForQuery / CommandComplete / ErrorResponse for outcome events, rewrites the
+//!   server's error for a refused statement into the gateway's own, and in `before_reply` mode
+//!   holds reply bytes until the decisions they answer are durable.
+//!
+//! The halves talk through an ordered channel of [`Expect`]ations: each is sent before the
+//! message it describes is forwarded, so it is always there when the server's answer arrives.
+
+use crate::config::{Durability, StatementText};
+use crate::error::SessionError;
+use crate::events::{now_rfc3339, to_bytes, DecisionEvent, OutcomeEvent, SessionInfo};
+use crate::protocol::{backend, cstr, frame, frontend, tag_rows};
+use crate::server::Shared;
+use crate::upstream::Upstream;
+use bytes::{Buf, BytesMut};
+use parapet_guard::{Decision, Mode, RequestContext, RuleHit, Verdict};
+use parapet_log::AppendTicket;
+use std::collections::{HashMap, VecDeque};
+use std::sync::{Arc, OnceLock};
+use std::time::Instant;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::sync::{mpsc, watch};
+
+/// Sent upstream instead of a refused simple-protocol statement: it fails on the server (aborting
+/// an open transaction block exactly as the refused statement's error would), and the backend
+/// half replaces the server's error with the gateway's.
+const DENY_SQL: &str = "DO $parapet$BEGIN RAISE EXCEPTION USING ERRCODE = '42501', MESSAGE = 'parapet: statement blocked'; END$parapet$";
+
+/// Flush to the client at least this often while relaying a large result.
+const RELAY_CHUNK: usize = 256 * 1024;
+
+/// The audit entry a statement was let through by: known at once in `before_forward` mode, filled
+/// by the backend half once the ticket resolves in `before_reply` mode.
+#[derive(Debug, Clone)]
+enum DecisionRef {
+    Index(u64),
+    Pending(Arc<OnceLock<u64>>),
+}
+
+impl DecisionRef {
+    fn index(&self) -> Option<u64> {
+        match self {
+            DecisionRef::Index(i) => Some(*i),
+            DecisionRef::Pending(s) => s.get().copied(),
+        }
+    }
+}
+
+/// What the server will answer next, in order.
+#[derive(Debug)]
+enum Expect {
+    /// A forwarded simple Query; ends at ReadyForQuery.
+    Query { decision: Option<DecisionRef>, started: Instant },
+    /// A refused simple Query (or FunctionCall); the first ErrorResponse before ReadyForQuery is replaced.
+    DenySimple { error: Vec<u8>, replaced: bool },
+    /// A forwarded Execute; ends at CommandComplete, EmptyQueryResponse, PortalSuspended or ErrorResponse.
+    Exec { decision: Option<DecisionRef>, started: Instant },
+    /// A refused Parse; the server's error naming `deny_stmt` is replaced. Dropped at ReadyForQuery
+    /// if the server was already skipping to Sync.
+    DenyExt { error: Vec<u8> },
+    /// A Sync; ends at ReadyForQuery.
+    Sync,
+    /// `before_reply`: a decision being made durable; reply bytes wait for it.
+    Ticket(AppendTicket, Arc<OnceLock<u64>>),
+}
+
+/// Runs the session until the client terminates, either side closes, or the gateway shuts down.
+pub(crate) async fn run<S>(
+    shared: Arc<Shared>,
+    info: &SessionInfo,
+    client: S,
+    upstream: Upstream,
+    mut shutdown: watch::Receiver<bool>,
+) -> Result<(), SessionError>
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let (mut client_r, mut client_w) = tokio::io::split(client);
+    let Upstream { stream, leftover, .. } = upstream;
+    let (mut up_r, mut up_w) = stream.into_split();
+    let (tx, rx) = mpsc::unbounded_channel();
+    let deny_stmt = format!("parapet_blocked_{}", info.session);
+    let mut front = Frontend {
+        shared: &shared,
+        info,
+        ctx: RequestContext {
+            user: info.user.clone(),
+            groups: info.groups.clone(),
+            target: info.target.clone(),
+            environment: info.environment.clone(),
+            client_addr: Some(info.client_addr.clone()),
+            application_name: info.application_name.clone(),
+        },
+        tx,
+        stmts: HashMap::new(),
+        portals: HashMap::new(),
+        discard: false,
+        deny_stmt: &deny_stmt,
+    };
+    let mut back = Backend {
+        shared: &shared,
+        info,
+        rx,
+        queue: VecDeque::new(),
+        tickets: Vec::new(),
+        tag: None,
+        rows: None,
+        sqlstate: None,
+        error: None,
+        deny_stmt: &deny_stmt,
+    };
+    let res = tokio::select! {
+        r = front.run(&mut client_r, &mut up_w) => r,
+        r = back.run(leftover, &mut up_r, &mut client_w) => r,
+        _ = shutdown.changed() => Err(SessionError::Shutdown),
+    };
+    let fatal = match &res {
+        Ok(()) => None,
+        Err(SessionError::Protocol(m)) => Some(("08P01", format!("protocol violation: {m}"))),
+        Err(SessionError::Shutdown) => Some(("57P01", "parapet: the gateway is shutting down".to_string())),
+        Err(SessionError::Log(m)) => Some((
+            "58030",
+            format!("parapet: the audit log cannot be written ({m}); the statement's result is withheld and the session is closed"),
+        )),
+        Err(SessionError::Upstream(m)) => Some(("08006", format!("parapet: lost the database connection: {m}"))),
+        Err(SessionError::Io(_)) => None,
+    };
+    if let Some((code, msg)) = fatal {
+        let mut out = BytesMut::new();
+        backend::error(code, &msg, None, true, &mut out);
+        let _ = client_w.write_all(&out).await;
+        let _ = client_w.flush().await;
+    }
+    let _ = client_w.shutdown().await;
+    match res {
+        Err(SessionError::Shutdown) => Ok(()),
+        other => other,
+    }
+}
+
+/// Client → server half.
+struct Frontend<'a> {
+    shared: &'a Shared,
+    info: &'a SessionInfo,
+    ctx: RequestContext,
+    tx: mpsc::UnboundedSender<Expect>,
+    stmts: HashMap<String, Option<DecisionRef>>,
+    portals: HashMap<String, Option<DecisionRef>>,
+    /// After a refused Parse: drop messages until Sync, as the server does after an error.
+    discard: bool,
+    deny_stmt: &'a str,
+}
+
+enum Judged {
+    Forward(DecisionRef),
+    Refuse(Vec<u8>),
+}
+
+impl Frontend<'_> {
+    async fn run<R, W>(&mut self, r: &mut R, w: &mut W) -> Result<(), SessionError>
+    where
+        R: AsyncRead + Unpin,
+        W: AsyncWrite + Unpin,
+    {
+        let cap = self.shared.config.max_message_size;
+        let mut rbuf = BytesMut::with_capacity(16 * 1024);
+        let mut out = BytesMut::with_capacity(16 * 1024);
+        loop {
+            if r.read_buf(&mut rbuf).await? == 0 {
+                return Ok(());
+            }
+            while let Some((tag, len)) = frame(&rbuf, cap).map_err(|e| SessionError::Protocol(e.to_string()))? {
+                let terminate = self.handle(tag, &rbuf[..len], &mut out).await?;
+                rbuf.advance(len);
+                if terminate {
+                    w.write_all(&out).await?;
+                    return Ok(());
+                }
+            }
+            if !out.is_empty() {
+                w.write_all(&out).await?;
+                out.clear();
+            }
+        }
+    }
+
+    fn expect(&self, e: Expect) -> Result<(), SessionError> {
+        self.tx
+            .send(e)
+            .map_err(|_| SessionError::Upstream("session relay stopped".into()))
+    }
+
+    /// Handles one client message; returns true on Terminate.
+    async fn handle(&mut self, tag: u8, msg: &[u8], out: &mut BytesMut) -> Result<bool, SessionError> {
+        let body = &msg[5..];
+        let bad = |what: &str| SessionError::Protocol(format!("malformed {what} message"));
+        if self.discard {
+            match tag {
+                b'S' => {
+                    self.discard = false;
+                    self.expect(Expect::Sync)?;
+                    out.extend_from_slice(msg);
+                }
+                b'X' => {
+                    out.extend_from_slice(msg);
+                    return Ok(true);
+                }
+                _ => {}
+            }
+            return Ok(false);
+        }
+        match tag {
+            b'Q' => {
+                let (sql, _) = cstr(body).ok_or_else(|| bad("Query"))?;
+                match self.judge(sql, "simple", None).await? {
+                    Judged::Forward(d) => {
+                        self.expect(Expect::Query { decision: Some(d), started: Instant::now() })?;
+                        out.extend_from_slice(msg);
+                    }
+                    Judged::Refuse(error) => {
+                        self.expect(Expect::DenySimple { error, replaced: false })?;
+                        frontend::query(DENY_SQL, out);
+                    }
+                }
+            }
+            b'P' => {
+                let (name, rest) = cstr(body).ok_or_else(|| bad("Parse"))?;
+                let (sql, _) = cstr(rest).ok_or_else(|| bad("Parse"))?;
+                match self.judge(sql, "extended", Some(name)).await? {
+                    Judged::Forward(d) => {
+                        if let Some(slot) = self.stmts.get_mut(name) {
+                            *slot = Some(d);
+                        } else {
+                            self.stmts.insert(name.to_string(), Some(d));
+                        }
+                        out.extend_from_slice(msg);
+                    }
+                    Judged::Refuse(error) => {
+                        self.expect(Expect::DenyExt { error })?;
+                        frontend::bind_missing(self.deny_stmt, out);
+                        self.discard = true;
+                    }
+                }
+            }
+            b'B' => {
+                let (portal, rest) = cstr(body).ok_or_else(|| bad("Bind"))?;
+                let (stmt, _) = cstr(rest).ok_or_else(|| bad("Bind"))?;
+                let d = self.stmts.get(stmt).cloned().flatten();
+                if let Some(slot) = self.portals.get_mut(portal) {
+                    *slot = d;
+                } else {
+                    self.portals.insert(portal.to_string(), d);
+                }
+                out.extend_from_slice(msg);
+            }
+            b'E' => {
+                let (portal, _) = cstr(body).ok_or_else(|| bad("Execute"))?;
+                let decision = self.portals.get(portal).cloned().flatten();
+                self.expect(Expect::Exec { decision, started: Instant::now() })?;
+                out.extend_from_slice(msg);
+            }
+            b'S' => {
+                self.expect(Expect::Sync)?;
+                out.extend_from_slice(msg);
+            }
+            b'C' => {
+                if let Some((&kind, rest)) = body.split_first() {
+                    if let Some((name, _)) = cstr(rest) {
+                        if kind == b'S' && !name.is_empty() {
+                            self.stmts.remove(name);
+                        } else if kind == b'P' && !name.is_empty() {
+                            self.portals.remove(name);
+                        }
+                    }
+                }
+                out.extend_from_slice(msg);
+            }
+            b'X' => {
+                out.extend_from_slice(msg);
+                return Ok(true);
+            }
+            b'F' => {
+                // The fastpath function call bypasses SQL, so it cannot be judged: refuse it.
+                let d = Decision {
+                    verdict: Verdict::Deny,
+                    rules: vec![RuleHit {
+                        id: "function-call".into(),
+                        mode: Mode::Enforce,
+                        reason: "the fastpath function-call protocol cannot be checked; use SQL".into(),
+                    }],
+                    reason: "the fastpath function-call protocol cannot be checked; use SQL".into(),
+                    policy_hash: self.shared.guard.policy_hash(),
+                    normalized: None,
+                    fingerprint: None,
+                    statements: Vec::new(),
+                };
+                let error = self.record_refusal(&d, None, "function", None).await;
+                self.expect(Expect::DenySimple { error, replaced: false })?;
+                frontend::query(DENY_SQL, out);
+            }
+            b'D' | b'H' | b'd' | b'c' | b'f' => out.extend_from_slice(msg),
+            other => {
+                return Err(SessionError::Protocol(format!(
+                    "unexpected message type {:?} from the client",
+                    other as char
+                )))
+            }
+        }
+        Ok(false)
+    }
+
+    /// Judges `sql`, records the decision, and says whether to forward it.
+    async fn judge(&mut self, sql: &str, protocol: &'static str, stmt: Option<&str>) -> Result<Judged, SessionError> {
+        let d = self.shared.guard.decide(sql, &self.ctx);
+        let text = match self.shared.config.statement_text {
+            StatementText::Full => Some(sql),
+            StatementText::Normalized => None,
+        };
+        match d.verdict {
+            Verdict::Allow | Verdict::Monitor => {
+                let ev = DecisionEvent::new(self.info, protocol, text, &d, stmt);
+                let ticket = self.shared.log.submit(to_bytes(&ev));
+                match self.shared.config.durability {
+                    Durability::BeforeForward => match ticket.await {
+                        Ok(i) => Ok(Judged::Forward(DecisionRef::Index(i))),
+                        Err(e) => Ok(Judged::Refuse(log_failure(&e.to_string()))),
+                    },
+                    Durability::BeforeReply => {
+                        let slot = Arc::new(OnceLock::new());
+                        self.expect(Expect::Ticket(ticket, slot.clone()))?;
+                        Ok(Judged::Forward(DecisionRef::Pending(slot)))
+                    }
+                }
+            }
+            Verdict::Deny | Verdict::Review => Ok(Judged::Refuse(self.record_refusal(&d, text, protocol, stmt).await)),
+        }
+    }
+
+    /// Writes a refusal durably and builds the client's ErrorResponse for it.
+    async fn record_refusal(&self, d: &Decision, text: Option<&str>, protocol: &'static str, stmt: Option<&str>) -> Vec<u8> {
+        let ev = DecisionEvent::new(self.info, protocol, text, d, stmt);
+        match self.shared.log.submit(to_bytes(&ev)).await {
+            Ok(index) => refusal(d, index),
+            Err(e) => log_failure(&e.to_string()),
+        }
+    }
+}
+
+/// The ErrorResponse for a refused statement: `parapet: blocked by <rule id>: <reason>`.
+fn refusal(d: &Decision, index: u64) -> Vec<u8> {
+    let wanted = if d.verdict == Verdict::Review { Mode::Review } else { Mode::Enforce };
+    let rule = d.rules.iter().find(|r| r.mode == wanted).or(d.rules.first());
+    let id = rule.map(|r| r.id.as_str()).unwrap_or("parapet");
+    let mut reason = rule.map(|r| r.reason.as_str()).filter(|r| !r.is_empty()).unwrap_or(d.reason.as_str()).to_string();
+    if d.verdict == Verdict::Review {
+        reason = format!("approval required: {reason}");
+    }
+    let mut out = BytesMut::new();
+    backend::error(
+        "42501",
+        &format!("parapet: blocked by {id}: {reason}"),
+        Some(&format!("parapet audit entry {index}")),
+        false,
+        &mut out,
+    );
+    out.to_vec()
+}
+
+/// The ErrorResponse for a statement refused because its decision could not be logged.
+fn log_failure(err: &str) -> Vec<u8> {
+    tracing::error!("audit log write failed, refusing statement: {err}");
+    let mut out = BytesMut::new();
+    backend::error(
+        "58030",
+        &format!("parapet: statement refused: the audit log cannot be written ({err}); nothing was sent to the database"),
+        None,
+        false,
+        &mut out,
+    );
+    out.to_vec()
+}
+
+/// Server → client half.
+struct Backend<'a> {
+    shared: &'a Shared,
+    info: &'a SessionInfo,
+    rx: mpsc::UnboundedReceiver<Expect>,
+    queue: VecDeque<Expect>,
+    tickets: Vec<(AppendTicket, Arc<OnceLock<u64>>)>,
+    // Accumulated over the current simple Query.
+    tag: Option<String>,
+    rows: Option<u64>,
+    sqlstate: Option<String>,
+    error: Option<String>,
+    deny_stmt: &'a str,
+}
+
+impl Backend<'_> {
+    async fn run<R, W>(&mut self, mut rbuf: BytesMut, r: &mut R, w: &mut W) -> Result<(), SessionError>
+    where
+        R: AsyncRead + Unpin,
+        W: AsyncWrite + Unpin,
+    {
+        let cap = self.shared.config.max_message_size;
+        let mut out = BytesMut::with_capacity(64 * 1024);
+        rbuf.reserve(64 * 1024);
+        loop {
+            if rbuf.is_empty() || frame(&rbuf, cap).ok().flatten().is_none() {
+                if r.read_buf(&mut rbuf).await? == 0 {
+                    self.settle().await?;
+                    w.write_all(&out).await?;
+                    return Ok(());
+                }
+            }
+            self.drain();
+            while let Some((tag, len)) = frame(&rbuf, cap).map_err(|e| SessionError::Upstream(e.to_string()))? {
+                self.handle(tag, &rbuf[..len], &mut out).await?;
+                rbuf.advance(len);
+                if out.len() >= RELAY_CHUNK {
+                    self.settle().await?;
+                    w.write_all(&out).await?;
+                    out.clear();
+                }
+            }
+            if !out.is_empty() {
+                self.settle().await?;
+                w.write_all(&out).await?;
+                out.clear();
+            }
+        }
+    }
+
+    /// Moves expectations from the channel into the queue (tickets aside).
+    fn drain(&mut self) {
+        while let Ok(e) = self.rx.try_recv() {
+            match e {
+                Expect::Ticket(t, slot) => self.tickets.push((t, slot)),
+                other => self.queue.push_back(other),
+            }
+        }
+    }
+
+    /// Waits until every decision received so far is durable (`before_reply`).
+    async fn settle(&mut self) -> Result<(), SessionError> {
+        for (ticket, slot) in self.tickets.drain(..) {
+            let index = ticket.await.map_err(|e| SessionError::Log(e.to_string()))?;
+            let _ = slot.set(index);
+        }
+        Ok(())
+    }
+
+    async fn outcome(&mut self, decision: Option<DecisionRef>, started: Instant, tag: Option<String>, rows: Option<u64>, sqlstate: Option<String>, error: Option<String>) -> Result<(), SessionError> {
+        if matches!(decision, Some(DecisionRef::Pending(_))) {
+            self.settle().await?;
+        }
+        let ev = OutcomeEvent {
+            kind: "outcome",
+            time: now_rfc3339(),
+            session: &self.info.session,
+            decision: decision.and_then(|d| d.index()),
+            tag,
+            rows,
+            sqlstate,
+            error,
+            duration_us: started.elapsed().as_micros() as u64,
+        };
+        // Outcomes are appended without waiting.
+        drop(self.shared.log.submit(to_bytes(&ev)));
+        Ok(())
+    }
+
+    async fn handle(&mut self, tag: u8, msg: &[u8], out: &mut BytesMut) -> Result<(), SessionError> {
+        let body = &msg[5..];
+        match tag {
+            b'Z' => {
+                while let Some(item) = self.queue.pop_front() {
+                    match item {
+                        Expect::Query { decision, started } => {
+                            let (t, r, s, e) = (self.tag.take(), self.rows.take(), self.sqlstate.take(), self.error.take());
+                            self.outcome(decision, started, t, r, s, e).await?;
+                            break;
+                        }
+                        Expect::DenySimple { .. } | Expect::Sync => break,
+                        _ => {} // Skipped by the server after an error.
+                    }
+                }
+                self.tag = None;
+                self.rows = None;
+                self.sqlstate = None;
+                self.error = None;
+                out.extend_from_slice(msg);
+            }
+            b'C' | b'I' | b's' => {
+                let t = if tag == b'C' {
+                    cstr(body).map(|(t, _)| t.to_string())
+                } else {
+                    None
+                };
+                match self.queue.front() {
+                    Some(Expect::Query { .. }) => {
+                        if let Some(n) = t.as_deref().and_then(tag_rows) {
+                            self.rows = Some(self.rows.unwrap_or(0) + n);
+                        }
+                        self.tag = t;
+                    }
+                    Some(Expect::Exec { .. }) => {
+                        if let Some(Expect::Exec { decision, started }) = self.queue.pop_front() {
+                            let rows = t.as_deref().and_then(tag_rows);
+                            let t = if tag == b's' { Some("PortalSuspended".to_string()) } else { t };
+                            self.outcome(decision, started, t, rows, None, None).await?;
+                        }
+                    }
+                    _ => {}
+                }
+                out.extend_from_slice(msg);
+            }
+            b'E' => match self.queue.front_mut() {
+                Some(Expect::DenySimple { error, replaced }) if !*replaced => {
+                    *replaced = true;
+                    out.extend_from_slice(error);
+                }
+                Some(Expect::DenyExt { .. }) => {
+                    let f = backend::parse_error(body);
+                    if f.message.contains(self.deny_stmt) {
+                        if let Some(Expect::DenyExt { error }) = self.queue.pop_front() {
+                            out.extend_from_slice(&error);
+                        }
+                    } else {
+                        out.extend_from_slice(msg);
+                    }
+                }
+                Some(Expect::Query { .. }) => {
+                    let f = backend::parse_error(body);
+                    self.sqlstate = Some(f.code);
+                    self.error = Some(f.message);
+                    out.extend_from_slice(msg);
+                }
+                Some(Expect::Exec { .. }) => {
+                    let f = backend::parse_error(body);
+                    if let Some(Expect::Exec { decision, started }) = self.queue.pop_front() {
+                        self.outcome(decision, started, None, None, Some(f.code), Some(f.message)).await?;
+                    }
+                    out.extend_from_slice(msg);
+                }
+                _ => out.extend_from_slice(msg),
+            },
+            _ => out.extend_from_slice(msg),
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,268 @@
+//! Connection start: SSLRequest/TLS, GSSENCRequest, CancelRequest, StartupMessage, client SCRAM
+//! authentication, target selection and the upstream login; then hands over to the proxy.
+
+use crate::error::SessionError;
+use crate::events::{now_rfc3339, to_bytes, SessionInfo};
+use crate::protocol::{self, backend, cstr};
+use crate::scram::{ServerExchange, Verifier};
+use crate::server::Shared;
+use crate::session;
+use bytes::{BufMut, BytesMut};
+use rand::Rng;
+use serde_json::json;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::sync::watch;
+
+/// Reads one untyped startup-phase packet (`int32 len`, `int32 code`, body). `None` on clean EOF.
+async fn read_startup<S: AsyncRead + Unpin>(s: &mut S) -> Result<Option<(i32, Vec<u8>)>, SessionError> {
+    let mut len = [0u8; 4];
+    match s.read_exact(&mut len).await {
+        Ok(_) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Ok(None),
+        Err(e) => return Err(e.into()),
+    }
+    let len = i32::from_be_bytes(len);
+    if len < 8 || len as usize > protocol::MAX_STARTUP_PACKET {
+        return Err(SessionError::Protocol(format!("invalid startup packet length {len}")));
+    }
+    let mut body = vec![0u8; len as usize - 4];
+    s.read_exact(&mut body).await?;
+    let code = i32::from_be_bytes([body[0], body[1], body[2], body[3]]);
+    body.drain(..4);
+    Ok(Some((code, body)))
+}
+
+/// Reads one typed message during authentication (small: capped at 64 KiB). `None` on EOF.
+async fn read_typed<S: AsyncRead + Unpin>(s: &mut S) -> Result<Option<(u8, Vec<u8>)>, SessionError> {
+    let mut head = [0u8; 5];
+    match s.read_exact(&mut head).await {
+        Ok(_) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Ok(None),
+        Err(e) => return Err(e.into()),
+    }
+    let len = i32::from_be_bytes([head[1], head[2], head[3], head[4]]);
+    if !(4..=65_536).contains(&len) {
+        return Err(SessionError::Protocol(format!("invalid message length {len} during authentication")));
+    }
+    let mut body = vec![0u8; len as usize - 4];
+    s.read_exact(&mut body).await?;
+    Ok(Some((head[0], body)))
+}
+
+async fn send_fatal<S: AsyncWrite + Unpin>(s: &mut S, code: &str, msg: &str) -> Result<(), SessionError> {
+    let mut out = BytesMut::new();
+    backend::error(code, msg, None, true, &mut out);
+    s.write_all(&out).await?;
+    s.flush().await?;
+    Ok(())
+}
+
+/// Handles one accepted TCP connection from start to end.
+pub(crate) async fn handle(shared: Arc<Shared>, mut tcp: TcpStream, peer: SocketAddr, shutdown: watch::Receiver<bool>) {
+    let _ = tcp.set_nodelay(true);
+    let result = async {
+        loop {
+            let Some((code, body)) = read_startup(&mut tcp).await? else { return Ok(()) };
+            match code {
+                protocol::SSL_REQUEST => match &shared.tls {
+                    Some(acceptor) => {
+                        tcp.write_all(b"S").await?;
+                        let mut tls = acceptor.accept(tcp).await?;
+                        let Some((code, body)) = read_startup(&mut tls).await? else { return Ok(()) };
+                        return startup(&shared, tls, peer, code, body, true, shutdown).await;
+                    }
+                    None => tcp.write_all(b"N").await?,
+                },
+                protocol::GSSENC_REQUEST => tcp.write_all(b"N").await?,
+                _ => return startup(&shared, tcp, peer, code, body, false, shutdown).await,
+            }
+        }
+    }
+    .await;
+    match result {
+        Ok(()) => {}
+        Err(SessionError::Io(e)) => tracing::debug!(%peer, "connection ended: {e}"),
+        Err(e) => tracing::warn!(%peer, "connection closed: {e}"),
+    }
+}
+
+async fn startup<S>(
+    shared: &Arc<Shared>,
+    mut stream: S,
+    peer: SocketAddr,
+    code: i32,
+    body: Vec<u8>,
+    tls: bool,
+    shutdown: watch::Receiver<bool>,
+) -> Result<(), SessionError>
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    if code == protocol::CANCEL_REQUEST {
+        if body.len() >= 8 {
+            let pid = i32::from_be_bytes([body[0], body[1], body[2], body[3]]);
+            let secret = i32::from_be_bytes([body[4], body[5], body[6], body[7]]);
+            shared.cancel(pid, secret).await;
+        }
+        return Ok(());
+    }
+    if code >> 16 != 3 {
+        send_fatal(&mut stream, "08P01", &format!("unsupported frontend protocol {}.{}: the gateway speaks 3.0", code >> 16, code & 0xffff)).await?;
+        return Err(SessionError::Protocol(format!("unsupported protocol version {code:#x}")));
+    }
+    // Startup parameters.
+    let mut params: Vec<(String, String)> = Vec::new();
+    let mut rest = body.as_slice();
+    while let Some((k, r)) = cstr(rest) {
+        if k.is_empty() {
+            break;
+        }
+        let Some((v, r2)) = cstr(r) else { break };
+        params.push((k.to_string(), v.to_string()));
+        rest = r2;
+    }
+    let unknown: Vec<&str> = params.iter().filter(|(k, _)| k.starts_with("_pq_.")).map(|(k, _)| k.as_str()).collect();
+    if code & 0xffff != 0 || !unknown.is_empty() {
+        // NegotiateProtocolVersion: we speak 3.0 and no protocol options.
+        let mut out = BytesMut::new();
+        out.put_u8(b'v');
+        let len_at = out.len();
+        out.put_i32(0);
+        out.put_i32(protocol::PROTOCOL_V3);
+        out.put_i32(unknown.len() as i32);
+        for u in &unknown {
+            out.put_slice(u.as_bytes());
+            out.put_u8(0);
+        }
+        let len = (out.len() - len_at) as i32;
+        out[len_at..len_at + 4].copy_from_slice(&len.to_be_bytes());
+        stream.write_all(&out).await?;
+    }
+    let get = |k: &str| params.iter().find(|(pk, _)| pk == k).map(|(_, v)| v.clone());
+    let Some(user) = get("user") else {
+        send_fatal(&mut stream, "28000", "no PostgreSQL user name specified in startup packet").await?;
+        return Ok(());
+    };
+    let database = get("database").filter(|d| !d.is_empty()).unwrap_or_else(|| user.clone());
+    let application_name = get("application_name").unwrap_or_default();
+    let client_addr = peer.ip().to_string();
+
+    if shared.config.require_tls && !tls {
+        shared.event(json!({"type":"auth_failure","time":now_rfc3339(),"user":user,"client_addr":client_addr,
+            "target":database,"tls":false,"reason":"TLS required"}));
+        send_fatal(&mut stream, "28000", "parapet: this gateway requires TLS (connect with sslmode=require)").await?;
+        return Ok(());
+    }
+
+    // SCRAM-SHA-256.
+    let known = shared.users.get(&user);
+    let verifier = known.map(|(_, v)| v.clone()).unwrap_or_else(Verifier::impossible);
+    let mut out = BytesMut::new();
+    backend::authentication(10, b"SCRAM-SHA-256\0\0", &mut out);
+    stream.write_all(&out).await?;
+    out.clear();
+    let fail = |reason: String| {
+        shared.event(json!({"type":"auth_failure","time":now_rfc3339(),"user":user,"client_addr":client_addr,
+            "target":database,"tls":tls,"application_name":application_name,"reason":reason}));
+    };
+    let Some((tag, msg)) = read_typed(&mut stream).await? else {
+        return Ok(()); // Client went away (e.g. psql asking for the password).
+    };
+    if tag != b'p' {
+        return Err(SessionError::Protocol(format!("expected SASLInitialResponse, got {:?}", tag as char)));
+    }
+    let Some((mech, r)) = cstr(&msg) else {
+        return Err(SessionError::Protocol("malformed SASLInitialResponse".into()));
+    };
+    if mech != "SCRAM-SHA-256" || r.len() < 4 {
+        send_fatal(&mut stream, "28000", "parapet: only SCRAM-SHA-256 authentication is supported").await?;
+        fail(format!("unsupported mechanism {mech:?}"));
+        return Ok(());
+    }
+    let (exchange, server_first) = match ServerExchange::start(verifier, &r[4..]) {
+        Ok(x) => x,
+        Err(e) => {
+            send_fatal(&mut stream, "08P01", &format!("invalid SCRAM exchange: {e}")).await?;
+            fail(e);
+            return Ok(());
+        }
+    };
+    backend::authentication(11, server_first.as_bytes(), &mut out);
+    stream.write_all(&out).await?;
+    out.clear();
+    let Some((tag, msg)) = read_typed(&mut stream).await? else { return Ok(()) };
+    if tag != b'p' {
+        return Err(SessionError::Protocol(format!("expected SASLResponse, got {:?}", tag as char)));
+    }
+    let server_final = match exchange.finish(&msg) {
+        Ok(f) if known.is_some() => f,
+        res => {
+            let reason = match (res, known) {
+                (_, None) => "unknown user".to_string(),
+                (Err(e), _) => e,
+                (Ok(_), _) => "password authentication failed".to_string(),
+            };
+            tracing::info!(%peer, user, "authentication failed: {reason}");
+            fail(reason);
+            send_fatal(&mut stream, "28P01", &format!("password authentication failed for user \"{user}\"")).await?;
+            return Ok(());
+        }
+    };
+    backend::authentication(12, server_final.as_bytes(), &mut out);
+
+    // Target.
+    let Some(target) = shared.targets.get(&database) else {
+        let names: Vec<&str> = shared.config.targets.iter().map(|t| t.name.as_str()).collect();
+        stream.write_all(&out).await?;
+        send_fatal(&mut stream, "3D000", &format!("parapet: no target named \"{database}\" (known targets: {})", names.join(", "))).await?;
+        return Ok(());
+    };
+    let upstream = match crate::upstream::connect(&target.upstream, &params, shared.config.max_message_size).await {
+        Ok(u) => u,
+        Err(e) => {
+            tracing::error!(target = %target.name, "upstream login failed: {e}");
+            stream.write_all(&out).await?;
+            send_fatal(&mut stream, "08006", &format!("parapet: cannot reach target \"{}\": {e}", target.name)).await?;
+            return Ok(());
+        }
+    };
+    let (user_cfg, _) = known.ok_or_else(|| SessionError::Protocol("user vanished".into()))?;
+    let (key, session_id) = {
+        let mut rng = rand::thread_rng();
+        let key: (i32, i32) = (rng.gen_range(1..i32::MAX), rng.gen());
+        (key, format!("{:016x}", rng.gen::<u64>()))
+    };
+    backend::authentication(0, b"", &mut out);
+    out.extend_from_slice(&upstream.parameter_status);
+    backend::backend_key_data(key.0, key.1, &mut out);
+    backend::ready_for_query(b'I', &mut out);
+    stream.write_all(&out).await?;
+    stream.flush().await?;
+
+    let info = SessionInfo {
+        session: session_id,
+        user: user.clone(),
+        groups: user_cfg.groups.clone(),
+        target: target.name.clone(),
+        environment: target.environment.clone(),
+        client_addr,
+        application_name,
+    };
+    shared.event(json!({"type":"session_start","time":now_rfc3339(),"session":info.session,"user":info.user,
+        "groups":info.groups,"target":info.target,"environment":info.environment,"client_addr":info.client_addr,
+        "client_port":peer.port(),"application_name":info.application_name,"tls":tls}));
+    shared.register_cancel(key, &target.upstream, upstream.key);
+    let started = std::time::Instant::now();
+    let res = session::run(shared.clone(), &info, stream, upstream, shutdown).await;
+    shared.unregister_cancel(key);
+    let mut end = json!({"type":"session_end","time":now_rfc3339(),"session":info.session,
+        "duration_ms":started.elapsed().as_millis() as u64});
+    if let Err(e) = &res {
+        end["error"] = json!(e.to_string());
+    }
+    shared.log.submit(to_bytes(&end));
+    res
+}

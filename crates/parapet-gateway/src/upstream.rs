@@ -1,0 +1,166 @@
+//! Connecting to a target's PostgreSQL server with the gateway's own credentials (trust,
+//! cleartext, md5 or SCRAM-SHA-256 via `postgres-protocol`), and forwarding cancel requests.
+
+use crate::config::UpstreamConfig;
+use crate::error::SessionError;
+use crate::protocol::{backend::parse_error, cstr, frame};
+use bytes::{Buf, BytesMut};
+use postgres_protocol::authentication::sasl::{ChannelBinding, ScramSha256, SCRAM_SHA_256};
+use postgres_protocol::message::frontend;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+/// An authenticated upstream connection, ready for queries.
+#[derive(Debug)]
+pub(crate) struct Upstream {
+    /// The socket.
+    pub stream: TcpStream,
+    /// Raw ParameterStatus messages the server sent during startup, to relay to the client.
+    pub parameter_status: BytesMut,
+    /// Server backend pid and secret (for cancel requests).
+    pub key: (i32, i32),
+    /// Bytes read past the startup (normally empty).
+    pub leftover: BytesMut,
+}
+
+fn up_err(e: impl std::fmt::Display) -> SessionError {
+    SessionError::Upstream(e.to_string())
+}
+
+/// Connects and authenticates; `client_params` are forwarded (minus user/database/replication).
+pub(crate) async fn connect(
+    cfg: &UpstreamConfig,
+    client_params: &[(String, String)],
+    cap: usize,
+) -> Result<Upstream, SessionError> {
+    let mut stream = TcpStream::connect((cfg.host.as_str(), cfg.port))
+        .await
+        .map_err(|e| up_err(format!("cannot connect to {}:{}: {e}", cfg.host, cfg.port)))?;
+    stream.set_nodelay(true)?;
+    let mut params: Vec<(&str, &str)> = vec![("user", &cfg.user), ("database", &cfg.database)];
+    for (k, v) in client_params {
+        if !matches!(k.as_str(), "user" | "database" | "replication") && !k.starts_with("_pq_.") {
+            params.push((k, v));
+        }
+    }
+    let mut out = BytesMut::new();
+    frontend::startup_message(params.iter().copied(), &mut out).map_err(up_err)?;
+    stream.write_all(&out).await?;
+    out.clear();
+
+    let password = cfg.password.as_deref().unwrap_or("");
+    let mut buf = BytesMut::with_capacity(8192);
+    let mut scram: Option<ScramSha256> = None;
+    let mut parameter_status = BytesMut::new();
+    let mut key = (0, 0);
+    loop {
+        let (tag, len) = loop {
+            match frame(&buf, cap).map_err(up_err)? {
+                Some(f) => break f,
+                None => {
+                    if stream.read_buf(&mut buf).await? == 0 {
+                        return Err(up_err("server closed the connection during startup"));
+                    }
+                }
+            }
+        };
+        let msg = buf.split_to(len);
+        let body = &msg[5..];
+        match tag {
+            b'R' => {
+                if body.len() < 4 {
+                    return Err(up_err("malformed authentication request"));
+                }
+                let code = i32::from_be_bytes([body[0], body[1], body[2], body[3]]);
+                let payload = &body[4..];
+                match code {
+                    0 => {}
+                    3 => {
+                        frontend::password_message(password.as_bytes(), &mut out).map_err(up_err)?;
+                    }
+                    5 => {
+                        let salt: [u8; 4] = payload
+                            .get(..4)
+                            .and_then(|s| s.try_into().ok())
+                            .ok_or_else(|| up_err("malformed md5 request"))?;
+                        let hash = postgres_protocol::authentication::md5_hash(
+                            cfg.user.as_bytes(),
+                            password.as_bytes(),
+                            salt,
+                        );
+                        frontend::password_message(hash.as_bytes(), &mut out).map_err(up_err)?;
+                    }
+                    10 => {
+                        let mut rest = payload;
+                        let mut ok = false;
+                        while let Some((m, r)) = cstr(rest) {
+                            if m.is_empty() {
+                                break;
+                            }
+                            ok |= m == SCRAM_SHA_256;
+                            rest = r;
+                        }
+                        if !ok {
+                            return Err(up_err("server offers no SASL mechanism the gateway supports"));
+                        }
+                        let s = ScramSha256::new(password.as_bytes(), ChannelBinding::unsupported());
+                        frontend::sasl_initial_response(SCRAM_SHA_256, s.message(), &mut out)
+                            .map_err(up_err)?;
+                        scram = Some(s);
+                    }
+                    11 => {
+                        let s = scram.as_mut().ok_or_else(|| up_err("unexpected SASL continue"))?;
+                        s.update(payload).map_err(up_err)?;
+                        frontend::sasl_response(s.message(), &mut out).map_err(up_err)?;
+                    }
+                    12 => {
+                        let s = scram.as_mut().ok_or_else(|| up_err("unexpected SASL final"))?;
+                        s.finish(payload).map_err(up_err)?;
+                    }
+                    other => {
+                        return Err(up_err(format!(
+                            "server asks for authentication method {other}, which the gateway does not support (use scram-sha-256, md5, password or trust)"
+                        )))
+                    }
+                }
+                if !out.is_empty() {
+                    stream.write_all(&out).await?;
+                    out.clear();
+                }
+            }
+            b'E' => {
+                let f = parse_error(body);
+                return Err(up_err(format!("server refused the gateway: {} ({})", f.message, f.code)));
+            }
+            b'S' => parameter_status.extend_from_slice(&msg),
+            b'K' => {
+                let mut b = body;
+                if b.len() < 8 {
+                    return Err(up_err("malformed BackendKeyData"));
+                }
+                key = (b.get_i32(), b.get_i32());
+            }
+            b'Z' => {
+                return Ok(Upstream {
+                    stream,
+                    parameter_status,
+                    key,
+                    leftover: buf,
+                })
+            }
+            _ => {} // NoticeResponse, NegotiateProtocolVersion: nothing to do.
+        }
+    }
+}
+
+/// Sends a CancelRequest for `key` to the server at `host:port`.
+pub(crate) async fn cancel(host: &str, port: u16, key: (i32, i32)) -> std::io::Result<()> {
+    let mut s = TcpStream::connect((host, port)).await?;
+    let mut out = BytesMut::new();
+    frontend::cancel_request(key.0, key.1, &mut out);
+    s.write_all(&out).await?;
+    // The server closes the connection once it has read the request.
+    let mut sink = [0u8; 16];
+    let _ = s.read(&mut sink).await;
+    Ok(())
+}
