@@ -6,15 +6,39 @@
 //! [`PolicySource`], [`RequestContext`], [`Decision`], [`Verdict`], [`RuleHit`], [`Mode`],
 //! [`PolicyReload`], [`GuardError`].
 
+pub mod analyze;
+pub mod cache;
+mod engine;
+pub mod policy;
+
+pub use analyze::facts::{FactsData, Problem, StatementFacts};
+pub use analyze::{analyze, Analysis};
+pub use policy::{PolicyDiagnostic, RuleMeta, DEFAULT_PACK, SCHEMA};
+
 use serde::Serialize;
 use std::path::PathBuf;
 
 /// Errors of the guard (policy loading and validation).
 #[derive(Debug, thiserror::Error)]
 pub enum GuardError {
-    /// Placeholder until implemented.
-    #[error("not implemented yet")]
-    Unimplemented,
+    /// A policy file could not be read.
+    #[error("cannot read policy file {path}: {source}; check the path and its permissions")]
+    Read {
+        /// The file.
+        path: String,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The policy set has errors (syntax, schema, annotations); nothing was loaded.
+    #[error("policy set refused, fix these and try again:\n{}", errors.iter().map(|e| format!("  {e}")).collect::<Vec<_>>().join("\n"))]
+    Invalid {
+        /// Every problem found, with file:line:column.
+        errors: Vec<PolicyDiagnostic>,
+    },
+    /// The built-in schema does not parse (a Parapet bug).
+    #[error("the built-in Parapet policy schema is invalid ({0}); please report this bug")]
+    Schema(String),
 }
 
 /// Where policies come from.
@@ -44,7 +68,7 @@ pub struct RequestContext {
 }
 
 /// The outcome of judging one message (the strictest of its statements).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Verdict {
     /// Forward it.
@@ -58,7 +82,7 @@ pub enum Verdict {
 }
 
 /// How a rule acts when it matches (`@mode` annotation).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Mode {
     /// Block.
@@ -70,7 +94,7 @@ pub enum Mode {
 }
 
 /// A rule that determined a decision.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, serde::Deserialize)]
 pub struct RuleHit {
     /// `@id` of the rule.
     pub id: String,
@@ -96,8 +120,8 @@ pub struct Decision {
     pub normalized: Option<String>,
     /// pg_query fingerprint (hex), if it parsed.
     pub fingerprint: Option<String>,
-    /// Facts of each statement, as JSON.
-    pub statements: Vec<serde_json::Value>,
+    /// Facts of each statement (serialised as one JSON object per statement).
+    pub statements: Vec<StatementFacts>,
 }
 
 /// Result of a successful reload.
@@ -110,38 +134,85 @@ pub struct PolicyReload {
 }
 
 /// The guardrail engine. `Send + Sync`; share it behind an `Arc`.
+///
+/// Holds the policy set in force behind an atomic pointer (a statement is judged by exactly one
+/// whole set, old or new), a bounded cache of analyses by statement text, and a bounded cache of
+/// decisions keyed by everything a policy can see.
 #[derive(Debug)]
-pub struct Guard {}
+pub struct Guard {
+    engine: arc_swap::ArcSwap<engine::Engine>,
+    analyses: cache::ShardedCache<String, std::sync::Arc<Analysis>>,
+    decisions: cache::ShardedCache<String, Decision>,
+}
+
+/// Entries kept in each cache.
+const CACHE_CAPACITY: usize = 16_384;
 
 impl Guard {
     /// Loads and validates a policy set.
     pub fn load(source: &PolicySource) -> Result<Guard, GuardError> {
-        let _ = source;
-        Err(GuardError::Unimplemented)
+        let compiled = policy::compile(source)?;
+        Ok(Guard {
+            engine: arc_swap::ArcSwap::from_pointee(engine::Engine::new(compiled, 0)),
+            analyses: cache::ShardedCache::new(CACHE_CAPACITY),
+            decisions: cache::ShardedCache::new(CACHE_CAPACITY),
+        })
     }
 
     /// Atomically replaces the policy set; on error the old set stays in force.
     pub fn reload(&self, source: &PolicySource) -> Result<PolicyReload, GuardError> {
-        let _ = source;
-        Err(GuardError::Unimplemented)
+        let compiled = policy::compile(source)?;
+        let old = self.engine.load_full();
+        let new = engine::Engine::new(compiled, old.generation + 1);
+        let reload = PolicyReload {
+            old_hash: old.policies.hash.clone(),
+            new_hash: new.policies.hash.clone(),
+        };
+        self.engine.store(std::sync::Arc::new(new));
+        // Decisions are keyed by generation, so stale ones can never be served; free them.
+        self.decisions.clear();
+        Ok(reload)
     }
 
     /// Hash of the policy set in force.
     pub fn policy_hash(&self) -> String {
-        String::new()
+        self.engine.load().policies.hash.clone()
+    }
+
+    /// The rules in force (annotations), in no particular order.
+    pub fn rules(&self) -> Vec<RuleMeta> {
+        self.engine.load().policies.rules.values().cloned().collect()
+    }
+
+    /// Analyses a message (cached by text).
+    pub fn analyze(&self, sql: &str) -> std::sync::Arc<Analysis> {
+        if let Some(a) = self.analyses.get(sql) {
+            return a;
+        }
+        let a = std::sync::Arc::new(analyze::analyze(sql));
+        self.analyses.insert(sql.to_string(), a.clone());
+        a
     }
 
     /// Judges one message (which may hold several statements).
     pub fn decide(&self, sql: &str, ctx: &RequestContext) -> Decision {
-        let _ = (sql, ctx);
-        Decision {
-            verdict: Verdict::Deny,
-            rules: Vec::new(),
-            reason: "not implemented".into(),
-            policy_hash: String::new(),
-            normalized: None,
-            fingerprint: None,
-            statements: Vec::new(),
+        self.decide_at(sql, ctx, std::time::SystemTime::now())
+    }
+
+    /// Like [`Guard::decide`] at a given time (`context.time`; minute resolution).
+    pub fn decide_at(&self, sql: &str, ctx: &RequestContext, now: std::time::SystemTime) -> Decision {
+        let engine = self.engine.load_full();
+        let minute = now
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs() / 60)
+            .unwrap_or(0);
+        let key = engine::cache_key(engine.generation, minute, ctx, sql);
+        if let Some(d) = self.decisions.get(&key) {
+            return d;
         }
+        let analysis = self.analyze(sql);
+        let d = engine.decide(&analysis, ctx, minute);
+        self.decisions.insert(key, d.clone());
+        d
     }
 }

@@ -1,0 +1,126 @@
+//! Typed statement facts: what one statement (and everything nested in it) does.
+
+use serde::Serialize;
+use std::collections::BTreeSet;
+use std::sync::Arc;
+
+/// Why a statement could not be analysed; the engine denies it whatever the policies say.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Problem {
+    /// Engine rule id: `parapet.unparseable`, `parapet.unanalysable` or `parapet.dynamic-sql`.
+    pub rule: &'static str,
+    /// What could not be analysed, for the user.
+    pub reason: String,
+}
+
+/// Rule id for text that does not parse as PostgreSQL.
+pub const RULE_UNPARSEABLE: &str = "parapet.unparseable";
+/// Rule id for parsed text whose effect cannot be determined (unknown function language, …).
+pub const RULE_UNANALYSABLE: &str = "parapet.unanalysable";
+/// Rule id for `EXECUTE` of SQL text that is not a constant.
+pub const RULE_DYNAMIC_SQL: &str = "parapet.dynamic-sql";
+
+/// Facts of one statement, merged with the facts of everything nested in it.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct FactsData {
+    /// The statement's text as sent (trimmed).
+    pub text: String,
+    /// Kind of the statement itself (see the schema for the list).
+    pub kind: String,
+    /// Kinds and tags of the statement and everything nested in it.
+    pub kinds: BTreeSet<String>,
+    /// Tables read, `schema.name`.
+    pub reads: BTreeSet<String>,
+    /// Tables written (DML targets, DDL objects), `schema.name`.
+    pub writes: BTreeSet<String>,
+    /// Functions called, normalised (`pg_catalog.` dropped, other schemas kept).
+    pub functions: BTreeSet<String>,
+    /// Functions called, bare names.
+    pub function_names: BTreeSet<String>,
+    /// False only when the statement itself is an UPDATE/DELETE without WHERE.
+    pub has_where: bool,
+    /// An UPDATE without WHERE anywhere.
+    pub update_without_where: bool,
+    /// A DELETE without WHERE anywhere.
+    pub delete_without_where: bool,
+    /// COPY direction: "to", "from", or "" when there is no COPY.
+    pub copy_direction: String,
+    /// COPY to/from a server file.
+    pub copy_server_file: bool,
+    /// COPY to/from a server-side program.
+    pub copy_program: bool,
+    /// Object types named by DDL / GRANT.
+    pub object_types: BTreeSet<String>,
+    /// Run-time parameters changed by SET / set_config ("?" when not a constant).
+    pub set_variables: BTreeSet<String>,
+    /// Whether anything is nested in the statement.
+    pub nested: bool,
+    /// Dynamic SQL (non-constant EXECUTE) somewhere in the statement.
+    pub dynamic_sql: bool,
+    /// Whether the statement has `$n` parameters.
+    pub has_parameters: bool,
+    /// What could not be analysed (the statement is denied when non-empty).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub problems: Vec<Problem>,
+}
+
+/// Facts of one statement; cheap to clone (shared), serialises as its [`FactsData`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StatementFacts(pub Arc<FactsData>);
+
+impl std::ops::Deref for StatementFacts {
+    type Target = FactsData;
+    fn deref(&self) -> &FactsData {
+        &self.0
+    }
+}
+
+impl Serialize for StatementFacts {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        self.0.serialize(s)
+    }
+}
+
+impl FactsData {
+    /// Empty facts for a statement of `kind`.
+    pub fn new(text: &str, kind: &str) -> Self {
+        FactsData {
+            text: text.trim().to_string(),
+            kind: kind.to_string(),
+            has_where: true,
+            ..FactsData::default()
+        }
+    }
+
+    /// Merges the facts of a nested statement into these.
+    pub fn absorb(&mut self, other: FactsData) {
+        self.nested = true;
+        self.kinds.insert(other.kind);
+        self.kinds.extend(other.kinds);
+        self.reads.extend(other.reads);
+        self.writes.extend(other.writes);
+        self.functions.extend(other.functions);
+        self.function_names.extend(other.function_names);
+        self.update_without_where |= other.update_without_where;
+        self.delete_without_where |= other.delete_without_where;
+        if self.copy_direction.is_empty() {
+            self.copy_direction = other.copy_direction;
+        }
+        self.copy_server_file |= other.copy_server_file;
+        self.copy_program |= other.copy_program;
+        self.object_types.extend(other.object_types);
+        self.set_variables.extend(other.set_variables);
+        self.dynamic_sql |= other.dynamic_sql;
+        self.has_parameters |= other.has_parameters;
+        self.problems.extend(other.problems);
+    }
+
+    /// Schemas of every table read or written.
+    pub fn schemas(&self) -> BTreeSet<String> {
+        self.reads
+            .iter()
+            .chain(self.writes.iter())
+            .filter_map(|t| t.split_once('.').map(|(s, _)| s.to_string()))
+            .collect()
+    }
+}

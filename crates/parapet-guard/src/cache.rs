@@ -1,0 +1,141 @@
+//! Bounded, sharded, lock-light caches for analyses and decisions.
+//!
+//! Hand-written rather than a cache crate: the workspace's vetted dependency set has no cache
+//! crate, the need is small (get/insert of `Arc`/cheap-clone values, bounded memory), and a
+//! sharded map with per-shard `parking_lot` mutexes held only for a hash-map probe keeps
+//! `decide` lock-light under many concurrent tokio tasks. Eviction is "clear one shard's oldest
+//! half" (a generation-based approximation of LRU) which bounds memory without per-hit
+//! bookkeeping on the read path beyond one relaxed store.
+
+use parking_lot::Mutex;
+use std::collections::HashMap;
+use std::hash::{BuildHasher, Hash, RandomState};
+use std::sync::atomic::{AtomicU64, Ordering};
+
+const SHARDS: usize = 32;
+
+struct Slot<V> {
+    value: V,
+    /// Generation of the last hit: older entries are evicted first.
+    last_used: AtomicU64,
+}
+
+struct Shard<K, V> {
+    map: HashMap<K, Slot<V>, RandomState>,
+}
+
+/// A bounded concurrent cache. Values are cloned out (use `Arc` or cheap-clone values).
+pub struct ShardedCache<K, V> {
+    shards: Vec<Mutex<Shard<K, V>>>,
+    hasher: RandomState,
+    per_shard: usize,
+    clock: AtomicU64,
+}
+
+impl<K: Hash + Eq, V: Clone> ShardedCache<K, V> {
+    /// A cache holding at most about `capacity` entries.
+    pub fn new(capacity: usize) -> Self {
+        let per_shard = (capacity / SHARDS).max(4);
+        ShardedCache {
+            shards: (0..SHARDS)
+                .map(|_| {
+                    Mutex::new(Shard {
+                        map: HashMap::with_hasher(RandomState::new()),
+                    })
+                })
+                .collect(),
+            hasher: RandomState::new(),
+            per_shard,
+            clock: AtomicU64::new(0),
+        }
+    }
+
+    fn shard<Q: Hash + ?Sized>(&self, key: &Q) -> &Mutex<Shard<K, V>> {
+        let h = self.hasher.hash_one(key) as usize;
+        &self.shards[h % SHARDS]
+    }
+
+    /// Looks `key` up.
+    pub fn get<Q>(&self, key: &Q) -> Option<V>
+    where
+        K: std::borrow::Borrow<Q>,
+        Q: Hash + Eq + ?Sized,
+    {
+        let shard = self.shard(key).lock();
+        shard.map.get(key).map(|slot| {
+            slot.last_used
+                .store(self.clock.load(Ordering::Relaxed), Ordering::Relaxed);
+            slot.value.clone()
+        })
+    }
+
+    /// Inserts `key → value`, evicting the least recently used half of the shard when full.
+    pub fn insert(&self, key: K, value: V) {
+        let now = self.clock.fetch_add(1, Ordering::Relaxed);
+        let mut shard = self.shard(&key).lock();
+        if shard.map.len() >= self.per_shard && !shard.map.contains_key(&key) {
+            let mut ages: Vec<u64> = shard
+                .map
+                .values()
+                .map(|s| s.last_used.load(Ordering::Relaxed))
+                .collect();
+            let mid = ages.len() / 2;
+            let (_, median, _) = ages.select_nth_unstable(mid);
+            let cutoff = *median;
+            shard
+                .map
+                .retain(|_, s| s.last_used.load(Ordering::Relaxed) > cutoff);
+        }
+        shard.map.insert(
+            key,
+            Slot {
+                value,
+                last_used: AtomicU64::new(now),
+            },
+        );
+    }
+
+    /// Removes every entry.
+    pub fn clear(&self) {
+        for s in &self.shards {
+            s.lock().map.clear();
+        }
+    }
+
+    /// Number of entries (approximate under concurrency).
+    pub fn len(&self) -> usize {
+        self.shards.iter().map(|s| s.lock().map.len()).sum()
+    }
+
+    /// Whether the cache is empty.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+impl<K, V> std::fmt::Debug for ShardedCache<K, V> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ShardedCache")
+            .field("per_shard", &self.per_shard)
+            .finish()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bounded_and_keeps_recent() {
+        let c: ShardedCache<u64, u64> = ShardedCache::new(SHARDS * 8);
+        for i in 0..10_000u64 {
+            c.insert(i, i * 2);
+            // keep 0 hot
+            assert_eq!(c.get(&0), Some(0), "hot key evicted at {i}");
+        }
+        assert!(c.len() <= SHARDS * 8, "cache grew to {}", c.len());
+        assert_eq!(c.get(&9_999), Some(19_998));
+        c.clear();
+        assert!(c.is_empty());
+    }
+}

@@ -1,0 +1,393 @@
+//! Judging analysed statements with a compiled policy set: builds the Cedar request (principal,
+//! resource, entities, context of facts) per statement, maps satisfied `forbid` rules to a verdict
+//! through their `@mode`, and combines statements into the message decision.
+
+use crate::analyze::facts::FactsData;
+use crate::analyze::Analysis;
+use crate::policy::CompiledPolicies;
+use crate::{Decision, Mode, RequestContext, RuleHit, Verdict};
+use cedar_policy::{
+    Authorizer, Context, Entities, Entity, EntityId, EntityTypeName, EntityUid, Request,
+    RestrictedExpression,
+};
+use std::collections::{BTreeSet, HashMap, HashSet};
+use std::str::FromStr;
+
+/// A policy set in force plus everything needed to evaluate it.
+pub(crate) struct Engine {
+    pub policies: CompiledPolicies,
+    pub generation: u64,
+    authorizer: Authorizer,
+    types: Option<Types>,
+}
+
+impl std::fmt::Debug for Engine {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Engine")
+            .field("hash", &self.policies.hash)
+            .field("generation", &self.generation)
+            .finish()
+    }
+}
+
+struct Types {
+    user: EntityTypeName,
+    group: EntityTypeName,
+    target: EntityTypeName,
+    table: EntityTypeName,
+    action: EntityUid,
+}
+
+impl Types {
+    fn new() -> Option<Types> {
+        let t = |s: &str| EntityTypeName::from_str(s).ok();
+        Some(Types {
+            user: t("Parapet::User")?,
+            group: t("Parapet::Group")?,
+            target: t("Parapet::Target")?,
+            table: t("Parapet::Table")?,
+            action: EntityUid::from_type_name_and_id(
+                t("Parapet::Action")?,
+                EntityId::new("execute"),
+            ),
+        })
+    }
+}
+
+/// Key of the decision cache: everything a policy can see about a request.
+pub(crate) fn cache_key(generation: u64, minute: u64, ctx: &RequestContext, sql: &str) -> String {
+    let mut k = String::with_capacity(sql.len() + 96);
+    use std::fmt::Write;
+    let _ = write!(k, "{generation}\u{1f}{minute}\u{1f}");
+    for part in [
+        ctx.user.as_str(),
+        ctx.target.as_str(),
+        ctx.environment.as_str(),
+        ctx.client_addr.as_deref().unwrap_or("\u{0}"),
+        ctx.application_name.as_str(),
+    ] {
+        k.push_str(part);
+        k.push('\u{1f}');
+    }
+    for g in &ctx.groups {
+        k.push_str(g);
+        k.push('\u{1e}');
+    }
+    k.push('\u{1f}');
+    k.push_str(sql);
+    k
+}
+
+fn severity(v: Verdict) -> u8 {
+    match v {
+        Verdict::Allow => 0,
+        Verdict::Monitor => 1,
+        Verdict::Review => 2,
+        Verdict::Deny => 3,
+    }
+}
+
+fn verdict_of(mode: Mode) -> Verdict {
+    match mode {
+        Mode::Enforce => Verdict::Deny,
+        Mode::Review => Verdict::Review,
+        Mode::Monitor => Verdict::Monitor,
+    }
+}
+
+impl Engine {
+    pub fn new(policies: CompiledPolicies, generation: u64) -> Engine {
+        Engine {
+            policies,
+            generation,
+            authorizer: Authorizer::new(),
+            types: Types::new(),
+        }
+    }
+
+    /// The message decision: the strictest verdict over its statements, with every rule (of that
+    /// verdict's mode) that produced it.
+    pub fn decide(&self, analysis: &Analysis, ctx: &RequestContext, minute: u64) -> Decision {
+        let mut verdict = Verdict::Allow;
+        let mut rules: Vec<RuleHit> = Vec::new();
+        if let Some(p) = &analysis.failure {
+            verdict = Verdict::Deny;
+            rules.push(RuleHit {
+                id: p.rule.to_string(),
+                mode: Mode::Enforce,
+                reason: p.reason.clone(),
+            });
+        }
+        let count = analysis.statements.len();
+        for (i, st) in analysis.statements.iter().enumerate() {
+            for hit in self.judge(st, ctx, minute, i, count) {
+                let v = verdict_of(hit.mode);
+                if severity(v) > severity(verdict) {
+                    verdict = v;
+                    rules.retain(|r| verdict_of(r.mode) == v);
+                }
+                if v == verdict && !rules.iter().any(|r| r.id == hit.id) {
+                    rules.push(hit);
+                }
+            }
+        }
+        let reason = rules.first().map(|r| r.reason.clone()).unwrap_or_default();
+        Decision {
+            verdict,
+            rules,
+            reason,
+            policy_hash: self.policies.hash.clone(),
+            normalized: analysis.normalized.clone(),
+            fingerprint: analysis.fingerprint.clone(),
+            statements: analysis.statements.clone(),
+        }
+    }
+
+    /// Every rule hit for one statement (engine rules for what could not be analysed, else the
+    /// satisfied forbid policies). A policy that fails to evaluate counts as satisfied
+    /// (fail closed).
+    fn judge(
+        &self,
+        facts: &FactsData,
+        ctx: &RequestContext,
+        minute: u64,
+        index: usize,
+        count: usize,
+    ) -> Vec<RuleHit> {
+        if !facts.problems.is_empty() {
+            return facts
+                .problems
+                .iter()
+                .map(|p| RuleHit {
+                    id: p.rule.to_string(),
+                    mode: Mode::Enforce,
+                    reason: p.reason.clone(),
+                })
+                .collect();
+        }
+        if self.policies.rules.is_empty() {
+            return Vec::new();
+        }
+        let (request, entities) = match self.request(facts, ctx, minute, index, count) {
+            Ok(x) => x,
+            Err(e) => {
+                return vec![RuleHit {
+                    id: "parapet.request-error".into(),
+                    mode: Mode::Enforce,
+                    reason: format!(
+                        "the request could not be built for policy evaluation ({e}); denied"
+                    ),
+                }]
+            }
+        };
+        let response = self
+            .authorizer
+            .is_authorized(&request, &self.policies.set, &entities);
+        let mut hits = Vec::new();
+        for pid in response.diagnostics().reason() {
+            if let Some(meta) = self.policies.rules.get(pid) {
+                hits.push(RuleHit {
+                    id: meta.id.clone(),
+                    mode: meta.mode,
+                    reason: meta.reason.clone(),
+                });
+            }
+        }
+        for err in response.diagnostics().errors() {
+            let cedar_policy::AuthorizationError::PolicyEvaluationError(e) = err;
+            if let Some(meta) = self.policies.rules.get(e.policy_id()) {
+                hits.push(RuleHit {
+                    id: meta.id.clone(),
+                    mode: meta.mode,
+                    reason: format!(
+                        "{} (rule could not be evaluated: {}; treated as matched)",
+                        meta.reason,
+                        e.inner()
+                    ),
+                });
+            }
+        }
+        hits
+    }
+
+    fn request(
+        &self,
+        f: &FactsData,
+        ctx: &RequestContext,
+        minute: u64,
+        index: usize,
+        count: usize,
+    ) -> Result<(Request, Entities), String> {
+        let t = self
+            .types
+            .as_ref()
+            .ok_or_else(|| "entity type names do not parse".to_string())?;
+        let err = |e: &dyn std::fmt::Display| e.to_string();
+
+        let mut entities: Vec<Entity> = Vec::new();
+        let mut parents = HashSet::new();
+        for g in &ctx.groups {
+            let uid = EntityUid::from_type_name_and_id(t.group.clone(), EntityId::new(g));
+            parents.insert(uid.clone());
+            entities.push(Entity::new_no_attrs(uid, HashSet::new()));
+        }
+        let principal = EntityUid::from_type_name_and_id(t.user.clone(), EntityId::new(&ctx.user));
+        entities.push(Entity::new_no_attrs(principal.clone(), parents));
+        let resource =
+            EntityUid::from_type_name_and_id(t.target.clone(), EntityId::new(&ctx.target));
+        entities.push(
+            Entity::new(
+                resource.clone(),
+                HashMap::from([(
+                    "environment".to_string(),
+                    RestrictedExpression::new_string(ctx.environment.clone()),
+                )]),
+                HashSet::new(),
+            )
+            .map_err(|e| err(&e))?,
+        );
+        let table_uid = |full: &String, entities: &mut Vec<Entity>| -> Result<RestrictedExpression, String> {
+            let uid = EntityUid::from_type_name_and_id(t.table.clone(), EntityId::new(full));
+            let (schema, name) = full.split_once('.').unwrap_or(("public", full));
+            entities.push(
+                Entity::new(
+                    uid.clone(),
+                    HashMap::from([
+                        ("schema".to_string(), RestrictedExpression::new_string(schema.into())),
+                        ("name".to_string(), RestrictedExpression::new_string(name.into())),
+                    ]),
+                    HashSet::new(),
+                )
+                .map_err(|e| err(&e))?,
+            );
+            Ok(RestrictedExpression::new_entity_uid(uid))
+        };
+        let mut reads = Vec::new();
+        for r in &f.reads {
+            reads.push(table_uid(r, &mut entities)?);
+        }
+        let mut writes = Vec::new();
+        for w in &f.writes {
+            if f.reads.contains(w) {
+                let uid = EntityUid::from_type_name_and_id(t.table.clone(), EntityId::new(w));
+                writes.push(RestrictedExpression::new_entity_uid(uid));
+            } else {
+                writes.push(table_uid(w, &mut entities)?);
+            }
+        }
+
+        let strs = |s: &BTreeSet<String>| {
+            RestrictedExpression::new_set(
+                s.iter()
+                    .map(|x| RestrictedExpression::new_string(x.clone())),
+            )
+        };
+        let b = RestrictedExpression::new_bool;
+        let mut pairs: Vec<(String, RestrictedExpression)> = vec![
+            ("kind".into(), RestrictedExpression::new_string(f.kind.clone())),
+            ("kinds".into(), strs(&f.kinds)),
+            ("reads".into(), RestrictedExpression::new_set(reads)),
+            ("writes".into(), RestrictedExpression::new_set(writes)),
+            ("read_names".into(), strs(&f.reads)),
+            ("write_names".into(), strs(&f.writes)),
+            ("schemas".into(), strs(&f.schemas())),
+            ("functions".into(), strs(&f.functions)),
+            ("function_names".into(), strs(&f.function_names)),
+            ("has_where".into(), b(f.has_where)),
+            ("update_without_where".into(), b(f.update_without_where)),
+            ("delete_without_where".into(), b(f.delete_without_where)),
+            (
+                "copy_direction".into(),
+                RestrictedExpression::new_string(f.copy_direction.clone()),
+            ),
+            ("copy_server_file".into(), b(f.copy_server_file)),
+            ("copy_program".into(), b(f.copy_program)),
+            ("object_types".into(), strs(&f.object_types)),
+            ("set_variables".into(), strs(&f.set_variables)),
+            ("nested".into(), b(f.nested)),
+            ("dynamic_sql".into(), b(f.dynamic_sql)),
+            ("has_parameters".into(), b(f.has_parameters)),
+            (
+                "statement_index".into(),
+                RestrictedExpression::new_long(i64::try_from(index).unwrap_or(i64::MAX)),
+            ),
+            (
+                "statement_count".into(),
+                RestrictedExpression::new_long(i64::try_from(count).unwrap_or(i64::MAX)),
+            ),
+            (
+                "application_name".into(),
+                RestrictedExpression::new_string(ctx.application_name.clone()),
+            ),
+            ("time".into(), time_record(minute)),
+        ];
+        if let Some(addr) = ctx
+            .client_addr
+            .as_deref()
+            .filter(|a| a.parse::<std::net::IpAddr>().is_ok())
+        {
+            pairs.push(("client_addr".into(), RestrictedExpression::new_ip(addr)));
+        }
+        let context = Context::from_pairs(pairs).map_err(|e| err(&e))?;
+        let request = Request::new(principal, t.action.clone(), resource, context, None)
+            .map_err(|e| err(&e))?;
+        let entities = Entities::from_entities(entities, None).map_err(|e| err(&e))?;
+        Ok((request, entities))
+    }
+}
+
+/// `context.time` for a UTC minute since the epoch.
+fn time_record(minute: u64) -> RestrictedExpression {
+    let days = i64::try_from(minute / 1440).unwrap_or(0);
+    let in_day = minute % 1440;
+    let (y, m, d) = civil_from_days(days);
+    // 1970-01-01 was a Thursday (ISO weekday 4).
+    let weekday = (days + 3).rem_euclid(7) + 1;
+    let stamp = format!(
+        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:00Z",
+        in_day / 60,
+        in_day % 60
+    );
+    let fields = [
+        ("now".to_string(), RestrictedExpression::new_datetime(stamp)),
+        (
+            "hour".to_string(),
+            RestrictedExpression::new_long(i64::try_from(in_day / 60).unwrap_or(0)),
+        ),
+        (
+            "minute".to_string(),
+            RestrictedExpression::new_long(i64::try_from(in_day % 60).unwrap_or(0)),
+        ),
+        ("weekday".to_string(), RestrictedExpression::new_long(weekday)),
+    ];
+    // Field names are distinct, so this cannot fail; fall back to an empty record anyway.
+    RestrictedExpression::new_record(fields.clone())
+        .unwrap_or_else(|_| RestrictedExpression::new_set(Vec::new()))
+}
+
+/// Days since 1970-01-01 → (year, month, day), proleptic Gregorian (H. Hinnant's algorithm;
+/// hand-written to avoid a date crate for one conversion).
+fn civil_from_days(z: i64) -> (i64, u32, u32) {
+    let z = z + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let y = yoe + era * 400;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = u32::try_from(doy - (153 * mp + 2) / 5 + 1).unwrap_or(1);
+    let m = u32::try_from(if mp < 10 { mp + 3 } else { mp - 9 }).unwrap_or(1);
+    (if m <= 2 { y + 1 } else { y }, m, d)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::civil_from_days;
+
+    #[test]
+    fn civil_dates() {
+        assert_eq!(civil_from_days(0), (1970, 1, 1));
+        assert_eq!(civil_from_days(20_780), (2026, 11, 23));
+        assert_eq!(civil_from_days(11_016), (2000, 2, 29));
+    }
+}
