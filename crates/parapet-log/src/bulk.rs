@@ -97,7 +97,13 @@ pub fn append_lines(
             }
             if batch.len() >= LINES_PER_BATCH {
                 if inflight.len() >= 2 {
-                    wait_oldest(&mut inflight, &mut first, &mut last, &mut progress, &mut durable)?;
+                    wait_oldest(
+                        &mut inflight,
+                        &mut first,
+                        &mut last,
+                        &mut progress,
+                        &mut durable,
+                    )?;
                 }
                 inflight.push_back(log.submit_batch(std::mem::take(&mut batch)));
             }
@@ -105,10 +111,8 @@ pub fn append_lines(
         if filled - pos > crate::tile::MAX_ENTRY_SIZE + 1 {
             failure = Some(LogError::malformed(
                 format!("input line {}", line_no + 1),
-                format!(
-                    "{}",
-                    LogError::EntryTooLarge { len: filled - pos }
-                ) + "; the lines before it are appended, none after it",
+                format!("{}", LogError::EntryTooLarge { len: filled - pos })
+                    + "; the lines before it are appended, none after it",
             ));
             break;
         }
@@ -122,7 +126,13 @@ pub fn append_lines(
         inflight.push_back(log.submit_batch(batch));
     }
     while !inflight.is_empty() {
-        wait_oldest(&mut inflight, &mut first, &mut last, &mut progress, &mut durable)?;
+        wait_oldest(
+            &mut inflight,
+            &mut first,
+            &mut last,
+            &mut progress,
+            &mut durable,
+        )?;
     }
     if let Some(e) = failure {
         return Err(e);

@@ -21,7 +21,12 @@ pub struct Checkpoint {
 impl Checkpoint {
     /// The note text: `origin\nsize\nbase64(root)\n` then extension lines.
     pub fn to_text(&self) -> String {
-        let mut s = format!("{}\n{}\n{}\n", self.origin, self.size, B64.encode(self.root));
+        let mut s = format!(
+            "{}\n{}\n{}\n",
+            self.origin,
+            self.size,
+            B64.encode(self.root)
+        );
         for e in &self.extensions {
             s.push_str(e);
             s.push('\n');
@@ -32,7 +37,9 @@ impl Checkpoint {
     /// Parses note text; `what` names the source in errors.
     pub fn parse(text: &str, what: &str) -> Result<Checkpoint, LogError> {
         let bad = |r: &str| LogError::malformed(what, format!("not a tlog-checkpoint: {r}"));
-        let body = text.strip_suffix('\n').ok_or_else(|| bad("no final newline"))?;
+        let body = text
+            .strip_suffix('\n')
+            .ok_or_else(|| bad("no final newline"))?;
         let lines: Vec<&str> = body.split('\n').collect();
         if lines.len() < 3 {
             return Err(bad("fewer than three lines"));
@@ -44,7 +51,9 @@ impl Checkpoint {
         if !size_line.bytes().all(|b| b.is_ascii_digit())
             || (size_line.len() > 1 && size_line.starts_with('0'))
         {
-            return Err(bad("tree size is not a decimal number without leading zeros"));
+            return Err(bad(
+                "tree size is not a decimal number without leading zeros",
+            ));
         }
         let size: u64 = size_line
             .parse()

@@ -35,7 +35,9 @@ pub enum LogError {
         len: usize,
     },
     /// A file that must not be overwritten already exists.
-    #[error("{path} already exists; refusing to overwrite it (choose another path or move it away)")]
+    #[error(
+        "{path} already exists; refusing to overwrite it (choose another path or move it away)"
+    )]
     AlreadyExists {
         /// The existing file or directory.
         path: String,

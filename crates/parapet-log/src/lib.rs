@@ -32,7 +32,9 @@ pub mod verify;
 mod writer;
 
 pub use error::LogError;
-pub use reader::{EntryIter, LogReader, ProofText, CONSISTENCY_PROOF_HEADER, INCLUSION_PROOF_HEADER};
+pub use reader::{
+    EntryIter, LogReader, ProofText, CONSISTENCY_PROOF_HEADER, INCLUSION_PROOF_HEADER,
+};
 pub use writer::MAX_BATCH_ENTRIES;
 
 use crate::checkpoint::Checkpoint;
@@ -90,7 +92,9 @@ fn read_signer(key_file: &Path) -> Result<NoteSigner, LogError> {
     })?;
     NoteSigner::parse(text.trim()).map_err(|reason| LogError::BadSigningKey {
         path: key_file.display().to_string(),
-        reason: format!("{reason} (expected PRIVATE+KEY+name+keyid+key, as written by `parapet log init`)"),
+        reason: format!(
+            "{reason} (expected PRIVATE+KEY+name+keyid+key, as written by `parapet log init`)"
+        ),
     })
 }
 
@@ -153,7 +157,9 @@ impl Log {
             extensions: Vec::new(),
         };
         let mut st = LocalDir::new(dir);
-        st.publish_checkpoint(signer.sign(&cp.to_text()).as_bytes())
+        st.stage_checkpoint(signer.sign(&cp.to_text()).as_bytes())
+            .and_then(|()| st.sync())
+            .and_then(|()| st.publish_checkpoint())
             .map_err(|e| LogError::io(format!("writing {}", cp_path.display()), e))?;
         sync_parent(dir)?;
         Ok(signer.verifier().to_key_text())
@@ -236,7 +242,10 @@ impl Log {
         if batch.len() > MAX_BATCH_ENTRIES {
             let _ = tx.send(Err(LogError::malformed(
                 "batch",
-                format!("{} entries is over the limit of {MAX_BATCH_ENTRIES}", batch.len()),
+                format!(
+                    "{} entries is over the limit of {MAX_BATCH_ENTRIES}",
+                    batch.len()
+                ),
             )));
             return BatchTicket { rx };
         }
@@ -279,6 +288,7 @@ impl Log {
             }
             q.items.push_back(Item::Close { tx });
             q.closed = true;
+            q.wake_at = 0;
             q.writer_waiting = false;
             self.inner.shared.cv.notify_one();
         }

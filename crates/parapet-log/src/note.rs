@@ -22,7 +22,10 @@ pub fn key_id(name: &str, public_key: &[u8; 32]) -> [u8; 4] {
 
 /// Whether `name` is a valid key name: non-empty, no '+', no whitespace.
 pub fn valid_key_name(name: &str) -> bool {
-    !name.is_empty() && !name.chars().any(|c| c == '+' || c.is_whitespace() || c.is_control())
+    !name.is_empty()
+        && !name
+            .chars()
+            .any(|c| c == '+' || c.is_whitespace() || c.is_control())
 }
 
 /// An Ed25519 note signer.

@@ -180,7 +180,9 @@ pub fn verify_consistency(
     }
     if old == new {
         if !proof.is_empty() {
-            return Err(LogError::BadProof("proof between equal sizes must be empty".into()));
+            return Err(LogError::BadProof(
+                "proof between equal sizes must be empty".into(),
+            ));
         }
         if old_root != new_root {
             return Err(LogError::BadProof("roots of equal sizes differ".into()));
@@ -189,7 +191,9 @@ pub fn verify_consistency(
     }
     if old == 0 {
         if !proof.is_empty() {
-            return Err(LogError::BadProof("proof from the empty tree must be empty".into()));
+            return Err(LogError::BadProof(
+                "proof from the empty tree must be empty".into(),
+            ));
         }
         return Ok(());
     }
@@ -231,10 +235,14 @@ pub fn verify_consistency(
         return Err(LogError::BadProof("proof is too short".into()));
     }
     if &fr != old_root {
-        return Err(LogError::BadProof("computed old root differs from the old checkpoint".into()));
+        return Err(LogError::BadProof(
+            "computed old root differs from the old checkpoint".into(),
+        ));
     }
     if &sr != new_root {
-        return Err(LogError::BadProof("computed new root differs from the new checkpoint".into()));
+        return Err(LogError::BadProof(
+            "computed new root differs from the new checkpoint".into(),
+        ));
     }
     Ok(())
 }

@@ -106,7 +106,10 @@ impl std::fmt::Display for BundleError {
         match self {
             BundleError::Truncated(i) => write!(f, "entry {i} of the bundle is truncated"),
             BundleError::TrailingBytes(n) => {
-                write!(f, "{n} unexpected byte(s) after the last entry of the bundle")
+                write!(
+                    f,
+                    "{n} unexpected byte(s) after the last entry of the bundle"
+                )
             }
         }
     }

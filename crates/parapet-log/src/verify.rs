@@ -153,7 +153,8 @@ pub fn verify_log(
                     let (mut bundle, mut tile) = (Vec::new(), Vec::new());
                     let mut i = t;
                     while i < tiles0 && i < first_bad.load(Ordering::Relaxed) {
-                        if let Err(e) = check_level0_tile(st, n, i, &mut bundle, &mut tile, &mut out)
+                        if let Err(e) =
+                            check_level0_tile(st, n, i, &mut bundle, &mut tile, &mut out)
                         {
                             first_bad.fetch_min(i, Ordering::Relaxed);
                             out.error = Some((i, e));

@@ -26,6 +26,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use tokio::sync::oneshot;
 
+/// Longest a writer waits for more entries to join a batch.
+const GATHER: std::time::Duration = std::time::Duration::from_millis(1);
+
 /// Most entries integrated in one batch (bounds the work and the garbage after a crash).
 pub const MAX_BATCH_ENTRIES: usize = 1 << 16;
 
@@ -76,9 +79,13 @@ impl Item {
 #[derive(Default)]
 pub(crate) struct Queue {
     pub(crate) items: VecDeque<Item>,
+    /// Entries in `items`.
+    pub(crate) entries: usize,
     pub(crate) closed: bool,
     pub(crate) shutdown: bool,
     pub(crate) writer_waiting: bool,
+    /// The sleeping writer wants to be woken once `entries` reaches this.
+    pub(crate) wake_at: usize,
 }
 
 /// State shared by the handles and the writer thread.
@@ -96,8 +103,9 @@ impl Shared {
         if q.closed {
             return Err(item);
         }
+        q.entries += item.len();
         q.items.push_back(item);
-        if q.writer_waiting {
+        if q.writer_waiting && (q.entries >= q.wake_at || q.closed) {
             q.writer_waiting = false;
             self.cv.notify_one();
         }
@@ -217,7 +225,10 @@ impl TreeState {
     }
 
     /// Rebuilds the state of the published tree of checkpoint `cp` from storage.
-    pub(crate) fn load<S: Storage + ?Sized>(st: &S, cp: &Checkpoint) -> Result<TreeState, LogError> {
+    pub(crate) fn load<S: Storage + ?Sized>(
+        st: &S,
+        cp: &Checkpoint,
+    ) -> Result<TreeState, LogError> {
         let n = cp.size;
         let mut nodes = TileNodes::new(st, n);
         let mut range = Vec::new();
@@ -235,7 +246,13 @@ impl TreeState {
             if width == 0 {
                 levels.push(Vec::new());
             } else {
-                let path = read_tile(st, Some(tl as u32), nodes_here / TILE_WIDTH, width, &mut buf)?;
+                let path = read_tile(
+                    st,
+                    Some(tl as u32),
+                    nodes_here / TILE_WIDTH,
+                    width,
+                    &mut buf,
+                )?;
                 levels.push(parse_hashes(&path, &buf, width)?);
             }
         }
@@ -250,7 +267,8 @@ impl TreeState {
             });
             match parsed {
                 Ok(_) => {}
-                Err(crate::tile::BundleError::TrailingBytes(_)) if path == bundle_path(n / TILE_WIDTH, TILE_WIDTH) => {}
+                Err(crate::tile::BundleError::TrailingBytes(_))
+                    if path == bundle_path(n / TILE_WIDTH, TILE_WIDTH) => {}
                 Err(e) => return Err(LogError::Tampered(format!("{path}: {e}"))),
             }
             bundle.truncate(end);
@@ -329,6 +347,7 @@ enum Ack {
 impl<S: Storage> Writer<S> {
     /// Runs until every handle is dropped (or the log is closed) and the queue is empty.
     pub(crate) fn run(mut self) {
+        let mut last_batch = 0usize;
         loop {
             let mut items = Vec::new();
             {
@@ -338,7 +357,22 @@ impl<S: Storage> Writer<S> {
                         return;
                     }
                     q.writer_waiting = true;
+                    q.wake_at = 1;
                     self.shared.cv.wait(&mut q);
+                }
+                // Group commit: appenders acknowledged by the previous batch are likely about to
+                // submit again; give them a moment (at most GATHER) to join this batch.
+                let target = last_batch.min(MAX_BATCH_ENTRIES);
+                if q.entries < target && !q.closed && !q.shutdown {
+                    let deadline = std::time::Instant::now() + GATHER;
+                    while q.entries < target && !q.closed && !q.shutdown {
+                        q.writer_waiting = true;
+                        q.wake_at = target;
+                        if self.shared.cv.wait_until(&mut q, deadline).timed_out() {
+                            break;
+                        }
+                    }
+                    q.writer_waiting = false;
                 }
                 let mut n = 0usize;
                 while let Some(front) = q.items.front() {
@@ -350,6 +384,8 @@ impl<S: Storage> Writer<S> {
                         items.push(it);
                     }
                 }
+                q.entries -= n;
+                last_batch = n;
             }
             if self.process(items) {
                 return;
@@ -490,9 +526,6 @@ impl<S: Storage> Writer<S> {
         self.tree
             .write_partials(&mut self.storage)
             .map_err(|e| self.io_error("writing partial tiles", e))?;
-        self.storage
-            .sync()
-            .map_err(|e| self.io_error("syncing tiles", e))?;
         let cp = Checkpoint {
             origin: self.origin.clone(),
             size: self.tree.size,
@@ -501,7 +534,13 @@ impl<S: Storage> Writer<S> {
         };
         let note = self.signer.sign(&cp.to_text());
         self.storage
-            .publish_checkpoint(note.as_bytes())
+            .stage_checkpoint(note.as_bytes())
+            .map_err(|e| self.io_error("writing the checkpoint", e))?;
+        self.storage
+            .sync()
+            .map_err(|e| self.io_error("syncing tiles", e))?;
+        self.storage
+            .publish_checkpoint()
             .map_err(|e| self.io_error("publishing the checkpoint", e))?;
         self.shared.size.store(cp.size, Ordering::Release);
         for p in std::mem::take(&mut self.tree.completed) {

@@ -4,8 +4,7 @@ use base64::Engine;
 use parapet_log::hash::{leaf_hash, Hash};
 use parapet_log::note::{NoteSigner, NoteVerifier};
 use parapet_log::proof::{
-    consistency_proof, inclusion_proof, root_hash, verify_consistency, verify_inclusion,
-    MemoryTree,
+    consistency_proof, inclusion_proof, root_hash, verify_consistency, verify_inclusion, MemoryTree,
 };
 use serde_json::Value;
 
@@ -36,7 +35,12 @@ fn reference_tree() -> (Vec<Vec<u8>>, Vec<Hash>, Vec<Hash>) {
         d[k].as_array()
             .unwrap()
             .iter()
-            .map(|v| hex::decode(v.as_str().unwrap()).unwrap().try_into().unwrap())
+            .map(|v| {
+                hex::decode(v.as_str().unwrap())
+                    .unwrap()
+                    .try_into()
+                    .unwrap()
+            })
             .collect()
     };
     (leaves, hx("leaf_hashes_hex"), hx("roots_hex"))
@@ -52,7 +56,11 @@ fn rfc6962_leaf_hashes_and_roots() {
         let mut t = MemoryTree {
             leaves: leaf_hashes[..size].to_vec(),
         };
-        assert_eq!(&root_hash(&mut t, size as u64).unwrap(), want, "size {size}");
+        assert_eq!(
+            &root_hash(&mut t, size as u64).unwrap(),
+            want,
+            "size {size}"
+        );
     }
 }
 
@@ -137,7 +145,9 @@ fn go_note_vectors() {
     assert!(v.open(bad.as_bytes(), "note").is_err());
     // Malformed: no signature block, missing final newline.
     assert!(v.open(text.as_bytes(), "note").is_err());
-    assert!(v.open(&signed.as_bytes()[..signed.len() - 1], "note").is_err());
+    assert!(v
+        .open(&signed.as_bytes()[..signed.len() - 1], "note")
+        .is_err());
     // Mangled verifier keys are refused.
     let mut b = vkey.as_bytes().to_vec();
     for i in 0..b.len() {

@@ -95,7 +95,10 @@ async fn concurrent_appends_are_exactly_the_submitted_set() {
     };
     assert_eq!(rep.checkpoint.root, root_hash(&mut t, 64 * 40).unwrap());
     // Closed: later appends fail clearly.
-    assert!(matches!(log.append(b"late".to_vec()).await, Err(LogError::Closed)));
+    assert!(matches!(
+        log.append(b"late".to_vec()).await,
+        Err(LogError::Closed)
+    ));
 }
 
 #[tokio::test]
@@ -142,11 +145,16 @@ fn layout_follows_tlog_tiles_and_survives_reopen() {
     assert!(dir.join("tile/0/255").is_file());
     assert!(dir.join("tile/1/000").is_file());
     assert!(dir.join(format!("tile/0/256.p/{}", n % 256)).is_file());
-    assert!(dir.join(format!("tile/entries/256.p/{}", n % 256)).is_file());
+    assert!(dir
+        .join(format!("tile/entries/256.p/{}", n % 256))
+        .is_file());
     assert!(!dir.join("tile/1/001.p").exists()); // 256 level-8 nodes: tile/1/000 is full
     assert!(dir.join("tile/2/000.p/1").is_file());
     assert!(!dir.join("tile/0/000.p").exists());
-    assert_eq!(std::fs::read(dir.join("tile/0/000")).unwrap().len(), 256 * 32);
+    assert_eq!(
+        std::fs::read(dir.join("tile/0/000")).unwrap().len(),
+        256 * 32
+    );
     // Hashes in tiles are the RFC 6962 leaf hashes and the checkpoint root is the RFC root.
     let t0 = std::fs::read(dir.join("tile/0/000")).unwrap();
     assert_eq!(&t0[32..64], &leaf_hash(&expect[1])[..]);
@@ -163,7 +171,14 @@ fn layout_follows_tlog_tiles_and_survives_reopen() {
         assert_eq!(p.number, i);
         let text = v.open(p.checkpoint.as_bytes(), "proof checkpoint").unwrap();
         let cp = Checkpoint::parse(text, "cp").unwrap();
-        verify_inclusion(i, cp.size, &leaf_hash(&expect[i as usize]), &p.hashes, &cp.root).unwrap();
+        verify_inclusion(
+            i,
+            cp.size,
+            &leaf_hash(&expect[i as usize]),
+            &p.hashes,
+            &cp.root,
+        )
+        .unwrap();
         assert!(verify_inclusion(i, cp.size, &leaf_hash(b"other"), &p.hashes, &cp.root).is_err());
     }
     for old in [1u64, 255, 256, 257, 65_000, n] {
@@ -275,9 +290,12 @@ impl Storage for FillableDisk {
     fn sync(&mut self) -> std::io::Result<()> {
         self.inner.sync()
     }
-    fn publish_checkpoint(&mut self, data: &[u8]) -> std::io::Result<()> {
+    fn stage_checkpoint(&mut self, data: &[u8]) -> std::io::Result<()> {
         self.check()?;
-        self.inner.publish_checkpoint(data)
+        self.inner.stage_checkpoint(data)
+    }
+    fn publish_checkpoint(&mut self) -> std::io::Result<()> {
+        self.inner.publish_checkpoint()
     }
     fn remove(&mut self, path: &str) -> std::io::Result<()> {
         self.inner.remove(path)
@@ -329,7 +347,10 @@ fn wrong_key_and_missing_log_are_clear_errors() {
     let other = tmp.path().join("other-key");
     Log::init(&tmp.path().join("log2"), "example.com/other", &other).unwrap();
     let e = Log::open(&dir, &other).unwrap_err();
-    assert!(e.to_string().contains("does not sign the checkpoint"), "{e}");
+    assert!(
+        e.to_string().contains("does not sign the checkpoint"),
+        "{e}"
+    );
     let e = LogReader::open(&tmp.path().join("nothing")).unwrap_err();
     assert!(e.to_string().contains("parapet log init"), "{e}");
 }

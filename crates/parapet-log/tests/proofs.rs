@@ -3,8 +3,7 @@
 
 use parapet_log::hash::{leaf_hash, Hash};
 use parapet_log::proof::{
-    consistency_proof, inclusion_proof, root_hash, verify_consistency, verify_inclusion,
-    MemoryTree,
+    consistency_proof, inclusion_proof, root_hash, verify_consistency, verify_inclusion, MemoryTree,
 };
 use proptest::prelude::*;
 

@@ -48,7 +48,16 @@ fn make_log(tmp: &Path) -> (PathBuf, PathBuf, String, Vec<Vec<u8>>) {
     let dir = tmp.join("log");
     let key = tmp.join("log.key");
     let o = run(
-        &["log", "init", "--dir", s(&dir), "--origin", "example.com/audit", "--key", s(&key)],
+        &[
+            "log",
+            "init",
+            "--dir",
+            s(&dir),
+            "--origin",
+            "example.com/audit",
+            "--key",
+            s(&key),
+        ],
         None,
     );
     assert!(o.status.success(), "{}", text(&o));
@@ -63,7 +72,10 @@ fn make_log(tmp: &Path) -> (PathBuf, PathBuf, String, Vec<Vec<u8>>) {
         input.extend_from_slice(e);
         input.push(b'\n');
     }
-    let o = run(&["log", "append", "--dir", s(&dir), "--key", s(&key)], Some(&input));
+    let o = run(
+        &["log", "append", "--dir", s(&dir), "--key", s(&key)],
+        Some(&input),
+    );
     assert!(o.status.success(), "{}", text(&o));
     std::fs::copy(dir.join("checkpoint"), tmp.join("old-checkpoint")).unwrap();
     let mut input = Vec::new();
@@ -71,9 +83,16 @@ fn make_log(tmp: &Path) -> (PathBuf, PathBuf, String, Vec<Vec<u8>>) {
         input.extend_from_slice(e);
         input.push(b'\n');
     }
-    let o = run(&["log", "append", "--dir", s(&dir), "--key", s(&key)], Some(&input));
+    let o = run(
+        &["log", "append", "--dir", s(&dir), "--key", s(&key)],
+        Some(&input),
+    );
     assert!(o.status.success(), "{}", text(&o));
-    assert!(text(&o).contains("appended 300 entries (indices 1000..1300)"), "{}", text(&o));
+    assert!(
+        text(&o).contains("appended 300 entries (indices 1000..1300)"),
+        "{}",
+        text(&o)
+    );
     (dir, key, vkey, entries)
 }
 
@@ -94,23 +113,52 @@ fn init_append_verify_and_proofs() {
     let out = String::from_utf8(o.stdout.clone()).unwrap();
     assert_eq!(out.lines().count(), 1, "one-line summary: {out}");
     assert!(out.contains("1300 entries"), "{out}");
-    assert!(out.contains("consistent with the old checkpoint of size 1000"), "{out}");
+    assert!(
+        out.contains("consistent with the old checkpoint of size 1000"),
+        "{out}"
+    );
     // --vkey also accepts a file.
     std::fs::write(tmp.path().join("vkey"), format!("{vkey}\n")).unwrap();
     let o = verify(&dir, s(&tmp.path().join("vkey")), None);
     assert!(o.status.success(), "{}", text(&o));
     // Another key does not verify the log.
     let o = run(
-        &["log", "init", "--dir", s(&tmp.path().join("l2")), "--origin", "example.com/audit", "--key", s(&tmp.path().join("k2"))],
+        &[
+            "log",
+            "init",
+            "--dir",
+            s(&tmp.path().join("l2")),
+            "--origin",
+            "example.com/audit",
+            "--key",
+            s(&tmp.path().join("k2")),
+        ],
         None,
     );
-    let other = String::from_utf8(o.stdout).unwrap().lines().last().unwrap().to_string();
+    let other = String::from_utf8(o.stdout)
+        .unwrap()
+        .lines()
+        .last()
+        .unwrap()
+        .to_string();
     let o = verify(&dir, &other, None);
     assert!(!o.status.success());
     assert!(text(&o).contains("checkpoint"), "{}", text(&o));
     // init refuses to overwrite the key or the log.
     let before = std::fs::read(&key).unwrap();
-    let o = run(&["log", "init", "--dir", s(&tmp.path().join("l3")), "--origin", "x.example/y", "--key", s(&key)], None);
+    let o = run(
+        &[
+            "log",
+            "init",
+            "--dir",
+            s(&tmp.path().join("l3")),
+            "--origin",
+            "x.example/y",
+            "--key",
+            s(&key),
+        ],
+        None,
+    );
     assert!(!o.status.success());
     assert!(text(&o).contains("refusing to overwrite"), "{}", text(&o));
     assert_eq!(std::fs::read(&key).unwrap(), before);
@@ -118,21 +166,61 @@ fn init_append_verify_and_proofs() {
     let v = NoteVerifier::parse(&vkey).unwrap();
     // Inclusion proofs (C2SP tlog-proof) verify against the checkpoint they carry.
     for i in [0u64, 255, 256, 999, 1299] {
-        let o = run(&["log", "proof", "inclusion", "--dir", s(&dir), "--index", &i.to_string()], None);
+        let o = run(
+            &[
+                "log",
+                "proof",
+                "inclusion",
+                "--dir",
+                s(&dir),
+                "--index",
+                &i.to_string(),
+            ],
+            None,
+        );
         assert!(o.status.success(), "{}", text(&o));
         let t = String::from_utf8(o.stdout).unwrap();
         assert!(t.starts_with("c2sp.org/tlog-proof@v1\nindex "), "{t}");
         let p = ProofText::parse(&t).unwrap();
         let cp = Checkpoint::parse(v.open(p.checkpoint.as_bytes(), "cp").unwrap(), "cp").unwrap();
-        verify_inclusion(i, cp.size, &leaf_hash(&entries[i as usize]), &p.hashes, &cp.root).unwrap();
+        verify_inclusion(
+            i,
+            cp.size,
+            &leaf_hash(&entries[i as usize]),
+            &p.hashes,
+            &cp.root,
+        )
+        .unwrap();
     }
-    let o = run(&["log", "proof", "inclusion", "--dir", s(&dir), "--index", "1300"], None);
+    let o = run(
+        &[
+            "log",
+            "proof",
+            "inclusion",
+            "--dir",
+            s(&dir),
+            "--index",
+            "1300",
+        ],
+        None,
+    );
     assert!(!o.status.success());
     assert!(text(&o).contains("not in the log"), "{}", text(&o));
     // Consistency proof from the old checkpoint.
     let old_note = std::fs::read(tmp.path().join("old-checkpoint")).unwrap();
     let old = Checkpoint::parse(v.open(&old_note, "old").unwrap(), "old").unwrap();
-    let o = run(&["log", "proof", "consistency", "--dir", s(&dir), "--old", "1000"], None);
+    let o = run(
+        &[
+            "log",
+            "proof",
+            "consistency",
+            "--dir",
+            s(&dir),
+            "--old",
+            "1000",
+        ],
+        None,
+    );
     assert!(o.status.success(), "{}", text(&o));
     let p = ProofText::parse(&String::from_utf8(o.stdout).unwrap()).unwrap();
     assert_eq!(p.number, 1000);
@@ -147,7 +235,10 @@ fn oversized_line_is_refused_and_nothing_is_lost() {
     let mut input = b"a\nb\n".to_vec();
     input.extend(vec![b'x'; 70_000]);
     input.extend_from_slice(b"\nc\n");
-    let o = run(&["log", "append", "--dir", s(&dir), "--key", s(&key)], Some(&input));
+    let o = run(
+        &["log", "append", "--dir", s(&dir), "--key", s(&key)],
+        Some(&input),
+    );
     assert!(!o.status.success());
     assert!(text(&o).contains("65535"), "{}", text(&o));
     assert!(text(&o).contains("line 3"), "{}", text(&o));
@@ -229,7 +320,12 @@ fn tampering_with_any_file_is_detected_and_named() {
     ];
     let mut n = 0;
     for (file, unit) in targets {
-        for how in [Tamper::ChangeByte, Tamper::DropByte, Tamper::Reorder, Tamper::AppendByte] {
+        for how in [
+            Tamper::ChangeByte,
+            Tamper::DropByte,
+            Tamper::Reorder,
+            Tamper::AppendByte,
+        ] {
             let copy = tmp.path().join(format!("t{n}"));
             n += 1;
             copy_dir(&dir, &copy);
@@ -237,7 +333,10 @@ fn tampering_with_any_file_is_detected_and_named() {
             let o = verify(&copy, &vkey, None);
             let t = text(&o);
             assert!(!o.status.success(), "{file} {how:?} not detected: {t}");
-            assert!(t.contains(file), "{file} {how:?}: message does not name the file: {t}");
+            assert!(
+                t.contains(file),
+                "{file} {how:?}: message does not name the file: {t}"
+            );
             assert!(t.contains("verification FAILED"), "{t}");
         }
     }
@@ -254,7 +353,10 @@ fn tampering_with_any_file_is_detected_and_named() {
     copy_dir(&dir, &b);
     let key = tmp.path().join("log.key");
     for (d, line) in [(&a, &b"honest\n"[..]), (&b, &b"forged\n"[..])] {
-        let o = run(&["log", "append", "--dir", s(d), "--key", s(&key)], Some(line));
+        let o = run(
+            &["log", "append", "--dir", s(d), "--key", s(&key)],
+            Some(line),
+        );
         assert!(o.status.success(), "{}", text(&o));
     }
     let o = verify(&b, &vkey, Some(&a.join("checkpoint")));

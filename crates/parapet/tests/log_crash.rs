@@ -42,11 +42,25 @@ fn init(tmp: &Path) -> (std::path::PathBuf, std::path::PathBuf, String) {
     let dir = tmp.join("log");
     let key = tmp.join("key");
     let o = Command::new(bin())
-        .args(["log", "init", "--dir", dir.to_str().unwrap(), "--origin", "example.com/crash", "--key", key.to_str().unwrap()])
+        .args([
+            "log",
+            "init",
+            "--dir",
+            dir.to_str().unwrap(),
+            "--origin",
+            "example.com/crash",
+            "--key",
+            key.to_str().unwrap(),
+        ])
         .output()
         .unwrap();
     assert!(o.status.success());
-    let vkey = String::from_utf8(o.stdout).unwrap().lines().last().unwrap().to_string();
+    let vkey = String::from_utf8(o.stdout)
+        .unwrap()
+        .lines()
+        .last()
+        .unwrap()
+        .to_string();
     (dir, key, vkey)
 }
 
@@ -65,7 +79,14 @@ fn sigkill_under_load_loses_no_acknowledged_entry() {
     let mut last_size = 0;
     for round in 0..24 {
         let mut child = Command::new(bin())
-            .args(["log", "torture", "--dir", dir.to_str().unwrap(), "--key", key.to_str().unwrap()])
+            .args([
+                "log",
+                "torture",
+                "--dir",
+                dir.to_str().unwrap(),
+                "--key",
+                key.to_str().unwrap(),
+            ])
             .args(["--tasks", "32", "--tag", &format!("r{round}")])
             .stdout(Stdio::piped())
             .stderr(Stdio::null())
@@ -103,11 +124,22 @@ fn sigkill_under_load_loses_no_acknowledged_entry() {
                 "round {round}: acknowledged index {i} missing (log size {})",
                 entries.len()
             );
-            assert_eq!(entries[*i as usize], e.as_bytes(), "round {round}: index {i}");
+            assert_eq!(
+                entries[*i as usize],
+                e.as_bytes(),
+                "round {round}: index {i}"
+            );
         }
     }
-    assert!(acked.len() > 24, "the load generator acknowledged too little: {}", acked.len());
-    eprintln!("{} acknowledged entries checked, final size {last_size}", acked.len());
+    assert!(
+        acked.len() > 24,
+        "the load generator acknowledged too little: {}",
+        acked.len()
+    );
+    eprintln!(
+        "{} acknowledged entries checked, final size {last_size}",
+        acked.len()
+    );
 }
 
 #[test]
@@ -121,7 +153,14 @@ fn sigkill_during_bulk_append_leaves_a_verifiable_log() {
     let mut sizes = Vec::new();
     for delay in [30u64, 120, 250] {
         let mut child = Command::new(bin())
-            .args(["log", "append", "--dir", dir.to_str().unwrap(), "--key", key.to_str().unwrap()])
+            .args([
+                "log",
+                "append",
+                "--dir",
+                dir.to_str().unwrap(),
+                "--key",
+                key.to_str().unwrap(),
+            ])
             .stdin(Stdio::piped())
             .stdout(Stdio::null())
             .stderr(Stdio::null())
@@ -141,7 +180,11 @@ fn sigkill_during_bulk_append_leaves_a_verifiable_log() {
         sizes.push(r.size());
         // Every published entry is a complete line of some run, in order within a run.
         for (_, e) in r.entries(0, r.size()).map(|e| e.unwrap()) {
-            assert!(e.starts_with(b"bulk line "), "{}", String::from_utf8_lossy(&e));
+            assert!(
+                e.starts_with(b"bulk line "),
+                "{}",
+                String::from_utf8_lossy(&e)
+            );
         }
     }
     assert!(sizes.windows(2).all(|w| w[0] <= w[1]), "{sizes:?}");

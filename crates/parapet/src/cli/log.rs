@@ -222,8 +222,10 @@ pub fn verify(args: VerifyArgs) -> anyhow::Result<ExitCode> {
         let size = LogReader::open(&args.dir).map(|r| r.size()).unwrap_or(0);
         let b = ProgressBar::new(size);
         b.set_style(
-            ProgressStyle::with_template("{bar:40} {human_pos}/{human_len} entries ({per_sec}, {eta})")
-                .unwrap_or_else(|_| ProgressStyle::default_bar()),
+            ProgressStyle::with_template(
+                "{bar:40} {human_pos}/{human_len} entries ({per_sec}, {eta})",
+            )
+            .unwrap_or_else(|_| ProgressStyle::default_bar()),
         );
         Some(b)
     } else {
