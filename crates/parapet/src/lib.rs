@@ -2,3 +2,5 @@
 //! library so integration tests can reach them.
 
 pub mod cli;
+pub mod config;
+pub mod pgcluster;

@@ -1,12 +1,103 @@
-//! `parapet quickstart`.
+//! `parapet quickstart`: a throw-away PostgreSQL cluster, a fresh log, a config with one target
+//! and one user, and the gateway with the default pack — nothing to configure. Ctrl-C stops
+//! everything and removes the directory (unless `--keep`).
 
+use crate::cli::serve::{init_tracing, stop_signal};
+use crate::config::Config;
+use crate::pgcluster::{PgCluster, PgOptions};
+use anyhow::Context;
+use parapet_gateway::{Gateway, Verifier};
+use parapet_guard::Guard;
+use parapet_log::Log;
+use rand::distributions::Alphanumeric;
+use rand::Rng;
+use std::net::SocketAddr;
+use std::os::unix::fs::PermissionsExt;
 use std::process::ExitCode;
+use std::sync::Arc;
 
 /// Arguments of `parapet quickstart`.
 #[derive(clap::Args, Debug)]
-pub struct QuickstartArgs {}
+pub struct QuickstartArgs {
+    /// Address the gateway listens on.
+    #[arg(long, default_value = "127.0.0.1:6432")]
+    pub listen: SocketAddr,
+    /// Keep the directory (cluster, log, config) after stopping.
+    #[arg(long)]
+    pub keep: bool,
+}
+
+fn random(n: usize) -> String {
+    rand::thread_rng().sample_iter(&Alphanumeric).take(n).map(char::from).collect()
+}
 
 /// Runs `parapet quickstart`.
-pub fn run(_args: QuickstartArgs) -> anyhow::Result<ExitCode> {
-    anyhow::bail!("`parapet quickstart` is not implemented yet")
+pub fn run(args: QuickstartArgs) -> anyhow::Result<ExitCode> {
+    init_tracing();
+    let tmp = tempfile::Builder::new()
+        .prefix("parapet-quickstart-")
+        .tempdir()
+        .context("cannot create a temporary directory")?;
+    let dir = tmp.path().to_path_buf();
+    // The postgres OS user must be able to reach its cluster directory inside.
+    std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o711))?;
+    let pg_dir = dir.join("pg");
+    std::fs::create_dir(&pg_dir)?;
+    eprintln!("parapet: creating a PostgreSQL cluster in {} …", pg_dir.display());
+    let db_password = random(24);
+    let mut cluster = PgCluster::start(
+        &pg_dir,
+        &PgOptions {
+            password: db_password.clone(),
+            no_fsync: false,
+            max_connections: 100,
+        },
+    )?;
+    let log_dir = dir.join("log");
+    let key_file = dir.join("log.key");
+    let origin = format!("parapet.quickstart/{}", random(8).to_lowercase());
+    let vkey = Log::init(&log_dir, &origin, &key_file).context("cannot create the audit log")?;
+    std::fs::write(dir.join("log.vkey"), format!("{vkey}\n"))?;
+    let password = random(20);
+    let user = crate::cli::user::snippet("alice", &Verifier::generate(&password), &["eng".to_string()]);
+    let config_path = dir.join("parapet.toml");
+    let config_text = format!(
+        "# Written by `parapet quickstart`.\n[log]\ndir = \"log\"\nkey = \"log.key\"\norigin = \"{origin}\"\ndurability = \"before_forward\"\n\n\
+         [listen]\npostgres = \"{}\"\n\n[[targets]]\nname = \"main\"\nupstream = \"{}\"\nenvironment = \"production\"\n\n\
+         {user}\n[policy]\nfiles = []\ndefault_pack = true\n",
+        args.listen,
+        cluster.url("postgres"),
+    );
+    std::fs::write(&config_path, config_text)?;
+    std::fs::set_permissions(&config_path, std::fs::Permissions::from_mode(0o600))?;
+    let config = Config::load(&config_path)?;
+    let guard = Guard::load(&config.policy_source()).context("cannot load the default policy pack")?;
+    let log = Log::open(&config.log.dir, &config.log.key)?;
+    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    let result = rt.block_on(async {
+        let gw = Gateway::bind(config.gateway()?, Arc::new(guard), log).await?;
+        let addr = gw.local_addr()?;
+        println!();
+        println!("Parapet is running (default guardrail pack, durable audit log).");
+        println!();
+        println!("  connect:      PGPASSWORD='{password}' psql \"host={} port={} user=alice dbname=main\"", addr.ip(), addr.port());
+        println!("  password:     {password}   (user alice, group eng)");
+        println!("  config:       {}", config_path.display());
+        println!("  audit log:    {}", log_dir.display());
+        println!("  verifier key: {vkey}");
+        println!("  verify with:  parapet verify --dir {} --vkey {}", log_dir.display(), dir.join("log.vkey").display());
+        println!();
+        println!("Press Ctrl-C to stop{}.", if args.keep { "" } else { " and remove everything" });
+        gw.run(stop_signal()).await?;
+        anyhow::Ok(())
+    });
+    cluster.stop();
+    if args.keep {
+        let kept = tmp.keep();
+        eprintln!("parapet: kept {}", kept.display());
+    } else {
+        drop(tmp);
+    }
+    result?;
+    Ok(ExitCode::SUCCESS)
 }

@@ -1,0 +1,316 @@
+//! `parapet.toml`: parsed once here and turned into the gateway's plain structs.
+//! Every key is documented in `docs/config.md`; `examples/parapet.toml` is a complete example.
+
+use anyhow::{bail, Context};
+use parapet_gateway::{
+    Durability, GatewayConfig, StatementText, TargetConfig, TlsSettings, UpstreamConfig, UserConfig,
+};
+use parapet_guard::PolicySource;
+use serde::Deserialize;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+/// The whole configuration file.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// `[log]`.
+    pub log: LogSection,
+    /// `[listen]`.
+    #[serde(default)]
+    pub listen: ListenSection,
+    /// `[[targets]]`.
+    #[serde(default)]
+    pub targets: Vec<TargetSection>,
+    /// `[[users]]`.
+    #[serde(default)]
+    pub users: Vec<UserSection>,
+    /// `[policy]`.
+    #[serde(default)]
+    pub policy: PolicySection,
+}
+
+/// `[log]`: where the audit log lives and how statements are recorded.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LogSection {
+    /// Log directory (created by `parapet log init`).
+    pub dir: PathBuf,
+    /// Signing key file.
+    pub key: PathBuf,
+    /// Log origin (checkpoint name); informational here, fixed at `parapet log init`.
+    pub origin: Option<String>,
+    /// `before_forward` (default) or `before_reply`.
+    #[serde(default)]
+    pub durability: DurabilityKey,
+    /// `full` (default) or `normalized`.
+    #[serde(default)]
+    pub statement_text: StatementTextKey,
+}
+
+/// `[log] durability`.
+#[derive(Debug, Deserialize, Default, Clone, Copy)]
+#[serde(rename_all = "snake_case")]
+pub enum DurabilityKey {
+    /// Decision durable before the statement is forwarded.
+    #[default]
+    BeforeForward,
+    /// Statement forwarded at once, reply held until the decision is durable.
+    BeforeReply,
+}
+
+/// `[log] statement_text`.
+#[derive(Debug, Deserialize, Default, Clone, Copy)]
+#[serde(rename_all = "snake_case")]
+pub enum StatementTextKey {
+    /// Full text and normalised form.
+    #[default]
+    Full,
+    /// Normalised form only.
+    Normalized,
+}
+
+/// `[listen]`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ListenSection {
+    /// PostgreSQL listen address.
+    #[serde(default = "default_listen")]
+    pub postgres: SocketAddr,
+    /// PEM certificate chain for TLS.
+    pub tls_cert: Option<PathBuf>,
+    /// PEM private key for TLS.
+    pub tls_key: Option<PathBuf>,
+    /// Refuse clients without TLS.
+    #[serde(default)]
+    pub require_tls: bool,
+    /// Largest message accepted, in bytes (default 1 GiB, PostgreSQL's own cap).
+    pub max_message_size: Option<usize>,
+}
+
+fn default_listen() -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], 6432))
+}
+
+impl Default for ListenSection {
+    fn default() -> Self {
+        ListenSection {
+            postgres: default_listen(),
+            tls_cert: None,
+            tls_key: None,
+            require_tls: false,
+            max_message_size: None,
+        }
+    }
+}
+
+/// One `[[targets]]` entry.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TargetSection {
+    /// Name clients give as the database name.
+    pub name: String,
+    /// `postgres://user:password@host:port/database` with the gateway's own credentials.
+    pub upstream: String,
+    /// Environment label for policies.
+    #[serde(default = "default_environment")]
+    pub environment: String,
+}
+
+fn default_environment() -> String {
+    "production".into()
+}
+
+/// One `[[users]]` entry.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UserSection {
+    /// Login name.
+    pub name: String,
+    /// SCRAM-SHA-256 verifier (from `parapet user add`).
+    pub scram: String,
+    /// Groups.
+    #[serde(default)]
+    pub groups: Vec<String>,
+}
+
+/// `[policy]`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PolicySection {
+    /// Cedar policy files, in order.
+    #[serde(default)]
+    pub files: Vec<PathBuf>,
+    /// Include the built-in default pack (default true).
+    #[serde(default = "yes")]
+    pub default_pack: bool,
+    /// Seconds between checks of policy files for changes (default 1; 0 disables).
+    #[serde(default = "one")]
+    pub poll_seconds: u64,
+}
+
+fn yes() -> bool {
+    true
+}
+fn one() -> u64 {
+    1
+}
+
+impl Default for PolicySection {
+    fn default() -> Self {
+        PolicySection {
+            files: Vec::new(),
+            default_pack: true,
+            poll_seconds: 1,
+        }
+    }
+}
+
+impl Config {
+    /// Reads and parses `path`; relative paths inside are resolved against its directory.
+    pub fn load(path: &Path) -> anyhow::Result<Config> {
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("cannot read config file {}", path.display()))?;
+        let mut c = Config::parse(&text).with_context(|| format!("in {}", path.display()))?;
+        let base = path.parent().unwrap_or(Path::new("."));
+        let fix = |p: &mut PathBuf| {
+            if p.is_relative() {
+                *p = base.join(&*p);
+            }
+        };
+        fix(&mut c.log.dir);
+        fix(&mut c.log.key);
+        c.listen.tls_cert.iter_mut().for_each(fix);
+        c.listen.tls_key.iter_mut().for_each(fix);
+        c.policy.files.iter_mut().for_each(fix);
+        Ok(c)
+    }
+
+    /// Parses TOML text.
+    pub fn parse(text: &str) -> anyhow::Result<Config> {
+        let c: Config = toml::from_str(text).context("invalid configuration")?;
+        if c.targets.is_empty() {
+            bail!("no [[targets]] configured: add one with name, upstream and environment");
+        }
+        Ok(c)
+    }
+
+    /// The policy source of `[policy]`.
+    pub fn policy_source(&self) -> PolicySource {
+        PolicySource {
+            files: self.policy.files.clone(),
+            default_pack: self.policy.default_pack,
+        }
+    }
+
+    /// The gateway's view of this configuration.
+    pub fn gateway(&self) -> anyhow::Result<GatewayConfig> {
+        let targets = self
+            .targets
+            .iter()
+            .map(|t| {
+                Ok(TargetConfig {
+                    name: t.name.clone(),
+                    upstream: parse_upstream(&t.upstream)
+                        .with_context(|| format!("target {:?}: invalid upstream URL", t.name))?,
+                    environment: t.environment.clone(),
+                })
+            })
+            .collect::<anyhow::Result<Vec<_>>>()?;
+        let users = self
+            .users
+            .iter()
+            .map(|u| UserConfig {
+                name: u.name.clone(),
+                scram: u.scram.clone(),
+                groups: u.groups.clone(),
+            })
+            .collect();
+        let mut g = GatewayConfig::new(self.listen.postgres, targets, users);
+        g.tls = match (&self.listen.tls_cert, &self.listen.tls_key) {
+            (Some(cert), Some(key)) => Some(TlsSettings {
+                cert: cert.clone(),
+                key: key.clone(),
+            }),
+            (None, None) => None,
+            _ => bail!("[listen] tls_cert and tls_key must be given together"),
+        };
+        g.require_tls = self.listen.require_tls;
+        if let Some(m) = self.listen.max_message_size {
+            if m < 1024 || m > GatewayConfig::MAX_MESSAGE_SIZE {
+                bail!("[listen] max_message_size must be between 1024 and {}", GatewayConfig::MAX_MESSAGE_SIZE);
+            }
+            g.max_message_size = m;
+        }
+        g.durability = match self.log.durability {
+            DurabilityKey::BeforeForward => Durability::BeforeForward,
+            DurabilityKey::BeforeReply => Durability::BeforeReply,
+        };
+        g.statement_text = match self.log.statement_text {
+            StatementTextKey::Full => StatementText::Full,
+            StatementTextKey::Normalized => StatementText::Normalized,
+        };
+        g.policy = self.policy_source();
+        g.policy_poll = (self.policy.poll_seconds > 0).then(|| Duration::from_secs(self.policy.poll_seconds));
+        Ok(g)
+    }
+}
+
+/// Parses `postgres://user:password@host:port/database` (also `postgresql://`).
+pub fn parse_upstream(s: &str) -> anyhow::Result<UpstreamConfig> {
+    let u = url::Url::parse(s).context("expected postgres://user:password@host:port/database")?;
+    if u.scheme() != "postgres" && u.scheme() != "postgresql" {
+        bail!("scheme must be postgres:// (got {}://)", u.scheme());
+    }
+    let decode = |v: &str| -> anyhow::Result<String> {
+        Ok(percent_encoding::percent_decode_str(v)
+            .decode_utf8()
+            .context("URL part is not UTF-8 after percent-decoding")?
+            .into_owned())
+    };
+    let host = u.host_str().context("missing host")?.trim_matches(['[', ']']).to_string();
+    let user = decode(u.username())?;
+    if user.is_empty() {
+        bail!("missing user name (postgres://USER:password@host/db)");
+    }
+    let database = decode(u.path().trim_start_matches('/'))?;
+    if database.is_empty() {
+        bail!("missing database name (postgres://user:password@host/DB)");
+    }
+    Ok(UpstreamConfig {
+        host,
+        port: u.port().unwrap_or(5432),
+        user,
+        password: u.password().map(decode).transpose()?,
+        database,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_example_and_upstream_urls() {
+        let text = include_str!("../../../examples/parapet.toml");
+        let c = Config::parse(text).unwrap();
+        let g = c.gateway().unwrap();
+        assert_eq!(g.targets[0].name, "main");
+        assert_eq!(g.listen.port(), 6432);
+        let u = parse_upstream("postgres://gw:p%40ss%2Fw@db.internal:5433/app").unwrap();
+        assert_eq!((u.user.as_str(), u.password.as_deref(), u.host.as_str(), u.port, u.database.as_str()),
+            ("gw", Some("p@ss/w"), "db.internal", 5433, "app"));
+        assert!(parse_upstream("mysql://a@b/c").is_err());
+        assert!(parse_upstream("postgres://a@b").is_err());
+    }
+
+    #[test]
+    fn rejects_unknown_keys_and_bad_values() {
+        let base = "[log]\ndir='l'\nkey='k'\n[[targets]]\nname='m'\nupstream='postgres://u@h/d'\n";
+        assert!(Config::parse(base).is_ok());
+        assert!(Config::parse(&format!("{base}[listen]\npostgress='x'\n")).is_err());
+        assert!(Config::parse(&base.replace("[log]\n", "[log]\ndurability='sometimes'\n")).is_err());
+        assert!(Config::parse("[log]\ndir='l'\nkey='k'\n").is_err());
+    }
+}
