@@ -2,7 +2,8 @@
 //! 200-byte entries), bulk load, and verify throughput on a 1,000,000-entry log, each shown next
 //! to the machine's physical limits measured in the same run (raw SHA-256 speed, fsync rate of
 //! the disk holding the log). Prints a table. Set `PARAPET_BENCH_DIR` to choose the disk
-//! (default: the system temp dir) and `PARAPET_BENCH_SECS` for the append phases (default 3).
+//! (default: the system temp dir), `PARAPET_BENCH_SECS` for the append phases (default 3) and
+//! `PARAPET_BENCH_ONLY=appenders` (or `bulk`) to run only some phases (bulk includes verify).
 
 use parapet_log::note::NoteVerifier;
 use parapet_log::verify::verify_log;
@@ -130,7 +131,12 @@ fn main() {
         format!("{fsync:.0} /s"),
         "limit".into(),
     ));
+    let only = std::env::var("PARAPET_BENCH_ONLY").unwrap_or_default();
+    let want = |phase: &str| only.is_empty() || only.split(',').any(|p| p == phase);
     for tasks in [1usize, 16, 256] {
+        if !want("appenders") {
+            break;
+        }
         eprintln!("{tasks} concurrent appenders for {secs}s ...");
         let (rate, _) = concurrent_appends(root, tasks, secs);
         rows.push((
@@ -141,6 +147,10 @@ fn main() {
     }
 
     // Bulk load of 1,000,000 lines of 200 bytes (the `parapet log append` path).
+    if !want("bulk") {
+        print_table(&base, rows);
+        return;
+    }
     eprintln!("bulk append of 1,000,000 lines ...");
     let dir = root.join("bulk");
     let key = root.join("bulk.key");
@@ -180,7 +190,10 @@ fn main() {
         format!("{mbs:.0} MB/s, {:.0} entries/s", n as f64 / el),
         format!("{:.0}% of SHA-256", 100.0 * mbs / sha),
     ));
+    print_table(&base, rows);
+}
 
+fn print_table(base: &Path, rows: Vec<(String, String, String)>) {
     let cores = std::thread::available_parallelism()
         .map(|p| p.get())
         .unwrap_or(1);

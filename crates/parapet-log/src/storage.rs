@@ -31,6 +31,11 @@ pub trait Storage: Send + 'static {
     fn publish_checkpoint(&mut self) -> io::Result<()>;
     /// Removes a file or directory tree if present (garbage that no checkpoint refers to).
     fn remove(&mut self, path: &str) -> io::Result<()>;
+    /// Removes a file or directory tree that no current or future checkpoint needs (superseded
+    /// partial tiles); may happen in the background.
+    fn remove_later(&mut self, path: &str) {
+        let _ = self.remove(path);
+    }
     /// Removes temporary files an interrupted write left in directory `dir` (`""` = the root).
     fn remove_temp_files(&mut self, dir: &str) -> io::Result<()> {
         let _ = dir;
@@ -45,6 +50,7 @@ pub struct LocalDir {
     unsynced: Vec<File>,
     dirty_dirs: BTreeSet<PathBuf>,
     known_dirs: BTreeSet<PathBuf>,
+    janitor: Option<std::sync::mpsc::Sender<PathBuf>>,
 }
 
 impl LocalDir {
@@ -55,6 +61,7 @@ impl LocalDir {
             unsynced: Vec::new(),
             dirty_dirs: BTreeSet::new(),
             known_dirs: BTreeSet::new(),
+            janitor: None,
         }
     }
 
@@ -200,6 +207,32 @@ impl Storage for LocalDir {
         match r {
             Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
             r => r,
+        }
+    }
+
+    fn remove_later(&mut self, path: &str) {
+        // Deleting is slow on file systems mounted with `discard`; keep it off the append path.
+        let full = self.root.join(path);
+        self.known_dirs.retain(|d| !d.starts_with(&full));
+        if self.janitor.is_none() {
+            let (tx, rx) = std::sync::mpsc::channel::<PathBuf>();
+            let spawned = std::thread::Builder::new()
+                .name("parapet-log-janitor".into())
+                .spawn(move || {
+                    for p in rx {
+                        let _ = fs::remove_dir_all(&p).or_else(|_| fs::remove_file(&p));
+                    }
+                });
+            if spawned.is_ok() {
+                self.janitor = Some(tx);
+            }
+        }
+        let sent = match &self.janitor {
+            Some(tx) => tx.send(full.clone()).is_ok(),
+            None => false,
+        };
+        if !sent {
+            let _ = fs::remove_dir_all(&full);
         }
     }
 

@@ -544,9 +544,7 @@ impl<S: Storage> Writer<S> {
             .map_err(|e| self.io_error("publishing the checkpoint", e))?;
         self.shared.size.store(cp.size, Ordering::Release);
         for p in std::mem::take(&mut self.tree.completed) {
-            if let Err(e) = self.storage.remove(&p) {
-                tracing::warn!(path = %p, error = %e, "could not remove superseded partial tiles");
-            }
+            self.storage.remove_later(&p);
         }
         Ok(())
     }
