@@ -205,6 +205,7 @@ impl Log {
             tree,
             shared: shared.clone(),
             broken: false,
+            close_ack: None,
         };
         std::thread::Builder::new()
             .name("parapet-log-writer".into())

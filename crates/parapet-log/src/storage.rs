@@ -50,7 +50,20 @@ pub struct LocalDir {
     unsynced: Vec<File>,
     dirty_dirs: BTreeSet<PathBuf>,
     known_dirs: BTreeSet<PathBuf>,
-    janitor: Option<std::sync::mpsc::Sender<PathBuf>>,
+    janitor: Option<(
+        std::sync::mpsc::Sender<PathBuf>,
+        std::thread::JoinHandle<()>,
+    )>,
+}
+
+impl Drop for LocalDir {
+    fn drop(&mut self) {
+        // Finish pending removals before the log counts as closed.
+        if let Some((tx, handle)) = self.janitor.take() {
+            drop(tx);
+            let _ = handle.join();
+        }
+    }
 }
 
 impl LocalDir {
@@ -223,12 +236,12 @@ impl Storage for LocalDir {
                         let _ = fs::remove_dir_all(&p).or_else(|_| fs::remove_file(&p));
                     }
                 });
-            if spawned.is_ok() {
-                self.janitor = Some(tx);
+            if let Ok(handle) = spawned {
+                self.janitor = Some((tx, handle));
             }
         }
         let sent = match &self.janitor {
-            Some(tx) => tx.send(full.clone()).is_ok(),
+            Some((tx, _)) => tx.send(full.clone()).is_ok(),
             None => false,
         };
         if !sent {

@@ -336,6 +336,7 @@ pub(crate) struct Writer<S: Storage> {
     pub(crate) tree: TreeState,
     pub(crate) shared: Arc<Shared>,
     pub(crate) broken: bool,
+    pub(crate) close_ack: Option<oneshot::Sender<Result<(), LogError>>>,
 }
 
 enum Ack {
@@ -388,6 +389,11 @@ impl<S: Storage> Writer<S> {
                 last_batch = n;
             }
             if self.process(items) {
+                let ack = self.close_ack.take();
+                drop(self);
+                if let Some(tx) = ack {
+                    let _ = tx.send(Ok(()));
+                }
                 return;
             }
         }
@@ -491,7 +497,8 @@ impl<S: Storage> Writer<S> {
                             let _ = tx.send(Ok(r));
                         }
                         Ack::Close(tx) => {
-                            let _ = tx.send(Ok(()));
+                            // Answered after the writer (and its storage) is torn down.
+                            self.close_ack = Some(tx);
                         }
                     }
                 }
