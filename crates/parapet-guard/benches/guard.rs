@@ -1,1 +1,138 @@
-fn main() {}
+//! Guardrail benchmark (`cargo bench -p parapet-guard --bench guard`): per-call latency of
+//! decisions for typical OLTP statements with the default pack plus 100 extra rules, cold (first
+//! sight of a statement text) and warm (repeated text), and of the pg_query building blocks.
+//! Prints a table (calls/s, p50, p99); a harness-free bench because criterion reports means and
+//! confidence intervals, not the percentiles the targets are stated in.
+
+use parapet_guard::{policy, Guard, PolicySource, RequestContext};
+use std::hint::black_box;
+use std::time::{Duration, Instant};
+
+const OLTP: &[&str] = &[
+    "SELECT id, name, email FROM users WHERE id = {n}",
+    "SELECT * FROM orders WHERE user_id = {n} ORDER BY created_at DESC LIMIT 20",
+    "UPDATE accounts SET balance = balance - 100 WHERE id = {n}",
+    "INSERT INTO orders (user_id, total, created_at) VALUES ({n}, 9.99, now())",
+    "DELETE FROM sessions WHERE id = {n}",
+    "SELECT o.id, u.name FROM orders o JOIN users u ON u.id = o.user_id WHERE o.id = {n}",
+    "UPDATE pgbench_accounts SET abalance = abalance + 1 WHERE aid = {n}",
+    "SELECT abalance FROM pgbench_accounts WHERE aid = {n}",
+];
+
+fn extra_rules(n: usize) -> String {
+    let mut s = String::new();
+    for i in 0..n {
+        let body = match i % 4 {
+            0 => format!("context.write_names.contains(\"public.table_{i}\")"),
+            1 => format!("principal in Parapet::Group::\"contractors_{i}\" && context.kind == \"delete\""),
+            2 => format!("resource.environment == \"env_{i}\" && context.kinds.contains(\"alter\")"),
+            _ => format!("context.function_names.contains(\"fn_{i}\") || context.application_name == \"app_{i}\""),
+        };
+        s.push_str(&format!(
+            "@id(\"bench.rule-{i}\")\n@reason(\"bench rule {i}\")\n@mode(\"{}\")\nforbid (principal, action, resource) when {{ {body} }};\n",
+            if i % 3 == 0 { "monitor" } else { "enforce" }
+        ));
+    }
+    s
+}
+
+struct Row {
+    name: String,
+    samples: Vec<Duration>,
+}
+
+fn measure(name: &str, iters: usize, mut f: impl FnMut(usize)) -> Row {
+    for i in 0..iters.min(200) {
+        f(i); // warm up code paths (not caches: callers vary inputs as needed)
+    }
+    let mut samples = Vec::with_capacity(iters);
+    for i in 0..iters {
+        let t = Instant::now();
+        f(i + 1_000_000);
+        samples.push(t.elapsed());
+    }
+    Row { name: name.to_string(), samples }
+}
+
+fn pct(sorted: &[Duration], p: f64) -> Duration {
+    let idx = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[idx.min(sorted.len() - 1)]
+}
+
+fn main() {
+    let dir = std::env::temp_dir().join(format!("parapet-guard-bench-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    let extra = dir.join("extra.cedar");
+    std::fs::write(&extra, extra_rules(100)).expect("write rules");
+    let source = PolicySource { files: vec![extra], default_pack: true };
+    let compiled = policy::compile(&source).expect("rules compile");
+    let guard = Guard::load(&source).expect("guard loads");
+    let ctx = RequestContext {
+        user: "alice".into(),
+        groups: vec!["eng".into()],
+        target: "main".into(),
+        environment: "production".into(),
+        client_addr: Some("10.0.0.1".into()),
+        application_name: "app".into(),
+    };
+    let texts = |i: usize| OLTP[i % OLTP.len()].replace("{n}", &i.to_string());
+
+    let mut rows = Vec::new();
+    rows.push(measure("decide cold (new text each call)", 4_000, |i| {
+        black_box(guard.decide(&texts(i), &ctx));
+    }));
+    let warm_texts: Vec<String> = (0..OLTP.len()).map(texts).collect();
+    for t in &warm_texts {
+        guard.decide(t, &ctx);
+    }
+    rows.push(measure("decide warm (repeated text)", 200_000, |i| {
+        black_box(guard.decide(&warm_texts[i % warm_texts.len()], &ctx));
+    }));
+    // Analysis cached, new context each call (decision cache misses): Cedar evaluation cost.
+    rows.push(measure("decide, analysis cached, new user", 4_000, |i| {
+        let mut c = ctx.clone();
+        c.user = format!("user{i}");
+        black_box(guard.decide(&warm_texts[i % warm_texts.len()], &c));
+    }));
+    rows.push(measure("analyze only (cold)", 4_000, |i| {
+        black_box(parapet_guard::analyze(&texts(i)));
+    }));
+    rows.push(measure("pg_query::parse", 4_000, |i| {
+        black_box(pg_query::parse(&texts(i)).ok());
+    }));
+    rows.push(measure("pg_query::fingerprint", 4_000, |i| {
+        black_box(pg_query::fingerprint(&texts(i)).ok());
+    }));
+    rows.push(measure("pg_query::normalize", 4_000, |i| {
+        black_box(pg_query::normalize(&texts(i)).ok());
+    }));
+    rows.push(measure("pg_query::split_with_parser", 4_000, |i| {
+        black_box(pg_query::split_with_parser(&texts(i)).ok().map(|v| v.len()));
+    }));
+    let plpgsql = "CREATE FUNCTION f(i int) RETURNS void LANGUAGE plpgsql AS $$ BEGIN UPDATE t SET seen = now() WHERE id = i; END $$";
+    rows.push(measure("pg_query::parse_plpgsql", 2_000, |_| {
+        black_box(pg_query::parse_plpgsql(plpgsql).ok());
+    }));
+
+    println!(
+        "\nparapet-guard: default pack + 100 extra rules ({} rules), {} OLTP statement shapes\n",
+        compiled.rules.len(),
+        OLTP.len()
+    );
+    println!("| case | calls | calls/s (1 thread) | p50 | p99 |");
+    println!("|---|---:|---:|---:|---:|");
+    for mut r in rows {
+        r.samples.sort();
+        let total: Duration = r.samples.iter().sum();
+        let per_s = r.samples.len() as f64 / total.as_secs_f64();
+        println!(
+            "| {} | {} | {:.0} | {:.2} µs | {:.2} µs |",
+            r.name,
+            r.samples.len(),
+            per_s,
+            pct(&r.samples, 0.50).as_secs_f64() * 1e6,
+            pct(&r.samples, 0.99).as_secs_f64() * 1e6
+        );
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
