@@ -1,0 +1,328 @@
+//! End-to-end tests of the gateway with real clients (psql, tokio-postgres, pgbench) against a
+//! real PostgreSQL cluster started by the harness in `common/`.
+
+mod common;
+
+use common::{audit_index, env, tool, ALICE_PW};
+use std::process::Command;
+use std::time::Duration;
+
+fn db_error(e: &tokio_postgres::Error) -> &tokio_postgres::error::DbError {
+    e.as_db_error().unwrap_or_else(|| panic!("expected a server error, got {e:?}"))
+}
+
+#[test]
+fn psql_results_match_direct() {
+    let e = env();
+    e.direct("CREATE TABLE IF NOT EXISTS psql_t (id int primary key, name text)");
+    let (ok, out, err) = e.psql(&e.gw_conninfo(e.gw), &["-c", "INSERT INTO psql_t VALUES (1, 'one'), (2, 'two')"], "");
+    assert!(ok && out == "INSERT 0 2", "{out} {err}");
+    let script = "SELECT id, name FROM psql_t ORDER BY id;\n\
+                  SELECT count(*), sum(id) FROM psql_t;\n\
+                  SELECT current_user, current_database();\n";
+    let (ok, via_gw, err) = e.psql(&e.gw_conninfo(e.gw), &["-v", "ON_ERROR_STOP=1"], script);
+    assert!(ok, "psql through the gateway failed: {err}");
+    let (ok, direct, err) = e.psql(&e.direct_conninfo(), &["-v", "ON_ERROR_STOP=1"], script);
+    assert!(ok, "{err}");
+    // Same results; the gateway logs in upstream with its own credentials (postgres/app).
+    assert_eq!(via_gw, direct);
+    assert_eq!(via_gw, "1|one\n2|two\n2|3\npostgres|app");
+}
+
+#[tokio::test]
+async fn tokio_postgres_simple_extended_and_binary_params() {
+    let e = env();
+    for addr in [e.gw, e.gw_reply] {
+        let c = e.client(addr).await;
+        c.batch_execute("CREATE TABLE IF NOT EXISTS tp_t (id int, b bytea, f float8); DELETE FROM tp_t WHERE true")
+            .await
+            .unwrap();
+        // Extended protocol with binary parameters and results, named statement reused.
+        let st = c.prepare("INSERT INTO tp_t VALUES ($1, $2, $3)").await.unwrap();
+        for i in 0..5i32 {
+            c.execute(&st, &[&i, &vec![i as u8, 0, 255], &(i as f64 / 2.0)]).await.unwrap();
+        }
+        let rows = c.query("SELECT id, b, f FROM tp_t WHERE id >= $1 ORDER BY id", &[&2i32]).await.unwrap();
+        assert_eq!(rows.len(), 3);
+        let b: Vec<u8> = rows[0].get(1);
+        assert_eq!((rows[0].get::<_, i32>(0), b, rows[2].get::<_, f64>(2)), (2, vec![2, 0, 255], 2.0));
+        // Simple protocol.
+        let msgs = c.simple_query("SELECT 'a' AS x UNION ALL SELECT 'b'").await.unwrap();
+        let n = msgs.iter().filter(|m| matches!(m, tokio_postgres::SimpleQueryMessage::Row(_))).count();
+        assert_eq!(n, 2);
+        // Pipelining: several queries in flight at once.
+        let (a, b2, c3) = tokio::join!(
+            c.query_one("SELECT 1::int4", &[]),
+            c.query_one("SELECT $1::text", &[&"two"]),
+            c.query_one("SELECT 3::int8", &[])
+        );
+        assert_eq!((a.unwrap().get::<_, i32>(0), b2.unwrap().get::<_, String>(0), c3.unwrap().get::<_, i64>(0)), (1, "two".into(), 3));
+        // A large result streams through.
+        let big = c.query("SELECT repeat('x', 1000) FROM generate_series(1, 5000)", &[]).await.unwrap();
+        assert_eq!(big.len(), 5000);
+        // Server errors pass through unchanged and the session stays usable.
+        let err = c.query("SELECT 1/0", &[]).await.unwrap_err();
+        assert_eq!(db_error(&err).code().code(), "22012");
+        assert_eq!(c.query_one("SELECT 7", &[]).await.unwrap().get::<_, i32>(0), 7);
+    }
+}
+
+#[tokio::test]
+async fn blocked_statements_simple_and_extended_outside_and_inside_transactions() {
+    let e = env();
+    e.direct("CREATE TABLE IF NOT EXISTS blk_t (id int)");
+    for addr in [e.gw, e.gw_reply] {
+        let c = e.client(addr).await;
+        // Simple protocol, outside a transaction.
+        let err = c.batch_execute("DROP TABLE blk_t").await.unwrap_err();
+        let db = db_error(&err);
+        assert_eq!(db.code().code(), "42501");
+        assert!(db.message().starts_with("parapet: blocked by parapet.drop: DROP statements are blocked"), "{}", db.message());
+        let idx = audit_index(db.detail().expect("DETAIL"));
+        let ev = e.entry(idx);
+        assert_eq!(ev["type"], "decision");
+        assert_eq!(ev["decision"], "deny");
+        assert_eq!(ev["sql"], "DROP TABLE blk_t");
+        assert_eq!(ev["user"], "alice");
+        assert_eq!(ev["groups"], serde_json::json!(["eng"]));
+        assert_eq!(ev["target"], "main");
+        assert_eq!(ev["protocol"], "simple");
+        assert_eq!(ev["rules"][0]["id"], "parapet.drop");
+        assert_eq!(c.query_one("SELECT 1", &[]).await.unwrap().get::<_, i32>(0), 1);
+
+        // Extended protocol, outside a transaction.
+        let err = c.execute("DELETE FROM blk_t", &[]).await.unwrap_err();
+        let db = db_error(&err);
+        assert_eq!(db.code().code(), "42501");
+        assert!(db.message().starts_with("parapet: blocked by parapet.delete-without-where:"), "{}", db.message());
+        let ev = e.entry(audit_index(db.detail().expect("DETAIL")));
+        assert_eq!((ev["protocol"].as_str(), ev["decision"].as_str()), (Some("extended"), Some("deny")));
+        assert_eq!(c.query_one("SELECT 2", &[]).await.unwrap().get::<_, i32>(0), 2);
+
+        // Simple protocol inside a transaction: the transaction fails on the server too.
+        let marker = if addr == e.gw { 1001 } else { 2001 };
+        let err = c
+            .batch_execute(&format!("BEGIN; INSERT INTO blk_t VALUES ({marker})"))
+            .await
+            .err();
+        assert!(err.is_none());
+        let err = c.batch_execute("TRUNCATE blk_t").await.unwrap_err();
+        assert_eq!(db_error(&err).code().code(), "42501");
+        let err = c.batch_execute("SELECT 1").await.unwrap_err();
+        assert_eq!(db_error(&err).code().code(), "25P02", "server must see the transaction as failed");
+        c.batch_execute("COMMIT").await.unwrap();
+        assert_eq!(e.direct(&format!("SELECT count(*) FROM blk_t WHERE id = {marker}")), "0");
+
+        // Extended protocol inside a transaction.
+        let mut c = c;
+        let tx = c.transaction().await.unwrap();
+        tx.execute("INSERT INTO blk_t VALUES ($1)", &[&(marker + 1)]).await.unwrap();
+        let err = tx.execute("UPDATE blk_t SET id = $1", &[&5i32]).await.unwrap_err();
+        assert_eq!(db_error(&err).code().code(), "42501");
+        let err = tx.query("SELECT 1", &[]).await.unwrap_err();
+        assert_eq!(db_error(&err).code().code(), "25P02");
+        tx.commit().await.unwrap(); // the server answers ROLLBACK
+        assert_eq!(e.direct(&format!("SELECT count(*) FROM blk_t WHERE id = {}", marker + 1)), "0");
+        // Still usable, and the same statements with a WHERE clause go through.
+        c.execute("DELETE FROM blk_t WHERE id = $1", &[&-1i32]).await.unwrap();
+    }
+}
+
+#[test]
+fn psql_sees_blocked_message_and_continues() {
+    let e = env();
+    let (_, out, err) = e.psql(&e.gw_conninfo(e.gw), &[], "GRANT ALL ON SCHEMA public TO PUBLIC;\nSELECT 'still here';\n");
+    assert!(err.contains("ERROR:  parapet: blocked by parapet.privileges:"), "{err}");
+    assert!(err.contains("DETAIL:  parapet audit entry "), "{err}");
+    assert_eq!(out, "still here");
+}
+
+#[tokio::test]
+async fn decisions_and_outcomes_are_logged() {
+    let e = env();
+    let c = e.client(e.gw).await;
+    let tag = format!("outcome-probe-{}", std::process::id());
+    c.simple_query(&format!("SELECT '{tag}' FROM generate_series(1,3)")).await.unwrap();
+    let evs = e.events(0);
+    let (idx, dec) = evs
+        .iter()
+        .find(|(_, v)| v["type"] == "decision" && v["sql"].as_str().is_some_and(|s| s.contains(&tag)))
+        .expect("decision event for the statement");
+    assert_eq!(dec["decision"], "allow");
+    assert_eq!(dec["application_name"], "gwtest");
+    assert_eq!(dec["client_addr"], "127.0.0.1");
+    assert!(dec["fingerprint"].is_string() && dec["policy_hash"].is_string() && dec["time"].is_string());
+    // The outcome is appended without waiting; give it a moment.
+    let mut found = None;
+    for _ in 0..50 {
+        found = e.events(*idx).into_iter().find(|(_, v)| v["type"] == "outcome" && v["decision"] == *idx);
+        if found.is_some() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let (_, out) = found.expect("outcome event referencing the decision");
+    assert_eq!(out["tag"], "SELECT 3");
+    assert_eq!(out["rows"], 3);
+    assert!(evs.iter().any(|(_, v)| v["type"] == "session_start" && v["user"] == "alice"));
+    assert!(evs.iter().any(|(_, v)| v["type"] == "gateway_start"));
+}
+
+#[tokio::test]
+async fn wrong_password_and_unknown_user_are_refused_and_logged() {
+    let e = env();
+    let err = e.client_pw(e.gw, "not-the-password").await.err().expect("must fail");
+    assert_eq!(db_error(&err).code().code(), "28P01");
+    let (ok, _, stderr) = e.psql(
+        &format!("host=127.0.0.1 port={} user=mallory password=x dbname=main sslmode=disable", e.gw.port()),
+        &["-c", "SELECT 1"],
+        "",
+    );
+    assert!(!ok && stderr.contains("password authentication failed for user \"mallory\""), "{stderr}");
+    let mut seen = false;
+    for _ in 0..50 {
+        seen = e.events(0).iter().any(|(_, v)| v["type"] == "auth_failure" && v["user"] == "mallory");
+        if seen {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(seen, "auth_failure event for mallory");
+    // The right password still works.
+    e.client_pw(e.gw, ALICE_PW).await.unwrap();
+}
+
+#[test]
+fn tls_offered_and_required() {
+    let e = env();
+    let ci = format!("host=127.0.0.1 port={} user=alice password={ALICE_PW} dbname=main sslmode=require", e.gw.port());
+    let (ok, out, err) = e.psql(&ci, &[], "\\conninfo\nSELECT 'over tls';\n");
+    assert!(ok, "{err}");
+    assert!(out.contains("SSL connection") && out.contains("over tls"), "{out}");
+    let strict = e.gw_tls_only.port();
+    let (ok, _, err) = e.psql(
+        &format!("host=127.0.0.1 port={strict} user=alice password={ALICE_PW} dbname=main sslmode=disable"),
+        &["-c", "SELECT 1"],
+        "",
+    );
+    assert!(!ok && err.contains("requires TLS"), "{err}");
+    let (ok, out, err) = e.psql(
+        &format!("host=127.0.0.1 port={strict} user=alice password={ALICE_PW} dbname=main sslmode=require"),
+        &["-c", "SELECT 'strict ok'"],
+        "",
+    );
+    assert!(ok && out == "strict ok", "{err}");
+}
+
+#[test]
+fn copy_in_and_out() {
+    let e = env();
+    e.direct("CREATE TABLE IF NOT EXISTS copy_t (id int, s text)");
+    let data: String = (0..1000).map(|i| format!("{i}\trow {i}\n")).collect();
+    let (ok, _, err) = e.psql(&e.gw_conninfo(e.gw), &["-v", "ON_ERROR_STOP=1", "-c", "COPY copy_t FROM STDIN"], &data);
+    assert!(ok, "COPY FROM STDIN through the gateway: {err}");
+    assert_eq!(e.direct("SELECT count(*), sum(id) FROM copy_t"), "1000|499500");
+    let (ok, out, err) = e.psql(&e.gw_conninfo(e.gw), &["-c", "COPY (SELECT * FROM copy_t ORDER BY id) TO STDOUT"], "");
+    assert!(ok, "{err}");
+    assert_eq!(format!("{out}\n"), data);
+    // COPY to a server file is blocked by the default pack.
+    let (ok, _, err) = e.psql(&e.gw_conninfo(e.gw), &["-c", "COPY copy_t TO '/tmp/x'"], "");
+    assert!(!ok && err.contains("parapet: blocked by parapet.copy-server-file"), "{err}");
+}
+
+#[tokio::test]
+async fn cancel_reaches_the_right_backend() {
+    let e = env();
+    let c = e.client(e.gw).await;
+    let token = c.cancel_token();
+    let canceller = tokio::spawn(async move {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        token.cancel_query(tokio_postgres::NoTls).await
+    });
+    let started = std::time::Instant::now();
+    let err = c.simple_query("SELECT pg_sleep(30)").await.unwrap_err();
+    canceller.await.unwrap().unwrap();
+    assert_eq!(db_error(&err).code().code(), "57014");
+    assert!(started.elapsed() < Duration::from_secs(20));
+    assert_eq!(c.query_one("SELECT 1", &[]).await.unwrap().get::<_, i32>(0), 1);
+}
+
+#[tokio::test]
+async fn oversized_and_malformed_messages_close_only_that_connection() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let e = env();
+    let other = e.client(e.gw).await;
+    // Over the 1 MiB cap configured for the test gateway.
+    let c = e.client(e.gw).await;
+    let big = "x".repeat(2 << 20);
+    let err = c.simple_query(&format!("SELECT '{big}'")).await.unwrap_err();
+    let msg = format!("{err:?}");
+    assert!(c.is_closed() || msg.contains("08P01") || msg.contains("protocol"), "{msg}");
+    // A startup packet with an impossible length.
+    let mut s = tokio::net::TcpStream::connect(e.gw).await.unwrap();
+    s.write_all(&[0, 0, 0, 2, 0, 0]).await.unwrap();
+    let mut buf = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut buf)).await.expect("connection closed");
+    // The gateway and other sessions carry on.
+    assert_eq!(other.query_one("SELECT 11", &[]).await.unwrap().get::<_, i32>(0), 11);
+    assert_eq!(e.client(e.gw).await.query_one("SELECT 12", &[]).await.unwrap().get::<_, i32>(0), 12);
+}
+
+#[test]
+fn unknown_target_is_refused() {
+    let e = env();
+    let (ok, _, err) = e.psql(
+        &format!("host=127.0.0.1 port={} user=alice password={ALICE_PW} dbname=nope sslmode=disable", e.gw.port()),
+        &["-c", "SELECT 1"],
+        "",
+    );
+    assert!(!ok && err.contains("no target named \"nope\""), "{err}");
+}
+
+fn pgbench(args: &[&str], conninfo_port: u16, user: &str, password: &str, db: &str) -> (bool, String) {
+    let out = Command::new(tool("pgbench"))
+        .args(["-h", "127.0.0.1", "-p", &conninfo_port.to_string(), "-U", user])
+        .args(args)
+        .arg(db)
+        .env("PGPASSWORD", password)
+        .env("PGSSLMODE", "disable")
+        .output()
+        .expect("run pgbench");
+    (
+        out.status.success(),
+        format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr)),
+    )
+}
+
+#[test]
+fn pgbench_all_modes_through_the_gateway() {
+    let e = env();
+    // pgbench -i DROPs and TRUNCATEs: blocked through the gateway (and nothing else happens).
+    let (ok, out) = pgbench(&["-i", "-s", "1"], e.gw.port(), "alice", ALICE_PW, "main");
+    assert!(!ok && out.contains("parapet: blocked by"), "{out}");
+    // Create the tables directly.
+    let (ok, out) = pgbench(&["-i", "-s", "1", "-q"], e.pg_port, "postgres", &e.pg_password, "app");
+    assert!(ok, "{out}");
+    for mode in ["simple", "extended", "prepared"] {
+        for select_only in [true, false] {
+            let mut args = vec!["-M", mode, "-c", "4", "-j", "2", "-t", "25", "-n"];
+            if select_only {
+                args.push("-S");
+            }
+            let (ok, out) = pgbench(&args, e.gw.port(), "alice", ALICE_PW, "main");
+            assert!(ok, "pgbench {args:?} through the gateway: {out}");
+            assert!(out.contains("number of transactions actually processed: 100/100"), "{out}");
+            assert!(out.contains("number of failed transactions: 0"), "{out}");
+        }
+    }
+    // TPC-B kept the books balanced, exactly as it does direct.
+    let sums = e.direct(
+        "SELECT (SELECT sum(abalance) FROM pgbench_accounts) = (SELECT coalesce(sum(delta),0) FROM pgbench_history), \
+         (SELECT sum(bbalance) FROM pgbench_branches) = (SELECT coalesce(sum(delta),0) FROM pgbench_history), \
+         (SELECT count(*) FROM pgbench_history)",
+    );
+    assert_eq!(sums, "t|t|300", "{sums}");
+    let (ok, out) = pgbench(&["-M", "prepared", "-c", "4", "-t", "25", "-n"], e.pg_port, "postgres", &e.pg_password, "app");
+    assert!(ok, "{out}");
+    assert_eq!(e.direct("SELECT count(*) FROM pgbench_history"), "400");
+}
