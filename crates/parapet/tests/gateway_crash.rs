@@ -1,0 +1,126 @@
+//! `kill -9` of a real `parapet serve` process in the middle of a write load: afterwards
+//! `parapet verify` passes and every statement PostgreSQL executed has its decision in the log.
+
+mod common;
+
+use common::{env, ALICE_PW};
+use parapet_gateway::Verifier;
+use parapet_log::{Log, LogReader};
+use std::collections::HashSet;
+use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_9_mid_load_loses_no_executed_statement() {
+    let e = env();
+    e.direct("CREATE TABLE IF NOT EXISTS crash_t (id bigint primary key)");
+    let dir = e.dir.join("crash");
+    std::fs::create_dir_all(&dir).unwrap();
+    let log_dir = dir.join("log");
+    let key = dir.join("log.key");
+    let vkey = Log::init(&log_dir, "parapet.test/crash", &key).unwrap();
+    let port = parapet::pgcluster::free_port().unwrap();
+    let config = format!(
+        "[log]\ndir = \"log\"\nkey = \"log.key\"\n[listen]\npostgres = \"127.0.0.1:{port}\"\n\
+         [[targets]]\nname = \"main\"\nupstream = \"postgres://postgres:{}@127.0.0.1:{}/app\"\nenvironment = \"production\"\n\
+         {}\n[policy]\ndefault_pack = true\n",
+        e.pg_password,
+        e.pg_port,
+        parapet::cli::user::snippet("alice", &Verifier::generate(ALICE_PW), &["eng".into()])
+    );
+    std::fs::write(dir.join("parapet.toml"), config).unwrap();
+    let mut gw = Command::new(env!("CARGO_BIN_EXE_parapet"))
+        .args(["serve", "--config"])
+        .arg(dir.join("parapet.toml"))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start parapet serve");
+    let mut up = false;
+    for _ in 0..200 {
+        if tokio::net::TcpStream::connect(("127.0.0.1", port)).await.is_ok() {
+            up = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(up, "parapet serve did not start listening");
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut tasks = Vec::new();
+    for w in 0..4i64 {
+        let stop = stop.clone();
+        tasks.push(tokio::spawn(async move {
+            let (c, conn) = tokio_postgres::Config::new()
+                .host("127.0.0.1")
+                .port(port)
+                .user("alice")
+                .password(ALICE_PW)
+                .dbname("main")
+                .connect(tokio_postgres::NoTls)
+                .await
+                .expect("connect");
+            tokio::spawn(async move {
+                let _ = conn.await;
+            });
+            let mut acked = Vec::new();
+            let mut i = 0i64;
+            while !stop.load(Ordering::Relaxed) {
+                let id = w * 1_000_000 + i;
+                i += 1;
+                // Both protocols.
+                let r = if i % 2 == 0 {
+                    c.simple_query(&format!("INSERT INTO crash_t VALUES ({id})")).await.map(|_| ())
+                } else {
+                    c.execute(&format!("INSERT INTO crash_t VALUES ({id})"), &[]).await.map(|_| ())
+                };
+                match r {
+                    Ok(()) => acked.push(id),
+                    Err(_) => break,
+                }
+            }
+            acked
+        }));
+    }
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    gw.kill().expect("kill -9"); // SIGKILL
+    gw.wait().unwrap();
+    stop.store(true, Ordering::Relaxed);
+    let mut acked = HashSet::new();
+    for t in tasks {
+        acked.extend(t.await.unwrap());
+    }
+    assert!(acked.len() > 20, "the load did not run ({} statements)", acked.len());
+
+    let verify = Command::new(env!("CARGO_BIN_EXE_parapet"))
+        .args(["verify", "--dir"])
+        .arg(&log_dir)
+        .args(["--vkey", &vkey])
+        .output()
+        .unwrap();
+    assert!(verify.status.success(), "parapet verify failed: {}", String::from_utf8_lossy(&verify.stderr));
+
+    let executed: HashSet<i64> = e
+        .direct("SELECT id FROM crash_t")
+        .lines()
+        .filter(|l| !l.is_empty())
+        .map(|l| l.parse().unwrap())
+        .collect();
+    assert!(acked.is_subset(&executed), "an acknowledged insert is missing from the table");
+    let r = LogReader::open(&log_dir).unwrap();
+    let mut logged = HashSet::new();
+    for entry in r.entries(0, r.size()) {
+        let (_, b) = entry.unwrap();
+        let v: serde_json::Value = serde_json::from_slice(&b).unwrap();
+        if v["type"] == "decision" && v["decision"] == "allow" {
+            if let Some(id) = v["sql"].as_str().and_then(|s| s.strip_prefix("INSERT INTO crash_t VALUES (")) {
+                logged.insert(id.trim_end_matches(')').parse::<i64>().unwrap());
+            }
+        }
+    }
+    let missing: Vec<_> = executed.difference(&logged).collect();
+    assert!(missing.is_empty(), "{} executed statements have no decision in the log: {:?}", missing.len(), &missing[..missing.len().min(10)]);
+    assert!(executed.len() >= acked.len());
+}
