@@ -18,6 +18,8 @@
 //! - [`Log::append`] is `submit(..).await`.
 //! - [`LogReader`] reads entries of a log on disk (used by `parapet policy replay` and tests).
 
+#![warn(missing_docs)]
+
 pub mod bulk;
 pub mod checkpoint;
 mod error;

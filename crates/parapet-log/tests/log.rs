@@ -359,3 +359,12 @@ fn wrong_key_and_missing_log_are_clear_errors() {
     let e = LogReader::open(&tmp.path().join("nothing")).unwrap_err();
     assert!(e.to_string().contains("parapet log init"), "{e}");
 }
+
+#[test]
+fn handles_and_tickets_are_thread_safe() {
+    fn send_sync<T: Send + Sync + Clone + 'static>() {}
+    fn send_static<T: Send + 'static>() {}
+    send_sync::<Log>();
+    send_static::<parapet_log::AppendTicket>();
+    send_static::<parapet_log::BatchTicket>();
+}
