@@ -51,7 +51,10 @@ fn measure(name: &str, iters: usize, mut f: impl FnMut(usize)) -> Row {
         f(i + 1_000_000);
         samples.push(t.elapsed());
     }
-    Row { name: name.to_string(), samples }
+    Row {
+        name: name.to_string(),
+        samples,
+    }
 }
 
 fn pct(sorted: &[Duration], p: f64) -> Duration {
@@ -64,7 +67,10 @@ fn main() {
     std::fs::create_dir_all(&dir).expect("temp dir");
     let extra = dir.join("extra.cedar");
     std::fs::write(&extra, extra_rules(100)).expect("write rules");
-    let source = PolicySource { files: vec![extra], default_pack: true };
+    let source = PolicySource {
+        files: vec![extra],
+        default_pack: true,
+    };
     let compiled = policy::compile(&source).expect("rules compile");
     let guard = Guard::load(&source).expect("guard loads");
     let ctx = RequestContext {

@@ -246,22 +246,29 @@ impl Engine {
             )
             .map_err(|e| err(&e))?,
         );
-        let table_uid = |full: &String, entities: &mut Vec<Entity>| -> Result<RestrictedExpression, String> {
-            let uid = EntityUid::from_type_name_and_id(t.table.clone(), EntityId::new(full));
-            let (schema, name) = full.split_once('.').unwrap_or(("public", full));
-            entities.push(
-                Entity::new(
-                    uid.clone(),
-                    HashMap::from([
-                        ("schema".to_string(), RestrictedExpression::new_string(schema.into())),
-                        ("name".to_string(), RestrictedExpression::new_string(name.into())),
-                    ]),
-                    HashSet::new(),
-                )
-                .map_err(|e| err(&e))?,
-            );
-            Ok(RestrictedExpression::new_entity_uid(uid))
-        };
+        let table_uid =
+            |full: &String, entities: &mut Vec<Entity>| -> Result<RestrictedExpression, String> {
+                let uid = EntityUid::from_type_name_and_id(t.table.clone(), EntityId::new(full));
+                let (schema, name) = full.split_once('.').unwrap_or(("public", full));
+                entities.push(
+                    Entity::new(
+                        uid.clone(),
+                        HashMap::from([
+                            (
+                                "schema".to_string(),
+                                RestrictedExpression::new_string(schema.into()),
+                            ),
+                            (
+                                "name".to_string(),
+                                RestrictedExpression::new_string(name.into()),
+                            ),
+                        ]),
+                        HashSet::new(),
+                    )
+                    .map_err(|e| err(&e))?,
+                );
+                Ok(RestrictedExpression::new_entity_uid(uid))
+            };
         let mut reads = Vec::new();
         for r in &f.reads {
             reads.push(table_uid(r, &mut entities)?);
@@ -284,7 +291,10 @@ impl Engine {
         };
         let b = RestrictedExpression::new_bool;
         let mut pairs: Vec<(String, RestrictedExpression)> = vec![
-            ("kind".into(), RestrictedExpression::new_string(f.kind.clone())),
+            (
+                "kind".into(),
+                RestrictedExpression::new_string(f.kind.clone()),
+            ),
             ("kinds".into(), strs(&f.kinds)),
             ("reads".into(), RestrictedExpression::new_set(reads)),
             ("writes".into(), RestrictedExpression::new_set(writes)),
@@ -358,7 +368,10 @@ fn time_record(minute: u64) -> RestrictedExpression {
             "minute".to_string(),
             RestrictedExpression::new_long(i64::try_from(in_day % 60).unwrap_or(0)),
         ),
-        ("weekday".to_string(), RestrictedExpression::new_long(weekday)),
+        (
+            "weekday".to_string(),
+            RestrictedExpression::new_long(weekday),
+        ),
     ];
     // Field names are distinct, so this cannot fail; fall back to an empty record anyway.
     RestrictedExpression::new_record(fields.clone())

@@ -181,7 +181,13 @@ impl Guard {
 
     /// The rules in force (annotations), in no particular order.
     pub fn rules(&self) -> Vec<RuleMeta> {
-        self.engine.load().policies.rules.values().cloned().collect()
+        self.engine
+            .load()
+            .policies
+            .rules
+            .values()
+            .cloned()
+            .collect()
     }
 
     /// Analyses a message (cached by text).
@@ -200,7 +206,12 @@ impl Guard {
     }
 
     /// Like [`Guard::decide`] at a given time (`context.time`; minute resolution).
-    pub fn decide_at(&self, sql: &str, ctx: &RequestContext, now: std::time::SystemTime) -> Decision {
+    pub fn decide_at(
+        &self,
+        sql: &str,
+        ctx: &RequestContext,
+        now: std::time::SystemTime,
+    ) -> Decision {
         let engine = self.engine.load_full();
         let minute = now
             .duration_since(std::time::UNIX_EPOCH)

@@ -52,7 +52,11 @@ fn corpus_decisions() {
             ));
         }
         if expected == Verdict::Deny {
-            assert!(!d.reason.is_empty(), "line {}: deny without a reason", n + 1);
+            assert!(
+                !d.reason.is_empty(),
+                "line {}: deny without a reason",
+                n + 1
+            );
         }
     }
     assert!(cases >= 150, "corpus has only {cases} statements");

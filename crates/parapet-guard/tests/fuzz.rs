@@ -7,22 +7,49 @@ use std::sync::OnceLock;
 
 fn guard() -> &'static Guard {
     static G: OnceLock<Guard> = OnceLock::new();
-    G.get_or_init(|| Guard::load(&PolicySource { files: vec![], default_pack: false }).unwrap())
+    G.get_or_init(|| {
+        Guard::load(&PolicySource {
+            files: vec![],
+            default_pack: false,
+        })
+        .unwrap()
+    })
 }
 
 fn sqlish() -> impl Strategy<Value = String> {
     let token = prop_oneof![
-        Just("SELECT".to_string()), Just("DROP".to_string()), Just("TABLE".to_string()),
-        Just("FROM".to_string()), Just("WHERE".to_string()), Just("DELETE".to_string()),
-        Just("UPDATE".to_string()), Just("SET".to_string()), Just("DO".to_string()),
-        Just("$$".to_string()), Just("'".to_string()), Just("\"".to_string()),
-        Just(";".to_string()), Just("(".to_string()), Just(")".to_string()),
-        Just("/*".to_string()), Just("*/".to_string()), Just("--".to_string()),
-        Just("\n".to_string()), Just("BEGIN".to_string()), Just("END".to_string()),
-        Just("EXECUTE".to_string()), Just("CREATE FUNCTION f() RETURNS int LANGUAGE".to_string()),
-        Just("plpgsql AS".to_string()), Just("U&\"".to_string()), Just("\\".to_string()),
-        Just("WITH x AS".to_string()), Just("COPY".to_string()), Just("TO".to_string()),
-        Just("$1".to_string()), Just("users".to_string()), Just("1".to_string()),
+        Just("SELECT".to_string()),
+        Just("DROP".to_string()),
+        Just("TABLE".to_string()),
+        Just("FROM".to_string()),
+        Just("WHERE".to_string()),
+        Just("DELETE".to_string()),
+        Just("UPDATE".to_string()),
+        Just("SET".to_string()),
+        Just("DO".to_string()),
+        Just("$$".to_string()),
+        Just("'".to_string()),
+        Just("\"".to_string()),
+        Just(";".to_string()),
+        Just("(".to_string()),
+        Just(")".to_string()),
+        Just("/*".to_string()),
+        Just("*/".to_string()),
+        Just("--".to_string()),
+        Just("\n".to_string()),
+        Just("BEGIN".to_string()),
+        Just("END".to_string()),
+        Just("EXECUTE".to_string()),
+        Just("CREATE FUNCTION f() RETURNS int LANGUAGE".to_string()),
+        Just("plpgsql AS".to_string()),
+        Just("U&\"".to_string()),
+        Just("\\".to_string()),
+        Just("WITH x AS".to_string()),
+        Just("COPY".to_string()),
+        Just("TO".to_string()),
+        Just("$1".to_string()),
+        Just("users".to_string()),
+        Just("1".to_string()),
         "[a-z_]{1,8}".prop_map(|s| s),
         any::<char>().prop_map(|c| c.to_string()),
     ];

@@ -66,9 +66,17 @@ fn modes_groups_environment_and_ip() {
     assert_eq!(d.policy_hash, g.policy_hash());
     // Same statement, payments group: allowed. Staging: allowed.
     let pay = ctx("paul", &["payments"], "production");
-    assert_eq!(g.decide("UPDATE payments SET paid = true WHERE id = 1", &pay).verdict, Verdict::Allow);
+    assert_eq!(
+        g.decide("UPDATE payments SET paid = true WHERE id = 1", &pay)
+            .verdict,
+        Verdict::Allow
+    );
     let staging = ctx("alice", &["eng"], "staging");
-    assert_eq!(g.decide("UPDATE payments SET paid = true WHERE id = 1", &staging).verdict, Verdict::Allow);
+    assert_eq!(
+        g.decide("UPDATE payments SET paid = true WHERE id = 1", &staging)
+            .verdict,
+        Verdict::Allow
+    );
     // Monitor: let through, rule named.
     let d = g.decide("SELECT * FROM pii.people WHERE id = 1", &alice);
     assert_eq!(d.verdict, Verdict::Monitor);
@@ -77,9 +85,15 @@ fn modes_groups_environment_and_ip() {
     let d = g.decide("ALTER TABLE users ADD COLUMN x int", &alice);
     assert_eq!(d.verdict, Verdict::Review);
     // Strictest over statements and over modes: deny beats review beats monitor.
-    let d = g.decide("SELECT * FROM pii.people; ALTER TABLE t ADD COLUMN y int; DROP TABLE t", &alice);
+    let d = g.decide(
+        "SELECT * FROM pii.people; ALTER TABLE t ADD COLUMN y int; DROP TABLE t",
+        &alice,
+    );
     assert_eq!(d.verdict, Verdict::Deny);
-    assert_eq!(d.rules.iter().map(|r| r.id.as_str()).collect::<Vec<_>>(), ["parapet.drop"]);
+    assert_eq!(
+        d.rules.iter().map(|r| r.id.as_str()).collect::<Vec<_>>(),
+        ["parapet.drop"]
+    );
     assert_eq!(d.statements.len(), 3);
     // client address outside 10/8.
     let mut outside = alice.clone();
@@ -91,9 +105,19 @@ fn modes_groups_environment_and_ip() {
 
 #[test]
 fn decision_carries_normalized_text_fingerprint_and_facts() {
-    let g = Guard::load(&PolicySource { files: vec![], default_pack: true }).unwrap();
-    let d = g.decide("SELECT * FROM users WHERE email = 'a@b.c'", &ctx("a", &[], "prod"));
-    assert_eq!(d.normalized.as_deref(), Some("SELECT * FROM users WHERE email = $1"));
+    let g = Guard::load(&PolicySource {
+        files: vec![],
+        default_pack: true,
+    })
+    .unwrap();
+    let d = g.decide(
+        "SELECT * FROM users WHERE email = 'a@b.c'",
+        &ctx("a", &[], "prod"),
+    );
+    assert_eq!(
+        d.normalized.as_deref(),
+        Some("SELECT * FROM users WHERE email = $1")
+    );
     assert_eq!(d.fingerprint.as_ref().map(|f| f.len()), Some(16));
     let json = serde_json::to_value(&d).unwrap();
     assert_eq!(json["decision"], "allow");
@@ -103,7 +127,11 @@ fn decision_carries_normalized_text_fingerprint_and_facts() {
 
 #[test]
 fn fail_closed_without_default_pack() {
-    let g = Guard::load(&PolicySource { files: vec![], default_pack: false }).unwrap();
+    let g = Guard::load(&PolicySource {
+        files: vec![],
+        default_pack: false,
+    })
+    .unwrap();
     let c = ctx("a", &[], "prod");
     assert_eq!(g.decide("DROP TABLE users", &c).verdict, Verdict::Allow);
     let d = g.decide("DROP TABEL users", &c);
@@ -118,19 +146,43 @@ fn fail_closed_without_default_pack() {
 fn reload_is_atomic_and_bad_sets_are_refused() {
     let dir = tempfile::tempdir().unwrap();
     let f = policy_file(&dir, "p.cedar", "@id(\"no-select\")\nforbid(principal, action, resource) when { context.kind == \"select\" };\n");
-    let g = Arc::new(Guard::load(&PolicySource { files: vec![], default_pack: true }).unwrap());
+    let g = Arc::new(
+        Guard::load(&PolicySource {
+            files: vec![],
+            default_pack: true,
+        })
+        .unwrap(),
+    );
     let c = ctx("a", &[], "prod");
     let h0 = g.policy_hash();
     assert_eq!(g.decide("SELECT 1", &c).verdict, Verdict::Allow);
-    let r = g.reload(&PolicySource { files: vec![f.clone()], default_pack: true }).unwrap();
+    let r = g
+        .reload(&PolicySource {
+            files: vec![f.clone()],
+            default_pack: true,
+        })
+        .unwrap();
     assert_eq!(r.old_hash, h0);
     assert_ne!(r.new_hash, h0);
     let d = g.decide("SELECT 1", &c);
-    assert_eq!(d.verdict, Verdict::Deny, "cached decision of the old set was served");
+    assert_eq!(
+        d.verdict,
+        Verdict::Deny,
+        "cached decision of the old set was served"
+    );
     assert_eq!(d.policy_hash, r.new_hash);
     // A broken set is refused and the one in force stays.
-    let bad = policy_file(&dir, "bad.cedar", "@id(\"x\")\nforbid(principal, action, resource) when { context.nope };\n");
-    let err = g.reload(&PolicySource { files: vec![bad], default_pack: true }).unwrap_err();
+    let bad = policy_file(
+        &dir,
+        "bad.cedar",
+        "@id(\"x\")\nforbid(principal, action, resource) when { context.nope };\n",
+    );
+    let err = g
+        .reload(&PolicySource {
+            files: vec![bad],
+            default_pack: true,
+        })
+        .unwrap_err();
     match err {
         GuardError::Invalid { errors } => {
             assert!(errors[0].file.ends_with("bad.cedar"));
@@ -141,7 +193,12 @@ fn reload_is_atomic_and_bad_sets_are_refused() {
     assert_eq!(g.policy_hash(), r.new_hash);
     assert_eq!(g.decide("SELECT 1", &c).verdict, Verdict::Deny);
     // Missing file: clear error, old set kept.
-    let e = g.reload(&PolicySource { files: vec![dir.path().join("missing.cedar")], default_pack: true }).unwrap_err();
+    let e = g
+        .reload(&PolicySource {
+            files: vec![dir.path().join("missing.cedar")],
+            default_pack: true,
+        })
+        .unwrap_err();
     assert!(e.to_string().contains("missing.cedar"), "{e}");
     assert_eq!(g.policy_hash(), r.new_hash);
 }
@@ -151,13 +208,26 @@ fn annotation_errors_are_refused() {
     let dir = tempfile::tempdir().unwrap();
     for (text, needle) in [
         ("forbid(principal, action, resource);", "@id"),
-        ("@id(\"a\") @mode(\"loud\") forbid(principal, action, resource);", "@mode"),
+        (
+            "@id(\"a\") @mode(\"loud\") forbid(principal, action, resource);",
+            "@mode",
+        ),
         ("@id(\"a\") permit(principal, action, resource);", "permit"),
-        ("@id(\"parapet.drop\") forbid(principal, action, resource);", "already used"),
-        ("@id(\"a\") forbid(principal, action, resource) when { context.kind == };", ""),
+        (
+            "@id(\"parapet.drop\") forbid(principal, action, resource);",
+            "already used",
+        ),
+        (
+            "@id(\"a\") forbid(principal, action, resource) when { context.kind == };",
+            "",
+        ),
     ] {
         let f = policy_file(&dir, "x.cedar", text);
-        let e = Guard::load(&PolicySource { files: vec![f], default_pack: true }).unwrap_err();
+        let e = Guard::load(&PolicySource {
+            files: vec![f],
+            default_pack: true,
+        })
+        .unwrap_err();
         assert!(e.to_string().contains(needle), "{text}: {e}");
         assert!(e.to_string().contains("x.cedar:1:"), "{text}: {e}");
     }
@@ -167,9 +237,21 @@ fn annotation_errors_are_refused() {
 fn concurrent_decisions_during_reloads() {
     let dir = tempfile::tempdir().unwrap();
     let f = policy_file(&dir, "p.cedar", "@id(\"no-select\")\nforbid(principal, action, resource) when { context.kind == \"select\" };\n");
-    let g = Arc::new(Guard::load(&PolicySource { files: vec![], default_pack: true }).unwrap());
-    let with = PolicySource { files: vec![f], default_pack: true };
-    let without = PolicySource { files: vec![], default_pack: true };
+    let g = Arc::new(
+        Guard::load(&PolicySource {
+            files: vec![],
+            default_pack: true,
+        })
+        .unwrap(),
+    );
+    let with = PolicySource {
+        files: vec![f],
+        default_pack: true,
+    };
+    let without = PolicySource {
+        files: vec![],
+        default_pack: true,
+    };
     let h_without = g.policy_hash();
     let h_with = parapet_guard::policy::compile(&with).unwrap().hash;
     let threads: Vec<_> = (0..4)

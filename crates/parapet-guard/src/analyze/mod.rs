@@ -12,9 +12,7 @@
 pub mod facts;
 mod plpgsql;
 
-use facts::{
-    FactsData, Problem, StatementFacts, RULE_UNANALYSABLE, RULE_UNPARSEABLE,
-};
+use facts::{FactsData, Problem, StatementFacts, RULE_UNANALYSABLE, RULE_UNPARSEABLE};
 use pg_query::protobuf::{AlterTableType, ObjectType, VariableSetKind};
 use serde_json::{Map, Value};
 use std::collections::BTreeSet;
@@ -660,7 +658,9 @@ impl Walker<'_> {
         }
         match v {
             Value::Object(obj) => {
-                if let (Some(Value::String(rel)), true) = (obj.get("relname"), obj.contains_key("inh")) {
+                if let (Some(Value::String(rel)), true) =
+                    (obj.get("relname"), obj.contains_key("inh"))
+                {
                     let schema = str_field(obj, "schemaname").to_string();
                     self.tables.push((schema, rel.clone(), false));
                     return;

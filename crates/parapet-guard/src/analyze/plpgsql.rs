@@ -19,7 +19,10 @@ impl Walker<'_> {
     /// Analyses the PL/pgSQL function defined by `create_function` (a CREATE FUNCTION text).
     pub(super) fn plpgsql(&mut self, create_function: &str) {
         if self.level + 1 > super::MAX_TEXT_NESTING {
-            self.problem(RULE_UNANALYSABLE, "PL/pgSQL nested too deeply; denied".into());
+            self.problem(
+                RULE_UNANALYSABLE,
+                "PL/pgSQL nested too deeply; denied".into(),
+            );
             return;
         }
         match pg_query::parse_plpgsql(create_function) {
@@ -29,7 +32,10 @@ impl Walker<'_> {
             }
             Err(e) => self.problem(
                 RULE_UNANALYSABLE,
-                format!("the PL/pgSQL body cannot be analysed ({}); denied", error_text(&e)),
+                format!(
+                    "the PL/pgSQL body cannot be analysed ({}); denied",
+                    error_text(&e)
+                ),
             ),
         }
     }
@@ -157,7 +163,11 @@ fn constant_sql(expr: &str) -> Option<String> {
     }
     let obj = select.as_object()?;
     // Only `SELECT 'text'`: no FROM, WHERE, etc.
-    if obj.get("from_clause").and_then(Value::as_array).is_some_and(|a| !a.is_empty()) {
+    if obj
+        .get("from_clause")
+        .and_then(Value::as_array)
+        .is_some_and(|a| !a.is_empty())
+    {
         return None;
     }
     let targets = obj.get("target_list")?.as_array()?;

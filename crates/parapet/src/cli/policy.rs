@@ -1,15 +1,356 @@
-//! `parapet policy …`.
+//! `parapet policy …`: check policy files against the schema, evaluate statements from JSON
+//! lines, and replay an audit log under a proposed policy set.
 
+use anyhow::Context as _;
+use parapet_guard::{Guard, GuardError, PolicySource, RequestContext, Verdict};
+use serde::Deserialize;
+use serde_json::{json, Value};
+use std::collections::BTreeMap;
+use std::io::{BufRead, Write};
+use std::path::PathBuf;
 use std::process::ExitCode;
+
+/// Which policies to use (shared by every subcommand).
+#[derive(clap::Args, Debug, Clone)]
+pub struct PolicyArgs {
+    /// Cedar policy file (repeat for several); added to the default pack unless it is turned off.
+    #[arg(long = "policy", value_name = "FILE")]
+    pub policy: Vec<PathBuf>,
+    /// Leave out the built-in default pack (unparseable / unanalysable SQL is still denied).
+    #[arg(long)]
+    pub no_default_pack: bool,
+}
+
+impl PolicyArgs {
+    fn source(&self) -> PolicySource {
+        PolicySource {
+            files: self.policy.clone(),
+            default_pack: !self.no_default_pack,
+        }
+    }
+}
 
 /// `parapet policy` subcommands.
 #[derive(clap::Subcommand, Debug)]
 pub enum PolicyCommand {
-    /// Validate policies against the schema.
-    Check {},
+    /// Validate policies against the schema; errors are printed as file:line:column.
+    Check {
+        #[command(flatten)]
+        policies: PolicyArgs,
+    },
+    /// Judge statements read as JSON lines on stdin; write one JSON decision line per input.
+    Eval {
+        #[command(flatten)]
+        policies: PolicyArgs,
+    },
+    /// Re-judge every statement of an audit log under a proposed policy set and show what changes.
+    Replay {
+        /// Audit log directory (written by the gateway).
+        #[arg(long, value_name = "DIR")]
+        log: PathBuf,
+        #[command(flatten)]
+        policies: PolicyArgs,
+        /// Print one machine-readable JSON object instead of the report.
+        #[arg(long)]
+        json: bool,
+        /// Examples to show per rule.
+        #[arg(long, default_value_t = 3)]
+        examples: usize,
+    },
+    /// Print the Cedar schema policies are checked against.
+    Schema {},
+    /// Print the built-in default pack.
+    DefaultPack {},
 }
 
 /// Runs `parapet policy …`.
-pub fn run(_cmd: PolicyCommand) -> anyhow::Result<ExitCode> {
-    anyhow::bail!("`parapet policy` is not implemented yet")
+pub fn run(cmd: PolicyCommand) -> anyhow::Result<ExitCode> {
+    match cmd {
+        PolicyCommand::Check { policies } => check(&policies),
+        PolicyCommand::Eval { policies } => eval(&policies),
+        PolicyCommand::Replay {
+            log,
+            policies,
+            json,
+            examples,
+        } => replay(&log, &policies, json, examples),
+        PolicyCommand::Schema {} => {
+            print!("{}", parapet_guard::SCHEMA);
+            Ok(ExitCode::SUCCESS)
+        }
+        PolicyCommand::DefaultPack {} => {
+            print!("{}", parapet_guard::DEFAULT_PACK);
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+/// Loads the guard; policy errors are printed one per line (file:line:column: message).
+fn load(policies: &PolicyArgs) -> anyhow::Result<Result<Guard, ExitCode>> {
+    match Guard::load(&policies.source()) {
+        Ok(g) => Ok(Ok(g)),
+        Err(GuardError::Invalid { errors }) => {
+            for e in &errors {
+                eprintln!("{e}");
+            }
+            eprintln!(
+                "parapet: error: policy set refused: {} error(s); fix them and run `parapet policy check` again",
+                errors.len()
+            );
+            Ok(Err(ExitCode::FAILURE))
+        }
+        Err(e) => Err(e.into()),
+    }
+}
+
+fn check(policies: &PolicyArgs) -> anyhow::Result<ExitCode> {
+    let guard = match load(policies)? {
+        Ok(g) => g,
+        Err(code) => return Ok(code),
+    };
+    let rules = guard.rules();
+    println!(
+        "ok: {} rule(s) valid against the Parapet schema{}; policy hash {}",
+        rules.len(),
+        if policies.no_default_pack {
+            ""
+        } else {
+            " (default pack included)"
+        },
+        guard.policy_hash()
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+/// One input line of `policy eval` (and the request fields of a decision event).
+#[derive(Debug, Deserialize, Default)]
+struct EvalInput {
+    sql: Option<String>,
+    #[serde(default)]
+    user: Option<String>,
+    #[serde(default)]
+    groups: Option<Vec<String>>,
+    #[serde(default)]
+    target: Option<String>,
+    #[serde(default)]
+    environment: Option<String>,
+    #[serde(default)]
+    client_addr: Option<String>,
+    #[serde(default)]
+    application_name: Option<String>,
+}
+
+impl EvalInput {
+    fn context(&self) -> RequestContext {
+        RequestContext {
+            user: self.user.clone().unwrap_or_default(),
+            groups: self.groups.clone().unwrap_or_default(),
+            target: self.target.clone().unwrap_or_default(),
+            environment: self.environment.clone().unwrap_or_default(),
+            client_addr: self.client_addr.clone().filter(|a| !a.is_empty()),
+            application_name: self.application_name.clone().unwrap_or_default(),
+        }
+    }
+}
+
+fn eval(policies: &PolicyArgs) -> anyhow::Result<ExitCode> {
+    let guard = match load(policies)? {
+        Ok(g) => g,
+        Err(code) => return Ok(code),
+    };
+    let stdin = std::io::stdin();
+    let stdout = std::io::stdout();
+    let mut out = stdout.lock();
+    let mut bad = 0usize;
+    for (n, line) in stdin.lock().lines().enumerate() {
+        let line = line.context("reading stdin")?;
+        if line.trim().is_empty() {
+            continue;
+        }
+        let parsed: Result<EvalInput, String> =
+            serde_json::from_str(&line).map_err(|e| e.to_string());
+        let value = match parsed {
+            Ok(EvalInput { sql: None, .. }) => {
+                bad += 1;
+                json!({"error": format!("line {}: missing \"sql\"; each line must be a JSON object like {{\"sql\": \"SELECT 1\"}}", n + 1)})
+            }
+            Err(e) => {
+                bad += 1;
+                json!({"error": format!("line {}: not a JSON object ({e}); each line must be like {{\"sql\": \"SELECT 1\"}}", n + 1)})
+            }
+            Ok(input) => {
+                let sql = input.sql.clone().unwrap_or_default();
+                let d = guard.decide(&sql, &input.context());
+                json!({
+                    "decision": d.verdict,
+                    "rules": d.rules.iter().map(|r| r.id.clone()).collect::<Vec<_>>(),
+                    "reason": d.reason,
+                    "statements": d.statements,
+                    "rule_details": d.rules,
+                    "policy_hash": d.policy_hash,
+                    "normalized": d.normalized,
+                    "fingerprint": d.fingerprint,
+                })
+            }
+        };
+        serde_json::to_writer(&mut out, &value)?;
+        out.write_all(b"\n")?;
+        out.flush()?;
+    }
+    if bad > 0 {
+        eprintln!(
+            "parapet: error: {bad} input line(s) could not be read (see the \"error\" lines)"
+        );
+        return Ok(ExitCode::FAILURE);
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn blocks(v: Verdict) -> bool {
+    matches!(v, Verdict::Deny | Verdict::Review)
+}
+
+#[derive(Default, serde::Serialize)]
+struct RuleChange {
+    count: u64,
+    examples: Vec<String>,
+}
+
+#[derive(Default, serde::Serialize)]
+struct ReplayReport {
+    log: String,
+    policy_hash: String,
+    entries: u64,
+    decisions: u64,
+    skipped_other_events: u64,
+    unreadable_entries: u64,
+    unchanged: u64,
+    newly_blocked: u64,
+    newly_allowed: u64,
+    changed_otherwise: u64,
+    /// Newly blocked, by the proposed rule that blocks.
+    newly_blocked_by_rule: BTreeMap<String, RuleChange>,
+    /// Newly allowed, by the recorded rule that no longer blocks.
+    newly_allowed_by_rule: BTreeMap<String, RuleChange>,
+}
+
+fn note(map: &mut BTreeMap<String, RuleChange>, rule: &str, sql: &str, max: usize) {
+    let c = map.entry(rule.to_string()).or_default();
+    c.count += 1;
+    if c.examples.len() < max && !c.examples.iter().any(|e| e == sql) {
+        c.examples.push(sql.to_string());
+    }
+}
+
+fn replay(
+    dir: &std::path::Path,
+    policies: &PolicyArgs,
+    as_json: bool,
+    examples: usize,
+) -> anyhow::Result<ExitCode> {
+    let guard = match load(policies)? {
+        Ok(g) => g,
+        Err(code) => return Ok(code),
+    };
+    let reader = parapet_log::LogReader::open(dir)
+        .with_context(|| format!("opening audit log {}", dir.display()))?;
+    let size = reader.size();
+    let mut rep = ReplayReport {
+        log: dir.display().to_string(),
+        policy_hash: guard.policy_hash(),
+        ..ReplayReport::default()
+    };
+    for entry in reader.entries(0, size) {
+        let (index, bytes) =
+            entry.with_context(|| format!("reading entries of {}", dir.display()))?;
+        rep.entries += 1;
+        let Ok(event) = serde_json::from_slice::<Value>(&bytes) else {
+            rep.unreadable_entries += 1;
+            continue;
+        };
+        if event.get("type").and_then(Value::as_str) != Some("decision") {
+            rep.skipped_other_events += 1;
+            continue;
+        }
+        let sql = event
+            .get("sql")
+            .and_then(Value::as_str)
+            .or_else(|| event.get("normalized").and_then(Value::as_str));
+        let old: Option<Verdict> = event
+            .get("decision")
+            .and_then(|d| serde_json::from_value(d.clone()).ok());
+        let (Some(sql), Some(old)) = (sql, old) else {
+            rep.unreadable_entries += 1;
+            let _ = index;
+            continue;
+        };
+        rep.decisions += 1;
+        let input: EvalInput = serde_json::from_value(event.clone()).unwrap_or_default();
+        let new = guard.decide(sql, &input.context());
+        let old_rules: Vec<String> = event
+            .get("rules")
+            .and_then(Value::as_array)
+            .map(|a| {
+                a.iter()
+                    .filter_map(|r| r.get("id").and_then(Value::as_str).map(str::to_string))
+                    .collect()
+            })
+            .unwrap_or_default();
+        match (blocks(old), blocks(new.verdict)) {
+            (false, true) => {
+                rep.newly_blocked += 1;
+                for r in &new.rules {
+                    note(&mut rep.newly_blocked_by_rule, &r.id, sql, examples);
+                }
+            }
+            (true, false) => {
+                rep.newly_allowed += 1;
+                if old_rules.is_empty() {
+                    note(
+                        &mut rep.newly_allowed_by_rule,
+                        "(none recorded)",
+                        sql,
+                        examples,
+                    );
+                }
+                for r in &old_rules {
+                    note(&mut rep.newly_allowed_by_rule, r, sql, examples);
+                }
+            }
+            _ if old == new.verdict => rep.unchanged += 1,
+            _ => rep.changed_otherwise += 1,
+        }
+    }
+    if as_json {
+        println!("{}", serde_json::to_string_pretty(&rep)?);
+        return Ok(ExitCode::SUCCESS);
+    }
+    println!("Replayed {} under policy set {}", rep.log, rep.policy_hash);
+    println!(
+        "  {} entries: {} decisions, {} other events skipped, {} unreadable",
+        rep.entries, rep.decisions, rep.skipped_other_events, rep.unreadable_entries
+    );
+    println!(
+        "  unchanged {}, newly blocked {}, newly allowed {}, other changes {}",
+        rep.unchanged, rep.newly_blocked, rep.newly_allowed, rep.changed_otherwise
+    );
+    for (title, map) in [
+        ("Newly blocked, by rule", &rep.newly_blocked_by_rule),
+        (
+            "Newly allowed, by rule that no longer blocks",
+            &rep.newly_allowed_by_rule,
+        ),
+    ] {
+        if map.is_empty() {
+            continue;
+        }
+        println!("\n{title}:");
+        for (rule, c) in map {
+            println!("  {rule}: {}", c.count);
+            for e in &c.examples {
+                println!("      e.g. {}", e.replace('\n', " "));
+            }
+        }
+    }
+    Ok(ExitCode::SUCCESS)
 }
