@@ -36,7 +36,9 @@ pub enum GatewayError {
     #[error("gateway I/O error: {0}")]
     Io(#[from] std::io::Error),
     /// The audit log refused an event that had to be written (start/stop).
-    #[error("audit log write failed: {0} (check the [log] directory, its disk space and permissions)")]
+    #[error(
+        "audit log write failed: {0} (check the [log] directory, its disk space and permissions)"
+    )]
     Log(#[from] parapet_log::LogError),
 }
 

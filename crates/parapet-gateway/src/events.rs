@@ -10,7 +10,8 @@ pub fn now_rfc3339() -> String {
     let fmt = time::macros::format_description!(
         "[year]-[month]-[day]T[hour]:[minute]:[second].[subsecond digits:6]Z"
     );
-    now.format(&fmt).unwrap_or_else(|_| now.unix_timestamp().to_string())
+    now.format(&fmt)
+        .unwrap_or_else(|_| now.unix_timestamp().to_string())
 }
 
 /// Who and where a session is; shared by the session's events.
@@ -136,6 +137,10 @@ pub struct OutcomeEvent<'a> {
 /// Serialises an event; serialising these plain structs cannot fail, but stay total anyway.
 pub fn to_bytes<T: Serialize>(ev: &T) -> Vec<u8> {
     serde_json::to_vec(ev).unwrap_or_else(|e| {
-        format!("{{\"type\":\"serialization_error\",\"error\":{:?}}}", e.to_string()).into_bytes()
+        format!(
+            "{{\"type\":\"serialization_error\",\"error\":{:?}}}",
+            e.to_string()
+        )
+        .into_bytes()
     })
 }

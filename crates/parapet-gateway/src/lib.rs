@@ -21,7 +21,9 @@ mod startup;
 pub mod tls;
 mod upstream;
 
-pub use config::{Durability, GatewayConfig, StatementText, TargetConfig, TlsSettings, UpstreamConfig, UserConfig};
+pub use config::{
+    Durability, GatewayConfig, StatementText, TargetConfig, TlsSettings, UpstreamConfig, UserConfig,
+};
 pub use error::GatewayError;
 pub use scram::Verifier;
 pub use server::Gateway;

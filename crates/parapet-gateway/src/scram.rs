@@ -110,14 +110,20 @@ fn hmac(key: &[u8], data: &[u8]) -> [u8; 32] {
 
 impl ServerExchange {
     /// Handles the client-first message; returns the exchange and the server-first message.
-    pub fn start(verifier: Verifier, client_first: &[u8]) -> Result<(ServerExchange, String), String> {
-        let s = std::str::from_utf8(client_first).map_err(|_| "client-first-message is not UTF-8")?;
+    pub fn start(
+        verifier: Verifier,
+        client_first: &[u8],
+    ) -> Result<(ServerExchange, String), String> {
+        let s =
+            std::str::from_utf8(client_first).map_err(|_| "client-first-message is not UTF-8")?;
         // gs2-header: "n,," or "y,," (we never advertise channel binding) then client-first-bare.
         let (cb, rest) = s.split_once(',').ok_or("malformed client-first-message")?;
         if cb != "n" && cb != "y" {
             return Err("channel binding is not supported by this gateway".into());
         }
-        let (authzid, bare) = rest.split_once(',').ok_or("malformed client-first-message")?;
+        let (authzid, bare) = rest
+            .split_once(',')
+            .ok_or("malformed client-first-message")?;
         if !authzid.is_empty() {
             return Err("authorization identities are not supported".into());
         }
@@ -126,7 +132,11 @@ impl ServerExchange {
             .split(',')
             .find_map(|a| a.strip_prefix("r="))
             .ok_or("client-first-message has no nonce")?;
-        if client_nonce.is_empty() || !client_nonce.bytes().all(|c| (0x21..=0x7e).contains(&c) && c != b',') {
+        if client_nonce.is_empty()
+            || !client_nonce
+                .bytes()
+                .all(|c| (0x21..=0x7e).contains(&c) && c != b',')
+        {
             return Err("invalid client nonce".into());
         }
         let mut raw = [0u8; 18];
@@ -151,7 +161,8 @@ impl ServerExchange {
 
     /// Handles the client-final message; on success returns the server-final message.
     pub fn finish(self, client_final: &[u8]) -> Result<String, String> {
-        let s = std::str::from_utf8(client_final).map_err(|_| "client-final-message is not UTF-8")?;
+        let s =
+            std::str::from_utf8(client_final).map_err(|_| "client-final-message is not UTF-8")?;
         let (without_proof, proof) = s
             .rsplit_once(",p=")
             .ok_or("client-final-message has no proof")?;
@@ -174,11 +185,14 @@ impl ServerExchange {
         if proof.len() != 32 {
             return Err("proof has the wrong length".into());
         }
-        let auth_message = format!("{},{},{}", self.client_first_bare, self.server_first, without_proof);
+        let auth_message = format!(
+            "{},{},{}",
+            self.client_first_bare, self.server_first, without_proof
+        );
         let client_signature = hmac(&self.verifier.stored_key, auth_message.as_bytes());
         let mut client_key = [0u8; 32];
-        for i in 0..32 {
-            client_key[i] = proof[i] ^ client_signature[i];
+        for ((k, p), s) in client_key.iter_mut().zip(&proof).zip(&client_signature) {
+            *k = p ^ s;
         }
         let computed: [u8; 32] = Sha256::digest(client_key).into();
         // Constant-time comparison.
@@ -203,9 +217,13 @@ mod tests {
         let v = Verifier::parse(password_verifier)?;
         let mut client = ScramSha256::new(password.as_bytes(), ChannelBinding::unsupported());
         let (ex, server_first) = ServerExchange::start(v, client.message())?;
-        client.update(server_first.as_bytes()).map_err(|e| e.to_string())?;
+        client
+            .update(server_first.as_bytes())
+            .map_err(|e| e.to_string())?;
         let server_final = ex.finish(client.message())?;
-        client.finish(server_final.as_bytes()).map_err(|e| e.to_string())
+        client
+            .finish(server_final.as_bytes())
+            .map_err(|e| e.to_string())
     }
 
     #[test]
@@ -213,7 +231,10 @@ mod tests {
         let v = Verifier::generate("s3cret pässword");
         assert!(v.starts_with("SCRAM-SHA-256$4096:"));
         run(&v, "s3cret pässword").unwrap();
-        assert_eq!(run(&v, "wrong").unwrap_err(), "password authentication failed");
+        assert_eq!(
+            run(&v, "wrong").unwrap_err(),
+            "password authentication failed"
+        );
     }
 
     #[test]

@@ -81,13 +81,19 @@ pub struct Gateway {
 
 impl std::fmt::Debug for Gateway {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Gateway").field("listen", &self.listener.local_addr().ok()).finish_non_exhaustive()
+        f.debug_struct("Gateway")
+            .field("listen", &self.listener.local_addr().ok())
+            .finish_non_exhaustive()
     }
 }
 
 impl Gateway {
     /// Validates the configuration, loads TLS material and binds the listen address.
-    pub async fn bind(config: GatewayConfig, guard: Arc<Guard>, log: Log) -> Result<Gateway, GatewayError> {
+    pub async fn bind(
+        config: GatewayConfig,
+        guard: Arc<Guard>,
+        log: Log,
+    ) -> Result<Gateway, GatewayError> {
         let mut users = HashMap::new();
         for u in &config.users {
             let v = Verifier::parse(&u.scram).map_err(|reason| GatewayError::Verifier {
@@ -95,13 +101,19 @@ impl Gateway {
                 reason,
             })?;
             if users.insert(u.name.clone(), (u.clone(), v)).is_some() {
-                return Err(GatewayError::Config(format!("user {:?} is defined twice", u.name)));
+                return Err(GatewayError::Config(format!(
+                    "user {:?} is defined twice",
+                    u.name
+                )));
             }
         }
         let mut targets = HashMap::new();
         for t in &config.targets {
             if targets.insert(t.name.clone(), t.clone()).is_some() {
-                return Err(GatewayError::Config(format!("target {:?} is defined twice", t.name)));
+                return Err(GatewayError::Config(format!(
+                    "target {:?} is defined twice",
+                    t.name
+                )));
             }
         }
         if config.require_tls && config.tls.is_none() {
@@ -110,9 +122,13 @@ impl Gateway {
             ));
         }
         let tls = config.tls.as_ref().map(tls::acceptor).transpose()?;
-        let listener = TcpListener::bind(config.listen)
-            .await
-            .map_err(|source| GatewayError::Bind { addr: config.listen, source })?;
+        let listener =
+            TcpListener::bind(config.listen)
+                .await
+                .map_err(|source| GatewayError::Bind {
+                    addr: config.listen,
+                    source,
+                })?;
         Ok(Gateway {
             shared: Arc::new(Shared {
                 config,
@@ -139,10 +155,12 @@ impl Gateway {
         let addr = self.listener.local_addr()?;
         shared
             .log
-            .append(to_bytes(&json!({"type":"gateway_start","time":now_rfc3339(),"listen":addr.to_string(),
+            .append(to_bytes(
+                &json!({"type":"gateway_start","time":now_rfc3339(),"listen":addr.to_string(),
                 "policy_hash":shared.guard.policy_hash(),"version":env!("CARGO_PKG_VERSION"),
                 "durability":format!("{:?}", shared.config.durability),
-                "targets":shared.config.targets.iter().map(|t| &t.name).collect::<Vec<_>>()})))
+                "targets":shared.config.targets.iter().map(|t| &t.name).collect::<Vec<_>>()}),
+            ))
             .await?;
         tracing::info!(%addr, "parapet gateway listening");
         let (stop_tx, stop_rx) = watch::channel(false);
@@ -177,7 +195,9 @@ impl Gateway {
         reloader.abort();
         shared
             .log
-            .append(to_bytes(&json!({"type":"gateway_stop","time":now_rfc3339()})))
+            .append(to_bytes(
+                &json!({"type":"gateway_stop","time":now_rfc3339()}),
+            ))
             .await?;
         shared.log.close().await?;
         Ok(())
@@ -230,9 +250,14 @@ async fn reload_loop(shared: Arc<Shared>, mut stop: watch::Receiver<bool>) {
                 }
             }
             Err(e) => {
-                tracing::error!(trigger, "policy reload failed, the previous policies stay in force: {e}");
-                shared.event(json!({"type":"policy_reload_failed","time":now_rfc3339(),"trigger":trigger,
-                    "error":e.to_string(),"policy_hash":shared.guard.policy_hash()}));
+                tracing::error!(
+                    trigger,
+                    "policy reload failed, the previous policies stay in force: {e}"
+                );
+                shared.event(
+                    json!({"type":"policy_reload_failed","time":now_rfc3339(),"trigger":trigger,
+                    "error":e.to_string(),"policy_hash":shared.guard.policy_hash()}),
+                );
             }
         }
     }

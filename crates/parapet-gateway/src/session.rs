@@ -58,11 +58,17 @@ impl DecisionRef {
 #[derive(Debug)]
 enum Expect {
     /// A forwarded simple Query; ends at ReadyForQuery.
-    Query { decision: Option<DecisionRef>, started: Instant },
+    Query {
+        decision: Option<DecisionRef>,
+        started: Instant,
+    },
     /// A refused simple Query (or FunctionCall); the first ErrorResponse before ReadyForQuery is replaced.
     DenySimple { error: Vec<u8>, replaced: bool },
     /// A forwarded Execute; ends at CommandComplete, EmptyQueryResponse, PortalSuspended or ErrorResponse.
-    Exec { decision: Option<DecisionRef>, started: Instant },
+    Exec {
+        decision: Option<DecisionRef>,
+        started: Instant,
+    },
     /// A refused Parse; the server's error naming `deny_stmt` is replaced. Dropped at ReadyForQuery
     /// if the server was already skipping to Sync.
     DenyExt { error: Vec<u8> },
@@ -84,7 +90,9 @@ where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let (mut client_r, mut client_w) = tokio::io::split(client);
-    let Upstream { stream, leftover, .. } = upstream;
+    let Upstream {
+        stream, leftover, ..
+    } = upstream;
     let (mut up_r, mut up_w) = stream.into_split();
     let (tx, rx) = mpsc::unbounded_channel();
     let deny_stmt = format!("parapet_blocked_{}", info.session);
@@ -177,7 +185,9 @@ impl Frontend<'_> {
             if r.read_buf(&mut rbuf).await? == 0 {
                 return Ok(());
             }
-            while let Some((tag, len)) = frame(&rbuf, cap).map_err(|e| SessionError::Protocol(e.to_string()))? {
+            while let Some((tag, len)) =
+                frame(&rbuf, cap).map_err(|e| SessionError::Protocol(e.to_string()))?
+            {
                 let terminate = self.handle(tag, &rbuf[..len], &mut out).await?;
                 rbuf.advance(len);
                 if terminate {
@@ -199,7 +209,12 @@ impl Frontend<'_> {
     }
 
     /// Handles one client message; returns true on Terminate.
-    async fn handle(&mut self, tag: u8, msg: &[u8], out: &mut BytesMut) -> Result<bool, SessionError> {
+    async fn handle(
+        &mut self,
+        tag: u8,
+        msg: &[u8],
+        out: &mut BytesMut,
+    ) -> Result<bool, SessionError> {
         let body = &msg[5..];
         let bad = |what: &str| SessionError::Protocol(format!("malformed {what} message"));
         if self.discard {
@@ -222,11 +237,17 @@ impl Frontend<'_> {
                 let (sql, _) = cstr(body).ok_or_else(|| bad("Query"))?;
                 match self.judge(sql, "simple", None).await? {
                     Judged::Forward(d) => {
-                        self.expect(Expect::Query { decision: Some(d), started: Instant::now() })?;
+                        self.expect(Expect::Query {
+                            decision: Some(d),
+                            started: Instant::now(),
+                        })?;
                         out.extend_from_slice(msg);
                     }
                     Judged::Refuse(error) => {
-                        self.expect(Expect::DenySimple { error, replaced: false })?;
+                        self.expect(Expect::DenySimple {
+                            error,
+                            replaced: false,
+                        })?;
                         frontend::query(DENY_SQL, out);
                     }
                 }
@@ -264,7 +285,10 @@ impl Frontend<'_> {
             b'E' => {
                 let (portal, _) = cstr(body).ok_or_else(|| bad("Execute"))?;
                 let decision = self.portals.get(portal).cloned().flatten();
-                self.expect(Expect::Exec { decision, started: Instant::now() })?;
+                self.expect(Expect::Exec {
+                    decision,
+                    started: Instant::now(),
+                })?;
                 out.extend_from_slice(msg);
             }
             b'S' => {
@@ -294,7 +318,8 @@ impl Frontend<'_> {
                     rules: vec![RuleHit {
                         id: "function-call".into(),
                         mode: Mode::Enforce,
-                        reason: "the fastpath function-call protocol cannot be checked; use SQL".into(),
+                        reason: "the fastpath function-call protocol cannot be checked; use SQL"
+                            .into(),
                     }],
                     reason: "the fastpath function-call protocol cannot be checked; use SQL".into(),
                     policy_hash: self.shared.guard.policy_hash(),
@@ -303,7 +328,10 @@ impl Frontend<'_> {
                     statements: Vec::new(),
                 };
                 let error = self.record_refusal(&d, None, "function", None).await;
-                self.expect(Expect::DenySimple { error, replaced: false })?;
+                self.expect(Expect::DenySimple {
+                    error,
+                    replaced: false,
+                })?;
                 frontend::query(DENY_SQL, out);
             }
             b'D' | b'H' | b'd' | b'c' | b'f' => out.extend_from_slice(msg),
@@ -318,7 +346,12 @@ impl Frontend<'_> {
     }
 
     /// Judges `sql`, records the decision, and says whether to forward it.
-    async fn judge(&mut self, sql: &str, protocol: &'static str, stmt: Option<&str>) -> Result<Judged, SessionError> {
+    async fn judge(
+        &mut self,
+        sql: &str,
+        protocol: &'static str,
+        stmt: Option<&str>,
+    ) -> Result<Judged, SessionError> {
         let d = self.shared.guard.decide(sql, &self.ctx);
         let text = match self.shared.config.statement_text {
             StatementText::Full => Some(sql),
@@ -340,12 +373,20 @@ impl Frontend<'_> {
                     }
                 }
             }
-            Verdict::Deny | Verdict::Review => Ok(Judged::Refuse(self.record_refusal(&d, text, protocol, stmt).await)),
+            Verdict::Deny | Verdict::Review => Ok(Judged::Refuse(
+                self.record_refusal(&d, text, protocol, stmt).await,
+            )),
         }
     }
 
     /// Writes a refusal durably and builds the client's ErrorResponse for it.
-    async fn record_refusal(&self, d: &Decision, text: Option<&str>, protocol: &'static str, stmt: Option<&str>) -> Vec<u8> {
+    async fn record_refusal(
+        &self,
+        d: &Decision,
+        text: Option<&str>,
+        protocol: &'static str,
+        stmt: Option<&str>,
+    ) -> Vec<u8> {
         let ev = DecisionEvent::new(self.info, protocol, text, d, stmt);
         match self.shared.log.submit(to_bytes(&ev)).await {
             Ok(index) => refusal(d, index),
@@ -356,10 +397,22 @@ impl Frontend<'_> {
 
 /// The ErrorResponse for a refused statement: `parapet: blocked by <rule id>: <reason>`.
 fn refusal(d: &Decision, index: u64) -> Vec<u8> {
-    let wanted = if d.verdict == Verdict::Review { Mode::Review } else { Mode::Enforce };
-    let rule = d.rules.iter().find(|r| r.mode == wanted).or(d.rules.first());
+    let wanted = if d.verdict == Verdict::Review {
+        Mode::Review
+    } else {
+        Mode::Enforce
+    };
+    let rule = d
+        .rules
+        .iter()
+        .find(|r| r.mode == wanted)
+        .or(d.rules.first());
     let id = rule.map(|r| r.id.as_str()).unwrap_or("parapet");
-    let mut reason = rule.map(|r| r.reason.as_str()).filter(|r| !r.is_empty()).unwrap_or(d.reason.as_str()).to_string();
+    let mut reason = rule
+        .map(|r| r.reason.as_str())
+        .filter(|r| !r.is_empty())
+        .unwrap_or(d.reason.as_str())
+        .to_string();
     if d.verdict == Verdict::Review {
         reason = format!("approval required: {reason}");
     }
@@ -404,7 +457,12 @@ struct Backend<'a> {
 }
 
 impl Backend<'_> {
-    async fn run<R, W>(&mut self, mut rbuf: BytesMut, r: &mut R, w: &mut W) -> Result<(), SessionError>
+    async fn run<R, W>(
+        &mut self,
+        mut rbuf: BytesMut,
+        r: &mut R,
+        w: &mut W,
+    ) -> Result<(), SessionError>
     where
         R: AsyncRead + Unpin,
         W: AsyncWrite + Unpin,
@@ -413,15 +471,16 @@ impl Backend<'_> {
         let mut out = BytesMut::with_capacity(64 * 1024);
         rbuf.reserve(64 * 1024);
         loop {
-            if rbuf.is_empty() || frame(&rbuf, cap).ok().flatten().is_none() {
-                if r.read_buf(&mut rbuf).await? == 0 {
-                    self.settle().await?;
-                    w.write_all(&out).await?;
-                    return Ok(());
-                }
+            let complete = frame(&rbuf, cap).ok().flatten().is_some();
+            if !complete && r.read_buf(&mut rbuf).await? == 0 {
+                self.settle().await?;
+                w.write_all(&out).await?;
+                return Ok(());
             }
             self.drain();
-            while let Some((tag, len)) = frame(&rbuf, cap).map_err(|e| SessionError::Upstream(e.to_string()))? {
+            while let Some((tag, len)) =
+                frame(&rbuf, cap).map_err(|e| SessionError::Upstream(e.to_string()))?
+            {
                 self.handle(tag, &rbuf[..len], &mut out).await?;
                 rbuf.advance(len);
                 if out.len() >= RELAY_CHUNK {
@@ -457,7 +516,15 @@ impl Backend<'_> {
         Ok(())
     }
 
-    async fn outcome(&mut self, decision: Option<DecisionRef>, started: Instant, tag: Option<String>, rows: Option<u64>, sqlstate: Option<String>, error: Option<String>) -> Result<(), SessionError> {
+    async fn outcome(
+        &mut self,
+        decision: Option<DecisionRef>,
+        started: Instant,
+        tag: Option<String>,
+        rows: Option<u64>,
+        sqlstate: Option<String>,
+        error: Option<String>,
+    ) -> Result<(), SessionError> {
         if matches!(decision, Some(DecisionRef::Pending(_))) {
             self.settle().await?;
         }
@@ -477,14 +544,24 @@ impl Backend<'_> {
         Ok(())
     }
 
-    async fn handle(&mut self, tag: u8, msg: &[u8], out: &mut BytesMut) -> Result<(), SessionError> {
+    async fn handle(
+        &mut self,
+        tag: u8,
+        msg: &[u8],
+        out: &mut BytesMut,
+    ) -> Result<(), SessionError> {
         let body = &msg[5..];
         match tag {
             b'Z' => {
                 while let Some(item) = self.queue.pop_front() {
                     match item {
                         Expect::Query { decision, started } => {
-                            let (t, r, s, e) = (self.tag.take(), self.rows.take(), self.sqlstate.take(), self.error.take());
+                            let (t, r, s, e) = (
+                                self.tag.take(),
+                                self.rows.take(),
+                                self.sqlstate.take(),
+                                self.error.take(),
+                            );
                             self.outcome(decision, started, t, r, s, e).await?;
                             break;
                         }
@@ -514,7 +591,11 @@ impl Backend<'_> {
                     Some(Expect::Exec { .. }) => {
                         if let Some(Expect::Exec { decision, started }) = self.queue.pop_front() {
                             let rows = t.as_deref().and_then(tag_rows);
-                            let t = if tag == b's' { Some("PortalSuspended".to_string()) } else { t };
+                            let t = if tag == b's' {
+                                Some("PortalSuspended".to_string())
+                            } else {
+                                t
+                            };
                             self.outcome(decision, started, t, rows, None, None).await?;
                         }
                     }
@@ -546,7 +627,8 @@ impl Backend<'_> {
                 Some(Expect::Exec { .. }) => {
                     let f = backend::parse_error(body);
                     if let Some(Expect::Exec { decision, started }) = self.queue.pop_front() {
-                        self.outcome(decision, started, None, None, Some(f.code), Some(f.message)).await?;
+                        self.outcome(decision, started, None, None, Some(f.code), Some(f.message))
+                            .await?;
                     }
                     out.extend_from_slice(msg);
                 }

@@ -17,7 +17,9 @@ use tokio::net::TcpStream;
 use tokio::sync::watch;
 
 /// Reads one untyped startup-phase packet (`int32 len`, `int32 code`, body). `None` on clean EOF.
-async fn read_startup<S: AsyncRead + Unpin>(s: &mut S) -> Result<Option<(i32, Vec<u8>)>, SessionError> {
+async fn read_startup<S: AsyncRead + Unpin>(
+    s: &mut S,
+) -> Result<Option<(i32, Vec<u8>)>, SessionError> {
     let mut len = [0u8; 4];
     match s.read_exact(&mut len).await {
         Ok(_) => {}
@@ -26,7 +28,9 @@ async fn read_startup<S: AsyncRead + Unpin>(s: &mut S) -> Result<Option<(i32, Ve
     }
     let len = i32::from_be_bytes(len);
     if len < 8 || len as usize > protocol::MAX_STARTUP_PACKET {
-        return Err(SessionError::Protocol(format!("invalid startup packet length {len}")));
+        return Err(SessionError::Protocol(format!(
+            "invalid startup packet length {len}"
+        )));
     }
     let mut body = vec![0u8; len as usize - 4];
     s.read_exact(&mut body).await?;
@@ -36,7 +40,9 @@ async fn read_startup<S: AsyncRead + Unpin>(s: &mut S) -> Result<Option<(i32, Ve
 }
 
 /// Reads one typed message during authentication (small: capped at 64 KiB). `None` on EOF.
-async fn read_typed<S: AsyncRead + Unpin>(s: &mut S) -> Result<Option<(u8, Vec<u8>)>, SessionError> {
+async fn read_typed<S: AsyncRead + Unpin>(
+    s: &mut S,
+) -> Result<Option<(u8, Vec<u8>)>, SessionError> {
     let mut head = [0u8; 5];
     match s.read_exact(&mut head).await {
         Ok(_) => {}
@@ -45,14 +51,20 @@ async fn read_typed<S: AsyncRead + Unpin>(s: &mut S) -> Result<Option<(u8, Vec<u
     }
     let len = i32::from_be_bytes([head[1], head[2], head[3], head[4]]);
     if !(4..=65_536).contains(&len) {
-        return Err(SessionError::Protocol(format!("invalid message length {len} during authentication")));
+        return Err(SessionError::Protocol(format!(
+            "invalid message length {len} during authentication"
+        )));
     }
     let mut body = vec![0u8; len as usize - 4];
     s.read_exact(&mut body).await?;
     Ok(Some((head[0], body)))
 }
 
-async fn send_fatal<S: AsyncWrite + Unpin>(s: &mut S, code: &str, msg: &str) -> Result<(), SessionError> {
+async fn send_fatal<S: AsyncWrite + Unpin>(
+    s: &mut S,
+    code: &str,
+    msg: &str,
+) -> Result<(), SessionError> {
     let mut out = BytesMut::new();
     backend::error(code, msg, None, true, &mut out);
     s.write_all(&out).await?;
@@ -61,17 +73,26 @@ async fn send_fatal<S: AsyncWrite + Unpin>(s: &mut S, code: &str, msg: &str) -> 
 }
 
 /// Handles one accepted TCP connection from start to end.
-pub(crate) async fn handle(shared: Arc<Shared>, mut tcp: TcpStream, peer: SocketAddr, shutdown: watch::Receiver<bool>) {
+pub(crate) async fn handle(
+    shared: Arc<Shared>,
+    mut tcp: TcpStream,
+    peer: SocketAddr,
+    shutdown: watch::Receiver<bool>,
+) {
     let _ = tcp.set_nodelay(true);
     let result = async {
         loop {
-            let Some((code, body)) = read_startup(&mut tcp).await? else { return Ok(()) };
+            let Some((code, body)) = read_startup(&mut tcp).await? else {
+                return Ok(());
+            };
             match code {
                 protocol::SSL_REQUEST => match &shared.tls {
                     Some(acceptor) => {
                         tcp.write_all(b"S").await?;
                         let mut tls = acceptor.accept(tcp).await?;
-                        let Some((code, body)) = read_startup(&mut tls).await? else { return Ok(()) };
+                        let Some((code, body)) = read_startup(&mut tls).await? else {
+                            return Ok(());
+                        };
                         return startup(&shared, tls, peer, code, body, true, shutdown).await;
                     }
                     None => tcp.write_all(b"N").await?,
@@ -110,8 +131,19 @@ where
         return Ok(());
     }
     if code >> 16 != 3 {
-        send_fatal(&mut stream, "08P01", &format!("unsupported frontend protocol {}.{}: the gateway speaks 3.0", code >> 16, code & 0xffff)).await?;
-        return Err(SessionError::Protocol(format!("unsupported protocol version {code:#x}")));
+        send_fatal(
+            &mut stream,
+            "08P01",
+            &format!(
+                "unsupported frontend protocol {}.{}: the gateway speaks 3.0",
+                code >> 16,
+                code & 0xffff
+            ),
+        )
+        .await?;
+        return Err(SessionError::Protocol(format!(
+            "unsupported protocol version {code:#x}"
+        )));
     }
     // Startup parameters.
     let mut params: Vec<(String, String)> = Vec::new();
@@ -124,7 +156,11 @@ where
         params.push((k.to_string(), v.to_string()));
         rest = r2;
     }
-    let unknown: Vec<&str> = params.iter().filter(|(k, _)| k.starts_with("_pq_.")).map(|(k, _)| k.as_str()).collect();
+    let unknown: Vec<&str> = params
+        .iter()
+        .filter(|(k, _)| k.starts_with("_pq_."))
+        .map(|(k, _)| k.as_str())
+        .collect();
     if code & 0xffff != 0 || !unknown.is_empty() {
         // NegotiateProtocolVersion: we speak 3.0 and no protocol options.
         let mut out = BytesMut::new();
@@ -141,51 +177,89 @@ where
         out[len_at..len_at + 4].copy_from_slice(&len.to_be_bytes());
         stream.write_all(&out).await?;
     }
-    let get = |k: &str| params.iter().find(|(pk, _)| pk == k).map(|(_, v)| v.clone());
+    let get = |k: &str| {
+        params
+            .iter()
+            .find(|(pk, _)| pk == k)
+            .map(|(_, v)| v.clone())
+    };
     let Some(user) = get("user") else {
-        send_fatal(&mut stream, "28000", "no PostgreSQL user name specified in startup packet").await?;
+        send_fatal(
+            &mut stream,
+            "28000",
+            "no PostgreSQL user name specified in startup packet",
+        )
+        .await?;
         return Ok(());
     };
-    let database = get("database").filter(|d| !d.is_empty()).unwrap_or_else(|| user.clone());
+    let database = get("database")
+        .filter(|d| !d.is_empty())
+        .unwrap_or_else(|| user.clone());
     let application_name = get("application_name").unwrap_or_default();
     let client_addr = peer.ip().to_string();
 
     if shared.config.require_tls && !tls {
-        shared.event(json!({"type":"auth_failure","time":now_rfc3339(),"user":user,"client_addr":client_addr,
-            "target":database,"tls":false,"reason":"TLS required"}));
-        send_fatal(&mut stream, "28000", "parapet: this gateway requires TLS (connect with sslmode=require)").await?;
+        shared.event(
+            json!({"type":"auth_failure","time":now_rfc3339(),"user":user,"client_addr":client_addr,
+            "target":database,"tls":false,"reason":"TLS required"}),
+        );
+        send_fatal(
+            &mut stream,
+            "28000",
+            "parapet: this gateway requires TLS (connect with sslmode=require)",
+        )
+        .await?;
         return Ok(());
     }
 
     // SCRAM-SHA-256.
     let known = shared.users.get(&user);
-    let verifier = known.map(|(_, v)| v.clone()).unwrap_or_else(Verifier::impossible);
+    let verifier = known
+        .map(|(_, v)| v.clone())
+        .unwrap_or_else(Verifier::impossible);
     let mut out = BytesMut::new();
     backend::authentication(10, b"SCRAM-SHA-256\0\0", &mut out);
     stream.write_all(&out).await?;
     out.clear();
     let fail = |reason: String| {
-        shared.event(json!({"type":"auth_failure","time":now_rfc3339(),"user":user,"client_addr":client_addr,
-            "target":database,"tls":tls,"application_name":application_name,"reason":reason}));
+        shared.event(
+            json!({"type":"auth_failure","time":now_rfc3339(),"user":user,"client_addr":client_addr,
+            "target":database,"tls":tls,"application_name":application_name,"reason":reason}),
+        );
     };
     let Some((tag, msg)) = read_typed(&mut stream).await? else {
         return Ok(()); // Client went away (e.g. psql asking for the password).
     };
     if tag != b'p' {
-        return Err(SessionError::Protocol(format!("expected SASLInitialResponse, got {:?}", tag as char)));
+        return Err(SessionError::Protocol(format!(
+            "expected SASLInitialResponse, got {:?}",
+            tag as char
+        )));
     }
     let Some((mech, r)) = cstr(&msg) else {
-        return Err(SessionError::Protocol("malformed SASLInitialResponse".into()));
+        return Err(SessionError::Protocol(
+            "malformed SASLInitialResponse".into(),
+        ));
     };
     if mech != "SCRAM-SHA-256" || r.len() < 4 {
-        send_fatal(&mut stream, "28000", "parapet: only SCRAM-SHA-256 authentication is supported").await?;
+        send_fatal(
+            &mut stream,
+            "28000",
+            "parapet: only SCRAM-SHA-256 authentication is supported",
+        )
+        .await?;
         fail(format!("unsupported mechanism {mech:?}"));
         return Ok(());
     }
     let (exchange, server_first) = match ServerExchange::start(verifier, &r[4..]) {
         Ok(x) => x,
         Err(e) => {
-            send_fatal(&mut stream, "08P01", &format!("invalid SCRAM exchange: {e}")).await?;
+            send_fatal(
+                &mut stream,
+                "08P01",
+                &format!("invalid SCRAM exchange: {e}"),
+            )
+            .await?;
             fail(e);
             return Ok(());
         }
@@ -193,9 +267,14 @@ where
     backend::authentication(11, server_first.as_bytes(), &mut out);
     stream.write_all(&out).await?;
     out.clear();
-    let Some((tag, msg)) = read_typed(&mut stream).await? else { return Ok(()) };
+    let Some((tag, msg)) = read_typed(&mut stream).await? else {
+        return Ok(());
+    };
     if tag != b'p' {
-        return Err(SessionError::Protocol(format!("expected SASLResponse, got {:?}", tag as char)));
+        return Err(SessionError::Protocol(format!(
+            "expected SASLResponse, got {:?}",
+            tag as char
+        )));
     }
     let server_final = match exchange.finish(&msg) {
         Ok(f) if known.is_some() => f,
@@ -207,7 +286,12 @@ where
             };
             tracing::info!(%peer, user, "authentication failed: {reason}");
             fail(reason);
-            send_fatal(&mut stream, "28P01", &format!("password authentication failed for user \"{user}\"")).await?;
+            send_fatal(
+                &mut stream,
+                "28P01",
+                &format!("password authentication failed for user \"{user}\""),
+            )
+            .await?;
             return Ok(());
         }
     };
@@ -215,20 +299,41 @@ where
 
     // Target.
     let Some(target) = shared.targets.get(&database) else {
-        let names: Vec<&str> = shared.config.targets.iter().map(|t| t.name.as_str()).collect();
+        let names: Vec<&str> = shared
+            .config
+            .targets
+            .iter()
+            .map(|t| t.name.as_str())
+            .collect();
         stream.write_all(&out).await?;
-        send_fatal(&mut stream, "3D000", &format!("parapet: no target named \"{database}\" (known targets: {})", names.join(", "))).await?;
+        send_fatal(
+            &mut stream,
+            "3D000",
+            &format!(
+                "parapet: no target named \"{database}\" (known targets: {})",
+                names.join(", ")
+            ),
+        )
+        .await?;
         return Ok(());
     };
-    let upstream = match crate::upstream::connect(&target.upstream, &params, shared.config.max_message_size).await {
-        Ok(u) => u,
-        Err(e) => {
-            tracing::error!(target = %target.name, "upstream login failed: {e}");
-            stream.write_all(&out).await?;
-            send_fatal(&mut stream, "08006", &format!("parapet: cannot reach target \"{}\": {e}", target.name)).await?;
-            return Ok(());
-        }
-    };
+    let upstream =
+        match crate::upstream::connect(&target.upstream, &params, shared.config.max_message_size)
+            .await
+        {
+            Ok(u) => u,
+            Err(e) => {
+                tracing::error!(target = %target.name, "upstream login failed: {e}");
+                stream.write_all(&out).await?;
+                send_fatal(
+                    &mut stream,
+                    "08006",
+                    &format!("parapet: cannot reach target \"{}\": {e}", target.name),
+                )
+                .await?;
+                return Ok(());
+            }
+        };
     let (user_cfg, _) = known.ok_or_else(|| SessionError::Protocol("user vanished".into()))?;
     let (key, session_id) = {
         let mut rng = rand::thread_rng();

@@ -12,14 +12,20 @@ pub fn acceptor(settings: &TlsSettings) -> Result<TlsAcceptor, GatewayError> {
         path: path.display().to_string(),
         reason,
     };
-    let cert_pem = std::fs::read(&settings.cert).map_err(|e| err("certificate", &settings.cert, e.to_string()))?;
+    let cert_pem = std::fs::read(&settings.cert)
+        .map_err(|e| err("certificate", &settings.cert, e.to_string()))?;
     let certs = rustls_pemfile::certs(&mut cert_pem.as_slice())
         .collect::<Result<Vec<_>, _>>()
         .map_err(|e| err("certificate", &settings.cert, e.to_string()))?;
     if certs.is_empty() {
-        return Err(err("certificate", &settings.cert, "no PEM certificate found".into()));
+        return Err(err(
+            "certificate",
+            &settings.cert,
+            "no PEM certificate found".into(),
+        ));
     }
-    let key_pem = std::fs::read(&settings.key).map_err(|e| err("key", &settings.key, e.to_string()))?;
+    let key_pem =
+        std::fs::read(&settings.key).map_err(|e| err("key", &settings.key, e.to_string()))?;
     let key = rustls_pemfile::private_key(&mut key_pem.as_slice())
         .map_err(|e| err("key", &settings.key, e.to_string()))?
         .ok_or_else(|| err("key", &settings.key, "no PEM private key found".into()))?;

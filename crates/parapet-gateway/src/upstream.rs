@@ -130,7 +130,10 @@ pub(crate) async fn connect(
             }
             b'E' => {
                 let f = parse_error(body);
-                return Err(up_err(format!("server refused the gateway: {} ({})", f.message, f.code)));
+                return Err(up_err(format!(
+                    "server refused the gateway: {} ({})",
+                    f.message, f.code
+                )));
             }
             b'S' => parameter_status.extend_from_slice(&msg),
             b'K' => {

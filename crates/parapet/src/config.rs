@@ -238,8 +238,11 @@ impl Config {
         };
         g.require_tls = self.listen.require_tls;
         if let Some(m) = self.listen.max_message_size {
-            if m < 1024 || m > GatewayConfig::MAX_MESSAGE_SIZE {
-                bail!("[listen] max_message_size must be between 1024 and {}", GatewayConfig::MAX_MESSAGE_SIZE);
+            if !(1024..=GatewayConfig::MAX_MESSAGE_SIZE).contains(&m) {
+                bail!(
+                    "[listen] max_message_size must be between 1024 and {}",
+                    GatewayConfig::MAX_MESSAGE_SIZE
+                );
             }
             g.max_message_size = m;
         }
@@ -252,7 +255,8 @@ impl Config {
             StatementTextKey::Normalized => StatementText::Normalized,
         };
         g.policy = self.policy_source();
-        g.policy_poll = (self.policy.poll_seconds > 0).then(|| Duration::from_secs(self.policy.poll_seconds));
+        g.policy_poll =
+            (self.policy.poll_seconds > 0).then(|| Duration::from_secs(self.policy.poll_seconds));
         Ok(g)
     }
 }
@@ -269,7 +273,11 @@ pub fn parse_upstream(s: &str) -> anyhow::Result<UpstreamConfig> {
             .context("URL part is not UTF-8 after percent-decoding")?
             .into_owned())
     };
-    let host = u.host_str().context("missing host")?.trim_matches(['[', ']']).to_string();
+    let host = u
+        .host_str()
+        .context("missing host")?
+        .trim_matches(['[', ']'])
+        .to_string();
     let user = decode(u.username())?;
     if user.is_empty() {
         bail!("missing user name (postgres://USER:password@host/db)");
@@ -299,8 +307,16 @@ mod tests {
         assert_eq!(g.targets[0].name, "main");
         assert_eq!(g.listen.port(), 6432);
         let u = parse_upstream("postgres://gw:p%40ss%2Fw@db.internal:5433/app").unwrap();
-        assert_eq!((u.user.as_str(), u.password.as_deref(), u.host.as_str(), u.port, u.database.as_str()),
-            ("gw", Some("p@ss/w"), "db.internal", 5433, "app"));
+        assert_eq!(
+            (
+                u.user.as_str(),
+                u.password.as_deref(),
+                u.host.as_str(),
+                u.port,
+                u.database.as_str()
+            ),
+            ("gw", Some("p@ss/w"), "db.internal", 5433, "app")
+        );
         assert!(parse_upstream("mysql://a@b/c").is_err());
         assert!(parse_upstream("postgres://a@b").is_err());
     }
@@ -310,7 +326,9 @@ mod tests {
         let base = "[log]\ndir='l'\nkey='k'\n[[targets]]\nname='m'\nupstream='postgres://u@h/d'\n";
         assert!(Config::parse(base).is_ok());
         assert!(Config::parse(&format!("{base}[listen]\npostgress='x'\n")).is_err());
-        assert!(Config::parse(&base.replace("[log]\n", "[log]\ndurability='sometimes'\n")).is_err());
+        assert!(
+            Config::parse(&base.replace("[log]\n", "[log]\ndurability='sometimes'\n")).is_err()
+        );
         assert!(Config::parse("[log]\ndir='l'\nkey='k'\n").is_err());
     }
 }

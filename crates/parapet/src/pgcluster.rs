@@ -25,13 +25,17 @@ pub fn bindir() -> anyhow::Result<PathBuf> {
         for e in rd.flatten() {
             let bin = e.path().join("bin");
             let v: u32 = e.file_name().to_string_lossy().parse().unwrap_or(0);
-            if bin.join("initdb").exists() && bin.join("postgres").exists() && best.as_ref().is_none_or(|(b, _)| v > *b) {
+            if bin.join("initdb").exists()
+                && bin.join("postgres").exists()
+                && best.as_ref().is_none_or(|(b, _)| v > *b)
+            {
                 best = Some((v, bin));
             }
         }
     }
-    best.map(|(_, b)| b)
-        .with_context(|| format!("no PostgreSQL server binaries found in /usr/lib/postgresql/*/bin; {INSTALL_HINT}"))
+    best.map(|(_, b)| b).with_context(|| {
+        format!("no PostgreSQL server binaries found in /usr/lib/postgresql/*/bin; {INSTALL_HINT}")
+    })
 }
 
 /// The uid/gid of the `postgres` OS user when we are root (PostgreSQL refuses to run as root).
@@ -113,7 +117,16 @@ impl PgCluster {
         let out = command(&bindir.join("initdb"), ids)
             .arg("-D")
             .arg(&data)
-            .args(["-U", "postgres", "-A", "trust", "--auth-host=scram-sha-256", "-E", "UTF8", "--no-sync"])
+            .args([
+                "-U",
+                "postgres",
+                "-A",
+                "trust",
+                "--auth-host=scram-sha-256",
+                "-E",
+                "UTF8",
+                "--no-sync",
+            ])
             .arg(format!("--pwfile={}", pwfile.display()))
             .stdin(Stdio::null())
             .output()
@@ -135,9 +148,17 @@ impl PgCluster {
             .arg(format!("max_connections={}", opts.max_connections))
             .args(["-c", "shared_buffers=128MB"]);
         if opts.no_fsync {
-            cmd.args(["-c", "fsync=off", "-c", "synchronous_commit=off", "-c", "full_page_writes=off"]);
+            cmd.args([
+                "-c",
+                "fsync=off",
+                "-c",
+                "synchronous_commit=off",
+                "-c",
+                "full_page_writes=off",
+            ]);
         }
-        let log = std::fs::File::create(dir.join("postgres.log")).context("cannot create postgres.log")?;
+        let log = std::fs::File::create(dir.join("postgres.log"))
+            .context("cannot create postgres.log")?;
         cmd.stdin(Stdio::null()).stdout(Stdio::null()).stderr(log);
         // SAFETY: prctl is async-signal-safe; it runs in the child between fork and exec.
         unsafe {
@@ -146,7 +167,9 @@ impl PgCluster {
                 Ok(())
             });
         }
-        let child = cmd.spawn().with_context(|| format!("cannot start postgres; {INSTALL_HINT}"))?;
+        let child = cmd
+            .spawn()
+            .with_context(|| format!("cannot start postgres; {INSTALL_HINT}"))?;
         let mut c = PgCluster {
             dir: dir.to_path_buf(),
             port,
@@ -164,7 +187,8 @@ impl PgCluster {
         loop {
             if let Some(child) = self.child.as_mut() {
                 if let Some(st) = child.try_wait()? {
-                    let log = std::fs::read_to_string(self.dir.join("postgres.log")).unwrap_or_default();
+                    let log =
+                        std::fs::read_to_string(self.dir.join("postgres.log")).unwrap_or_default();
                     bail!("postgres exited ({st}) during start-up:\n{log}");
                 }
             }
@@ -177,7 +201,10 @@ impl PgCluster {
                 return Ok(());
             }
             if Instant::now() > deadline {
-                bail!("postgres did not become ready within 60 s (see {})", self.dir.join("postgres.log").display());
+                bail!(
+                    "postgres did not become ready within 60 s (see {})",
+                    self.dir.join("postgres.log").display()
+                );
             }
             std::thread::sleep(Duration::from_millis(100));
         }
@@ -210,18 +237,35 @@ impl PgCluster {
 
     /// `postgres://postgres:<password>@127.0.0.1:<port>/<db>`.
     pub fn url(&self, db: &str) -> String {
-        format!("postgres://postgres:{}@127.0.0.1:{}/{db}", self.password, self.port)
+        format!(
+            "postgres://postgres:{}@127.0.0.1:{}/{db}",
+            self.password, self.port
+        )
     }
 
     /// libpq connection string for direct access as the superuser.
     pub fn conninfo(&self, db: &str) -> String {
-        format!("host=127.0.0.1 port={} user=postgres password={} dbname={db}", self.port, self.password)
+        format!(
+            "host=127.0.0.1 port={} user=postgres password={} dbname={db}",
+            self.port, self.password
+        )
     }
 
     /// Runs `psql` directly against the cluster and returns its stdout (fails on error).
     pub fn psql(&self, db: &str, sql: &str) -> anyhow::Result<String> {
         let out = Command::new(self.bindir.join("psql"))
-            .args(["-X", "-q", "-A", "-t", "-v", "ON_ERROR_STOP=1", "-d", &self.conninfo(db), "-c", sql])
+            .args([
+                "-X",
+                "-q",
+                "-A",
+                "-t",
+                "-v",
+                "ON_ERROR_STOP=1",
+                "-d",
+                &self.conninfo(db),
+                "-c",
+                sql,
+            ])
             .output()
             .with_context(|| format!("cannot run psql; {INSTALL_HINT}"))?;
         if !out.status.success() {

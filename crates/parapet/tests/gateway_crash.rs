@@ -40,7 +40,10 @@ async fn kill_9_mid_load_loses_no_executed_statement() {
         .expect("start parapet serve");
     let mut up = false;
     for _ in 0..200 {
-        if tokio::net::TcpStream::connect(("127.0.0.1", port)).await.is_ok() {
+        if tokio::net::TcpStream::connect(("127.0.0.1", port))
+            .await
+            .is_ok()
+        {
             up = true;
             break;
         }
@@ -72,9 +75,13 @@ async fn kill_9_mid_load_loses_no_executed_statement() {
                 i += 1;
                 // Both protocols.
                 let r = if i % 2 == 0 {
-                    c.simple_query(&format!("INSERT INTO crash_t VALUES ({id})")).await.map(|_| ())
+                    c.simple_query(&format!("INSERT INTO crash_t VALUES ({id})"))
+                        .await
+                        .map(|_| ())
                 } else {
-                    c.execute(&format!("INSERT INTO crash_t VALUES ({id})"), &[]).await.map(|_| ())
+                    c.execute(&format!("INSERT INTO crash_t VALUES ({id})"), &[])
+                        .await
+                        .map(|_| ())
                 };
                 match r {
                     Ok(()) => acked.push(id),
@@ -92,7 +99,11 @@ async fn kill_9_mid_load_loses_no_executed_statement() {
     for t in tasks {
         acked.extend(t.await.unwrap());
     }
-    assert!(acked.len() > 20, "the load did not run ({} statements)", acked.len());
+    assert!(
+        acked.len() > 20,
+        "the load did not run ({} statements)",
+        acked.len()
+    );
 
     let verify = Command::new(env!("CARGO_BIN_EXE_parapet"))
         .args(["verify", "--dir"])
@@ -100,7 +111,11 @@ async fn kill_9_mid_load_loses_no_executed_statement() {
         .args(["--vkey", &vkey])
         .output()
         .unwrap();
-    assert!(verify.status.success(), "parapet verify failed: {}", String::from_utf8_lossy(&verify.stderr));
+    assert!(
+        verify.status.success(),
+        "parapet verify failed: {}",
+        String::from_utf8_lossy(&verify.stderr)
+    );
 
     let executed: HashSet<i64> = e
         .direct("SELECT id FROM crash_t")
@@ -108,19 +123,30 @@ async fn kill_9_mid_load_loses_no_executed_statement() {
         .filter(|l| !l.is_empty())
         .map(|l| l.parse().unwrap())
         .collect();
-    assert!(acked.is_subset(&executed), "an acknowledged insert is missing from the table");
+    assert!(
+        acked.is_subset(&executed),
+        "an acknowledged insert is missing from the table"
+    );
     let r = LogReader::open(&log_dir).unwrap();
     let mut logged = HashSet::new();
     for entry in r.entries(0, r.size()) {
         let (_, b) = entry.unwrap();
         let v: serde_json::Value = serde_json::from_slice(&b).unwrap();
         if v["type"] == "decision" && v["decision"] == "allow" {
-            if let Some(id) = v["sql"].as_str().and_then(|s| s.strip_prefix("INSERT INTO crash_t VALUES (")) {
+            if let Some(id) = v["sql"]
+                .as_str()
+                .and_then(|s| s.strip_prefix("INSERT INTO crash_t VALUES ("))
+            {
                 logged.insert(id.trim_end_matches(')').parse::<i64>().unwrap());
             }
         }
     }
     let missing: Vec<_> = executed.difference(&logged).collect();
-    assert!(missing.is_empty(), "{} executed statements have no decision in the log: {:?}", missing.len(), &missing[..missing.len().min(10)]);
+    assert!(
+        missing.is_empty(),
+        "{} executed statements have no decision in the log: {:?}",
+        missing.len(),
+        &missing[..missing.len().min(10)]
+    );
     assert!(executed.len() >= acked.len());
 }

@@ -269,11 +269,9 @@ async fn decisions_and_outcomes_are_logged() {
 #[tokio::test]
 async fn wrong_password_and_unknown_user_are_refused_and_logged() {
     let e = env();
-    let err = e
-        .client_pw(e.gw, "not-the-password")
-        .await
-        .err()
-        .expect("must fail");
+    let Err(err) = e.client_pw(e.gw, "not-the-password").await else {
+        panic!("a wrong password must be refused");
+    };
     assert_eq!(db_error(&err).code().code(), "28P01");
     let (ok, _, stderr) = e.psql(
         &format!(
@@ -538,7 +536,9 @@ async fn verifier_made_by_postgresql_authenticates_through_the_gateway_scram() {
         let res = ex.finish(client.message());
         assert_eq!(res.is_ok(), ok, "{password}");
         if let Ok(fin) = res {
-            client.finish(fin.as_bytes()).expect("client accepts the server signature");
+            client
+                .finish(fin.as_bytes())
+                .expect("client accepts the server signature");
         }
     }
 }
@@ -547,19 +547,34 @@ async fn verifier_made_by_postgresql_authenticates_through_the_gateway_scram() {
 fn user_add_prints_a_usable_users_block() {
     use std::io::Write;
     let mut child = Command::new(env!("CARGO_BIN_EXE_parapet"))
-        .args(["user", "add", "bob", "--groups", "eng,ops", "--password-stdin"])
+        .args([
+            "user",
+            "add",
+            "bob",
+            "--groups",
+            "eng,ops",
+            "--password-stdin",
+        ])
         .stdin(std::process::Stdio::piped())
         .stdout(std::process::Stdio::piped())
         .spawn()
         .unwrap();
-    child.stdin.take().unwrap().write_all(b"bob's password\n").unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(b"bob's password\n")
+        .unwrap();
     let out = child.wait_with_output().unwrap();
     assert!(out.status.success());
     let text = String::from_utf8(out.stdout).unwrap();
     let doc: toml::Value = toml::from_str(&text).unwrap();
     let u = &doc["users"][0];
     assert_eq!(u["name"].as_str(), Some("bob"));
-    assert_eq!(u["groups"], toml::Value::Array(vec!["eng".into(), "ops".into()]));
+    assert_eq!(
+        u["groups"],
+        toml::Value::Array(vec!["eng".into(), "ops".into()])
+    );
     let v = parapet_gateway::Verifier::parse(u["scram"].as_str().unwrap()).unwrap();
     assert_eq!(v.iterations, 4096);
     assert!(!text.contains("bob's password"));
@@ -580,7 +595,10 @@ async fn monitor_review_and_policy_reload_on_file_change() {
               @id(\"team.create-needs-review\")\n@reason(\"new objects need a DBA\")\n@mode(\"review\")\n\
               forbid (principal, action, resource) when { context.kinds.contains(\"create\") };\n";
     std::fs::write(&policy, v1).unwrap();
-    let source = PolicySource { files: vec![policy.clone()], default_pack: true };
+    let source = PolicySource {
+        files: vec![policy.clone()],
+        default_pack: true,
+    };
     let guard = Arc::new(Guard::load(&source).unwrap());
     let log_dir = dir.join("log");
     let key = dir.join("log.key");
@@ -597,7 +615,11 @@ async fn monitor_review_and_policy_reload_on_file_change() {
             .unwrap(),
             environment: "production".into(),
         }],
-        vec![UserConfig { name: "alice".into(), scram: Verifier::generate(ALICE_PW), groups: vec!["eng".into()] }],
+        vec![UserConfig {
+            name: "alice".into(),
+            scram: Verifier::generate(ALICE_PW),
+            groups: vec!["eng".into()],
+        }],
     );
     cfg.policy = source;
     cfg.policy_poll = Some(Duration::from_millis(100));
@@ -610,25 +632,47 @@ async fn monitor_review_and_policy_reload_on_file_change() {
     }));
     let read = |from: u64| -> Vec<serde_json::Value> {
         let r = parapet_log::LogReader::open(&log_dir).unwrap();
-        r.entries(from, r.size()).map(|x| serde_json::from_slice(&x.unwrap().1).unwrap()).collect()
+        r.entries(from, r.size())
+            .map(|x| serde_json::from_slice(&x.unwrap().1).unwrap())
+            .collect()
     };
 
     let c = e.client(addr).await;
     // monitor: goes through, recorded as "monitor" with the rule that would have blocked.
-    c.execute("INSERT INTO mon_t VALUES ($1)", &[&77i32]).await.unwrap();
+    c.execute("INSERT INTO mon_t VALUES ($1)", &[&77i32])
+        .await
+        .unwrap();
     assert_eq!(e.direct("SELECT count(*) FROM mon_t WHERE id = 77"), "1");
     let evs = read(0);
-    let m = evs.iter().find(|v| v["type"] == "decision" && v["decision"] == "monitor").expect("monitor decision");
+    let m = evs
+        .iter()
+        .find(|v| v["type"] == "decision" && v["decision"] == "monitor")
+        .expect("monitor decision");
     assert_eq!(m["rules"][0]["id"], "team.watch-inserts");
     // review: refused for now, with a reason saying approval is required.
-    let err = c.batch_execute("CREATE TABLE review_me (id int)").await.unwrap_err();
+    let err = c
+        .batch_execute("CREATE TABLE review_me (id int)")
+        .await
+        .unwrap_err();
     let db = db_error(&err);
     assert_eq!(db.code().code(), "42501");
-    assert!(db.message().starts_with("parapet: blocked by team.create-needs-review: approval required"), "{}", db.message());
-    assert_eq!(e.direct("SELECT count(*) FROM pg_class WHERE relname = 'review_me'"), "0");
+    assert!(
+        db.message()
+            .starts_with("parapet: blocked by team.create-needs-review: approval required"),
+        "{}",
+        db.message()
+    );
+    assert_eq!(
+        e.direct("SELECT count(*) FROM pg_class WHERE relname = 'review_me'"),
+        "0"
+    );
 
     // Change the file: inserts are now enforced.
-    std::fs::write(&policy, v1.replace("@mode(\"monitor\")", "@mode(\"enforce\")")).unwrap();
+    std::fs::write(
+        &policy,
+        v1.replace("@mode(\"monitor\")", "@mode(\"enforce\")"),
+    )
+    .unwrap();
     let mut reloaded = None;
     for _ in 0..100 {
         reloaded = read(0).into_iter().find(|v| v["type"] == "policy_reload");
@@ -640,8 +684,13 @@ async fn monitor_review_and_policy_reload_on_file_change() {
     let r = reloaded.expect("policy_reload event");
     assert_eq!(r["trigger"], "file_change");
     assert_ne!(r["old_hash"], r["new_hash"]);
-    let err = c.execute("INSERT INTO mon_t VALUES ($1)", &[&78i32]).await.unwrap_err();
-    assert!(db_error(&err).message().starts_with("parapet: blocked by team.watch-inserts:"));
+    let err = c
+        .execute("INSERT INTO mon_t VALUES ($1)", &[&78i32])
+        .await
+        .unwrap_err();
+    assert!(db_error(&err)
+        .message()
+        .starts_with("parapet: blocked by team.watch-inserts:"));
     drop(c);
     stop_tx.send(()).unwrap();
     server.await.unwrap().unwrap();

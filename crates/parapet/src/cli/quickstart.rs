@@ -28,7 +28,11 @@ pub struct QuickstartArgs {
 }
 
 fn random(n: usize) -> String {
-    rand::thread_rng().sample_iter(&Alphanumeric).take(n).map(char::from).collect()
+    rand::thread_rng()
+        .sample_iter(&Alphanumeric)
+        .take(n)
+        .map(char::from)
+        .collect()
 }
 
 /// Runs `parapet quickstart`.
@@ -43,7 +47,10 @@ pub fn run(args: QuickstartArgs) -> anyhow::Result<ExitCode> {
     std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o711))?;
     let pg_dir = dir.join("pg");
     std::fs::create_dir(&pg_dir)?;
-    eprintln!("parapet: creating a PostgreSQL cluster in {} …", pg_dir.display());
+    eprintln!(
+        "parapet: creating a PostgreSQL cluster in {} …",
+        pg_dir.display()
+    );
     let db_password = random(24);
     let mut cluster = PgCluster::start(
         &pg_dir,
@@ -59,7 +66,11 @@ pub fn run(args: QuickstartArgs) -> anyhow::Result<ExitCode> {
     let vkey = Log::init(&log_dir, &origin, &key_file).context("cannot create the audit log")?;
     std::fs::write(dir.join("log.vkey"), format!("{vkey}\n"))?;
     let password = random(20);
-    let user = crate::cli::user::snippet("alice", &Verifier::generate(&password), &["eng".to_string()]);
+    let user = crate::cli::user::snippet(
+        "alice",
+        &Verifier::generate(&password),
+        &["eng".to_string()],
+    );
     let config_path = dir.join("parapet.toml");
     let config_text = format!(
         "# Written by `parapet quickstart`.\n[log]\ndir = \"log\"\nkey = \"log.key\"\norigin = \"{origin}\"\ndurability = \"before_forward\"\n\n\
@@ -71,9 +82,12 @@ pub fn run(args: QuickstartArgs) -> anyhow::Result<ExitCode> {
     std::fs::write(&config_path, config_text)?;
     std::fs::set_permissions(&config_path, std::fs::Permissions::from_mode(0o600))?;
     let config = Config::load(&config_path)?;
-    let guard = Guard::load(&config.policy_source()).context("cannot load the default policy pack")?;
+    let guard =
+        Guard::load(&config.policy_source()).context("cannot load the default policy pack")?;
     let log = Log::open(&config.log.dir, &config.log.key)?;
-    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
     let result = rt.block_on(async {
         let gw = Gateway::bind(config.gateway()?, Arc::new(guard), log).await?;
         let addr = gw.local_addr()?;

@@ -49,7 +49,8 @@ pub fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
     init_tracing();
     let config = Config::load(&args.config)?;
     let gw_config = config.gateway()?;
-    let guard = Guard::load(&config.policy_source()).context("cannot load the policies of [policy]")?;
+    let guard =
+        Guard::load(&config.policy_source()).context("cannot load the policies of [policy]")?;
     let log = Log::open(&config.log.dir, &config.log.key).with_context(|| {
         format!(
             "cannot open the audit log in {} (create it with `parapet log init`)",

@@ -34,7 +34,11 @@ pub fn snippet(name: &str, verifier: &str, groups: &[String]) -> String {
         users: [U<'a>; 1],
     }
     let doc = Doc {
-        users: [U { name, scram: verifier, groups }],
+        users: [U {
+            name,
+            scram: verifier,
+            groups,
+        }],
     };
     toml::to_string(&doc).unwrap_or_else(|_| {
         format!("[[users]]\nname = {name:?}\nscram = {verifier:?}\ngroups = {groups:?}\n")
@@ -54,12 +58,16 @@ pub fn run(cmd: UserCommand) -> anyhow::Result<ExitCode> {
             }
             let password = if password_stdin {
                 let mut line = String::new();
-                std::io::stdin().lock().read_line(&mut line).context("cannot read the password from stdin")?;
+                std::io::stdin()
+                    .lock()
+                    .read_line(&mut line)
+                    .context("cannot read the password from stdin")?;
                 line.trim_end_matches(['\n', '\r']).to_string()
             } else {
                 let p = rpassword::prompt_password(format!("Password for {name}: "))
                     .context("cannot read the password from the terminal (use --password-stdin)")?;
-                let again = rpassword::prompt_password("Repeat password: ").context("cannot read the password")?;
+                let again = rpassword::prompt_password("Repeat password: ")
+                    .context("cannot read the password")?;
                 if p != again {
                     bail!("the passwords do not match");
                 }

@@ -6,7 +6,9 @@
 #![allow(dead_code)]
 
 use parapet::pgcluster::{PgCluster, PgOptions, INSTALL_HINT};
-use parapet_gateway::{Durability, Gateway, GatewayConfig, TargetConfig, TlsSettings, UserConfig, Verifier};
+use parapet_gateway::{
+    Durability, Gateway, GatewayConfig, TargetConfig, TlsSettings, UserConfig, Verifier,
+};
 use parapet_guard::{Guard, PolicySource};
 use parapet_log::{Log, LogReader};
 use std::net::SocketAddr;
@@ -76,7 +78,8 @@ pub fn tool(name: &str) -> PathBuf {
 }
 
 fn self_signed(dir: &Path) -> TlsSettings {
-    let cert = rcgen::generate_simple_self_signed(vec!["localhost".into(), "127.0.0.1".into()]).expect("rcgen");
+    let cert = rcgen::generate_simple_self_signed(vec!["localhost".into(), "127.0.0.1".into()])
+        .expect("rcgen");
     let c = dir.join("server.crt");
     let k = dir.join("server.key");
     std::fs::write(&c, cert.cert.pem()).expect("write cert");
@@ -91,23 +94,36 @@ pub fn env() -> &'static Env {
         std::thread::Builder::new()
             .name("parapet-test-env".into())
             .spawn(move || {
-                let tmp = tempfile::Builder::new().prefix("parapet-gwtest-").tempdir().expect("tempdir").keep();
-                std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o711)).expect("chmod");
+                let tmp = tempfile::Builder::new()
+                    .prefix("parapet-gwtest-")
+                    .tempdir()
+                    .expect("tempdir")
+                    .keep();
+                std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o711))
+                    .expect("chmod");
                 let pg_dir = tmp.join("pg");
                 std::fs::create_dir(&pg_dir).expect("mkdir");
-                let cluster = PgCluster::start(&pg_dir, &PgOptions::default()).unwrap_or_else(|e| panic!("{e:#}"));
-                *CLEANUP.lock().expect("lock") = Some((cluster.pid().expect("pid") as i32, tmp.clone()));
+                let cluster = PgCluster::start(&pg_dir, &PgOptions::default())
+                    .unwrap_or_else(|e| panic!("{e:#}"));
+                *CLEANUP.lock().expect("lock") =
+                    Some((cluster.pid().expect("pid") as i32, tmp.clone()));
                 // SAFETY: registering a plain extern "C" function.
                 unsafe {
                     libc::atexit(cleanup);
                 }
-                cluster.psql("postgres", "CREATE DATABASE app").expect("create db");
+                cluster
+                    .psql("postgres", "CREATE DATABASE app")
+                    .expect("create db");
                 let log_dir = tmp.join("log");
                 let key = tmp.join("log.key");
                 let vkey = Log::init(&log_dir, "parapet.test/gateway", &key).expect("log init");
                 let log = Log::open(&log_dir, &key).expect("log open");
                 let guard = Arc::new(
-                    Guard::load(&PolicySource { files: vec![], default_pack: true }).expect("default pack"),
+                    Guard::load(&PolicySource {
+                        files: vec![],
+                        default_pack: true,
+                    })
+                    .expect("default pack"),
                 );
                 let target = TargetConfig {
                     name: "main".into(),
@@ -129,11 +145,21 @@ pub fn env() -> &'static Env {
                 c2.durability = Durability::BeforeReply;
                 let mut c3 = c1.clone();
                 c3.require_tls = true;
-                let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("rt");
+                let rt = tokio::runtime::Builder::new_multi_thread()
+                    .worker_threads(2)
+                    .enable_all()
+                    .build()
+                    .expect("rt");
                 rt.block_on(async move {
-                    let g1 = Gateway::bind(c1, guard.clone(), log.clone()).await.expect("bind");
-                    let g2 = Gateway::bind(c2, guard.clone(), log.clone()).await.expect("bind");
-                    let g3 = Gateway::bind(c3, guard.clone(), log.clone()).await.expect("bind");
+                    let g1 = Gateway::bind(c1, guard.clone(), log.clone())
+                        .await
+                        .expect("bind");
+                    let g2 = Gateway::bind(c2, guard.clone(), log.clone())
+                        .await
+                        .expect("bind");
+                    let g3 = Gateway::bind(c3, guard.clone(), log.clone())
+                        .await
+                        .expect("bind");
                     let env = Env {
                         dir: tmp.clone(),
                         pg_port: cluster.port(),
@@ -153,19 +179,26 @@ pub fn env() -> &'static Env {
                 });
             })
             .expect("spawn env thread");
-        rx.recv().expect("test environment failed to start (see panic above)")
+        rx.recv()
+            .expect("test environment failed to start (see panic above)")
     })
 }
 
 impl Env {
     /// libpq conninfo through a gateway as alice.
     pub fn gw_conninfo(&self, addr: SocketAddr) -> String {
-        format!("host=127.0.0.1 port={} user=alice password={ALICE_PW} dbname=main sslmode=disable", addr.port())
+        format!(
+            "host=127.0.0.1 port={} user=alice password={ALICE_PW} dbname=main sslmode=disable",
+            addr.port()
+        )
     }
 
     /// libpq conninfo directly to PostgreSQL (database `app`).
     pub fn direct_conninfo(&self) -> String {
-        format!("host=127.0.0.1 port={} user=postgres password={} dbname=app sslmode=disable", self.pg_port, self.pg_password)
+        format!(
+            "host=127.0.0.1 port={} user=postgres password={} dbname=app sslmode=disable",
+            self.pg_port, self.pg_password
+        )
     }
 
     /// Runs psql with `conninfo`, feeding `stdin`; returns (success, stdout, stderr).
@@ -179,7 +212,12 @@ impl Env {
             .stderr(std::process::Stdio::piped())
             .spawn()
             .expect("psql");
-        child.stdin.take().expect("stdin").write_all(stdin.as_bytes()).expect("write stdin");
+        child
+            .stdin
+            .take()
+            .expect("stdin")
+            .write_all(stdin.as_bytes())
+            .expect("write stdin");
         let out = child.wait_with_output().expect("psql output");
         (
             out.status.success(),
@@ -190,18 +228,28 @@ impl Env {
 
     /// Runs SQL directly (as postgres) and returns psql's unaligned output.
     pub fn direct(&self, sql: &str) -> String {
-        let (ok, out, err) = self.psql(&self.direct_conninfo(), &["-v", "ON_ERROR_STOP=1", "-c", sql], "");
+        let (ok, out, err) = self.psql(
+            &self.direct_conninfo(),
+            &["-v", "ON_ERROR_STOP=1", "-c", sql],
+            "",
+        );
         assert!(ok, "direct psql failed: {err}");
         out
     }
 
     /// Connects with tokio-postgres through `addr` as alice.
     pub async fn client(&self, addr: SocketAddr) -> tokio_postgres::Client {
-        self.client_pw(addr, ALICE_PW).await.expect("connect through the gateway")
+        self.client_pw(addr, ALICE_PW)
+            .await
+            .expect("connect through the gateway")
     }
 
     /// Connects with tokio-postgres through `addr` as alice with `password`.
-    pub async fn client_pw(&self, addr: SocketAddr, password: &str) -> Result<tokio_postgres::Client, tokio_postgres::Error> {
+    pub async fn client_pw(
+        &self,
+        addr: SocketAddr,
+        password: &str,
+    ) -> Result<tokio_postgres::Client, tokio_postgres::Error> {
         let (client, conn) = tokio_postgres::Config::new()
             .host("127.0.0.1")
             .port(addr.port())
@@ -231,7 +279,11 @@ impl Env {
     /// The decision event at `index`.
     pub fn entry(&self, index: u64) -> serde_json::Value {
         let r = LogReader::open(&self.log_dir).expect("open log reader");
-        let (_, b) = r.entries(index, index + 1).next().expect("entry exists").expect("read entry");
+        let (_, b) = r
+            .entries(index, index + 1)
+            .next()
+            .expect("entry exists")
+            .expect("read entry");
         serde_json::from_slice(&b).expect("entry is JSON")
     }
 }
