@@ -462,12 +462,8 @@ impl Walker<'_> {
                 self.facts.kinds.insert("alter".into());
             }
             "VariableSetStmt" => self.variable_set(obj),
-            "ExplainStmt" => {
-                if !explain_analyzes(obj) {
-                    // Plain EXPLAIN only plans its statement; it does not run it.
-                    skip.push("query");
-                }
-            }
+            // Plain EXPLAIN only plans its statement; it does not run it.
+            "ExplainStmt" if !explain_analyzes(obj) => skip.push("query"),
             "CreateFunctionStmt" => {
                 self.facts.object_types.insert(
                     if bool_field(obj, "is_procedure") {
