@@ -261,7 +261,7 @@ fn replay(
         ..ReplayReport::default()
     };
     for entry in reader.entries(0, size) {
-        let (index, bytes) =
+        let (_index, bytes) =
             entry.with_context(|| format!("reading entries of {}", dir.display()))?;
         rep.entries += 1;
         let Ok(event) = serde_json::from_slice::<Value>(&bytes) else {
@@ -281,7 +281,6 @@ fn replay(
             .and_then(|d| serde_json::from_value(d.clone()).ok());
         let (Some(sql), Some(old)) = (sql, old) else {
             rep.unreadable_entries += 1;
-            let _ = index;
             continue;
         };
         rep.decisions += 1;
