@@ -42,7 +42,7 @@ PGPORT=$(free_port)
 echo "$PGPW" > "$WORK/pw"; chmod 644 "$WORK/pw"
 "${AS[@]}" "$BINDIR/initdb" -D "$WORK/data" -U postgres -A trust --auth-host=scram-sha-256 --pwfile="$WORK/pw" >/dev/null
 "${AS[@]}" "$BINDIR/postgres" -D "$WORK/data" -p "$PGPORT" -k "$WORK" -c listen_addresses=127.0.0.1 \
-  -c max_connections=300 -c shared_buffers=256MB >"$WORK/pg.log" 2>&1 &
+  -c max_connections=300 -c shared_buffers=256MB </dev/null >"$WORK/pg.log" 2>&1 &
 PGPID=$!
 for _ in $(seq 100); do "$BINDIR/pg_isready" -q -h 127.0.0.1 -p "$PGPORT" && break; sleep 0.2; done
 export PGPASSWORD=$PGPW PGSSLMODE=disable
@@ -68,12 +68,12 @@ pidfile = $WORK/pgbouncer.pid
 INI
 echo "\"alice\" \"$PGPW\"" > "$WORK/userlist.txt"
 chmod 644 "$WORK/pgbouncer.ini" "$WORK/userlist.txt"
-"${AS[@]}" pgbouncer "$WORK/pgbouncer.ini" >/dev/null 2>&1 &
+"${AS[@]}" pgbouncer "$WORK/pgbouncer.ini" </dev/null >/dev/null 2>&1 &
 PIDS+=($!)
 
 # Parapet: one log per durability mode.
 VERIFIER=$(printf '%s\n' "$PGPW" | "$PARAPET" user add alice --groups eng --password-stdin | sed -n 's/^scram = //p')
-start_parapet() { # $1 = durability
+start_parapet() { # $1 = durability; sets PORT
   local d=$WORK/parapet-$1 port
   port=$(free_port)
   mkdir -p "$d"
@@ -96,13 +96,13 @@ groups = ["eng"]
 [policy]
 default_pack = true
 TOML
-  RUST_LOG=warn "$PARAPET" serve --config "$d/parapet.toml" 2>"$d/serve.log" &
+  RUST_LOG=warn "$PARAPET" serve --config "$d/parapet.toml" >"$d/serve.out" 2>"$d/serve.log" &
   PIDS+=($!)
   for _ in $(seq 100); do "$BINDIR/pg_isready" -q -h 127.0.0.1 -p "$port" && break; sleep 0.1; done
-  echo "$port"
+  PORT=$port
 }
-FPORT=$(start_parapet before_forward)
-RPORT=$(start_parapet before_reply)
+start_parapet before_forward; FPORT=$PORT
+start_parapet before_reply; RPORT=$PORT
 log_size() { sed -n 2p "$WORK/parapet-$1/log/checkpoint" 2>/dev/null || echo 0; }
 
 run() { # target port user test mode clients -> "tps lat"
