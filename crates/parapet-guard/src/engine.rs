@@ -5,13 +5,19 @@
 use crate::analyze::facts::FactsData;
 use crate::analyze::Analysis;
 use crate::policy::CompiledPolicies;
+use crate::prefilter::Prefilter;
 use crate::{Decision, Mode, RequestContext, RuleHit, Verdict};
 use cedar_policy::{
-    Authorizer, Context, Entities, Entity, EntityId, EntityTypeName, EntityUid, Request,
-    RestrictedExpression,
+    Authorizer, Context, Entities, Entity, EntityId, EntityTypeName, EntityUid, Policy, PolicySet,
+    Request, RestrictedExpression,
 };
+use parking_lot::Mutex;
 use std::collections::{BTreeSet, HashMap, HashSet};
 use std::str::FromStr;
+use std::sync::Arc;
+
+/// Policy subsets kept per engine (keyed by which rules are candidates) before the map is reset.
+const SUBSET_CACHE_CAPACITY: usize = 1024;
 
 /// A policy set in force plus everything needed to evaluate it.
 pub(crate) struct Engine {
@@ -19,6 +25,10 @@ pub(crate) struct Engine {
     pub generation: u64,
     authorizer: Authorizer,
     types: Option<Types>,
+    /// Every rule with its prefilter (`None`: always evaluated), in a fixed order.
+    index: Vec<(Policy, Option<Prefilter>)>,
+    /// Policy sets of candidate subsets, keyed by the candidate bitmask over `index`.
+    subsets: Mutex<HashMap<Vec<u64>, Arc<PolicySet>>>,
 }
 
 impl std::fmt::Debug for Engine {
@@ -97,11 +107,73 @@ fn verdict_of(mode: Mode) -> Verdict {
 
 impl Engine {
     pub fn new(policies: CompiledPolicies, generation: u64) -> Engine {
+        let index = policies
+            .set
+            .policies()
+            .map(|p| {
+                let filter = p.to_json().ok().and_then(|j| Prefilter::of_policy_json(&j));
+                (p.clone(), filter)
+            })
+            .collect();
         Engine {
             policies,
             generation,
             authorizer: Authorizer::new(),
             types: Types::new(),
+            index,
+            subsets: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// The rules that may fire (or fail) for this statement and request, as a bitmask over
+    /// `index`, and whether there is any.
+    fn candidates(&self, facts: &FactsData, ctx: &RequestContext) -> (Vec<u64>, bool) {
+        let mut mask = vec![0u64; self.index.len().div_ceil(64)];
+        let mut any = false;
+        for (i, (_, filter)) in self.index.iter().enumerate() {
+            if filter.as_ref().is_none_or(|f| f.may_match(facts, ctx)) {
+                mask[i / 64] |= 1 << (i % 64);
+                any = true;
+            }
+        }
+        (mask, any)
+    }
+
+    /// The policy set holding exactly the candidate rules of `mask`.
+    fn subset(&self, mask: Vec<u64>) -> Arc<PolicySet> {
+        if let Some(s) = self.subsets.lock().get(&mask) {
+            return s.clone();
+        }
+        let mut set = PolicySet::new();
+        for (i, (policy, _)) in self.index.iter().enumerate() {
+            if mask[i / 64] & (1 << (i % 64)) != 0 {
+                // Ids are unique in the full set, so adding cannot fail.
+                let _ = set.add(policy.clone());
+            }
+        }
+        let set = Arc::new(set);
+        let mut map = self.subsets.lock();
+        if map.len() >= SUBSET_CACHE_CAPACITY {
+            map.clear();
+        }
+        map.insert(mask, set.clone());
+        set
+    }
+
+    /// Whether the request for this context can be built: the only part that can fail is
+    /// Cedar's parsing of `client_addr` (checked as in [`Engine::request`]).
+    fn context_builds(ctx: &RequestContext) -> bool {
+        match ctx
+            .client_addr
+            .as_deref()
+            .filter(|a| a.parse::<std::net::IpAddr>().is_ok())
+        {
+            None => true,
+            Some(addr) => Context::from_pairs([(
+                "client_addr".to_string(),
+                RestrictedExpression::new_ip(addr),
+            )])
+            .is_ok(),
         }
     }
 
@@ -168,6 +240,12 @@ impl Engine {
         if self.policies.rules.is_empty() {
             return Vec::new();
         }
+        // Only rules whose prefilter allows a match are evaluated; a skipped rule would have
+        // evaluated to false without error (see `prefilter`), so the hits are the same.
+        let (mask, any) = self.candidates(facts, ctx);
+        if !any && Self::context_builds(ctx) {
+            return Vec::new();
+        }
         let (request, entities) = match self.request(facts, ctx, minute, index, count) {
             Ok(x) => x,
             Err(e) => {
@@ -180,9 +258,8 @@ impl Engine {
                 }]
             }
         };
-        let response = self
-            .authorizer
-            .is_authorized(&request, &self.policies.set, &entities);
+        let set = self.subset(mask);
+        let response = self.authorizer.is_authorized(&request, &set, &entities);
         let mut hits = Vec::new();
         for pid in response.diagnostics().reason() {
             if let Some(meta) = self.policies.rules.get(pid) {

@@ -10,6 +10,7 @@ pub mod analyze;
 pub mod cache;
 mod engine;
 pub mod policy;
+mod prefilter;
 
 pub use analyze::facts::{FactsData, Problem, StatementFacts};
 pub use analyze::{analyze, Analysis};
