@@ -29,6 +29,8 @@ pub(crate) struct Engine {
     index: Vec<(Policy, Option<Prefilter>)>,
     /// Policy sets of candidate subsets, keyed by the candidate bitmask over `index`.
     subsets: Mutex<HashMap<Vec<u64>, Arc<PolicySet>>>,
+    /// Off only in tests, to compare against evaluating every rule.
+    use_prefilter: bool,
 }
 
 impl std::fmt::Debug for Engine {
@@ -122,6 +124,7 @@ impl Engine {
             types: Types::new(),
             index,
             subsets: Mutex::new(HashMap::new()),
+            use_prefilter: true,
         }
     }
 
@@ -131,7 +134,7 @@ impl Engine {
         let mut mask = vec![0u64; self.index.len().div_ceil(64)];
         let mut any = false;
         for (i, (_, filter)) in self.index.iter().enumerate() {
-            if filter.as_ref().is_none_or(|f| f.may_match(facts, ctx)) {
+            if !self.use_prefilter || filter.as_ref().is_none_or(|f| f.may_match(facts, ctx)) {
                 mask[i / 64] |= 1 << (i % 64);
                 any = true;
             }
@@ -261,7 +264,10 @@ impl Engine {
         let set = self.subset(mask);
         let response = self.authorizer.is_authorized(&request, &set, &entities);
         let mut hits = Vec::new();
-        for pid in response.diagnostics().reason() {
+        // Cedar reports satisfied rules in no particular order: use the order of the sources.
+        let mut satisfied: Vec<&cedar_policy::PolicyId> = response.diagnostics().reason().collect();
+        satisfied.sort_by_key(|pid| source_order(pid));
+        for pid in satisfied {
             if let Some(meta) = self.policies.rules.get(pid) {
                 hits.push(RuleHit {
                     id: meta.id.clone(),
@@ -423,6 +429,14 @@ impl Engine {
     }
 }
 
+/// Sort key of an internal policy id `"<source>:<index>"` (see `policy::compile`).
+fn source_order(pid: &cedar_policy::PolicyId) -> (usize, usize) {
+    let s: &str = pid.as_ref();
+    s.split_once(':')
+        .and_then(|(a, b)| Some((a.parse().ok()?, b.parse().ok()?)))
+        .unwrap_or((usize::MAX, usize::MAX))
+}
+
 /// `context.time` for a UTC minute since the epoch.
 fn time_record(minute: u64) -> RestrictedExpression {
     let days = i64::try_from(minute / 1440).unwrap_or(0);
@@ -472,7 +486,83 @@ fn civil_from_days(z: i64) -> (i64, u32, u32) {
 
 #[cfg(test)]
 mod tests {
-    use super::civil_from_days;
+    use super::*;
+
+    /// Rules of every prefilter shape, plus ones with no prefilter and ones that can error.
+    const EXTRA: &str = r#"
+@id("t.writes") @mode("monitor") forbid (principal, action, resource) when { context.write_names.contains("public.users") };
+@id("t.group-delete") forbid (principal, action, resource) when { principal in Parapet::Group::"ops" && context.kind == "delete" };
+@id("t.env-alter") @mode("review") forbid (principal, action, resource) when { resource.environment == "production" && context.kinds.contains("alter") };
+@id("t.fn-or-app") forbid (principal, action, resource) when { context.function_names.contains("now") || context.application_name == "bad" };
+@id("t.user") @mode("monitor") forbid (principal, action, resource) when { principal == Parapet::User::"bob" && context.schemas.contains("public") };
+@id("t.reads") @mode("review") forbid (principal, action, resource) when { context.read_names.containsAny(["public.orders", "public.t"]) && context.has_where };
+@id("t.copy") forbid (principal, action, resource) when { context.copy_direction == "to" && context.nested };
+@id("t.time") @mode("monitor") forbid (principal, action, resource) when { context.time.hour >= 0 && context.kinds.contains("insert") };
+@id("t.err") forbid (principal, action, resource) when { context.kinds.contains("update") && context.statement_count * 9223372036854775807 * 2 > 0 };
+@id("t.addr") @mode("review") forbid (principal, action, resource) when { context has client_addr && context.client_addr.isLoopback() };
+@id("t.unless") @mode("monitor") forbid (principal, action, resource) when { context.kind == "select" } unless { principal in Parapet::Group::"eng" };
+"#;
+
+    #[test]
+    fn prefilter_changes_no_decision() {
+        let compiled = || {
+            crate::policy::compile_texts(&[
+                (
+                    crate::policy::DEFAULT_PACK_NAME,
+                    crate::policy::DEFAULT_PACK,
+                ),
+                ("extra.cedar", EXTRA),
+            ])
+            .unwrap()
+        };
+        let fast = Engine::new(compiled(), 0);
+        let mut full = Engine::new(compiled(), 0);
+        full.use_prefilter = false;
+        assert!(fast.index.iter().filter(|(_, f)| f.is_some()).count() > 15);
+        let corpus = include_str!("../tests/data/corpus.tsv");
+        let mut sqls: Vec<String> = corpus
+            .lines()
+            .filter(|l| !l.starts_with('#') && !l.trim().is_empty())
+            .filter_map(|l| l.splitn(3, '\t').nth(2))
+            .map(|s| s.replace("\\n", "\n"))
+            .collect();
+        sqls.push("COPY (SELECT 1) TO '/tmp/x'".into());
+        assert!(sqls.len() > 150);
+        let base = RequestContext {
+            user: "alice".into(),
+            groups: vec!["eng".into()],
+            target: "main".into(),
+            environment: "production".into(),
+            client_addr: Some("127.0.0.1".into()),
+            application_name: "psql".into(),
+        };
+        let mut ctxs = vec![base.clone()];
+        let mut c = base.clone();
+        c.user = "bob".into();
+        c.groups = vec!["ops".into(), "ops".into()];
+        c.environment = "staging".into();
+        c.client_addr = None;
+        c.application_name = "bad".into();
+        ctxs.push(c);
+        let mut c = base.clone();
+        c.client_addr = Some("::ffff:1.2.3.4".into());
+        ctxs.push(c);
+        let mut c = base;
+        c.client_addr = Some("not an address".into());
+        c.groups = Vec::new();
+        ctxs.push(c);
+        let mut fired = 0;
+        for sql in &sqls {
+            let analysis = crate::analyze::analyze(sql);
+            for ctx in &ctxs {
+                let a = serde_json::to_value(fast.decide(&analysis, ctx, 29_000_000)).unwrap();
+                let b = serde_json::to_value(full.decide(&analysis, ctx, 29_000_000)).unwrap();
+                assert_eq!(a, b, "{sql} {ctx:?}");
+                fired += usize::from(a["rules"].as_array().is_some_and(|r| !r.is_empty()));
+            }
+        }
+        assert!(fired > 100, "{fired}");
+    }
 
     #[test]
     fn civil_dates() {
