@@ -29,6 +29,8 @@ pub(crate) struct Engine {
     index: Vec<(Policy, Option<Prefilter>)>,
     /// Policy sets of candidate subsets, keyed by the candidate bitmask over `index`.
     subsets: Mutex<HashMap<Vec<u64>, Arc<PolicySet>>>,
+    /// Whether Cedar accepts a client address (see [`Engine::context_builds`]).
+    addresses: Mutex<HashMap<String, bool>>,
     /// Off only in tests, to compare against evaluating every rule.
     use_prefilter: bool,
 }
@@ -124,6 +126,7 @@ impl Engine {
             types: Types::new(),
             index,
             subsets: Mutex::new(HashMap::new()),
+            addresses: Mutex::new(HashMap::new()),
             use_prefilter: true,
         }
     }
@@ -164,20 +167,30 @@ impl Engine {
     }
 
     /// Whether the request for this context can be built: the only part that can fail is
-    /// Cedar's parsing of `client_addr` (checked as in [`Engine::request`]).
-    fn context_builds(ctx: &RequestContext) -> bool {
-        match ctx
+    /// Cedar's parsing of `client_addr` (checked as in [`Engine::request`]; remembered per
+    /// address).
+    fn context_builds(&self, ctx: &RequestContext) -> bool {
+        let Some(addr) = ctx
             .client_addr
             .as_deref()
             .filter(|a| a.parse::<std::net::IpAddr>().is_ok())
-        {
-            None => true,
-            Some(addr) => Context::from_pairs([(
-                "client_addr".to_string(),
-                RestrictedExpression::new_ip(addr),
-            )])
-            .is_ok(),
+        else {
+            return true;
+        };
+        if let Some(ok) = self.addresses.lock().get(addr) {
+            return *ok;
         }
+        let ok = Context::from_pairs([(
+            "client_addr".to_string(),
+            RestrictedExpression::new_ip(addr),
+        )])
+        .is_ok();
+        let mut map = self.addresses.lock();
+        if map.len() >= SUBSET_CACHE_CAPACITY {
+            map.clear();
+        }
+        map.insert(addr.to_string(), ok);
+        ok
     }
 
     /// The message decision: the strictest verdict over its statements, with every rule (of that
@@ -246,7 +259,7 @@ impl Engine {
         // Only rules whose prefilter allows a match are evaluated; a skipped rule would have
         // evaluated to false without error (see `prefilter`), so the hits are the same.
         let (mask, any) = self.candidates(facts, ctx);
-        if !any && Self::context_builds(ctx) {
+        if !any && self.context_builds(ctx) {
             return Vec::new();
         }
         let (request, entities) = match self.request(facts, ctx, minute, index, count) {
