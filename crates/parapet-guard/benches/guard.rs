@@ -106,6 +106,20 @@ fn main() {
     rows.push(measure("pg_query::parse", 4_000, |i| {
         black_box(pg_query::parse(&texts(i)).ok());
     }));
+    rows.push(measure(
+        "pg_query::parse + serde_json::to_value of the tree",
+        4_000,
+        |i| {
+            let parsed = pg_query::parse(&texts(i)).ok();
+            black_box(parsed.map(|p| {
+                p.protobuf
+                    .stmts
+                    .iter()
+                    .map(|s| serde_json::to_value(&s.stmt).ok())
+                    .collect::<Vec<_>>()
+            }));
+        },
+    ));
     rows.push(measure("pg_query::fingerprint", 4_000, |i| {
         black_box(pg_query::fingerprint(&texts(i)).ok());
     }));
