@@ -1,6 +1,8 @@
 //! Judging analysed statements with a compiled policy set: builds the Cedar request (principal,
 //! resource, entities, context of facts) per statement, maps satisfied `forbid` rules to a verdict
-//! through their `@mode`, and combines statements into the message decision.
+//! through their `@mode`, and combines statements into the message decision. Only rules whose
+//! prefilter (see `prefilter`) allows a match are handed to Cedar; when none can, no Cedar request
+//! is built.
 
 use crate::analyze::facts::FactsData;
 use crate::analyze::Analysis;
