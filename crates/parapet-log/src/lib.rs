@@ -37,7 +37,7 @@ pub use error::LogError;
 pub use reader::{
     EntryIter, LogReader, ProofText, CONSISTENCY_PROOF_HEADER, INCLUSION_PROOF_HEADER,
 };
-pub use writer::MAX_BATCH_ENTRIES;
+pub use writer::{LAZY_COMMIT_DELAY, MAX_BATCH_ENTRIES};
 
 use crate::checkpoint::Checkpoint;
 use crate::hash::{empty_root, leaf_hash, Hash};
@@ -225,12 +225,31 @@ impl Log {
     /// Queues `entry`; the returned ticket resolves to its index once it is durable.
     /// Cheap and non-blocking: hashes the entry and pushes it on the writer's queue.
     pub fn submit(&self, entry: Vec<u8>) -> AppendTicket {
+        self.submit_with(entry, false)
+    }
+
+    /// Queues `entry` without asking for a commit of its own: it is ordered like any other entry
+    /// and becomes durable with the next commit that an ordinary [`Log::submit`] starts, or at
+    /// the latest [`LAZY_COMMIT_DELAY`] after it was queued. For records nobody waits on (the
+    /// gateway's outcome and session events), so they share the commit of the next decision
+    /// instead of starting one that the next decision would have to wait behind. The ticket
+    /// still resolves only once the entry is durable.
+    pub fn submit_lazy(&self, entry: Vec<u8>) -> AppendTicket {
+        self.submit_with(entry, true)
+    }
+
+    fn submit_with(&self, entry: Vec<u8>, lazy: bool) -> AppendTicket {
         if entry.len() > MAX_ENTRY_SIZE {
             return AppendTicket::failed(LogError::EntryTooLarge { len: entry.len() });
         }
         let leaf = leaf_hash(&entry);
         let (tx, rx) = oneshot::channel();
-        match self.inner.shared.push(Item::One { entry, leaf, tx }) {
+        match self.inner.shared.push(Item::One {
+            entry,
+            leaf,
+            tx,
+            lazy,
+        }) {
             Ok(()) => AppendTicket {
                 rx: Some(rx),
                 ready: None,
@@ -290,6 +309,7 @@ impl Log {
                 return Ok(());
             }
             q.items.push_back(Item::Close { tx });
+            q.urgent += 1;
             q.closed = true;
             q.wake_at = 0;
             q.writer_waiting = false;

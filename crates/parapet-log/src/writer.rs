@@ -29,6 +29,10 @@ use tokio::sync::oneshot;
 /// Longest a writer waits for more entries to join a batch.
 const GATHER: std::time::Duration = std::time::Duration::from_millis(1);
 
+/// Longest a lazily submitted entry ([`crate::Log::submit_lazy`]) waits for an ordinary
+/// submission to start a commit before the writer commits it on its own.
+pub const LAZY_COMMIT_DELAY: std::time::Duration = std::time::Duration::from_millis(20);
+
 /// Most entries integrated in one batch (bounds the work and the garbage after a crash).
 pub const MAX_BATCH_ENTRIES: usize = 1 << 16;
 
@@ -56,6 +60,8 @@ pub(crate) enum Item {
         entry: Vec<u8>,
         leaf: Hash,
         tx: oneshot::Sender<Result<u64, LogError>>,
+        /// Does not start a commit by itself (see [`crate::Log::submit_lazy`]).
+        lazy: bool,
     },
     Many {
         batch: BatchData,
@@ -74,6 +80,11 @@ impl Item {
             Item::Close { .. } => 0,
         }
     }
+
+    /// Whether this item asks for a commit as soon as possible.
+    fn urgent(&self) -> bool {
+        !matches!(self, Item::One { lazy: true, .. })
+    }
 }
 
 #[derive(Default)]
@@ -84,6 +95,10 @@ pub(crate) struct Queue {
     pub(crate) closed: bool,
     pub(crate) shutdown: bool,
     pub(crate) writer_waiting: bool,
+    /// Items in `items` that ask for a prompt commit (all but lazy entries).
+    pub(crate) urgent: usize,
+    /// When the oldest lazy entry still queued was queued.
+    pub(crate) lazy_since: Option<std::time::Instant>,
     /// The sleeping writer wants to be woken once `entries` reaches this.
     pub(crate) wake_at: usize,
 }
@@ -103,9 +118,19 @@ impl Shared {
         if q.closed {
             return Err(item);
         }
+        let urgent = item.urgent();
         q.entries += item.len();
         q.items.push_back(item);
-        if q.writer_waiting && (q.entries >= q.wake_at || q.closed) {
+        let mut first_lazy = false;
+        if urgent {
+            q.urgent += 1;
+        } else if q.lazy_since.is_none() {
+            q.lazy_since = Some(std::time::Instant::now());
+            first_lazy = true;
+        }
+        // A lazy entry wakes the writer only to start its LAZY_COMMIT_DELAY clock (the first one
+        // queued); the commit itself waits for the next urgent item or for the delay.
+        if q.writer_waiting && (first_lazy || (urgent && (q.entries >= q.wake_at || q.closed))) {
             q.writer_waiting = false;
             self.cv.notify_one();
         }
@@ -353,14 +378,30 @@ impl<S: Storage> Writer<S> {
             let mut items = Vec::new();
             {
                 let mut q = self.shared.queue.lock();
-                while q.items.is_empty() {
-                    if q.shutdown {
-                        return;
+                // Sleep until an item asks for a commit, the oldest lazy entry has waited
+                // LAZY_COMMIT_DELAY, or the log is shutting down.
+                loop {
+                    if q.items.is_empty() {
+                        if q.shutdown {
+                            return;
+                        }
+                    } else if q.urgent > 0 || q.shutdown || q.closed {
+                        break;
                     }
                     q.writer_waiting = true;
                     q.wake_at = 1;
-                    self.shared.cv.wait(&mut q);
+                    match q.lazy_since {
+                        Some(since) => {
+                            let deadline = since + LAZY_COMMIT_DELAY;
+                            if self.shared.cv.wait_until(&mut q, deadline).timed_out() {
+                                q.writer_waiting = false;
+                                break;
+                            }
+                        }
+                        None => self.shared.cv.wait(&mut q),
+                    }
                 }
+                q.writer_waiting = false;
                 // Group commit: appenders acknowledged by the previous batch are likely about to
                 // submit again; give them a moment (at most GATHER) to join this batch.
                 let target = last_batch.min(MAX_BATCH_ENTRIES);
@@ -382,10 +423,19 @@ impl<S: Storage> Writer<S> {
                     }
                     n += front.len();
                     if let Some(it) = q.items.pop_front() {
+                        if it.urgent() {
+                            q.urgent -= 1;
+                        }
                         items.push(it);
                     }
                 }
                 q.entries -= n;
+                // Lazy entries left behind (a batch cut at MAX_BATCH_ENTRIES) restart their clock.
+                q.lazy_since = q
+                    .items
+                    .iter()
+                    .any(|it| !it.urgent())
+                    .then(std::time::Instant::now);
                 last_batch = n;
             }
             if self.process(items) {
@@ -460,7 +510,9 @@ impl<S: Storage> Writer<S> {
         let mut result = Ok(());
         for it in items {
             match it {
-                Item::One { entry, leaf, tx } => {
+                Item::One {
+                    entry, leaf, tx, ..
+                } => {
                     let idx = self.tree.size;
                     if result.is_ok() {
                         result = self.tree.append(&entry, leaf, &mut self.storage);

@@ -368,3 +368,40 @@ fn handles_and_tickets_are_thread_safe() {
     send_static::<parapet_log::AppendTicket>();
     send_static::<parapet_log::BatchTicket>();
 }
+
+#[tokio::test]
+async fn lazy_entries_ride_the_next_commit_and_commit_alone_after_the_delay() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (dir, key, v) = new_log(tmp.path());
+    let log = Log::open(&dir, &key).unwrap();
+    // Two lazy entries, then an ordinary one: the ordinary one's commit covers all three, in
+    // submission order.
+    let a = log.submit_lazy(b"lazy-a".to_vec());
+    let b = log.submit_lazy(b"lazy-b".to_vec());
+    assert_eq!(log.append(b"urgent-c".to_vec()).await.unwrap(), 2);
+    assert!(
+        log.size() >= 3,
+        "the commit of c must cover the lazy entries queued before it"
+    );
+    assert_eq!(a.await.unwrap(), 0);
+    assert_eq!(b.await.unwrap(), 1);
+    // A lazy entry with nothing after it is still made durable on its own. (The timeout only
+    // turns a hang into a failure; it is far above LAZY_COMMIT_DELAY.)
+    let d = log.submit_lazy(b"lazy-d".to_vec());
+    let idx = tokio::time::timeout(std::time::Duration::from_secs(30), d)
+        .await
+        .expect("a lazy entry alone must be committed after LAZY_COMMIT_DELAY")
+        .unwrap();
+    assert_eq!(idx, 3);
+    assert_eq!(log.size(), 4);
+    // Lazy entries queued right before close are flushed by it.
+    let e = log.submit_lazy(b"lazy-e".to_vec());
+    log.close().await.unwrap();
+    assert_eq!(e.await.unwrap(), 4);
+    let want: Vec<Vec<u8>> = ["lazy-a", "lazy-b", "urgent-c", "lazy-d", "lazy-e"]
+        .iter()
+        .map(|s| s.as_bytes().to_vec())
+        .collect();
+    assert_eq!(all_entries(&dir), want);
+    verify_log(&dir, &v, None, &no_progress).unwrap();
+}
