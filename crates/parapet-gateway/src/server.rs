@@ -39,9 +39,11 @@ pub(crate) struct Shared {
 }
 
 impl Shared {
-    /// Appends an event without waiting for it.
+    /// Appends an event without waiting for it. It is submitted lazily: it rides along with the
+    /// next decision's commit instead of starting a commit of its own (that the next decision
+    /// would then have to wait behind), and is durable within `parapet_log::LAZY_COMMIT_DELAY`.
     pub fn event(&self, ev: serde_json::Value) {
-        drop(self.log.submit(to_bytes(&ev)));
+        drop(self.log.submit_lazy(to_bytes(&ev)));
     }
 
     pub fn register_cancel(&self, key: (i32, i32), up: &UpstreamConfig, up_key: (i32, i32)) {

@@ -539,8 +539,8 @@ impl Backend<'_> {
             error,
             duration_us: started.elapsed().as_micros() as u64,
         };
-        // Outcomes are appended without waiting.
-        drop(self.shared.log.submit(to_bytes(&ev)));
+        // Outcomes are appended without waiting, lazily: they share the next decision's commit.
+        drop(self.shared.log.submit_lazy(to_bytes(&ev)));
         Ok(())
     }
 

@@ -368,6 +368,6 @@ where
     if let Err(e) = &res {
         end["error"] = json!(e.to_string());
     }
-    shared.log.submit(to_bytes(&end));
+    shared.event(end);
     res
 }
