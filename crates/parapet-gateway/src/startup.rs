@@ -2,7 +2,7 @@
 //! authentication, target selection and the upstream login; then hands over to the proxy.
 
 use crate::error::SessionError;
-use crate::events::{now_rfc3339, to_bytes, SessionInfo};
+use crate::events::{now_rfc3339, SessionInfo};
 use crate::protocol::{self, backend, cstr};
 use crate::scram::{ServerExchange, Verifier};
 use crate::server::Shared;
