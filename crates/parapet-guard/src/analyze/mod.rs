@@ -201,6 +201,22 @@ fn object_type_name(n: i32) -> String {
 }
 
 /// The `sval` of a `String` node (wrapped or not).
+/// The `(defname, arg)` pairs of the `DefElem` nodes in an option list (`CREATE FUNCTION`'s
+/// `options`, `DO`'s `args`); other nodes are skipped, a missing `arg` is `null`.
+fn def_elems(list: Option<&Value>) -> impl Iterator<Item = (&str, &Value)> {
+    let items = match list {
+        Some(Value::Array(items)) => items.as_slice(),
+        _ => &[],
+    };
+    items.iter().filter_map(|o| {
+        let Some(("DefElem", d)) = node_variant(o) else {
+            return None;
+        };
+        let name = d.get("defname").and_then(Value::as_str)?;
+        Some((name, d.get("arg").unwrap_or(&Value::Null)))
+    })
+}
+
 fn string_node(v: &Value) -> Option<&str> {
     let (name, body) = node_variant(v)?;
     if name == "String" {
@@ -542,31 +558,25 @@ impl Walker<'_> {
         let mut language = String::from("sql");
         let mut body: Option<String> = None;
         let mut body_parts = 0;
-        if let Some(Value::Array(options)) = obj.get("options") {
-            for o in options {
-                let Some(("DefElem", d)) = node_variant(o) else {
-                    continue;
-                };
-                let arg = d.get("arg").unwrap_or(&Value::Null);
-                match d.get("defname").and_then(Value::as_str) {
-                    Some("language") => {
-                        if let Some(l) = string_node(arg) {
-                            language = l.to_ascii_lowercase();
-                        }
+        for (name, arg) in def_elems(obj.get("options")) {
+            match name {
+                "language" => {
+                    if let Some(l) = string_node(arg) {
+                        language = l.to_ascii_lowercase();
                     }
-                    Some("as") => {
-                        if let Some(("List", l)) = node_variant(arg) {
-                            if let Some(Value::Array(items)) = l.get("items") {
-                                body_parts = items.len();
-                                body = items.first().and_then(string_node).map(str::to_string);
-                            }
-                        } else if let Some(s) = string_node(arg) {
-                            body_parts = 1;
-                            body = Some(s.to_string());
-                        }
-                    }
-                    _ => {}
                 }
+                "as" => {
+                    if let Some(("List", l)) = node_variant(arg) {
+                        if let Some(Value::Array(items)) = l.get("items") {
+                            body_parts = items.len();
+                            body = items.first().and_then(string_node).map(str::to_string);
+                        }
+                    } else if let Some(s) = string_node(arg) {
+                        body_parts = 1;
+                        body = Some(s.to_string());
+                    }
+                }
+                _ => {}
             }
         }
         let Some(body) = body else {
@@ -603,21 +613,15 @@ impl Walker<'_> {
     fn do_block(&mut self, obj: &Map<String, Value>) {
         let mut language = String::from("plpgsql");
         let mut body: Option<&str> = None;
-        if let Some(Value::Array(args)) = obj.get("args") {
-            for a in args {
-                let Some(("DefElem", d)) = node_variant(a) else {
-                    continue;
-                };
-                let arg = d.get("arg").unwrap_or(&Value::Null);
-                match d.get("defname").and_then(Value::as_str) {
-                    Some("language") => {
-                        if let Some(l) = string_node(arg) {
-                            language = l.to_ascii_lowercase();
-                        }
+        for (name, arg) in def_elems(obj.get("args")) {
+            match name {
+                "language" => {
+                    if let Some(l) = string_node(arg) {
+                        language = l.to_ascii_lowercase();
                     }
-                    Some("as") => body = string_node(arg),
-                    _ => {}
                 }
+                "as" => body = string_node(arg),
+                _ => {}
             }
         }
         let Some(body) = body else {
