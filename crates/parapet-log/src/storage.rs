@@ -171,12 +171,7 @@ impl Storage for LocalDir {
         // Write to a temporary name and rename over the target: a reader never sees a half-written
         // file, and a file left by an interrupted batch is replaced whole.
         let tmp = dir.join(format!("{TMP_PREFIX}{name}"));
-        let mut f = OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .open(&tmp)?;
-        f.write_all(data)?;
+        let f = create_with(&tmp, data)?;
         fs::rename(&tmp, &full)?;
         self.unsynced.push(f);
         self.dirty_dirs.insert(dir);
@@ -193,12 +188,7 @@ impl Storage for LocalDir {
 
     fn stage_checkpoint(&mut self, data: &[u8]) -> io::Result<()> {
         let tmp = self.root.join(format!("{TMP_PREFIX}{CHECKPOINT}"));
-        let mut f = OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .open(&tmp)?;
-        f.write_all(data)?;
+        let f = create_with(&tmp, data)?;
         self.unsynced.push(f);
         Ok(())
     }
@@ -276,4 +266,15 @@ pub fn read_checkpoint_file(dir: &Path) -> Result<Vec<u8>, LogError> {
         }),
         Err(e) => Err(LogError::io(format!("reading {}", p.display()), e)),
     }
+}
+
+/// Creates (or truncates) `path`, writes `data` to it and returns the open file, not yet synced.
+fn create_with(path: &Path, data: &[u8]) -> io::Result<File> {
+    let mut f = OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .open(path)?;
+    f.write_all(data)?;
+    Ok(f)
 }

@@ -394,7 +394,6 @@ impl<S: Storage> Writer<S> {
                         Some(since) => {
                             let deadline = since + LAZY_COMMIT_DELAY;
                             if self.shared.cv.wait_until(&mut q, deadline).timed_out() {
-                                q.writer_waiting = false;
                                 break;
                             }
                         }
