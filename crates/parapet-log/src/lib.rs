@@ -37,14 +37,16 @@ pub use error::LogError;
 pub use reader::{
     EntryIter, LogReader, ProofText, CONSISTENCY_PROOF_HEADER, INCLUSION_PROOF_HEADER,
 };
-pub use writer::{LAZY_COMMIT_DELAY, MAX_BATCH_ENTRIES};
+pub use writer::{
+    FULL_SYNC_BYTES, FULL_SYNC_INTERVAL, JOURNAL_MAX_RECORD, LAZY_COMMIT_DELAY, MAX_BATCH_ENTRIES,
+};
 
 use crate::checkpoint::Checkpoint;
 use crate::hash::{empty_root, leaf_hash, Hash};
 use crate::note::{valid_key_name, NoteSigner};
 use crate::storage::{LocalDir, Storage};
 use crate::tile::MAX_ENTRY_SIZE;
-use crate::writer::{BatchData, Item, Shared, TreeState, Writer};
+use crate::writer::{BatchData, Item, Shared, Writer};
 use std::fs::{self, OpenOptions};
 use std::future::Future;
 use std::io::Write;
@@ -195,11 +197,9 @@ impl Log {
         }
         let text = signer.verifier().open(&note, "checkpoint")?;
         let cp = Checkpoint::parse(text, &format!("{location}/checkpoint"))?;
-        let tree = TreeState::load(&st, &cp)?;
-        writer::remove_garbage(&mut st, cp.size)
-            .map_err(|e| LogError::io(format!("cleaning up {location}"), e))?;
+        let tree = writer::open_tree(&mut st, &signer, &cp)?;
         let shared = Arc::new(Shared::default());
-        shared.size.store(cp.size, Ordering::Release);
+        shared.size.store(tree.size, Ordering::Release);
         let w = Writer {
             storage: st,
             signer,
@@ -208,6 +208,9 @@ impl Log {
             shared: shared.clone(),
             broken: false,
             close_ack: None,
+            journal_bytes: 0,
+            unsynced_since: None,
+            deferred_removals: Vec::new(),
         };
         std::thread::Builder::new()
             .name("parapet-log-writer".into())

@@ -3,13 +3,23 @@
 //! Sequencing: `submit` pushes entries (with their leaf hashes, computed by the caller) onto a
 //! queue under a short lock; queue order is index order. Integration: the writer thread takes
 //! everything queued (group commit), extends the tree's right edge, writes full tiles and bundles
-//! as they complete plus the current partial ones, makes them durable with one `sync`, publishes
-//! a signed checkpoint, and only then resolves the tickets. Memory is bounded: the compact range
-//! (one hash per tree level) plus at most one partial tile per tile level and one partial bundle.
+//! as they complete plus the current partial ones, and publishes a signed checkpoint; the tickets
+//! resolve only once all of that is durable. Memory is bounded: the compact range (one hash per
+//! tree level) plus at most one partial tile per tile level and one partial bundle.
+//!
+//! Durability comes one of two ways. A batch of up to [`JOURNAL_MAX_RECORD`] entry bytes is
+//! written as one record to the storage's write-ahead journal (one durable append: entries, start
+//! index and the roots before and after), then its tiles and checkpoint are written without
+//! waiting for the disk; every [`FULL_SYNC_INTERVAL`] (or [`FULL_SYNC_BYTES`] of journal) the
+//! tiles, directories and checkpoint are synced and the journal is cleared. Opening the log
+//! replays the journal onto the last synced tree, so tiles and checkpoint are exactly as durable
+//! as the journal. Larger batches (bulk loads), and storage without a journal, are made durable
+//! directly: tiles, directories and the staged checkpoint are synced, then the checkpoint is
+//! published and its directory synced.
 
 use crate::checkpoint::Checkpoint;
 use crate::error::LogError;
-use crate::hash::{node_hash, Hash};
+use crate::hash::{leaf_hash, node_hash, Hash};
 use crate::note::NoteSigner;
 use crate::proof::NodeSource;
 use crate::storage::{Storage, CHECKPOINT};
@@ -35,6 +45,93 @@ pub const LAZY_COMMIT_DELAY: std::time::Duration = std::time::Duration::from_mil
 
 /// Most entries integrated in one batch (bounds the work and the garbage after a crash).
 pub const MAX_BATCH_ENTRIES: usize = 1 << 16;
+
+/// Largest batch (entry bytes) made durable through the journal; larger batches are synced
+/// directly, which costs less than writing their entries twice.
+pub const JOURNAL_MAX_RECORD: usize = 1 << 20;
+
+/// Longest the tiles and checkpoint stay unsynced (durable only through the journal).
+pub const FULL_SYNC_INTERVAL: std::time::Duration = std::time::Duration::from_millis(1000);
+
+/// Most journal bytes written before the tiles and checkpoint are synced and the journal cleared
+/// (bounds the journal and the replay work when the log is next opened).
+pub const FULL_SYNC_BYTES: usize = 32 << 20;
+
+/// A journal record: one batch, with where it starts and the roots before and after it.
+/// Layout: start u64 BE, count u32 BE, root before (32), root after (32), then each entry as
+/// u16 BE length and bytes (the entry-bundle encoding).
+struct JournalRecord<'a> {
+    start: u64,
+    count: u32,
+    root_before: Hash,
+    root_after: Hash,
+    entries: &'a [u8],
+}
+
+const RECORD_HEAD: usize = 8 + 4 + 32 + 32;
+
+impl<'a> JournalRecord<'a> {
+    fn parse(rec: &'a [u8]) -> Result<JournalRecord<'a>, LogError> {
+        let bad = || LogError::Tampered("journal: a record is malformed".into());
+        if rec.len() < RECORD_HEAD {
+            return Err(bad());
+        }
+        let hash = |r: &[u8]| -> Result<Hash, LogError> { r.try_into().map_err(|_| bad()) };
+        Ok(JournalRecord {
+            start: u64::from_be_bytes(rec[0..8].try_into().map_err(|_| bad())?),
+            count: u32::from_be_bytes(rec[8..12].try_into().map_err(|_| bad())?),
+            root_before: hash(&rec[12..44])?,
+            root_after: hash(&rec[44..76])?,
+            entries: &rec[RECORD_HEAD..],
+        })
+    }
+}
+
+/// Builds the journal record of the batch being integrated.
+struct RecordBuilder {
+    buf: Vec<u8>,
+    count: u32,
+    /// Too big for the journal: the batch is synced directly.
+    overflow: bool,
+}
+
+impl RecordBuilder {
+    fn new(start: u64, root_before: &Hash) -> RecordBuilder {
+        let mut buf = Vec::with_capacity(64 << 10);
+        buf.extend_from_slice(&start.to_be_bytes());
+        buf.extend_from_slice(&0u32.to_be_bytes());
+        buf.extend_from_slice(root_before);
+        buf.extend_from_slice(&[0u8; 32]);
+        RecordBuilder {
+            buf,
+            count: 0,
+            overflow: false,
+        }
+    }
+
+    fn push(&mut self, entry: &[u8]) {
+        if self.overflow {
+            return;
+        }
+        if self.buf.len() + 2 + entry.len() > RECORD_HEAD + JOURNAL_MAX_RECORD {
+            self.overflow = true;
+            self.buf = Vec::new();
+            return;
+        }
+        push_bundle_entry(&mut self.buf, entry);
+        self.count += 1;
+    }
+
+    /// The finished record, or `None` if the batch is too big for the journal.
+    fn finish(mut self, root_after: &Hash) -> Option<Vec<u8>> {
+        if self.overflow {
+            return None;
+        }
+        self.buf[8..12].copy_from_slice(&self.count.to_be_bytes());
+        self.buf[44..76].copy_from_slice(root_after);
+        Some(self.buf)
+    }
+}
 
 /// Entries of a bulk submission with their leaf hashes.
 #[derive(Debug, Default)]
@@ -362,6 +459,13 @@ pub(crate) struct Writer<S: Storage> {
     pub(crate) shared: Arc<Shared>,
     pub(crate) broken: bool,
     pub(crate) close_ack: Option<oneshot::Sender<Result<(), LogError>>>,
+    /// Journal bytes written since the last full sync.
+    pub(crate) journal_bytes: usize,
+    /// When the first batch not yet fully synced (durable only through the journal) committed.
+    pub(crate) unsynced_since: Option<std::time::Instant>,
+    /// `.p` directories superseded since the last full sync: removed only after the next one,
+    /// because the journal's replay starts from the last synced tree, whose partials they are.
+    pub(crate) deferred_removals: Vec<String>,
 }
 
 enum Ack {
@@ -376,13 +480,16 @@ impl<S: Storage> Writer<S> {
         let mut last_batch = 0usize;
         loop {
             let mut items = Vec::new();
+            let mut sync_due = false;
             {
                 let mut q = self.shared.queue.lock();
                 // Sleep until an item asks for a commit, the oldest lazy entry has waited
-                // LAZY_COMMIT_DELAY, or the log is shutting down.
+                // LAZY_COMMIT_DELAY, a full sync is due, or the log is shutting down.
                 loop {
                     if q.items.is_empty() {
                         if q.shutdown {
+                            drop(q);
+                            self.finish();
                             return;
                         }
                     } else if q.urgent > 0 || q.shutdown || q.closed {
@@ -390,11 +497,25 @@ impl<S: Storage> Writer<S> {
                     }
                     q.writer_waiting = true;
                     q.wake_at = 1;
-                    match q.lazy_since {
-                        Some(since) => {
-                            let deadline = since + LAZY_COMMIT_DELAY;
+                    let lazy_deadline = q.lazy_since.map(|since| since + LAZY_COMMIT_DELAY);
+                    let sync_deadline = self.unsynced_since.map(|t| t + FULL_SYNC_INTERVAL);
+                    let deadline = match (lazy_deadline, sync_deadline) {
+                        (Some(a), Some(b)) => Some(a.min(b)),
+                        (a, b) => a.or(b),
+                    };
+                    match deadline {
+                        Some(deadline) => {
                             if self.shared.cv.wait_until(&mut q, deadline).timed_out() {
-                                break;
+                                sync_due =
+                                    sync_deadline.is_some_and(|d| d <= std::time::Instant::now());
+                                if sync_due && q.urgent == 0 && !q.closed && !q.shutdown {
+                                    // Idle with unsynced batches: sync them now.
+                                    q.writer_waiting = false;
+                                    break;
+                                }
+                                if lazy_deadline.is_some_and(|d| d <= std::time::Instant::now()) {
+                                    break;
+                                }
                             }
                         }
                         None => self.shared.cv.wait(&mut q),
@@ -437,7 +558,14 @@ impl<S: Storage> Writer<S> {
                     .then(std::time::Instant::now);
                 last_batch = n;
             }
+            if items.is_empty() {
+                if sync_due {
+                    self.full_sync_logged();
+                }
+                continue;
+            }
             if self.process(items) {
+                self.finish();
                 let ack = self.close_ack.take();
                 drop(self);
                 if let Some(tx) = ack {
@@ -445,6 +573,49 @@ impl<S: Storage> Writer<S> {
                 }
                 return;
             }
+            let due = self
+                .unsynced_since
+                .is_some_and(|t| t.elapsed() >= FULL_SYNC_INTERVAL)
+                || self.journal_bytes >= FULL_SYNC_BYTES;
+            if due {
+                self.full_sync_logged();
+            }
+        }
+    }
+
+    /// Syncs tiles, directories and checkpoint, then clears the journal and removes what the
+    /// synced tree no longer needs.
+    fn full_sync(&mut self) -> Result<(), LogError> {
+        if self.unsynced_since.is_none() {
+            return Ok(());
+        }
+        self.storage
+            .sync()
+            .map_err(|e| self.io_error("syncing tiles", e))?;
+        self.storage
+            .journal_clear()
+            .map_err(|e| self.io_error("clearing the journal", e))?;
+        self.journal_bytes = 0;
+        self.unsynced_since = None;
+        for p in std::mem::take(&mut self.deferred_removals) {
+            self.storage.remove_later(&p);
+        }
+        Ok(())
+    }
+
+    /// [`Writer::full_sync`] outside a batch: a failure is logged and leaves the writer to
+    /// recover before its next batch (the journal still holds every acknowledged entry).
+    fn full_sync_logged(&mut self) {
+        if let Err(e) = self.full_sync() {
+            tracing::error!(error = %e, "log sync failed");
+            self.broken = true;
+        }
+    }
+
+    /// Leaves storage fully synced and the journal empty (clean shutdown).
+    fn finish(&mut self) {
+        if !self.broken {
+            self.full_sync_logged();
         }
     }
 
@@ -507,6 +678,7 @@ impl<S: Storage> Writer<S> {
         }
         let mut acks = Vec::with_capacity(items.len());
         let mut result = Ok(());
+        let mut record = RecordBuilder::new(self.tree.size, &self.tree.root());
         for it in items {
             match it {
                 Item::One {
@@ -515,6 +687,7 @@ impl<S: Storage> Writer<S> {
                     let idx = self.tree.size;
                     if result.is_ok() {
                         result = self.tree.append(&entry, leaf, &mut self.storage);
+                        record.push(&entry);
                     }
                     acks.push(Ack::One(tx, idx));
                 }
@@ -525,6 +698,7 @@ impl<S: Storage> Writer<S> {
                             break;
                         }
                         result = self.tree.append(e, *h, &mut self.storage);
+                        record.push(e);
                     }
                     acks.push(Ack::Many(tx, start..self.tree.size));
                 }
@@ -536,7 +710,10 @@ impl<S: Storage> Writer<S> {
         }
         let result = result
             .map_err(|e| self.io_error("writing tiles", e))
-            .and_then(|()| self.commit());
+            .and_then(|()| {
+                let rec = record.finish(&self.tree.root());
+                self.commit(rec)
+            });
         match result {
             Ok(()) => {
                 for a in acks {
@@ -576,8 +753,10 @@ impl<S: Storage> Writer<S> {
         closing
     }
 
-    /// Writes partials, syncs, publishes the checkpoint, then removes superseded partials.
-    fn commit(&mut self) -> Result<(), LogError> {
+    /// Writes partials and the checkpoint and makes the batch durable: through one journal
+    /// record when `record` is given and the storage keeps a journal, otherwise by syncing
+    /// everything before publishing the checkpoint.
+    fn commit(&mut self, record: Option<Vec<u8>>) -> Result<(), LogError> {
         if self.tree.size == self.published_size() {
             return Ok(());
         }
@@ -594,6 +773,25 @@ impl<S: Storage> Writer<S> {
         self.storage
             .stage_checkpoint(note.as_bytes())
             .map_err(|e| self.io_error("writing the checkpoint", e))?;
+        let journaled = match &record {
+            Some(rec) => self
+                .storage
+                .journal_append(rec)
+                .map_err(|e| self.io_error("writing the journal", e))?,
+            None => false,
+        };
+        if journaled {
+            self.storage
+                .publish_checkpoint_unsynced()
+                .map_err(|e| self.io_error("publishing the checkpoint", e))?;
+            self.shared.size.store(cp.size, Ordering::Release);
+            self.journal_bytes += record.map_or(0, |r| r.len());
+            self.unsynced_since
+                .get_or_insert_with(std::time::Instant::now);
+            self.deferred_removals
+                .append(&mut std::mem::take(&mut self.tree.completed));
+            return Ok(());
+        }
         self.storage
             .sync()
             .map_err(|e| self.io_error("syncing tiles", e))?;
@@ -601,11 +799,98 @@ impl<S: Storage> Writer<S> {
             .publish_checkpoint()
             .map_err(|e| self.io_error("publishing the checkpoint", e))?;
         self.shared.size.store(cp.size, Ordering::Release);
-        for p in std::mem::take(&mut self.tree.completed) {
+        if self.unsynced_since.is_some() {
+            // Everything the journal held is now synced too.
+            self.storage
+                .journal_clear()
+                .map_err(|e| self.io_error("clearing the journal", e))?;
+            self.journal_bytes = 0;
+            self.unsynced_since = None;
+        }
+        let mut done = std::mem::take(&mut self.deferred_removals);
+        done.append(&mut self.tree.completed);
+        for p in done {
             self.storage.remove_later(&p);
         }
         Ok(())
     }
+}
+
+/// Rebuilds the tree when a log is opened: loads the last fully synced tree, replays the
+/// journal's records onto it (rewriting their tiles), syncs everything, publishes the
+/// checkpoint, clears the journal and removes what an interrupted batch left behind.
+/// `cp` is the checkpoint file's content, verified by the caller.
+pub(crate) fn open_tree<S: Storage>(
+    st: &mut S,
+    signer: &NoteSigner,
+    cp: &Checkpoint,
+) -> Result<TreeState, LogError> {
+    let location = st.location();
+    let io = |what: &str, e: io::Error| LogError::io(format!("{location}: {what}"), e);
+    let records = st
+        .journal_records()
+        .map_err(|e| io("reading the journal", e))?;
+    let Some(first) = records.first() else {
+        let tree = TreeState::load(st, cp)?;
+        remove_garbage(st, cp.size).map_err(|e| io("cleaning up", e))?;
+        return Ok(tree);
+    };
+    let first = JournalRecord::parse(first)?;
+    if first.start > cp.size {
+        return Err(LogError::Tampered(format!(
+            "{location}: the journal starts at entry {} but the checkpoint has only {} entries; \
+             the checkpoint was replaced by an older one",
+            first.start, cp.size
+        )));
+    }
+    let base = Checkpoint {
+        origin: cp.origin.clone(),
+        size: first.start,
+        root: first.root_before,
+        extensions: Vec::new(),
+    };
+    let mut tree = TreeState::load(st, &base)?;
+    for rec in &records {
+        let rec = JournalRecord::parse(rec)?;
+        if rec.start != tree.size {
+            break;
+        }
+        for_each_bundle_entry(rec.entries, rec.count as usize, |_, e| {
+            tree.append(e, leaf_hash(e), st)
+        })
+        .map_err(|e| LogError::Tampered(format!("journal: record at entry {}: {e}", rec.start)))?
+        .map_err(|e| io("rewriting tiles from the journal", e))?;
+        if tree.root() != rec.root_after {
+            return Err(LogError::Tampered(format!(
+                "journal: the record at entry {} does not reproduce its root hash",
+                rec.start
+            )));
+        }
+    }
+    if tree.size < cp.size {
+        // The checkpoint is ahead of the journal (cannot happen unless the journal was lost):
+        // the checkpoint is the truth as long as its tiles are intact.
+        tree = TreeState::load(st, cp)?;
+    }
+    tree.write_partials(st)
+        .map_err(|e| io("writing partial tiles", e))?;
+    let now = Checkpoint {
+        origin: cp.origin.clone(),
+        size: tree.size,
+        root: tree.root(),
+        extensions: Vec::new(),
+    };
+    st.stage_checkpoint(signer.sign(&now.to_text()).as_bytes())
+        .and_then(|()| st.sync())
+        .and_then(|()| st.publish_checkpoint())
+        .map_err(|e| io("publishing the recovered checkpoint", e))?;
+    st.journal_clear()
+        .map_err(|e| io("clearing the journal", e))?;
+    remove_garbage(st, tree.size).map_err(|e| io("cleaning up", e))?;
+    for p in std::mem::take(&mut tree.completed) {
+        st.remove_later(&p);
+    }
+    Ok(tree)
 }
 
 fn fail(it: Item, e: LogError) -> bool {
