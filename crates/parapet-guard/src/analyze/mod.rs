@@ -4,24 +4,34 @@
 //! bodies, DO blocks), normalisation and fingerprinting. Fails closed: whatever cannot be parsed
 //! or analysed is reported as a [`Problem`], which the engine always denies.
 //!
-//! The walk runs over the parse tree serialised to JSON (`pg_query`'s protobuf types derive
-//! `Serialize`) so that *every* node is visited: a hand-written typed walker would have to list
-//! all ~270 node types and silently miss any it forgot, which is the wrong failure mode for a
-//! guardrail.
+//! The walk runs over pg_query's typed parse tree and visits *every* node: the statement kinds
+//! and node kinds that carry facts are matched by type, and every other node is descended into
+//! through [`children::for_each_child`], which is generated from pg_query's own type definitions
+//! (`gen/children.py`) and lists the children of all ~270 node kinds with no catch-all arm. A
+//! node kind the walker has no rule for is therefore still searched for nested statements,
+//! tables and function calls, and a pg_query upgrade that adds node kinds does not compile until
+//! the list is regenerated.
 
+mod children;
 pub mod facts;
 mod plpgsql;
 
 use facts::{FactsData, Problem, StatementFacts, RULE_UNANALYSABLE, RULE_UNPARSEABLE};
-use pg_query::protobuf::{AlterTableType, ObjectType, VariableSetKind};
-use serde_json::{Map, Value};
+use pg_query::protobuf::node::Node as NodeEnum;
+use pg_query::protobuf::{
+    a_const, AlterTableType, CreateFunctionStmt, DoStmt, ExplainStmt, FuncCall, Node, ObjectType,
+    RangeVar, VariableSetKind, VariableSetStmt,
+};
+use pg_query::NodeRef;
 use std::collections::BTreeSet;
 use std::sync::Arc;
 
 /// How deep SQL text may nest inside SQL text (function bodies, constant EXECUTE strings, DO).
 const MAX_TEXT_NESTING: usize = 8;
-/// How deep the parse tree walk may go before giving up (fail closed).
-const MAX_TREE_DEPTH: usize = 4_000;
+/// How deep the parse tree walk may go (in nodes) before giving up (fail closed). The prost
+/// decoder already refuses trees deeper than 100 messages (reported as unparseable); this bounds
+/// the walk's recursion on its own.
+const MAX_TREE_DEPTH: usize = 1_000;
 
 /// The analysis of one message.
 #[derive(Debug, Clone)]
@@ -83,9 +93,9 @@ fn analyze_message(sql: &str) -> Analysis {
     let mut statements = Vec::with_capacity(parsed.protobuf.stmts.len());
     for raw in &parsed.protobuf.stmts {
         let text = statement_text(sql, raw.stmt_location, raw.stmt_len);
-        let facts = match raw.stmt.as_ref().map(serde_json::to_value) {
-            Some(Ok(tree)) => statement_facts(&tree, text, 0),
-            _ => unanalysable_facts(text, "the parse tree could not be read"),
+        let facts = match raw.stmt.as_deref() {
+            Some(tree) => statement_facts(tree, text, 0),
+            None => unanalysable_facts(text, "the parse tree could not be read"),
         };
         statements.push(StatementFacts(Arc::new(facts)));
     }
@@ -124,19 +134,20 @@ fn unanalysable_facts(text: &str, why: &str) -> FactsData {
     f
 }
 
-/// Facts of one statement given its parse tree (`{"node": {"SelectStmt": {…}}}`) and text.
-fn statement_facts(tree: &Value, text: &str, level: usize) -> FactsData {
-    let Some((name, body)) = node_variant(tree) else {
+/// Facts of one statement given its parse tree and text.
+fn statement_facts(tree: &Node, text: &str, level: usize) -> FactsData {
+    let Some(node) = tree.node.as_ref() else {
         return unanalysable_facts(text, "empty statement tree");
     };
+    let node = node.to_ref();
     let mut w = Walker {
-        facts: FactsData::new(text, &kind_of(name, body)),
+        facts: FactsData::new(text, kind_of(node)),
         text,
         level,
         tables: Vec::new(),
         ctes: BTreeSet::new(),
     };
-    w.visit_stmt(name, body, true, 0);
+    w.visit_stmt(node, true, 0);
     w.finish()
 }
 
@@ -149,44 +160,17 @@ fn nested_sql_facts(sql: &str, level: usize) -> Result<Vec<FactsData>, String> {
     let mut out = Vec::new();
     for raw in &parsed.protobuf.stmts {
         let text = statement_text(sql, raw.stmt_location, raw.stmt_len);
-        match raw.stmt.as_ref().map(serde_json::to_value) {
-            Some(Ok(tree)) => out.push(statement_facts(&tree, text, level)),
-            _ => return Err("the parse tree could not be read".into()),
+        match raw.stmt.as_deref() {
+            Some(tree) => out.push(statement_facts(tree, text, level)),
+            None => return Err("the parse tree could not be read".into()),
         }
     }
     Ok(out)
 }
 
-/// `{"node": {"X": body}}` or `{"X": body}` → ("X", body).
-fn node_variant(v: &Value) -> Option<(&str, &Value)> {
-    let obj = v.as_object()?;
-    let inner = match obj.get("node") {
-        Some(n) if obj.len() == 1 => n.as_object()?,
-        _ => obj,
-    };
-    if inner.len() != 1 {
-        return None;
-    }
-    inner.iter().next().map(|(k, v)| (k.as_str(), v))
-}
-
-fn str_field<'a>(obj: &'a Map<String, Value>, key: &str) -> &'a str {
-    obj.get(key).and_then(Value::as_str).unwrap_or("")
-}
-
-fn bool_field(obj: &Map<String, Value>, key: &str) -> bool {
-    obj.get(key).and_then(Value::as_bool).unwrap_or(false)
-}
-
-fn int_field(obj: &Map<String, Value>, key: &str) -> i32 {
-    obj.get(key)
-        .and_then(Value::as_i64)
-        .and_then(|i| i32::try_from(i).ok())
-        .unwrap_or(0)
-}
-
-fn is_null(obj: &Map<String, Value>, key: &str) -> bool {
-    matches!(obj.get(key), None | Some(Value::Null))
+/// The node inside a `Node` wrapper, if any.
+fn inner(n: &Node) -> Option<&NodeEnum> {
+    n.node.as_ref()
 }
 
 /// `ObjectType` number → "table", "role", ….
@@ -200,45 +184,66 @@ fn object_type_name(n: i32) -> String {
         .unwrap_or_else(|_| "unknown".into())
 }
 
-/// The `sval` of a `String` node (wrapped or not).
 /// The `(defname, arg)` pairs of the `DefElem` nodes in an option list (`CREATE FUNCTION`'s
-/// `options`, `DO`'s `args`); other nodes are skipped, a missing `arg` is `null`.
-fn def_elems(list: Option<&Value>) -> impl Iterator<Item = (&str, &Value)> {
-    let items = match list {
-        Some(Value::Array(items)) => items.as_slice(),
-        _ => &[],
-    };
-    items.iter().filter_map(|o| {
-        let Some(("DefElem", d)) = node_variant(o) else {
-            return None;
-        };
-        let name = d.get("defname").and_then(Value::as_str)?;
-        Some((name, d.get("arg").unwrap_or(&Value::Null)))
+/// `options`, `DO`'s `args`); other nodes are skipped, a missing `arg` is `None`.
+fn def_elems(list: &[Node]) -> impl Iterator<Item = (&str, Option<&Node>)> {
+    list.iter().filter_map(|o| match inner(o) {
+        Some(NodeEnum::DefElem(d)) => Some((d.defname.as_str(), d.arg.as_deref())),
+        _ => None,
     })
 }
 
-fn string_node(v: &Value) -> Option<&str> {
-    let (name, body) = node_variant(v)?;
-    if name == "String" {
-        body.get("sval").and_then(Value::as_str)
-    } else {
-        None
+/// The `sval` of a `String` node.
+fn string_node(v: &Node) -> Option<&str> {
+    match inner(v)? {
+        NodeEnum::String(s) => Some(&s.sval),
+        _ => None,
     }
 }
 
 /// The string constant of an `A_Const` node, if that is what `v` is.
-fn const_string(v: &Value) -> Option<&str> {
-    let (name, body) = node_variant(v)?;
-    if name != "AConst" {
-        return None;
+fn const_string(v: &Node) -> Option<&str> {
+    match inner(v)? {
+        NodeEnum::AConst(c) => match &c.val {
+            Some(a_const::Val::Sval(s)) => Some(&s.sval),
+            _ => None,
+        },
+        _ => None,
     }
-    body.get("val")?.get("Sval")?.get("sval")?.as_str()
+}
+
+/// The `RangeVar` inside a `Node`, if that is what it holds.
+fn range_var_node(v: &Node) -> Option<&RangeVar> {
+    match inner(v)? {
+        NodeEnum::RangeVar(r) => Some(r),
+        _ => None,
+    }
 }
 
 /// Primary kind of a statement node.
-fn kind_of(name: &str, body: &Value) -> String {
-    let obj = body.as_object();
-    let k = match name {
+fn kind_of(n: NodeRef<'_>) -> &'static str {
+    match n {
+        NodeRef::GrantStmt(g) => grant_or_revoke(g.is_grant),
+        NodeRef::GrantRoleStmt(g) => grant_or_revoke(g.is_grant),
+        NodeRef::VariableSetStmt(v) => match VariableSetKind::try_from(v.kind) {
+            Ok(VariableSetKind::VarReset | VariableSetKind::VarResetAll) => "reset",
+            _ => "set",
+        },
+        _ => kind_of_name(children::name(n)),
+    }
+}
+
+fn grant_or_revoke(is_grant: bool) -> &'static str {
+    if is_grant {
+        "grant"
+    } else {
+        "revoke"
+    }
+}
+
+/// Primary kind of a statement node, by node kind name.
+fn kind_of_name(name: &str) -> &'static str {
+    match name {
         "SelectStmt" => "select",
         "InsertStmt" => "insert",
         "UpdateStmt" => "update",
@@ -246,21 +251,7 @@ fn kind_of(name: &str, body: &Value) -> String {
         "MergeStmt" => "merge",
         "TruncateStmt" => "truncate",
         "CopyStmt" => "copy",
-        "GrantStmt" | "GrantRoleStmt" => {
-            if obj.is_some_and(|o| bool_field(o, "is_grant")) {
-                "grant"
-            } else {
-                "revoke"
-            }
-        }
         "CreateRoleStmt" | "AlterRoleStmt" | "AlterRoleSetStmt" | "DropRoleStmt" => "role",
-        "VariableSetStmt" => {
-            let kind = obj.map(|o| int_field(o, "kind")).unwrap_or(0);
-            match VariableSetKind::try_from(kind) {
-                Ok(VariableSetKind::VarReset | VariableSetKind::VarResetAll) => "reset",
-                _ => "set",
-            }
-        }
         "VariableShowStmt" => "show",
         "TransactionStmt" => "transaction",
         "DoStmt" => "do",
@@ -282,34 +273,29 @@ fn kind_of(name: &str, body: &Value) -> String {
             "alter"
         }
         _ => "utility",
-    };
-    k.to_string()
+    }
 }
 
 /// Walks one statement's tree, collecting facts.
-struct Walker<'t> {
+struct Walker<'t, 'a> {
     facts: FactsData,
     /// Text of the statement being walked (for PL/pgSQL function bodies).
     text: &'t str,
     /// Nesting level of SQL text.
     level: usize,
     /// (schema, name, written) of every table named.
-    tables: Vec<(String, String, bool)>,
+    tables: Vec<(&'a str, &'a str, bool)>,
     /// CTE names (not tables).
-    ctes: BTreeSet<String>,
+    ctes: BTreeSet<&'a str>,
 }
 
-impl Walker<'_> {
+impl<'a> Walker<'_, 'a> {
     fn finish(mut self) -> FactsData {
         for (schema, name, written) in std::mem::take(&mut self.tables) {
-            if schema.is_empty() && !written && self.ctes.contains(&name) {
+            if schema.is_empty() && !written && self.ctes.contains(name) {
                 continue;
             }
-            let schema = if schema.is_empty() {
-                "public".to_string()
-            } else {
-                schema
-            };
+            let schema = if schema.is_empty() { "public" } else { schema };
             let full = format!("{schema}.{name}");
             if written {
                 self.facts.writes.insert(full);
@@ -330,196 +316,200 @@ impl Walker<'_> {
         }
     }
 
-    /// Records a RangeVar (wrapped or direct) as written.
-    fn write_target(&mut self, v: &Value) {
-        if let Some((schema, name)) = range_var(v) {
-            self.tables.push((schema, name, true));
+    /// Records a table as written.
+    fn write_target(&mut self, r: &'a RangeVar) {
+        self.tables.push((&r.schemaname, &r.relname, true));
+    }
+
+    /// Records the table of an optional `RangeVar` field as written.
+    fn write_opt(&mut self, r: Option<&'a RangeVar>) {
+        if let Some(r) = r {
+            self.write_target(r);
         }
     }
 
-    fn visit_stmt(&mut self, name: &str, body: &Value, top: bool, depth: usize) {
-        let kind = kind_of(name, body);
+    /// Visits a statement node: its own facts, then every child except the fields in `skip`
+    /// (those it has already accounted for, e.g. a DML target that must count as written).
+    fn visit_stmt(&mut self, n: NodeRef<'a>, top: bool, depth: usize) {
+        let kind = kind_of(n);
         if !top {
             self.facts.nested = true;
         }
-        self.facts.kinds.insert(kind);
-        let Some(obj) = body.as_object() else {
-            return;
-        };
-        let mut skip: Vec<&str> = Vec::new();
-        match name {
-            "InsertStmt" | "MergeStmt" => {
-                if let Some(r) = obj.get("relation") {
-                    self.write_target(r);
-                }
-                skip.push("relation");
+        self.facts.kinds.insert(kind.to_string());
+        let mut skip: &[&str] = &[];
+        match n {
+            NodeRef::InsertStmt(s) => {
+                self.write_opt(s.relation.as_ref());
+                skip = &["relation"];
             }
-            "UpdateStmt" | "DeleteStmt" => {
-                if let Some(r) = obj.get("relation") {
-                    self.write_target(r);
-                }
-                skip.push("relation");
+            NodeRef::MergeStmt(s) => {
+                self.write_opt(s.relation.as_ref());
+                skip = &["relation"];
+            }
+            NodeRef::UpdateStmt(s) => {
+                self.write_opt(s.relation.as_ref());
+                skip = &["relation"];
                 // `WHERE CURRENT OF cursor` is a where clause too (CurrentOfExpr).
-                if is_null(obj, "where_clause") {
-                    if name == "UpdateStmt" {
-                        self.facts.update_without_where = true;
-                    } else {
-                        self.facts.delete_without_where = true;
-                    }
+                if s.where_clause.is_none() {
+                    self.facts.update_without_where = true;
                     if top {
                         self.facts.has_where = false;
                     }
                 }
             }
-            "CopyStmt" => {
-                let is_from = bool_field(obj, "is_from");
-                self.facts.copy_direction = if is_from { "from" } else { "to" }.into();
-                if bool_field(obj, "is_program") {
-                    self.facts.copy_program = true;
-                } else if !str_field(obj, "filename").is_empty() {
-                    self.facts.copy_server_file = true;
-                }
-                if let Some((schema, rel)) = obj.get("relation").and_then(range_var) {
-                    self.tables.push((schema, rel, is_from));
-                }
-                skip.push("relation");
-            }
-            "TruncateStmt" => {
-                if let Some(Value::Array(rels)) = obj.get("relations") {
-                    for r in rels {
-                        self.write_target(r);
+            NodeRef::DeleteStmt(s) => {
+                self.write_opt(s.relation.as_ref());
+                skip = &["relation"];
+                if s.where_clause.is_none() {
+                    self.facts.delete_without_where = true;
+                    if top {
+                        self.facts.has_where = false;
                     }
                 }
-                skip.push("relations");
+            }
+            NodeRef::CopyStmt(s) => {
+                self.facts.copy_direction = if s.is_from { "from" } else { "to" }.into();
+                if s.is_program {
+                    self.facts.copy_program = true;
+                } else if !s.filename.is_empty() {
+                    self.facts.copy_server_file = true;
+                }
+                if let Some(r) = &s.relation {
+                    self.tables.push((&r.schemaname, &r.relname, s.is_from));
+                }
+                skip = &["relation"];
+            }
+            NodeRef::TruncateStmt(s) => {
+                for r in s.relations.iter().filter_map(range_var_node) {
+                    self.write_target(r);
+                }
+                skip = &["relations"];
                 self.facts.object_types.insert("table".into());
             }
-            "DropStmt" => {
-                let ot = object_type_name(int_field(obj, "remove_type"));
+            NodeRef::DropStmt(s) => {
+                let ot = object_type_name(s.remove_type);
                 let table_like = matches!(
                     ot.as_str(),
                     "table" | "view" | "matview" | "index" | "sequence" | "foreign_table"
                 );
                 if table_like {
-                    if let Some(Value::Array(objects)) = obj.get("objects") {
-                        for o in objects {
-                            if let Some((schema, name)) = qualified_name(o) {
-                                self.tables.push((schema, name, true));
-                            }
-                        }
+                    for (schema, name) in s.objects.iter().filter_map(qualified_name) {
+                        self.tables.push((schema, name, true));
                     }
                 }
                 self.facts.object_types.insert(ot);
             }
-            "CreateStmt" | "AlterTableStmt" | "IndexStmt" | "RenameStmt" | "RefreshMatViewStmt"
-            | "ClusterStmt" => {
-                if let Some(r) = obj.get("relation") {
-                    self.write_target(r);
-                }
-                skip.push("relation");
-                let ot = match name {
-                    "CreateStmt" => "table".to_string(),
-                    "IndexStmt" => "index".to_string(),
-                    "RenameStmt" => object_type_name(int_field(obj, "rename_type")),
-                    "AlterTableStmt" => object_type_name(int_field(obj, "objtype")),
-                    _ => "table".to_string(),
-                };
-                if ot == "role" {
-                    self.facts.kinds.insert("role".into());
-                }
-                self.facts.object_types.insert(ot);
-                if name == "AlterTableStmt" {
-                    self.alter_table_cmds(obj);
-                }
+            NodeRef::CreateStmt(s) => {
+                self.write_opt(s.relation.as_ref());
+                skip = &["relation"];
+                self.relation_object("table".into());
             }
-            "ViewStmt" => {
-                if let Some(r) = obj.get("view") {
-                    self.write_target(r);
-                }
-                skip.push("view");
+            NodeRef::AlterTableStmt(s) => {
+                self.write_opt(s.relation.as_ref());
+                skip = &["relation"];
+                self.relation_object(object_type_name(s.objtype));
+                self.alter_table_cmds(&s.cmds);
+            }
+            NodeRef::IndexStmt(s) => {
+                self.write_opt(s.relation.as_ref());
+                skip = &["relation"];
+                self.relation_object("index".into());
+            }
+            NodeRef::RenameStmt(s) => {
+                self.write_opt(s.relation.as_ref());
+                skip = &["relation"];
+                self.relation_object(object_type_name(s.rename_type));
+            }
+            NodeRef::RefreshMatViewStmt(s) => {
+                self.write_opt(s.relation.as_ref());
+                skip = &["relation"];
+                self.relation_object("table".into());
+            }
+            NodeRef::ClusterStmt(s) => {
+                self.write_opt(s.relation.as_ref());
+                skip = &["relation"];
+                self.relation_object("table".into());
+            }
+            NodeRef::ViewStmt(s) => {
+                self.write_opt(s.view.as_ref());
+                skip = &["view"];
                 self.facts.object_types.insert("view".into());
             }
-            "CreateTableAsStmt" => {
-                if let Some(r) = obj.get("into").and_then(|i| i.get("rel")) {
-                    self.write_target(r);
-                }
-                skip.push("into");
-                self.facts
-                    .object_types
-                    .insert(object_type_name(int_field(obj, "objtype")));
+            NodeRef::CreateTableAsStmt(s) => {
+                self.write_opt(s.into.as_ref().and_then(|i| i.rel.as_ref()));
+                skip = &["into"];
+                self.facts.object_types.insert(object_type_name(s.objtype));
             }
-            "SelectStmt" => {
-                if let Some(r) = obj.get("into_clause").and_then(|i| i.get("rel")) {
+            NodeRef::SelectStmt(s) => {
+                if let Some(r) = s.into_clause.as_ref().and_then(|i| i.rel.as_ref()) {
                     self.write_target(r);
                     self.facts.kinds.insert("create".into());
                     self.facts.object_types.insert("table".into());
                 }
-                skip.push("into_clause");
+                skip = &["into_clause"];
             }
-            "GrantStmt" => {
-                self.facts
-                    .object_types
-                    .insert(object_type_name(int_field(obj, "objtype")));
+            NodeRef::GrantStmt(s) => {
+                self.facts.object_types.insert(object_type_name(s.objtype));
             }
-            "GrantRoleStmt" => {
+            NodeRef::GrantRoleStmt(_) => {
                 self.facts.object_types.insert("role".into());
             }
-            "CreateRoleStmt" | "AlterRoleStmt" | "AlterRoleSetStmt" | "DropRoleStmt" => {
-                self.facts.object_types.insert("role".into());
-                self.facts.kinds.insert(
-                    match name {
-                        "CreateRoleStmt" => "create",
-                        "DropRoleStmt" => "drop",
-                        _ => "alter",
-                    }
-                    .into(),
-                );
-            }
-            "AlterSystemStmt" => {
+            NodeRef::CreateRoleStmt(_) => self.role_stmt("create"),
+            NodeRef::DropRoleStmt(_) => self.role_stmt("drop"),
+            NodeRef::AlterRoleStmt(_) | NodeRef::AlterRoleSetStmt(_) => self.role_stmt("alter"),
+            NodeRef::AlterSystemStmt(_) => {
                 self.facts.kinds.insert("alter".into());
             }
-            "VariableSetStmt" => self.variable_set(obj),
+            NodeRef::VariableSetStmt(s) => self.variable_set(s),
             // Plain EXPLAIN only plans its statement; it does not run it.
-            "ExplainStmt" if !explain_analyzes(obj) => skip.push("query"),
-            "CreateFunctionStmt" => {
+            NodeRef::ExplainStmt(s) if !explain_analyzes(s) => skip = &["query"],
+            NodeRef::CreateFunctionStmt(s) => {
                 self.facts.object_types.insert(
-                    if bool_field(obj, "is_procedure") {
+                    if s.is_procedure {
                         "procedure"
                     } else {
                         "function"
                     }
                     .into(),
                 );
-                self.function_body(obj, top);
+                self.function_body(s, top);
             }
-            "DoStmt" => self.do_block(obj),
-            "CreatedbStmt" => {
+            NodeRef::DoStmt(s) => self.do_block(s),
+            NodeRef::CreatedbStmt(_) => {
                 self.facts.object_types.insert("database".into());
             }
-            "CreateSchemaStmt" => {
+            NodeRef::CreateSchemaStmt(_) => {
                 self.facts.object_types.insert("schema".into());
             }
-            "CreateExtensionStmt" => {
+            NodeRef::CreateExtensionStmt(_) => {
                 self.facts.object_types.insert("extension".into());
             }
             _ => {}
         }
-        for (k, v) in obj {
-            if skip.contains(&k.as_str()) {
-                continue;
+        children::for_each_child(n, &mut |field, child, in_node| {
+            if !skip.contains(&field) {
+                self.visit(child, in_node, depth + 1);
             }
-            self.visit_value(v, depth + 1);
-        }
+        });
     }
 
-    fn alter_table_cmds(&mut self, obj: &Map<String, Value>) {
-        let Some(Value::Array(cmds)) = obj.get("cmds") else {
-            return;
-        };
+    /// Object type of a DDL statement on a relation (`ALTER … RENAME` may name a role).
+    fn relation_object(&mut self, ot: String) {
+        if ot == "role" {
+            self.facts.kinds.insert("role".into());
+        }
+        self.facts.object_types.insert(ot);
+    }
+
+    fn role_stmt(&mut self, kind: &str) {
+        self.facts.object_types.insert("role".into());
+        self.facts.kinds.insert(kind.into());
+    }
+
+    fn alter_table_cmds(&mut self, cmds: &[Node]) {
         for c in cmds {
-            if let Some(("AlterTableCmd", body)) = node_variant(c) {
-                let subtype = body.get("subtype").and_then(Value::as_i64).unwrap_or(0);
-                let subtype = i32::try_from(subtype).unwrap_or(0);
-                if AlterTableType::try_from(subtype) == Ok(AlterTableType::AtDropColumn) {
+            if let Some(NodeEnum::AlterTableCmd(cmd)) = inner(c) {
+                if AlterTableType::try_from(cmd.subtype) == Ok(AlterTableType::AtDropColumn) {
                     self.facts.kinds.insert("drop".into());
                     self.facts.object_types.insert("column".into());
                 }
@@ -527,15 +517,15 @@ impl Walker<'_> {
         }
     }
 
-    fn variable_set(&mut self, obj: &Map<String, Value>) {
-        let kind = VariableSetKind::try_from(int_field(obj, "kind"));
+    fn variable_set(&mut self, s: &VariableSetStmt) {
+        let kind = VariableSetKind::try_from(s.kind);
         if matches!(
             kind,
             Ok(VariableSetKind::VarReset | VariableSetKind::VarResetAll)
         ) {
             return;
         }
-        let name = str_field(obj, "name").to_ascii_lowercase();
+        let name = s.name.to_ascii_lowercase();
         match name.as_str() {
             "role" => {
                 self.facts.kinds.insert("set_role".into());
@@ -550,31 +540,26 @@ impl Walker<'_> {
         }
     }
 
-    fn function_body(&mut self, obj: &Map<String, Value>, top: bool) {
-        if !is_null(obj, "sql_body") {
+    fn function_body(&mut self, s: &CreateFunctionStmt, top: bool) {
+        if s.sql_body.is_some() {
             // BEGIN ATOMIC … END: already parsed, the generic walk sees it.
             return;
         }
         let mut language = String::from("sql");
         let mut body: Option<String> = None;
         let mut body_parts = 0;
-        for (name, arg) in def_elems(obj.get("options")) {
-            match name {
-                "language" => {
-                    if let Some(l) = string_node(arg) {
-                        language = l.to_ascii_lowercase();
-                    }
+        for (name, arg) in def_elems(&s.options) {
+            match (name, arg.and_then(inner)) {
+                ("language", Some(NodeEnum::String(l))) => {
+                    language = l.sval.to_ascii_lowercase();
                 }
-                "as" => {
-                    if let Some(("List", l)) = node_variant(arg) {
-                        if let Some(Value::Array(items)) = l.get("items") {
-                            body_parts = items.len();
-                            body = items.first().and_then(string_node).map(str::to_string);
-                        }
-                    } else if let Some(s) = string_node(arg) {
-                        body_parts = 1;
-                        body = Some(s.to_string());
-                    }
+                ("as", Some(NodeEnum::List(l))) => {
+                    body_parts = l.items.len();
+                    body = l.items.first().and_then(string_node).map(str::to_string);
+                }
+                ("as", Some(NodeEnum::String(b))) => {
+                    body_parts = 1;
+                    body = Some(b.sval.clone());
                 }
                 _ => {}
             }
@@ -610,17 +595,17 @@ impl Walker<'_> {
         }
     }
 
-    fn do_block(&mut self, obj: &Map<String, Value>) {
+    fn do_block(&mut self, s: &DoStmt) {
         let mut language = String::from("plpgsql");
         let mut body: Option<&str> = None;
-        for (name, arg) in def_elems(obj.get("args")) {
+        for (name, arg) in def_elems(&s.args) {
             match name {
                 "language" => {
-                    if let Some(l) = string_node(arg) {
+                    if let Some(l) = arg.and_then(string_node) {
                         language = l.to_ascii_lowercase();
                     }
                 }
-                "as" => body = string_node(arg),
+                "as" => body = arg.and_then(string_node),
                 _ => {}
             }
         }
@@ -647,8 +632,11 @@ impl Walker<'_> {
         self.plpgsql(&wrapped);
     }
 
-    /// Generic walk: finds tables, function calls, CTE names, parameters and nested statements.
-    fn visit_value(&mut self, v: &Value, depth: usize) {
+    /// Generic walk of any node: finds tables, function calls, CTE names, parameters and
+    /// nested statements, and descends into every child. `in_node` says whether the node sits in
+    /// a generic `Node` (statements are only judged as nested statements from there; a typed
+    /// field such as `SelectStmt.larg` is part of its parent statement).
+    fn visit(&mut self, n: NodeRef<'a>, in_node: bool, depth: usize) {
         if depth > MAX_TREE_DEPTH {
             self.problem(
                 RULE_UNANALYSABLE,
@@ -656,46 +644,32 @@ impl Walker<'_> {
             );
             return;
         }
-        match v {
-            Value::Object(obj) => {
-                if let (Some(Value::String(rel)), true) =
-                    (obj.get("relname"), obj.contains_key("inh"))
-                {
-                    let schema = str_field(obj, "schemaname").to_string();
-                    self.tables.push((schema, rel.clone(), false));
-                    return;
-                }
-                if obj.contains_key("funcname") && obj.contains_key("funcformat") {
-                    self.function_call(obj);
-                }
-                if let Some(Value::String(cte)) = obj.get("ctename") {
-                    self.ctes.insert(cte.clone());
-                }
-                for (k, child) in obj {
-                    if k == "ParamRef" {
-                        self.facts.has_parameters = true;
-                    }
-                    if k.ends_with("Stmt") && k.starts_with(|c: char| c.is_ascii_uppercase()) {
-                        self.visit_stmt(k, child, false, depth + 1);
-                    } else if k != "funcname" {
-                        self.visit_value(child, depth + 1);
-                    }
-                }
+        if in_node && children::name(n).ends_with("Stmt") {
+            self.visit_stmt(n, false, depth);
+            return;
+        }
+        match n {
+            NodeRef::RangeVar(r) => {
+                self.tables.push((&r.schemaname, &r.relname, false));
+                return;
             }
-            Value::Array(items) => {
-                for i in items {
-                    self.visit_value(i, depth + 1);
-                }
+            NodeRef::FuncCall(f) => self.function_call(f),
+            NodeRef::CommonTableExpr(c) => {
+                self.ctes.insert(&c.ctename);
             }
+            NodeRef::ParamRef(_) if in_node => self.facts.has_parameters = true,
             _ => {}
         }
+        children::for_each_child(n, &mut |field, child, in_node| {
+            // A function's name is a list of `String` nodes, read by `function_call`.
+            if field != "funcname" {
+                self.visit(child, in_node, depth + 1);
+            }
+        });
     }
 
-    fn function_call(&mut self, obj: &Map<String, Value>) {
-        let Some(Value::Array(parts)) = obj.get("funcname") else {
-            return;
-        };
-        let mut names: Vec<&str> = parts.iter().filter_map(string_node).collect();
+    fn function_call(&mut self, f: &FuncCall) {
+        let mut names: Vec<&str> = f.funcname.iter().filter_map(string_node).collect();
         if names.len() > 1 && names[0] == "pg_catalog" {
             names.remove(0);
         }
@@ -704,11 +678,7 @@ impl Walker<'_> {
         };
         self.facts.functions.insert(names.join("."));
         if bare == "set_config" {
-            let first = obj
-                .get("args")
-                .and_then(Value::as_array)
-                .and_then(|a| a.first())
-                .and_then(const_string);
+            let first = f.args.first().and_then(const_string);
             let var = first.map_or_else(|| "?".to_string(), |s| s.trim().to_ascii_lowercase());
             if var == "role" {
                 self.facts.kinds.insert("set_role".into());
@@ -719,61 +689,34 @@ impl Walker<'_> {
     }
 }
 
-/// (schema, name) of a RangeVar, wrapped in a node or direct.
-fn range_var(v: &Value) -> Option<(String, String)> {
-    let obj = v.as_object()?;
-    if let Some(Value::String(rel)) = obj.get("relname") {
-        return Some((str_field(obj, "schemaname").to_string(), rel.clone()));
-    }
-    match node_variant(v) {
-        Some(("RangeVar", body)) => range_var(body),
-        _ => None,
-    }
-}
-
 /// (schema, name) of a dotted name given as a `List` of `String` nodes (DROP objects).
-fn qualified_name(v: &Value) -> Option<(String, String)> {
-    let (kind, body) = node_variant(v)?;
-    let parts: Vec<&str> = match kind {
-        "List" => body
-            .get("items")?
-            .as_array()?
-            .iter()
-            .filter_map(string_node)
-            .collect(),
-        "String" => vec![body.get("sval")?.as_str()?],
+fn qualified_name(v: &Node) -> Option<(&str, &str)> {
+    let parts: Vec<&str> = match inner(v)? {
+        NodeEnum::List(l) => l.items.iter().filter_map(string_node).collect(),
+        NodeEnum::String(s) => vec![s.sval.as_str()],
         _ => return None,
     };
     match parts.as_slice() {
-        [name] => Some((String::new(), name.to_string())),
-        [.., schema, name] => Some((schema.to_string(), name.to_string())),
+        [name] => Some(("", name)),
+        [.., schema, name] => Some((schema, name)),
         [] => None,
     }
 }
 
 /// Whether an EXPLAIN executes its statement (ANALYZE not explicitly turned off).
-fn explain_analyzes(obj: &Map<String, Value>) -> bool {
-    let Some(Value::Array(options)) = obj.get("options") else {
-        return false;
-    };
-    options.iter().any(|o| {
-        let Some(("DefElem", d)) = node_variant(o) else {
-            return false;
-        };
-        if d.get("defname").and_then(Value::as_str) != Some("analyze") {
+fn explain_analyzes(s: &ExplainStmt) -> bool {
+    def_elems(&s.options).any(|(name, arg)| {
+        if name != "analyze" {
             return false;
         }
-        match d.get("arg").and_then(node_variant) {
+        match arg.and_then(inner) {
             None => true,
-            Some(("Boolean", b)) => b.get("boolval").and_then(Value::as_bool).unwrap_or(false),
-            Some(("String", s)) => !matches!(
-                s.get("sval")
-                    .and_then(Value::as_str)
-                    .map(str::to_ascii_lowercase)
-                    .as_deref(),
-                Some("false" | "off" | "no" | "0")
+            Some(NodeEnum::Boolean(b)) => b.boolval,
+            Some(NodeEnum::String(s)) => !matches!(
+                s.sval.to_ascii_lowercase().as_str(),
+                "false" | "off" | "no" | "0"
             ),
-            Some(("Integer", i)) => i.get("ival").and_then(Value::as_i64).unwrap_or(0) != 0,
+            Some(NodeEnum::Integer(i)) => i.ival != 0,
             Some(_) => true,
         }
     })

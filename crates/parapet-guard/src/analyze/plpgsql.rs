@@ -4,7 +4,8 @@
 //! (`parapet.dynamic-sql`) when it is not.
 
 use super::facts::{RULE_DYNAMIC_SQL, RULE_UNANALYSABLE};
-use super::{const_string, error_text, nested_sql_facts, node_variant, Walker};
+use super::{const_string, error_text, inner, nested_sql_facts, Walker};
+use pg_query::protobuf::node::Node as NodeEnum;
 use serde_json::{Map, Value};
 
 /// PL/pgSQL statement types whose SQL text is computed at run time, and the field holding it.
@@ -15,7 +16,7 @@ const DYNAMIC: &[(&str, &str)] = &[
     ("PLpgSQL_stmt_open", "dynquery"),
 ];
 
-impl Walker<'_> {
+impl Walker<'_, '_> {
     /// Analyses the PL/pgSQL function defined by `create_function` (a CREATE FUNCTION text).
     pub(super) fn plpgsql(&mut self, create_function: &str) {
         if self.level + 1 > super::MAX_TEXT_NESTING {
@@ -156,29 +157,20 @@ fn constant_sql(expr: &str) -> Option<String> {
     let [raw] = parsed.protobuf.stmts.as_slice() else {
         return None;
     };
-    let tree = serde_json::to_value(raw.stmt.as_ref()?).ok()?;
-    let (name, select) = node_variant(&tree)?;
-    if name != "SelectStmt" {
-        return None;
-    }
-    let obj = select.as_object()?;
-    // Only `SELECT 'text'`: no FROM, WHERE, etc.
-    if obj
-        .get("from_clause")
-        .and_then(Value::as_array)
-        .is_some_and(|a| !a.is_empty())
-    {
-        return None;
-    }
-    let targets = obj.get("target_list")?.as_array()?;
-    let [target] = targets.as_slice() else {
+    let Some(NodeEnum::SelectStmt(select)) = inner(raw.stmt.as_deref()?) else {
         return None;
     };
-    let (rt, res) = node_variant(target)?;
-    if rt != "ResTarget" {
+    // Only `SELECT 'text'`: no FROM, WHERE, etc.
+    if !select.from_clause.is_empty() {
         return None;
     }
-    const_string(res.get("val")?).map(str::to_string)
+    let [target] = select.target_list.as_slice() else {
+        return None;
+    };
+    let Some(NodeEnum::ResTarget(res)) = inner(target) else {
+        return None;
+    };
+    const_string(res.val.as_deref()?).map(str::to_string)
 }
 
 fn shorten(s: &str) -> String {
