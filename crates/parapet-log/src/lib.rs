@@ -69,13 +69,21 @@ struct Inner {
     shared: Arc<Shared>,
     dir: PathBuf,
     origin: String,
+    writer: Option<std::thread::JoinHandle<()>>,
 }
 
 impl Drop for Inner {
+    /// Dropping the last handle commits what is queued, syncs the log, empties the journal and
+    /// waits for all that, so the log can be reopened at once.
     fn drop(&mut self) {
-        let mut q = self.shared.queue.lock();
-        q.shutdown = true;
-        self.shared.cv.notify_one();
+        {
+            let mut q = self.shared.queue.lock();
+            q.shutdown = true;
+            self.shared.cv.notify_one();
+        }
+        if let Some(h) = self.writer.take() {
+            let _ = h.join();
+        }
     }
 }
 
@@ -212,7 +220,7 @@ impl Log {
             unsynced_since: None,
             deferred_removals: Vec::new(),
         };
-        std::thread::Builder::new()
+        let writer = std::thread::Builder::new()
             .name("parapet-log-writer".into())
             .spawn(move || w.run())
             .map_err(|e| LogError::io("starting the log writer thread", e))?;
@@ -221,6 +229,7 @@ impl Log {
                 shared,
                 dir: PathBuf::from(location),
                 origin: cp.origin,
+                writer: Some(writer),
             }),
         })
     }

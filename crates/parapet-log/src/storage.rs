@@ -48,6 +48,22 @@ pub trait Storage: Send + 'static {
         let _ = record;
         Ok(false)
     }
+    /// Like [`Storage::journal_append`], but the record may still be on its way to the disk when
+    /// this returns: [`Storage::journal_wait`] waits until it is durable (or reports why not).
+    /// Lets the caller write tiles while the journal is synced. The default is `journal_append`.
+    fn journal_append_start(&mut self, record: &[u8]) -> io::Result<bool> {
+        self.journal_append(record)
+    }
+    /// Waits until the record of the last [`Storage::journal_append_start`] is durable. If this
+    /// fails, the record does not count and the next one replaces it.
+    fn journal_wait(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+    /// Durably withdraws the last record appended (its batch failed after the record was
+    /// written), so that it is neither replayed nor in the way of the next record.
+    fn journal_discard_last(&mut self) -> io::Result<()> {
+        Ok(())
+    }
     /// Records appended since the last [`Storage::journal_clear`], oldest first. A record that
     /// was not completely written (a crash during the append) and everything after it is left
     /// out.
@@ -306,6 +322,41 @@ struct JournalFile {
     pos: u64,
     /// Bytes of the file known to be allocated and written (zeros or records).
     len: u64,
+    /// Thread that runs `fdatasync` for [`JournalFile::append_start`] (started on first use).
+    syncer: Option<Syncer>,
+    /// End of the record whose sync is in flight.
+    in_flight: Option<u64>,
+    /// Start of the last record written.
+    last: Option<u64>,
+}
+
+/// A thread that syncs the journal on request, so the writer can go on meanwhile.
+#[derive(Debug)]
+struct Syncer {
+    go: std::sync::mpsc::Sender<()>,
+    /// In a mutex only so that `LocalDir` stays `Sync`.
+    done: parking_lot::Mutex<std::sync::mpsc::Receiver<io::Result<()>>>,
+}
+
+impl Syncer {
+    fn start(file: &File) -> io::Result<Syncer> {
+        let file = file.try_clone()?;
+        let (go, go_rx) = std::sync::mpsc::channel::<()>();
+        let (done_tx, done) = std::sync::mpsc::channel();
+        std::thread::Builder::new()
+            .name("parapet-log-sync".into())
+            .spawn(move || {
+                for () in go_rx {
+                    if done_tx.send(file.sync_data()).is_err() {
+                        return;
+                    }
+                }
+            })?;
+        Ok(Syncer {
+            go,
+            done: parking_lot::Mutex::new(done),
+        })
+    }
 }
 
 const JOURNAL_MAGIC: &[u8; 8] = b"PPJNL\x00\x00\x01";
@@ -330,6 +381,9 @@ impl JournalFile {
             generation: 0,
             pos: JOURNAL_HEADER,
             len,
+            syncer: None,
+            in_flight: None,
+            last: None,
         };
         let mut head = [0u8; 48];
         let valid = len >= JOURNAL_HEADER
@@ -383,10 +437,18 @@ impl JournalFile {
         self.file.sync_data()?;
         self.generation = generation;
         self.pos = JOURNAL_HEADER;
+        self.last = None;
         Ok(())
     }
 
     fn append(&mut self, payload: &[u8]) -> io::Result<()> {
+        self.append_start(payload)?;
+        self.wait()
+    }
+
+    /// Writes a record and has the syncer thread make it durable; see [`JournalFile::wait`].
+    fn append_start(&mut self, payload: &[u8]) -> io::Result<()> {
+        self.wait()?;
         let len = u32::try_from(payload.len())
             .map_err(|_| io::Error::other("journal record over 4 GiB"))?;
         let mut rec = Vec::with_capacity(payload.len() + RECORD_OVERHEAD);
@@ -399,12 +461,45 @@ impl JournalFile {
         let end = self.pos + rec.len() as u64;
         self.grow(end)?;
         self.file.write_all_at(&rec, self.pos)?;
-        self.file.sync_data()?;
+        self.last = Some(self.pos);
+        if self.syncer.is_none() {
+            self.syncer = Some(Syncer::start(&self.file)?);
+        }
+        match &self.syncer {
+            Some(s) if s.go.send(()).is_ok() => {}
+            _ => {
+                self.syncer = None;
+                return Err(io::Error::other("the journal sync thread is gone"));
+            }
+        }
+        self.in_flight = Some(end);
+        Ok(())
+    }
+
+    /// Waits for the sync started by [`JournalFile::append_start`]. Only a durable record
+    /// advances the write position; after a failure the next record overwrites it.
+    fn wait(&mut self) -> io::Result<()> {
+        let Some(end) = self.in_flight.take() else {
+            return Ok(());
+        };
+        let r = match &self.syncer {
+            Some(s) => s
+                .done
+                .lock()
+                .recv()
+                .unwrap_or_else(|_| Err(io::Error::other("the journal sync thread is gone"))),
+            None => Err(io::Error::other("the journal sync thread is gone")),
+        };
+        if r.is_err() {
+            self.syncer = None;
+        }
+        r?;
         self.pos = end;
         Ok(())
     }
 
     fn records(&mut self) -> io::Result<Vec<Vec<u8>>> {
+        self.wait()?;
         let mut out = Vec::new();
         let mut pos = JOURNAL_HEADER;
         let mut head = [0u8; 16];
@@ -434,7 +529,19 @@ impl JournalFile {
         Ok(out)
     }
 
+    /// Overwrites the last record's magic (so reading stops before it) and makes that durable.
+    fn discard_last(&mut self) -> io::Result<()> {
+        let _ = self.wait();
+        if let Some(at) = self.last.take() {
+            self.file.write_all_at(&[0u8; 4], at)?;
+            self.file.sync_data()?;
+            self.pos = at;
+        }
+        Ok(())
+    }
+
     fn clear(&mut self) -> io::Result<()> {
+        self.wait()?;
         if self.pos == JOURNAL_HEADER {
             return Ok(());
         }
@@ -568,6 +675,19 @@ impl Storage for LocalDir {
     fn journal_append(&mut self, record: &[u8]) -> io::Result<bool> {
         self.journal()?.append(record)?;
         Ok(true)
+    }
+
+    fn journal_append_start(&mut self, record: &[u8]) -> io::Result<bool> {
+        self.journal()?.append_start(record)?;
+        Ok(true)
+    }
+
+    fn journal_wait(&mut self) -> io::Result<()> {
+        self.journal()?.wait()
+    }
+
+    fn journal_discard_last(&mut self) -> io::Result<()> {
+        self.journal()?.discard_last()
     }
 
     fn journal_records(&mut self) -> io::Result<Vec<Vec<u8>>> {

@@ -247,6 +247,8 @@ pub(crate) struct TreeState {
     bundle_dirty: bool,
     /// `.p` directories of tiles completed in this batch (removed after the checkpoint).
     completed: Vec<String>,
+    /// Full tiles and bundles completed but not yet written (path, content).
+    full: Vec<(String, Vec<u8>)>,
 }
 
 fn hashes_bytes(h: &[Hash]) -> &[u8] {
@@ -263,13 +265,7 @@ impl TreeState {
         }
     }
 
-    fn push_hash(
-        &mut self,
-        tl: usize,
-        h: Hash,
-        new_size: u64,
-        st: &mut dyn Storage,
-    ) -> io::Result<()> {
+    fn push_hash(&mut self, tl: usize, h: Hash, new_size: u64) {
         if self.levels.len() <= tl {
             self.levels.resize_with(tl + 1, Vec::new);
             self.dirty.resize(tl + 1, false);
@@ -279,21 +275,17 @@ impl TreeState {
         if self.levels[tl].len() as u64 == TILE_WIDTH {
             let index = nodes_at_tile_level(tl as u32, new_size) / TILE_WIDTH - 1;
             let path = tile_path(tl as u32, index, TILE_WIDTH);
-            st.write(&path, hashes_bytes(&self.levels[tl]))?;
+            self.full
+                .push((path.clone(), hashes_bytes(&self.levels[tl]).to_vec()));
             self.completed.push(format!("{path}.p"));
             self.levels[tl].clear();
             self.dirty[tl] = false;
         }
-        Ok(())
     }
 
-    /// Appends one entry (whose leaf hash is `leaf`), writing tiles that become full.
-    pub(crate) fn append(
-        &mut self,
-        entry: &[u8],
-        leaf: Hash,
-        st: &mut dyn Storage,
-    ) -> io::Result<()> {
+    /// Appends one entry (whose leaf hash is `leaf`). Tiles that become full are kept for
+    /// [`TreeState::write_full`].
+    pub(crate) fn append(&mut self, entry: &[u8], leaf: Hash) -> io::Result<()> {
         let index = self.size;
         let new_size = index + 1;
         push_bundle_entry(&mut self.bundle, entry);
@@ -301,13 +293,14 @@ impl TreeState {
         self.bundle_dirty = true;
         if self.bundle_count == TILE_WIDTH {
             let path = bundle_path(index / TILE_WIDTH, TILE_WIDTH);
-            st.write(&path, &self.bundle)?;
+            let cap = self.bundle.capacity();
+            let data = std::mem::replace(&mut self.bundle, Vec::with_capacity(cap));
+            self.full.push((path.clone(), data));
             self.completed.push(format!("{path}.p"));
-            self.bundle.clear();
             self.bundle_count = 0;
             self.bundle_dirty = false;
         }
-        self.push_hash(0, leaf, new_size, st)?;
+        self.push_hash(0, leaf, new_size);
         let mut h = leaf;
         let mut level = 0u32;
         let mut s = index;
@@ -320,7 +313,7 @@ impl TreeState {
             level += 1;
             s >>= 1;
             if level % crate::tile::TILE_HEIGHT == 0 {
-                self.push_hash((level / crate::tile::TILE_HEIGHT) as usize, h, new_size, st)?;
+                self.push_hash((level / crate::tile::TILE_HEIGHT) as usize, h, new_size);
             }
         }
         self.range.push(h);
@@ -328,8 +321,18 @@ impl TreeState {
         Ok(())
     }
 
-    /// Writes the partial tiles and bundle changed since the last call.
+    /// Writes the tiles and bundles that became full since the last call.
+    pub(crate) fn write_full(&mut self, st: &mut dyn Storage) -> io::Result<()> {
+        for (path, data) in std::mem::take(&mut self.full) {
+            st.write(&path, &data)?;
+        }
+        Ok(())
+    }
+
+    /// Writes the full tiles not yet written and the partial tiles and bundle changed since the
+    /// last call.
     pub(crate) fn write_partials(&mut self, st: &mut dyn Storage) -> io::Result<()> {
+        self.write_full(st)?;
         if self.bundle_dirty && self.bundle_count > 0 {
             let path = bundle_path(self.size / TILE_WIDTH, self.bundle_count);
             st.write(&path, &self.bundle)?;
@@ -404,6 +407,7 @@ impl TreeState {
             bundle_count,
             bundle_dirty: false,
             completed: Vec::new(),
+            full: Vec::new(),
         };
         if state.root() != cp.root {
             return Err(LogError::Tampered(format!(
@@ -686,7 +690,7 @@ impl<S: Storage> Writer<S> {
                 } => {
                     let idx = self.tree.size;
                     if result.is_ok() {
-                        result = self.tree.append(&entry, leaf, &mut self.storage);
+                        result = self.tree.append(&entry, leaf);
                         record.push(&entry);
                     }
                     acks.push(Ack::One(tx, idx));
@@ -697,7 +701,7 @@ impl<S: Storage> Writer<S> {
                         if result.is_err() {
                             break;
                         }
-                        result = self.tree.append(e, *h, &mut self.storage);
+                        result = self.tree.append(e, *h);
                         record.push(e);
                     }
                     acks.push(Ack::Many(tx, start..self.tree.size));
@@ -760,26 +764,43 @@ impl<S: Storage> Writer<S> {
         if self.tree.size == self.published_size() {
             return Ok(());
         }
-        self.tree
+        // The journal record goes first; it becomes durable while the tiles are written.
+        let journaled = match &record {
+            Some(rec) => self
+                .storage
+                .journal_append_start(rec)
+                .map_err(|e| self.io_error("writing the journal", e))?,
+            None => false,
+        };
+        let written = self
+            .tree
             .write_partials(&mut self.storage)
-            .map_err(|e| self.io_error("writing partial tiles", e))?;
+            .map_err(|e| self.io_error("writing tiles", e));
         let cp = Checkpoint {
             origin: self.origin.clone(),
             size: self.tree.size,
             root: self.tree.root(),
             extensions: Vec::new(),
         };
-        let note = self.signer.sign(&cp.to_text());
-        self.storage
-            .stage_checkpoint(note.as_bytes())
-            .map_err(|e| self.io_error("writing the checkpoint", e))?;
-        let journaled = match &record {
-            Some(rec) => self
-                .storage
-                .journal_append(rec)
-                .map_err(|e| self.io_error("writing the journal", e))?,
-            None => false,
-        };
+        let staged = written.and_then(|()| {
+            let note = self.signer.sign(&cp.to_text());
+            self.storage
+                .stage_checkpoint(note.as_bytes())
+                .map_err(|e| self.io_error("writing the checkpoint", e))
+        });
+        if journaled {
+            // Always wait, so that no record is left in flight, even when writing failed.
+            self.storage
+                .journal_wait()
+                .map_err(|e| self.io_error("syncing the journal", e))?;
+            if staged.is_err() {
+                // The batch fails: its record must not be replayed after a crash.
+                if let Err(e) = self.storage.journal_discard_last() {
+                    tracing::error!(error = %e, "withdrawing a failed batch from the journal failed");
+                }
+            }
+        }
+        staged?;
         if journaled {
             self.storage
                 .publish_checkpoint_unsynced()
@@ -856,10 +877,12 @@ pub(crate) fn open_tree<S: Storage>(
             break;
         }
         for_each_bundle_entry(rec.entries, rec.count as usize, |_, e| {
-            tree.append(e, leaf_hash(e), st)
+            tree.append(e, leaf_hash(e))
         })
         .map_err(|e| LogError::Tampered(format!("journal: record at entry {}: {e}", rec.start)))?
         .map_err(|e| io("rewriting tiles from the journal", e))?;
+        tree.write_full(st)
+            .map_err(|e| io("rewriting tiles from the journal", e))?;
         if tree.root() != rec.root_after {
             return Err(LogError::Tampered(format!(
                 "journal: the record at entry {} does not reproduce its root hash",
