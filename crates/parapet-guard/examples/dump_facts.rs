@@ -4,10 +4,40 @@
 //! keeps every fact, run it before and after and compare the outputs:
 //! `cargo run -p parapet-guard --example dump_facts -- corpus random /usr/share/postgresql/15/*.sql
 //! /usr/share/postgresql/15/extension/*.sql > facts.jsonl`.
+//! With `DUMP_VARIANTS=1` every statement is followed by a copy with other literal values (digits
+//! shifted); with `DUMP_SHAPES=1` too, analyses go through one `Guard` (facts reused by
+//! normalised text), and the output must equal the one without `DUMP_SHAPES`.
 use std::io::Write;
+use std::sync::OnceLock;
+
+fn guard() -> Option<&'static parapet_guard::Guard> {
+    static G: OnceLock<Option<parapet_guard::Guard>> = OnceLock::new();
+    G.get_or_init(|| {
+        std::env::var_os("DUMP_SHAPES")
+            .map(|_| parapet_guard::Guard::load(&parapet_guard::PolicySource::default()).unwrap())
+    })
+    .as_ref()
+}
 
 fn dump(out: &mut impl Write, sql: &str) {
-    let a = parapet_guard::analyze(sql);
+    dump_one(out, sql);
+    if std::env::var_os("DUMP_VARIANTS").is_some() {
+        let v: String = sql
+            .chars()
+            .map(|c| match c.to_digit(10) {
+                Some(d) => char::from_digit((d + 3) % 10, 10).unwrap(),
+                None => c,
+            })
+            .collect();
+        dump_one(out, &v);
+    }
+}
+
+fn dump_one(out: &mut impl Write, sql: &str) {
+    let a = match guard() {
+        Some(g) => (*g.analyze(sql)).clone(),
+        None => parapet_guard::analyze(sql),
+    };
     let v = serde_json::json!({"sql": sql, "statements": a.statements, "normalized": a.normalized,
         "fingerprint": a.fingerprint, "failure": a.failure});
     writeln!(out, "{v}").unwrap();

@@ -137,12 +137,15 @@ pub struct PolicyReload {
 /// The guardrail engine. `Send + Sync`; share it behind an `Arc`.
 ///
 /// Holds the policy set in force behind an atomic pointer (a statement is judged by exactly one
-/// whole set, old or new), a bounded cache of analyses by statement text, and a bounded cache of
-/// decisions keyed by everything a policy can see.
+/// whole set, old or new), a bounded cache of analyses by statement text, a bounded cache of
+/// literal-independent statement facts by normalised text (so a known statement with new
+/// literal values is not parsed again; see [`analyze::analyze_with_shapes`]), and a bounded
+/// cache of decisions keyed by everything a policy can see.
 #[derive(Debug)]
 pub struct Guard {
     engine: arc_swap::ArcSwap<engine::Engine>,
     analyses: cache::ShardedCache<String, std::sync::Arc<Analysis>>,
+    shapes: analyze::Shapes,
     decisions: cache::ShardedCache<String, Decision>,
 }
 
@@ -156,6 +159,7 @@ impl Guard {
         Ok(Guard {
             engine: arc_swap::ArcSwap::from_pointee(engine::Engine::new(compiled, 0)),
             analyses: cache::ShardedCache::new(CACHE_CAPACITY),
+            shapes: cache::ShardedCache::new(CACHE_CAPACITY),
             decisions: cache::ShardedCache::new(CACHE_CAPACITY),
         })
     }
@@ -191,12 +195,13 @@ impl Guard {
             .collect()
     }
 
-    /// Analyses a message (cached by text).
+    /// Analyses a message (cached by text; facts of plain DML are also reused across texts that
+    /// differ only in literal values).
     pub fn analyze(&self, sql: &str) -> std::sync::Arc<Analysis> {
         if let Some(a) = self.analyses.get(sql) {
             return a;
         }
-        let a = std::sync::Arc::new(analyze::analyze(sql));
+        let a = std::sync::Arc::new(analyze::analyze_with_shapes(sql, &self.shapes));
         self.analyses.insert(sql.to_string(), a.clone());
         a
     }

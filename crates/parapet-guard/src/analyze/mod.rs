@@ -60,7 +60,30 @@ impl Analysis {
 /// Analyses a message that may hold several statements. Never panics: a panic inside the parser
 /// bindings is caught and reported as unparseable.
 pub fn analyze(sql: &str) -> Analysis {
-    match std::panic::catch_unwind(|| analyze_message(sql)) {
+    guarded(|| analyze_message(sql, None))
+}
+
+/// Facts of single-statement messages by their pg_query-normalised text, for statements whose
+/// facts cannot depend on their literal values (see [`analyze_with_shapes`]).
+pub type Shapes = crate::cache::ShardedCache<String, Arc<FactsData>>;
+
+/// Like [`analyze`], but reuses the facts of an earlier text with the same normalised form
+/// (the same statement with other literal values) instead of parsing and walking it again.
+///
+/// Exact, not a heuristic: `normalize` keeps every character of the text except the constants
+/// it replaces by `$n`, so two texts without `$` (no parameters, no dollar quoting) that
+/// normalise alike differ only in constant values, and their parse trees only in constant
+/// nodes. Only statements whose facts read no constant value are remembered: plain DML
+/// (select/insert/update/delete/merge, nested or not), no `set_config`, no parameters, no
+/// problems, one statement spanning the whole text. Everything else (DDL, SET, COPY, function
+/// bodies, DO, EXPLAIN, PREPARE, multi-statement messages) is always analysed in full. The
+/// fingerprint is always computed from the text itself.
+pub fn analyze_with_shapes(sql: &str, shapes: &Shapes) -> Analysis {
+    guarded(|| analyze_message(sql, Some(shapes)))
+}
+
+fn guarded(f: impl FnOnce() -> Analysis) -> Analysis {
+    match std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)) {
         Ok(a) => a,
         Err(_) => Analysis::failed(Problem {
             rule: RULE_UNPARSEABLE,
@@ -69,12 +92,47 @@ pub fn analyze(sql: &str) -> Analysis {
     }
 }
 
-fn analyze_message(sql: &str) -> Analysis {
+/// Whether these facts (of a single statement spanning its whole text) read no constant value,
+/// so every text with the same normalised form has them too (see [`analyze_with_shapes`]).
+fn literal_independent(f: &FactsData) -> bool {
+    f.problems.is_empty()
+        && !f.has_parameters
+        && !f.dynamic_sql
+        && f.copy_direction.is_empty()
+        && f.set_variables.is_empty()
+        && f.object_types.is_empty()
+        && !f.function_names.contains("set_config")
+        && f.kinds.iter().all(|k| {
+            matches!(
+                k.as_str(),
+                "select" | "insert" | "update" | "delete" | "merge"
+            )
+        })
+}
+
+fn analyze_message(sql: &str, shapes: Option<&Shapes>) -> Analysis {
     if sql.contains('\0') {
         return Analysis::failed(Problem {
             rule: RULE_UNPARSEABLE,
             reason: "statement text contains a NUL byte and cannot be parsed; denied".into(),
         });
+    }
+    let normalized = pg_query::normalize(sql).ok();
+    let shape = match (shapes, &normalized) {
+        (Some(shapes), Some(n)) if !sql.contains('$') => Some((shapes, n)),
+        _ => None,
+    };
+    if let Some(known) = shape.and_then(|(shapes, n)| shapes.get(n.as_str())) {
+        let facts = FactsData {
+            text: sql.trim().to_string(),
+            ..FactsData::clone(&known)
+        };
+        return Analysis {
+            statements: vec![StatementFacts(Arc::new(facts))],
+            normalized,
+            fingerprint: pg_query::fingerprint(sql).ok().map(|f| f.hex),
+            failure: None,
+        };
     }
     let parsed = match pg_query::parse(sql) {
         Ok(p) => p,
@@ -88,7 +146,6 @@ fn analyze_message(sql: &str) -> Analysis {
             })
         }
     };
-    let normalized = pg_query::normalize(sql).ok();
     let fingerprint = pg_query::fingerprint(sql).ok().map(|f| f.hex);
     let mut statements = Vec::with_capacity(parsed.protobuf.stmts.len());
     for raw in &parsed.protobuf.stmts {
@@ -98,6 +155,19 @@ fn analyze_message(sql: &str) -> Analysis {
             None => unanalysable_facts(text, "the parse tree could not be read"),
         };
         statements.push(StatementFacts(Arc::new(facts)));
+    }
+    if let (Some((shapes, n)), [raw], [facts]) = (
+        shape,
+        parsed.protobuf.stmts.as_slice(),
+        statements.as_slice(),
+    ) {
+        if raw.stmt_location == 0 && raw.stmt_len == 0 && literal_independent(facts) {
+            let template = FactsData {
+                text: String::new(),
+                ..FactsData::clone(facts)
+            };
+            shapes.insert(n.clone(), Arc::new(template));
+        }
     }
     Analysis {
         statements,

@@ -1,0 +1,165 @@
+//! Facts reused across texts that differ only in literal values (`Guard::analyze` remembers the
+//! facts of plain DML by normalised text) must be exactly the facts a full analysis finds.
+
+use parapet_guard::analyze::{analyze_with_shapes, Shapes};
+use parapet_guard::{analyze, Analysis, Guard, PolicySource, RequestContext, Verdict};
+
+fn guard() -> Guard {
+    Guard::load(&PolicySource {
+        files: vec![],
+        default_pack: true,
+    })
+    .expect("default pack loads")
+}
+
+fn assert_same(sql: &str, got: &Analysis, want: &Analysis) {
+    assert_eq!(got.statements, want.statements, "facts differ for {sql:?}");
+    assert_eq!(
+        got.normalized, want.normalized,
+        "normalized differs for {sql:?}"
+    );
+    assert_eq!(
+        got.fingerprint, want.fingerprint,
+        "fingerprint differs for {sql:?}"
+    );
+    assert_eq!(got.failure, want.failure, "failure differs for {sql:?}");
+}
+
+/// The same text with other literal values: digits shifted, letters inside single quotes shifted.
+fn variant(sql: &str, shift: u8) -> String {
+    let mut quoted = false;
+    sql.chars()
+        .map(|c| {
+            if c == '\'' {
+                quoted = !quoted;
+                c
+            } else if c.is_ascii_digit() {
+                (b'0' + (c as u8 - b'0' + shift) % 10) as char
+            } else if quoted && c.is_ascii_lowercase() {
+                (b'a' + (c as u8 - b'a' + shift) % 26) as char
+            } else {
+                c
+            }
+        })
+        .collect()
+}
+
+#[test]
+fn corpus_variants_get_the_facts_of_a_full_analysis() {
+    let g = guard();
+    let mut reused = 0;
+    for line in include_str!("data/corpus.tsv").lines() {
+        if line.starts_with('#') || line.trim().is_empty() {
+            continue;
+        }
+        let sql = line
+            .splitn(3, '\t')
+            .nth(2)
+            .unwrap_or("")
+            .replace("\\n", "\n");
+        for shift in 0..4 {
+            let text = variant(&sql, shift);
+            let want = analyze(&text);
+            assert_same(&text, &g.analyze(&text), &want);
+            if shift > 0 && text != sql && want.failure.is_none() {
+                reused += 1;
+            }
+        }
+    }
+    assert!(
+        reused > 100,
+        "too few literal variants exercised ({reused})"
+    );
+}
+
+#[test]
+fn literal_variants_of_plain_dml_are_reused_and_exact() {
+    let g = guard();
+    let cases = [
+        "SELECT id, name FROM users WHERE id = 1",
+        "UPDATE accounts SET balance = balance - 100 WHERE id = 7",
+        "DELETE FROM s.sessions WHERE id = 3 AND note = 'x'",
+        "WITH d AS (DELETE FROM t WHERE id = 1 RETURNING *) SELECT * FROM d",
+        "INSERT INTO orders (user_id, total) VALUES (1, 9.99)",
+    ];
+    let shapes = Shapes::new(1024);
+    for (i, sql) in cases.into_iter().enumerate() {
+        let first = g.analyze(sql);
+        assert_same(sql, &first, &analyze(sql));
+        assert_same(sql, &analyze_with_shapes(sql, &shapes), &analyze(sql));
+        assert_eq!(shapes.len(), i + 1, "{sql:?} is remembered by its shape");
+        let other = variant(sql, 5);
+        assert_ne!(other, sql);
+        let again = g.analyze(&other);
+        assert_same(&other, &again, &analyze(&other));
+        assert_same(
+            &other,
+            &analyze_with_shapes(&other, &shapes),
+            &analyze(&other),
+        );
+        assert_eq!(shapes.len(), i + 1, "{other:?} reuses the shape of {sql:?}");
+        assert_eq!(again.normalized, first.normalized, "{sql:?} is one shape");
+        assert_eq!(again.statements[0].text, other.trim());
+    }
+}
+
+#[test]
+fn parameters_are_not_confused_with_literals() {
+    // "SELECT 5" and "SELECT $1" both normalise to "SELECT $1".
+    let g = guard();
+    let a = g.analyze("SELECT 5");
+    assert!(!a.statements[0].has_parameters);
+    let b = g.analyze("SELECT $1");
+    assert_eq!(b.normalized, a.normalized);
+    assert!(b.statements[0].has_parameters);
+    assert_same("SELECT $1", &b, &analyze("SELECT $1"));
+}
+
+#[test]
+fn literal_dependent_facts_are_never_reused() {
+    let g = guard();
+    let ctx = RequestContext {
+        user: "alice".into(),
+        groups: vec!["eng".into()],
+        target: "main".into(),
+        environment: "production".into(),
+        client_addr: Some("10.0.0.1".into()),
+        application_name: "psql".into(),
+    };
+    let pairs = [
+        // set_config's first argument names the setting.
+        (
+            "SELECT set_config('search_path', 'app', false)",
+            "SELECT set_config('role', 'postgres', false)",
+        ),
+        // SQL function bodies and DO blocks are string constants.
+        (
+            "CREATE FUNCTION f() RETURNS int LANGUAGE sql AS 'SELECT 1'",
+            "CREATE FUNCTION f() RETURNS int LANGUAGE sql AS 'DROP TABLE users'",
+        ),
+        (
+            "DO 'BEGIN PERFORM 1; END'",
+            "DO 'BEGIN DROP TABLE users; END'",
+        ),
+    ];
+    let shapes = Shapes::new(1024);
+    for (harmless, harmful) in pairs {
+        analyze_with_shapes(harmless, &shapes);
+        assert!(
+            shapes.is_empty(),
+            "{harmless:?} must not be remembered by shape"
+        );
+        assert_eq!(
+            pg_query::normalize(harmless).ok(),
+            pg_query::normalize(harmful).ok(),
+            "test premise: {harmless:?} and {harmful:?} normalise alike"
+        );
+        assert_eq!(
+            g.decide(harmless, &ctx).verdict,
+            Verdict::Allow,
+            "{harmless}"
+        );
+        assert_eq!(g.decide(harmful, &ctx).verdict, Verdict::Deny, "{harmful}");
+        assert_same(harmful, &g.analyze(harmful), &analyze(harmful));
+    }
+}
