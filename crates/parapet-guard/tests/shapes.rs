@@ -81,6 +81,7 @@ fn literal_variants_of_plain_dml_are_reused_and_exact() {
         "DELETE FROM s.sessions WHERE id = 3 AND note = 'x'",
         "WITH d AS (DELETE FROM t WHERE id = 1 RETURNING *) SELECT * FROM d",
         "INSERT INTO orders (user_id, total) VALUES (1, 9.99)",
+        "SELECT * FROM XMLTABLE('/r' PASSING '<r><a>1</a></r>' COLUMNS a int PATH 'a' DEFAULT 'x')",
     ];
     let shapes = Shapes::new(1024);
     for (i, sql) in cases.into_iter().enumerate() {

@@ -63,21 +63,32 @@ pub fn analyze(sql: &str) -> Analysis {
     guarded(|| analyze_message(sql, None))
 }
 
-/// Facts of single-statement messages by their pg_query-normalised text, for statements whose
-/// facts cannot depend on their literal values (see [`analyze_with_shapes`]).
-pub type Shapes = crate::cache::ShardedCache<String, Arc<FactsData>>;
+/// What every text of one shape (normalised text) has in common: see [`analyze_with_shapes`].
+#[derive(Debug)]
+pub struct Shape {
+    /// The statement's facts, without its text.
+    facts: FactsData,
+    /// The fingerprint (pg_query's ignores constants).
+    fingerprint: Option<String>,
+}
 
-/// Like [`analyze`], but reuses the facts of an earlier text with the same normalised form
-/// (the same statement with other literal values) instead of parsing and walking it again.
+/// Shapes of single-statement messages by their pg_query-normalised text, for statements whose
+/// facts and fingerprint cannot depend on their literal values (see [`analyze_with_shapes`]).
+pub type Shapes = crate::cache::ShardedCache<String, Arc<Shape>>;
+
+/// Like [`analyze`], but reuses the facts and fingerprint of an earlier text with the same
+/// normalised form (the same statement with other literal values) instead of parsing, walking
+/// and fingerprinting it again.
 ///
 /// Exact, not a heuristic: `normalize` keeps every character of the text except the constants
-/// it replaces by `$n`, so two texts without `$` (no parameters, no dollar quoting) that
-/// normalise alike differ only in constant values, and their parse trees only in constant
-/// nodes. Only statements whose facts read no constant value are remembered: plain DML
-/// (select/insert/update/delete/merge, nested or not), no `set_config`, no parameters, no
-/// problems, one statement spanning the whole text. Everything else (DDL, SET, COPY, function
-/// bodies, DO, EXPLAIN, PREPARE, multi-statement messages) is always analysed in full. The
-/// fingerprint is always computed from the text itself.
+/// it replaces by `$n` (`A_Const` nodes, and `DefElem` option arguments), so two texts without
+/// `$` (no parameters, no dollar quoting) that normalise alike differ only in constant values,
+/// and their parse trees only in constant nodes. Only statements whose facts read no constant
+/// value are remembered: plain DML (select/insert/update/delete/merge, nested or not), no
+/// `set_config`, no parameters, no problems, one statement spanning the whole text; and only
+/// when the tree has no `DefElem`, so every constant is an `A_Const`, which pg_query's
+/// fingerprint ignores. Everything else (DDL, SET, COPY, function bodies, DO, EXPLAIN, PREPARE,
+/// multi-statement messages) is always analysed in full. The normalised text is the text's own.
 pub fn analyze_with_shapes(sql: &str, shapes: &Shapes) -> Analysis {
     guarded(|| analyze_message(sql, Some(shapes)))
 }
@@ -125,12 +136,12 @@ fn analyze_message(sql: &str, shapes: Option<&Shapes>) -> Analysis {
     if let Some(known) = shape.and_then(|(shapes, n)| shapes.get(n.as_str())) {
         let facts = FactsData {
             text: sql.trim().to_string(),
-            ..FactsData::clone(&known)
+            ..known.facts.clone()
         };
         return Analysis {
             statements: vec![StatementFacts(Arc::new(facts))],
             normalized,
-            fingerprint: pg_query::fingerprint(sql).ok().map(|f| f.hex),
+            fingerprint: known.fingerprint.clone(),
             failure: None,
         };
     }
@@ -148,10 +159,15 @@ fn analyze_message(sql: &str, shapes: Option<&Shapes>) -> Analysis {
     };
     let fingerprint = pg_query::fingerprint(sql).ok().map(|f| f.hex);
     let mut statements = Vec::with_capacity(parsed.protobuf.stmts.len());
+    let mut def_elems = false;
     for raw in &parsed.protobuf.stmts {
         let text = statement_text(sql, raw.stmt_location, raw.stmt_len);
         let facts = match raw.stmt.as_deref() {
-            Some(tree) => statement_facts(tree, text, 0),
+            Some(tree) => {
+                let (facts, saw_def_elem) = statement_facts_full(tree, text, 0);
+                def_elems |= saw_def_elem;
+                facts
+            }
             None => unanalysable_facts(text, "the parse tree could not be read"),
         };
         statements.push(StatementFacts(Arc::new(facts)));
@@ -161,10 +177,18 @@ fn analyze_message(sql: &str, shapes: Option<&Shapes>) -> Analysis {
         parsed.protobuf.stmts.as_slice(),
         statements.as_slice(),
     ) {
-        if raw.stmt_location == 0 && raw.stmt_len == 0 && literal_independent(facts) {
-            let template = FactsData {
-                text: String::new(),
-                ..FactsData::clone(facts)
+        if raw.stmt_location == 0
+            && raw.stmt_len == 0
+            && !def_elems
+            && fingerprint.is_some()
+            && literal_independent(facts)
+        {
+            let template = Shape {
+                facts: FactsData {
+                    text: String::new(),
+                    ..FactsData::clone(facts)
+                },
+                fingerprint: fingerprint.clone(),
             };
             shapes.insert(n.clone(), Arc::new(template));
         }
@@ -206,8 +230,13 @@ fn unanalysable_facts(text: &str, why: &str) -> FactsData {
 
 /// Facts of one statement given its parse tree and text.
 fn statement_facts(tree: &Node, text: &str, level: usize) -> FactsData {
+    statement_facts_full(tree, text, level).0
+}
+
+/// Facts of one statement, and whether its tree holds a `DefElem` (an option list).
+fn statement_facts_full(tree: &Node, text: &str, level: usize) -> (FactsData, bool) {
     let Some(node) = tree.node.as_ref() else {
-        return unanalysable_facts(text, "empty statement tree");
+        return (unanalysable_facts(text, "empty statement tree"), false);
     };
     let node = node.to_ref();
     let mut w = Walker {
@@ -216,9 +245,11 @@ fn statement_facts(tree: &Node, text: &str, level: usize) -> FactsData {
         level,
         tables: Vec::new(),
         ctes: BTreeSet::new(),
+        def_elems: false,
     };
     w.visit_stmt(node, true, 0);
-    w.finish()
+    let def_elems = w.def_elems;
+    (w.finish(), def_elems)
 }
 
 /// Parses nested SQL text (function body, constant EXECUTE string) into facts per statement.
@@ -357,6 +388,8 @@ struct Walker<'t, 'a> {
     tables: Vec<(&'a str, &'a str, bool)>,
     /// CTE names (not tables).
     ctes: BTreeSet<&'a str>,
+    /// Whether a `DefElem` (option) node was seen.
+    def_elems: bool,
 }
 
 impl<'a> Walker<'_, 'a> {
@@ -728,6 +761,7 @@ impl<'a> Walker<'_, 'a> {
                 self.ctes.insert(&c.ctename);
             }
             NodeRef::ParamRef(_) if in_node => self.facts.has_parameters = true,
+            NodeRef::DefElem(_) => self.def_elems = true,
             _ => {}
         }
         children::for_each_child(n, &mut |field, child, in_node| {
