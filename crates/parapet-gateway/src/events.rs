@@ -4,14 +4,45 @@
 use parapet_guard::{Decision, RuleHit};
 use serde::Serialize;
 
-/// Current time as RFC 3339 UTC with microseconds.
+/// Current time as RFC 3339 UTC with microseconds, e.g. `2026-11-23T14:15:16.123456Z`.
+///
+/// Called for every audit event, so it writes the fixed-width fields directly instead of going
+/// through `time`'s generic formatter.
 pub fn now_rfc3339() -> String {
-    let now = time::OffsetDateTime::now_utc();
-    let fmt = time::macros::format_description!(
-        "[year]-[month]-[day]T[hour]:[minute]:[second].[subsecond digits:6]Z"
-    );
-    now.format(&fmt)
-        .unwrap_or_else(|_| now.unix_timestamp().to_string())
+    rfc3339_micros(time::OffsetDateTime::now_utc())
+}
+
+/// Formats `t` (taken as UTC) as `YYYY-MM-DDTHH:MM:SS.ffffffZ`.
+fn rfc3339_micros(t: time::OffsetDateTime) -> String {
+    let year = t.year();
+    if !(0..=9999).contains(&year) {
+        // Outside four digits RFC 3339 has no form; keep the value readable anyway.
+        return format!(
+            "{year}-{:02}-{:02}T{:02}:{:02}:{:02}.{:06}Z",
+            u8::from(t.month()),
+            t.day(),
+            t.hour(),
+            t.minute(),
+            t.second(),
+            t.microsecond()
+        );
+    }
+    let mut b = *b"0000-00-00T00:00:00.000000Z";
+    let mut put = |at: usize, width: usize, mut v: u32| {
+        for i in (at..at + width).rev() {
+            b[i] = b'0' + (v % 10) as u8;
+            v /= 10;
+        }
+    };
+    put(0, 4, year as u32);
+    put(5, 2, u8::from(t.month()).into());
+    put(8, 2, t.day().into());
+    put(11, 2, t.hour().into());
+    put(14, 2, t.minute().into());
+    put(17, 2, t.second().into());
+    put(20, 6, t.microsecond());
+    // Only ASCII digits and separators were written.
+    String::from_utf8_lossy(&b).into_owned()
 }
 
 /// Who and where a session is; shared by the session's events.
@@ -136,11 +167,33 @@ pub struct OutcomeEvent<'a> {
 
 /// Serialises an event; serialising these plain structs cannot fail, but stay total anyway.
 pub fn to_bytes<T: Serialize>(ev: &T) -> Vec<u8> {
-    serde_json::to_vec(ev).unwrap_or_else(|e| {
-        format!(
+    // Most events fit in 512 bytes: one allocation instead of a growing vector.
+    let mut out = Vec::with_capacity(512);
+    match serde_json::to_writer(&mut out, ev) {
+        Ok(()) => out,
+        Err(e) => format!(
             "{{\"type\":\"serialization_error\",\"error\":{:?}}}",
             e.to_string()
         )
-        .into_bytes()
-    })
+        .into_bytes(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn timestamps_are_rfc3339_with_microseconds() {
+        let t = time::macros::datetime!(2026-01-02 03:04:05.000_006 UTC);
+        assert_eq!(rfc3339_micros(t), "2026-01-02T03:04:05.000006Z");
+        let t = time::macros::datetime!(1999-12-31 23:59:59.999_999 UTC);
+        assert_eq!(rfc3339_micros(t), "1999-12-31T23:59:59.999999Z");
+        // Same text as the generic formatter it replaces.
+        let now = time::OffsetDateTime::now_utc();
+        let fmt = time::macros::format_description!(
+            "[year]-[month]-[day]T[hour]:[minute]:[second].[subsecond digits:6]Z"
+        );
+        assert_eq!(rfc3339_micros(now), now.format(&fmt).unwrap());
+    }
 }

@@ -26,7 +26,8 @@ use parapet_log::AppendTicket;
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, OnceLock};
 use std::time::Instant;
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadHalf, WriteHalf};
+use tokio::net::{tcp, TcpStream};
 use tokio::sync::{mpsc, watch};
 
 /// Sent upstream instead of a refused simple-protocol statement: it fails on the server (aborting
@@ -78,6 +79,34 @@ enum Expect {
     Ticket(AppendTicket, Arc<OnceLock<u64>>),
 }
 
+/// A client connection that can be split into independently usable read and write halves.
+pub(crate) trait ClientStream: AsyncRead + AsyncWrite + Unpin + Send + 'static {
+    /// The read half.
+    type Read: AsyncRead + Unpin + Send;
+    /// The write half.
+    type Write: AsyncWrite + Unpin + Send;
+    /// Splits the connection.
+    fn halves(self) -> (Self::Read, Self::Write);
+}
+
+/// Plain TCP splits for free: each half holds the socket, with no lock between them.
+impl ClientStream for TcpStream {
+    type Read = tcp::OwnedReadHalf;
+    type Write = tcp::OwnedWriteHalf;
+    fn halves(self) -> (Self::Read, Self::Write) {
+        self.into_split()
+    }
+}
+
+/// A TLS session has one state for both directions, so its halves share it behind a lock.
+impl ClientStream for tokio_rustls::server::TlsStream<TcpStream> {
+    type Read = ReadHalf<Self>;
+    type Write = WriteHalf<Self>;
+    fn halves(self) -> (Self::Read, Self::Write) {
+        tokio::io::split(self)
+    }
+}
+
 /// Runs the session until the client terminates, either side closes, or the gateway shuts down.
 pub(crate) async fn run<S>(
     shared: Arc<Shared>,
@@ -87,9 +116,9 @@ pub(crate) async fn run<S>(
     mut shutdown: watch::Receiver<bool>,
 ) -> Result<(), SessionError>
 where
-    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    S: ClientStream,
 {
-    let (mut client_r, mut client_w) = tokio::io::split(client);
+    let (mut client_r, mut client_w) = client.halves();
     let Upstream {
         stream, leftover, ..
     } = upstream;
@@ -181,20 +210,59 @@ impl Frontend<'_> {
         let cap = self.shared.config.max_message_size;
         let mut rbuf = BytesMut::with_capacity(16 * 1024);
         let mut out = BytesMut::with_capacity(16 * 1024);
+        // The complete messages of one read: type, length, and the judgment made in phase 1.
+        let mut steps: Vec<(u8, usize, Option<Pre>)> = Vec::new();
         loop {
             if r.read_buf(&mut rbuf).await? == 0 {
                 return Ok(());
             }
+            // Phase 1: frame every complete message of this read and, for each statement, decide
+            // and submit its decision event, without waiting. A client that pipelines several
+            // statements in one write thus waits for one log commit, not one per statement.
+            steps.clear();
+            let mut pos = 0;
+            let mut discard = self.discard;
             while let Some((tag, len)) =
-                frame(&rbuf, cap).map_err(|e| SessionError::Protocol(e.to_string()))?
+                frame(&rbuf[pos..], cap).map_err(|e| SessionError::Protocol(e.to_string()))?
             {
-                let terminate = self.handle(tag, &rbuf[..len], &mut out).await?;
-                rbuf.advance(len);
+                let msg = &rbuf[pos..pos + len];
+                let pre = if discard {
+                    // Skipped like the server skips after an error: not judged, not logged.
+                    if tag == b'S' {
+                        discard = false;
+                    }
+                    None
+                } else {
+                    let pre = self.prejudge(tag, msg)?;
+                    if tag == b'P' && pre.as_ref().is_some_and(|p| !p.allowed) {
+                        discard = true;
+                    }
+                    pre
+                };
+                steps.push((tag, len, pre));
+                pos += len;
+                if tag == b'X' {
+                    break;
+                }
+            }
+            // Phase 2: wait for the decisions to be durable (before_forward), then forward in
+            // order — the same bytes and expectations as handling each message on its own.
+            let mut off = 0;
+            for (tag, len, pre) in steps.drain(..) {
+                let judged = match pre {
+                    Some(p) => Some(self.settle_pre(p).await?),
+                    None => None,
+                };
+                let terminate = self
+                    .handle(tag, &rbuf[off..off + len], judged, &mut out)
+                    .await?;
+                off += len;
                 if terminate {
                     w.write_all(&out).await?;
                     return Ok(());
                 }
             }
+            rbuf.advance(off);
             if !out.is_empty() {
                 w.write_all(&out).await?;
                 out.clear();
@@ -208,11 +276,13 @@ impl Frontend<'_> {
             .map_err(|_| SessionError::Upstream("session relay stopped".into()))
     }
 
-    /// Handles one client message; returns true on Terminate.
+    /// Handles one client message; returns true on Terminate. `judged` is the decision phase 1
+    /// made for a Query, Parse or FunctionCall (when absent, the statement is judged here).
     async fn handle(
         &mut self,
         tag: u8,
         msg: &[u8],
+        judged: Option<Judged>,
         out: &mut BytesMut,
     ) -> Result<bool, SessionError> {
         let body = &msg[5..];
@@ -234,8 +304,15 @@ impl Frontend<'_> {
         }
         match tag {
             b'Q' => {
-                let (sql, _) = cstr(body).ok_or_else(|| bad("Query"))?;
-                match self.judge(sql, "simple", None).await? {
+                let judged = match judged {
+                    Some(j) => j,
+                    None => {
+                        let (sql, _) = cstr(body).ok_or_else(|| bad("Query"))?;
+                        let pre = self.judge_sql(sql, "simple", None)?;
+                        self.settle_pre(pre).await?
+                    }
+                };
+                match judged {
                     Judged::Forward(d) => {
                         self.expect(Expect::Query {
                             decision: Some(d),
@@ -254,8 +331,15 @@ impl Frontend<'_> {
             }
             b'P' => {
                 let (name, rest) = cstr(body).ok_or_else(|| bad("Parse"))?;
-                let (sql, _) = cstr(rest).ok_or_else(|| bad("Parse"))?;
-                match self.judge(sql, "extended", Some(name)).await? {
+                let judged = match judged {
+                    Some(j) => j,
+                    None => {
+                        let (sql, _) = cstr(rest).ok_or_else(|| bad("Parse"))?;
+                        let pre = self.judge_sql(sql, "extended", Some(name))?;
+                        self.settle_pre(pre).await?
+                    }
+                };
+                match judged {
                     Judged::Forward(d) => {
                         if let Some(slot) = self.stmts.get_mut(name) {
                             *slot = Some(d);
@@ -312,22 +396,17 @@ impl Frontend<'_> {
                 return Ok(true);
             }
             b'F' => {
-                // The fastpath function call bypasses SQL, so it cannot be judged: refuse it.
-                let d = Decision {
-                    verdict: Verdict::Deny,
-                    rules: vec![RuleHit {
-                        id: "function-call".into(),
-                        mode: Mode::Enforce,
-                        reason: "the fastpath function-call protocol cannot be checked; use SQL"
-                            .into(),
-                    }],
-                    reason: "the fastpath function-call protocol cannot be checked; use SQL".into(),
-                    policy_hash: self.shared.guard.policy_hash(),
-                    normalized: None,
-                    fingerprint: None,
-                    statements: Vec::new(),
+                let error = match judged {
+                    Some(Judged::Refuse(e)) => e,
+                    // Never allowed; `Forward` cannot come back for a FunctionCall.
+                    Some(Judged::Forward(_)) | None => {
+                        let pre = self.judge_function();
+                        match self.settle_pre(pre).await? {
+                            Judged::Refuse(e) => e,
+                            Judged::Forward(_) => log_failure("function call not refused"),
+                        }
+                    }
                 };
-                let error = self.record_refusal(&d, None, "function", None).await;
                 self.expect(Expect::DenySimple {
                     error,
                     replaced: false,
@@ -345,54 +424,113 @@ impl Frontend<'_> {
         Ok(false)
     }
 
-    /// Judges `sql`, records the decision, and says whether to forward it.
-    async fn judge(
-        &mut self,
+    /// Phase 1 for one message: decides a Query, Parse or FunctionCall and submits its decision
+    /// event without waiting. `None` for messages that carry no statement.
+    fn prejudge(&self, tag: u8, msg: &[u8]) -> Result<Option<Pre>, SessionError> {
+        let body = &msg[5..];
+        let bad = |what: &str| SessionError::Protocol(format!("malformed {what} message"));
+        match tag {
+            b'Q' => {
+                let (sql, _) = cstr(body).ok_or_else(|| bad("Query"))?;
+                self.judge_sql(sql, "simple", None).map(Some)
+            }
+            b'P' => {
+                let (name, rest) = cstr(body).ok_or_else(|| bad("Parse"))?;
+                let (sql, _) = cstr(rest).ok_or_else(|| bad("Parse"))?;
+                self.judge_sql(sql, "extended", Some(name)).map(Some)
+            }
+            b'F' => Ok(Some(self.judge_function())),
+            _ => Ok(None),
+        }
+    }
+
+    /// Judges `sql` and submits the decision event (not yet waited for).
+    fn judge_sql(
+        &self,
         sql: &str,
         protocol: &'static str,
         stmt: Option<&str>,
-    ) -> Result<Judged, SessionError> {
+    ) -> Result<Pre, SessionError> {
         let d = self.shared.guard.decide(sql, &self.ctx);
         let text = match self.shared.config.statement_text {
             StatementText::Full => Some(sql),
             StatementText::Normalized => None,
         };
-        match d.verdict {
-            Verdict::Allow | Verdict::Monitor => {
-                let ev = DecisionEvent::new(self.info, protocol, text, &d, stmt);
-                let ticket = self.shared.log.submit(to_bytes(&ev));
-                match self.shared.config.durability {
-                    Durability::BeforeForward => match ticket.await {
-                        Ok(i) => Ok(Judged::Forward(DecisionRef::Index(i))),
-                        Err(e) => Ok(Judged::Refuse(log_failure(&e.to_string()))),
-                    },
-                    Durability::BeforeReply => {
-                        let slot = Arc::new(OnceLock::new());
-                        self.expect(Expect::Ticket(ticket, slot.clone()))?;
-                        Ok(Judged::Forward(DecisionRef::Pending(slot)))
-                    }
-                }
-            }
-            Verdict::Deny | Verdict::Review => Ok(Judged::Refuse(
-                self.record_refusal(&d, text, protocol, stmt).await,
-            )),
+        let ev = DecisionEvent::new(self.info, protocol, text, &d, stmt);
+        let ticket = self.shared.log.submit(to_bytes(&ev));
+        let allowed = matches!(d.verdict, Verdict::Allow | Verdict::Monitor);
+        if allowed && self.shared.config.durability == Durability::BeforeReply {
+            // Forwarded at once; the backend half holds the reply until the ticket resolves.
+            let slot = Arc::new(OnceLock::new());
+            self.expect(Expect::Ticket(ticket, slot.clone()))?;
+            return Ok(Pre {
+                allowed,
+                wait: PreWait::Ready(DecisionRef::Pending(slot)),
+                decision: None,
+            });
+        }
+        Ok(Pre {
+            allowed,
+            wait: PreWait::Ticket(ticket),
+            decision: (!allowed).then_some(d),
+        })
+    }
+
+    /// The fastpath function call bypasses SQL, so it cannot be judged: it is refused, and the
+    /// refusal is recorded like any other.
+    fn judge_function(&self) -> Pre {
+        let reason = "the fastpath function-call protocol cannot be checked; use SQL";
+        let d = Decision {
+            verdict: Verdict::Deny,
+            rules: vec![RuleHit {
+                id: "function-call".into(),
+                mode: Mode::Enforce,
+                reason: reason.into(),
+            }],
+            reason: reason.into(),
+            policy_hash: self.shared.guard.policy_hash(),
+            normalized: None,
+            fingerprint: None,
+            statements: Vec::new(),
+        };
+        let ev = DecisionEvent::new(self.info, "function", None, &d, None);
+        Pre {
+            allowed: false,
+            wait: PreWait::Ticket(self.shared.log.submit(to_bytes(&ev))),
+            decision: Some(d),
         }
     }
 
-    /// Writes a refusal durably and builds the client's ErrorResponse for it.
-    async fn record_refusal(
-        &self,
-        d: &Decision,
-        text: Option<&str>,
-        protocol: &'static str,
-        stmt: Option<&str>,
-    ) -> Vec<u8> {
-        let ev = DecisionEvent::new(self.info, protocol, text, d, stmt);
-        match self.shared.log.submit(to_bytes(&ev)).await {
-            Ok(index) => refusal(d, index),
-            Err(e) => log_failure(&e.to_string()),
-        }
+    /// Phase 2: waits until the decision is durable (unless `before_reply` lets an allowed
+    /// statement go at once) and says whether to forward it. A decision that cannot be logged
+    /// refuses its statement (fail closed).
+    async fn settle_pre(&self, pre: Pre) -> Result<Judged, SessionError> {
+        let ticket = match pre.wait {
+            PreWait::Ready(d) => return Ok(Judged::Forward(d)),
+            PreWait::Ticket(t) => t,
+        };
+        Ok(match (ticket.await, pre.decision) {
+            (Err(e), _) => Judged::Refuse(log_failure(&e.to_string())),
+            (Ok(index), Some(d)) => Judged::Refuse(refusal(&d, index)),
+            (Ok(index), None) => Judged::Forward(DecisionRef::Index(index)),
+        })
     }
+}
+
+/// A statement judged in phase 1 whose decision event may not be durable yet.
+struct Pre {
+    /// Allow or Monitor (the statement goes to the server once its decision is durable).
+    allowed: bool,
+    wait: PreWait,
+    /// The decision of a refused statement, to build its ErrorResponse.
+    decision: Option<Decision>,
+}
+
+enum PreWait {
+    /// Not waited for here (`before_reply`, allowed).
+    Ready(DecisionRef),
+    /// Resolves when the decision event is durable.
+    Ticket(AppendTicket),
 }
 
 /// The ErrorResponse for a refused statement: `parapet: blocked by <rule id>: <reason>`.

@@ -120,7 +120,7 @@ async fn startup<S>(
     shutdown: watch::Receiver<bool>,
 ) -> Result<(), SessionError>
 where
-    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    S: session::ClientStream,
 {
     if code == protocol::CANCEL_REQUEST {
         if body.len() >= 8 {
