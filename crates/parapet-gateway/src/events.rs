@@ -13,7 +13,7 @@ pub fn now_rfc3339() -> String {
 }
 
 /// Formats `t` (taken as UTC) as `YYYY-MM-DDTHH:MM:SS.ffffffZ`.
-fn rfc3339_micros(t: time::OffsetDateTime) -> String {
+pub fn rfc3339_micros(t: time::OffsetDateTime) -> String {
     let year = t.year();
     if !(0..=9999).contains(&year) {
         // Outside four digits RFC 3339 has no form; keep the value readable anyway.

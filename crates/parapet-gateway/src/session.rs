@@ -16,7 +16,7 @@
 
 use crate::config::{Durability, StatementText};
 use crate::error::SessionError;
-use crate::events::{now_rfc3339, to_bytes, DecisionEvent, OutcomeEvent, SessionInfo};
+use crate::events::{rfc3339_micros, to_bytes, DecisionEvent, OutcomeEvent, SessionInfo};
 use crate::protocol::{backend, cstr, frame, frontend, tag_rows};
 use crate::server::Shared;
 use crate::upstream::Upstream;
@@ -148,6 +148,7 @@ where
         rx,
         queue: VecDeque::new(),
         tickets: Vec::new(),
+        outcomes: Vec::new(),
         tag: None,
         rows: None,
         sqlstate: None,
@@ -159,6 +160,8 @@ where
         r = back.run(leftover, &mut up_r, &mut client_w) => r,
         _ = shutdown.changed() => Err(SessionError::Shutdown),
     };
+    // Whichever half ended the session, no outcome already seen is left out of the log.
+    back.submit_outcomes();
     let fatal = match &res {
         Ok(()) => None,
         Err(SessionError::Protocol(m)) => Some(("08P01", format!("protocol violation: {m}"))),
@@ -579,6 +582,17 @@ fn log_failure(err: &str) -> Vec<u8> {
     out.to_vec()
 }
 
+/// An outcome noted while relaying, not yet appended.
+struct Outcome {
+    time: time::OffsetDateTime,
+    decision: Option<u64>,
+    tag: Option<String>,
+    rows: Option<u64>,
+    sqlstate: Option<String>,
+    error: Option<String>,
+    duration_us: u64,
+}
+
 /// Server → client half.
 struct Backend<'a> {
     shared: &'a Shared,
@@ -586,6 +600,9 @@ struct Backend<'a> {
     rx: mpsc::UnboundedReceiver<Expect>,
     queue: VecDeque<Expect>,
     tickets: Vec<(AppendTicket, Arc<OnceLock<u64>>)>,
+    /// Outcomes of the replies being relayed, appended to the log once those replies are written
+    /// (the client does not wait for their JSON, hashing and queueing).
+    outcomes: Vec<Outcome>,
     // Accumulated over the current simple Query.
     tag: Option<String>,
     rows: Option<u64>,
@@ -612,7 +629,9 @@ impl Backend<'_> {
             let complete = frame(&rbuf, cap).ok().flatten().is_some();
             if !complete && r.read_buf(&mut rbuf).await? == 0 {
                 self.settle().await?;
-                w.write_all(&out).await?;
+                let res = w.write_all(&out).await;
+                self.submit_outcomes();
+                res?;
                 return Ok(());
             }
             self.drain();
@@ -623,13 +642,17 @@ impl Backend<'_> {
                 rbuf.advance(len);
                 if out.len() >= RELAY_CHUNK {
                     self.settle().await?;
-                    w.write_all(&out).await?;
+                    let res = w.write_all(&out).await;
+                    self.submit_outcomes();
+                    res?;
                     out.clear();
                 }
             }
             if !out.is_empty() {
                 self.settle().await?;
-                w.write_all(&out).await?;
+                let res = w.write_all(&out).await;
+                self.submit_outcomes();
+                res?;
                 out.clear();
             }
         }
@@ -654,6 +677,8 @@ impl Backend<'_> {
         Ok(())
     }
 
+    /// Notes the outcome of a statement; it is appended by [`Backend::submit_outcomes`] once the
+    /// reply carrying it has been written.
     async fn outcome(
         &mut self,
         decision: Option<DecisionRef>,
@@ -666,20 +691,34 @@ impl Backend<'_> {
         if matches!(decision, Some(DecisionRef::Pending(_))) {
             self.settle().await?;
         }
-        let ev = OutcomeEvent {
-            kind: "outcome",
-            time: now_rfc3339(),
-            session: &self.info.session,
+        self.outcomes.push(Outcome {
+            time: time::OffsetDateTime::now_utc(),
             decision: decision.and_then(|d| d.index()),
             tag,
             rows,
             sqlstate,
             error,
             duration_us: started.elapsed().as_micros() as u64,
-        };
-        // Outcomes are appended without waiting, lazily: they share the next decision's commit.
-        drop(self.shared.log.submit_lazy(to_bytes(&ev)));
+        });
         Ok(())
+    }
+
+    /// Appends the noted outcomes without waiting, lazily: they share the next decision's commit.
+    fn submit_outcomes(&mut self) {
+        for o in self.outcomes.drain(..) {
+            let ev = OutcomeEvent {
+                kind: "outcome",
+                time: rfc3339_micros(o.time),
+                session: &self.info.session,
+                decision: o.decision,
+                tag: o.tag,
+                rows: o.rows,
+                sqlstate: o.sqlstate,
+                error: o.error,
+                duration_us: o.duration_us,
+            };
+            drop(self.shared.log.submit_lazy(to_bytes(&ev)));
+        }
     }
 
     async fn handle(
