@@ -61,7 +61,7 @@ pub struct RuleMeta {
     pub id: String,
     /// `@mode` (default enforce).
     pub mode: Mode,
-    /// `@reason` (default: "blocked by rule <id>").
+    /// `@reason` (default: "blocked by rule `<id>`").
     pub reason: String,
     /// File the rule came from.
     pub file: String,

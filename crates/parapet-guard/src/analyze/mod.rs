@@ -6,11 +6,15 @@
 //!
 //! The walk runs over pg_query's typed parse tree and visits *every* node: the statement kinds
 //! and node kinds that carry facts are matched by type, and every other node is descended into
-//! through [`children::for_each_child`], which is generated from pg_query's own type definitions
+//! through `children::for_each_child`, which is generated from pg_query's own type definitions
 //! (`gen/children.py`) and lists the children of all ~270 node kinds with no catch-all arm. A
 //! node kind the walker has no rule for is therefore still searched for nested statements,
 //! tables and function calls, and a pg_query upgrade that adds node kinds does not compile until
 //! the list is regenerated.
+//!
+//! [`analyze_with_shapes`] (used by `Guard`) also remembers the facts and fingerprint of plain
+//! DML by normalised text, so a known statement with new literal values costs a `normalize`
+//! instead of a parse, a walk and a fingerprint; see its documentation for why that is exact.
 
 mod children;
 pub mod facts;
