@@ -164,3 +164,61 @@ fn literal_dependent_facts_are_never_reused() {
         assert_same(harmful, &g.analyze(harmful), &analyze(harmful));
     }
 }
+
+mod random {
+    use super::*;
+    use proptest::prelude::*;
+    use std::sync::OnceLock;
+
+    fn shared() -> &'static Guard {
+        static G: OnceLock<Guard> = OnceLock::new();
+        G.get_or_init(guard)
+    }
+
+    fn literal() -> impl Strategy<Value = String> {
+        prop_oneof![
+            any::<i64>().prop_map(|n| n.to_string()),
+            any::<i32>().prop_map(|n| format!("- {n}")),
+            (0.0f64..1e9).prop_map(|f| f.to_string()),
+            "[a-z ;'\\-/*]{0,12}".prop_map(|s| format!("'{}'", s.replace('\'', "''"))),
+            "[a-z]{0,8}".prop_map(|s| format!("E'\\\\{s}'")),
+            "[a-z]{0,8}".prop_map(|s| format!("U&'{s}'")),
+            Just("NULL".to_string()),
+            Just("true".to_string()),
+            Just("'1 day'::interval".to_string()),
+        ]
+    }
+
+    fn statement() -> impl Strategy<Value = String> {
+        let shapes = prop_oneof![
+            Just("SELECT * FROM t WHERE a = {0} AND b = {1}"),
+            Just("UPDATE s.t SET a = {0} WHERE b = {1}"),
+            Just("UPDATE t SET a = {0}"),
+            Just("DELETE FROM t WHERE a IN ({0}, {1})"),
+            Just("INSERT INTO t (a, b) VALUES ({0}, {1}) RETURNING *"),
+            Just("SELECT set_config({0}, {1}, false)"),
+            Just("SELECT pg_read_file({0}) FROM t LIMIT {1}"),
+            Just("WITH d AS (DELETE FROM t WHERE a = {0} RETURNING *) SELECT {1} FROM d"),
+            Just("SELECT {0} UNION SELECT {1}"),
+            Just("SELECT * FROM t WHERE a = {0}; DELETE FROM t WHERE b = {1}"),
+            Just("SELECT {0} -- {1}"),
+            Just("MERGE INTO t USING u ON t.a = u.a WHEN MATCHED THEN UPDATE SET b = {0} WHEN NOT MATCHED THEN INSERT VALUES ({1})"),
+        ];
+        (shapes, literal(), literal()).prop_map(|(s, a, b)| s.replace("{0}", &a).replace("{1}", &b))
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 400, ..ProptestConfig::default() })]
+
+        /// Whatever texts came before, `Guard::analyze` returns what a full analysis finds.
+        #[test]
+        fn reused_shapes_match_full_analysis(sql in statement()) {
+            let got = shared().analyze(&sql);
+            let want = analyze(&sql);
+            prop_assert_eq!(&got.statements, &want.statements);
+            prop_assert_eq!(&got.normalized, &want.normalized);
+            prop_assert_eq!(&got.fingerprint, &want.fingerprint);
+            prop_assert_eq!(&got.failure, &want.failure);
+        }
+    }
+}
