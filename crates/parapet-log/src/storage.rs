@@ -12,6 +12,8 @@ use std::fs::{self, File, OpenOptions};
 use std::io::{self, Read, Write};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering as AtomicOrdering};
+use std::sync::Arc;
 
 /// Name of the checkpoint file at the root of a log.
 pub const CHECKPOINT: &str = "checkpoint";
@@ -107,6 +109,9 @@ pub struct LocalDir {
 enum Chore {
     /// Remove a file or directory tree.
     Remove(PathBuf),
+    /// Move the files of a directory into the file pool and the emptied directory into the
+    /// directory pool, for reuse (see `Pool`).
+    Recycle(PathBuf, Recycler, Recycler),
     /// Close the last handle of a replaced file (freeing its blocks happens there).
     Close(File),
 }
@@ -125,8 +130,11 @@ impl Drop for LocalDir {
 const POOL_DIR: &str = ".pool";
 /// How many pre-created files (and directories) are kept ready.
 const POOL_SIZE: usize = 256;
-/// Subdirectories the pool rotates through (see `Pool::start`).
-const POOL_SUBDIRS: u64 = 4;
+/// Items the pool creates in one subdirectory before handing them out (see `Pool::start`).
+const POOL_CHUNK: usize = 32;
+/// Subdirectories the pool rotates through: enough that the one being filled holds no item
+/// still queued (the queue holds at most POOL_SIZE / POOL_CHUNK chunks).
+const POOL_SUBDIRS: u64 = (POOL_SIZE / POOL_CHUNK) as u64 + 2;
 
 /// Empty files (or directories) created ahead of need by a background thread, in
 /// [`POOL_DIR`]. Creating an inode is the slowest step of writing a small tile (on ext4 without
@@ -136,6 +144,35 @@ const POOL_SUBDIRS: u64 = 4;
 struct Pool {
     /// In a mutex only so that `LocalDir` stays `Sync` (readers share it across threads).
     rx: parking_lot::Mutex<std::sync::mpsc::Receiver<PathBuf>>,
+    /// Items in `rx` (the thread creates new ones only while this is low).
+    ready: Arc<AtomicUsize>,
+    recycler: Recycler,
+}
+
+/// Hands used files or directories back to a [`Pool`]: deleting and creating inodes is what
+/// costs (on ext4 without a journal every deletion also slows later creations for a while), so
+/// superseded partial tiles are reused instead. A recycled item is at least one full sync old.
+#[derive(Clone)]
+struct Recycler {
+    dir: PathBuf,
+    tx: std::sync::mpsc::Sender<PathBuf>,
+}
+
+impl Recycler {
+    /// Moves `p` into the pool; removes it if that fails.
+    fn give(&self, p: &Path) {
+        static NEXT: AtomicU64 = AtomicU64::new(0);
+        let dst = self
+            .dir
+            .join(NEXT.fetch_add(1, AtomicOrdering::Relaxed).to_string());
+        if fs::rename(p, &dst).is_ok() {
+            if let Err(e) = self.tx.send(dst) {
+                let _ = fs::remove_dir_all(&e.0).or_else(|_| fs::remove_file(&e.0));
+            }
+        } else {
+            let _ = fs::remove_dir_all(p).or_else(|_| fs::remove_file(p));
+        }
+    }
 }
 
 impl std::fmt::Debug for Pool {
@@ -147,20 +184,54 @@ impl std::fmt::Debug for Pool {
 impl Pool {
     fn start(dir: PathBuf, dirs: bool) -> Pool {
         let (tx, rx) = std::sync::mpsc::sync_channel(POOL_SIZE);
+        let (recycle_tx, recycled) = std::sync::mpsc::channel::<PathBuf>();
+        let ready = Arc::new(AtomicUsize::new(0));
+        let recycler = Recycler {
+            dir: dir.join("r"),
+            tx: recycle_tx,
+        };
+        let count = ready.clone();
         let _ = std::thread::Builder::new()
             .name("parapet-log-pool".into())
             .spawn(move || {
                 let _ = fs::remove_dir_all(&dir);
-                // Created in POOL_SUBDIRS rotating subdirectories, POOL_SIZE / 2 per turn: a
-                // rename out of the pool locks the source directory, so it must not be the one
-                // the thread is creating in (the channel holds at most two turns).
+                if fs::create_dir_all(dir.join("r")).is_err() {
+                    return;
+                }
+                let offer = |p: PathBuf| {
+                    count.fetch_add(1, AtomicOrdering::Relaxed);
+                    tx.send(p).is_ok()
+                };
+                // Created POOL_CHUNK at a time in POOL_SUBDIRS rotating subdirectories and handed
+                // out a chunk at a time: creating an inode holds its directory's lock for long
+                // (see above), and taking an item renames it out of its directory, so the
+                // writer must never take from the directory being filled.
                 for sub in 0..POOL_SUBDIRS {
                     if fs::create_dir_all(dir.join(sub.to_string())).is_err() {
                         return;
                     }
                 }
-                for n in 0u64.. {
-                    let sub = (n / (POOL_SIZE as u64 / 2)) % POOL_SUBDIRS;
+                let mut n = 0u64;
+                let mut chunk = Vec::with_capacity(POOL_CHUNK);
+                loop {
+                    // Recycled items first; new ones only while the pool runs low.
+                    let wait = if count.load(AtomicOrdering::Relaxed) < POOL_SIZE / 4 {
+                        std::time::Duration::ZERO
+                    } else {
+                        std::time::Duration::from_millis(5)
+                    };
+                    match recycled.recv_timeout(wait) {
+                        Ok(p) => {
+                            if !offer(p) {
+                                return;
+                            }
+                            continue;
+                        }
+                        Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {}
+                        Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => {}
+                    }
+                    let sub = (n / POOL_CHUNK as u64) % POOL_SUBDIRS;
+                    n += 1;
                     let p = dir.join(sub.to_string()).join(n.to_string());
                     let made = if dirs {
                         fs::create_dir(&p)
@@ -172,18 +243,32 @@ impl Pool {
                             .map(drop)
                     };
                     // On any error (a full disk, say) stop: writers create in place instead.
-                    if made.is_err() || tx.send(p).is_err() {
+                    if made.is_err() {
                         return;
+                    }
+                    chunk.push(p);
+                    if chunk.len() == POOL_CHUNK {
+                        for p in chunk.drain(..) {
+                            if !offer(p) {
+                                return;
+                            }
+                        }
                     }
                 }
             });
         Pool {
             rx: parking_lot::Mutex::new(rx),
+            ready,
+            recycler,
         }
     }
 
     fn take(&self) -> Option<PathBuf> {
-        self.rx.lock().try_recv().ok()
+        let p = self.rx.lock().try_recv().ok();
+        if p.is_some() {
+            self.ready.fetch_sub(1, AtomicOrdering::Relaxed);
+        }
+        p
     }
 }
 
@@ -290,6 +375,14 @@ fn run_chore(c: Chore) {
             let _ = fs::remove_dir_all(&p).or_else(|_| fs::remove_file(&p));
         }
         Chore::Close(f) => drop(f),
+        Chore::Recycle(dir, files, dirs) => {
+            if let Ok(rd) = fs::read_dir(&dir) {
+                for e in rd.flatten() {
+                    files.give(&e.path());
+                }
+            }
+            dirs.give(&dir);
+        }
     }
 }
 
@@ -610,12 +703,19 @@ impl Storage for LocalDir {
         // Write to a pre-created file (or a temporary name) and rename over the target: a reader
         // never sees a half-written file, and a file left by an interrupted batch is replaced
         // whole.
-        let tmp = match self.pools().0.take() {
-            Some(p) => p,
-            None => dir.join(format!("{TMP_PREFIX}{name}")),
-        };
         let partial = dir.extension().is_some_and(|e| e == "p");
-        let f = create_with(&tmp, data)?;
+        let pooled = self
+            .pools()
+            .0
+            .take()
+            .and_then(|p| Some((write_existing(&p, data).ok()?, p)));
+        let (f, tmp) = match pooled {
+            Some(done) => done,
+            None => {
+                let tmp = dir.join(format!("{TMP_PREFIX}{name}"));
+                (create_with(&tmp, data)?, tmp)
+            }
+        };
         if !partial {
             // A full tile never changes again: start writing it to disk now, so that the sync
             // that makes it durable overlaps with writing the next ones instead of doing it all.
@@ -716,7 +816,16 @@ impl Storage for LocalDir {
         // Deleting is slow on file systems mounted with `discard`; keep it off the append path.
         let full = self.root.join(path);
         self.known_dirs.retain(|d| !d.starts_with(&full));
-        self.chore(Chore::Remove(full));
+        let recyclers = self
+            .pools
+            .as_ref()
+            .map(|(f, d)| (f.recycler.clone(), d.recycler.clone()));
+        match recyclers {
+            Some((f, d)) if full.extension().is_some_and(|e| e == "p") => {
+                self.chore(Chore::Recycle(full, f, d))
+            }
+            _ => self.chore(Chore::Remove(full)),
+        }
     }
 
     fn remove_temp_files(&mut self, dir: &str) -> io::Result<()> {
@@ -755,6 +864,14 @@ fn create_with(path: &Path, data: &[u8]) -> io::Result<File> {
         .create(true)
         .truncate(true)
         .open(path)?;
+    f.write_all(data)?;
+    Ok(f)
+}
+
+/// Truncates the existing file `path` and writes `data` to it (no `O_CREAT`: opening does not
+/// take its directory's lock).
+fn write_existing(path: &Path, data: &[u8]) -> io::Result<File> {
+    let mut f = OpenOptions::new().write(true).truncate(true).open(path)?;
     f.write_all(data)?;
     Ok(f)
 }
