@@ -3,7 +3,8 @@
 //! to the machine's physical limits measured in the same run (raw SHA-256 speed, fsync rate of
 //! the disk holding the log). Prints a table. Set `PARAPET_BENCH_DIR` to choose the disk
 //! (default: the system temp dir), `PARAPET_BENCH_SECS` for the append phases (default 3) and
-//! `PARAPET_BENCH_ONLY=appenders` (or `bulk`) to run only some phases (bulk includes verify).
+//! `PARAPET_BENCH_ONLY=appenders` (or `bulk`) to run only some phases (bulk includes verify),
+//! and `PARAPET_BENCH_TASKS=1,16,256` for the appender counts.
 
 use parapet_log::note::NoteVerifier;
 use parapet_log::verify::verify_log;
@@ -157,7 +158,11 @@ fn main() {
     ));
     let only = std::env::var("PARAPET_BENCH_ONLY").unwrap_or_default();
     let want = |phase: &str| only.is_empty() || only.split(',').any(|p| p == phase);
-    for tasks in [1usize, 16, 256] {
+    let counts: Vec<usize> = std::env::var("PARAPET_BENCH_TASKS")
+        .ok()
+        .map(|v| v.split(',').filter_map(|t| t.trim().parse().ok()).collect())
+        .unwrap_or_else(|| vec![1, 16, 256]);
+    for tasks in counts {
         if !want("appenders") {
             break;
         }
