@@ -1,10 +1,13 @@
 #!/usr/bin/env bash
 # Gateway benchmark (not a test): pgbench -S and TPC-B, 1/8/64 clients, -M simple and -M prepared,
 # against PostgreSQL direct, PgBouncer (session pooling) and Parapet (default pack, durable audit,
-# before_forward and before_reply). Prints TPS, average latency, ratios and audit entries written.
+# before_forward and before_reply). Prints TPS, average latency, ratios and audit entries written,
+# and for each proxy the CPU time it used per transaction (µs/tx, user + system, all threads): on a
+# shared machine TPS moves with the neighbours' load, the proxy's own cost per transaction much less.
 #
 #   bench/gateway.sh                     # 10 s per run (48 runs)
 #   DURATION=5 CLIENTS="1 64" bench/gateway.sh
+#   TESTS=select MODES=prepared CLIENTS=64 bench/gateway.sh   # one row: -S, -M prepared, 64 clients
 #
 # Needs: postgresql (initdb, postgres, pgbench), pgbouncer; builds parapet in release mode unless
 # PARAPET=/path/to/parapet is given. Everything runs in a temp dir that is removed at exit.
@@ -12,6 +15,7 @@ set -euo pipefail
 DURATION=${DURATION:-10}
 CLIENTS=${CLIENTS:-"1 8 64"}
 MODES=${MODES:-"simple prepared"}
+TESTS=${TESTS:-"select tpcb"}
 SCALE=${SCALE:-10}
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 need() { command -v "$1" >/dev/null || { echo "$1 not found; install it with: apt-get install $2" >&2; exit 1; }; }
@@ -98,39 +102,47 @@ default_pack = true
 TOML
   RUST_LOG=warn "$PARAPET" serve --config "$d/parapet.toml" >"$d/serve.out" 2>"$d/serve.log" &
   PIDS+=($!)
+  PPID_LAST=$!
   for _ in $(seq 100); do "$BINDIR/pg_isready" -q -h 127.0.0.1 -p "$port" && break; sleep 0.1; done
   PORT=$port
 }
-start_parapet before_forward; FPORT=$PORT
-start_parapet before_reply; RPORT=$PORT
+start_parapet before_forward; FPORT=$PORT; FPID=$PPID_LAST
+start_parapet before_reply; RPORT=$PORT; RPID=$PPID_LAST
+BPID=$(cat "$WORK/pgbouncer.pid" 2>/dev/null || echo)
+TCK=$(getconf CLK_TCK)
+cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat" 2>/dev/null || echo 0; }
 log_size() { sed -n 2p "$WORK/parapet-$1/log/checkpoint" 2>/dev/null || echo 0; }
 
-run() { # target port user test mode clients -> "tps lat"
-  local port=$2 user=$3 t=$4 m=$5 c=$6 args=()
+run() { # target port user test mode clients [pid] -> "tps lat cpu_us_per_tx"
+  local port=$2 user=$3 t=$4 m=$5 c=$6 pid=${7:-} args=()
   [ "$t" = select ] && args+=(-S)
   local j=$(( c < 2 ? 1 : 2 ))
-  local out
+  local out c0=0 c1=0
+  [ -n "$pid" ] && c0=$(cpu_ticks "$pid")
   out=$("$PGBENCH" -n -h 127.0.0.1 -p "$port" -U "$user" -M "$m" -c "$c" -j "$j" -T "$DURATION" "${args[@]}" \
-        $( [ "$1" = direct ] && echo bench || echo main ) 2>&1) || { echo "0 0"; echo "$out" >&2; return; }
-  local tps lat
+        $( [ "$1" = direct ] && echo bench || echo main ) 2>&1) || { echo "0 0 -"; echo "$out" >&2; return; }
+  [ -n "$pid" ] && c1=$(cpu_ticks "$pid")
+  local tps lat n
   tps=$(echo "$out" | sed -n 's/^tps = \([0-9.]*\).*/\1/p' | head -1)
   lat=$(echo "$out" | sed -n 's/^latency average = \([0-9.]*\) ms/\1/p' | head -1)
-  echo "${tps:-0} ${lat:-0}"
+  n=$(echo "$out" | sed -n 's/^number of transactions actually processed: \([0-9]*\).*/\1/p' | head -1)
+  echo "${tps:-0} ${lat:-0} $(awk -v d=$((c1 - c0)) -v t="$TCK" -v n="${n:-0}" -v p="$pid" \
+    'BEGIN{ if (p != "" && n > 0) printf "%.0f", d / t * 1e6 / n; else print "-" }')"
 }
 
-printf "%s\n" "machine: $(nproc) cores, $(awk '/MemTotal/{printf "%.0f GiB", $2/1048576}' /proc/meminfo), $(uname -sr); PostgreSQL $("$BINDIR/postgres" --version | awk '{print $3}'); $(pgbouncer --version | head -1); scale $SCALE; ${DURATION}s per run"
-printf "%-7s %-8s %4s | %10s %7s | %10s %7s | %10s %7s %8s | %10s %7s %8s | %6s %6s %6s %6s\n" \
-  test mode cl "direct" "ms" "pgbouncer" "ms" "pp-fwd" "ms" "entries" "pp-reply" "ms" "entries" "fwd/d" "fwd/b" "rep/d" "rep/b"
-for t in select tpcb; do
+printf "%s\n" "machine: $(nproc) cores, $(awk '/MemTotal/{printf "%.0f GiB", $2/1048576}' /proc/meminfo), $(uname -sr); PostgreSQL $("$BINDIR/postgres" --version | awk '{print $3}'); $(pgbouncer --version | head -1); scale $SCALE; ${DURATION}s per run; load average $(cut -d' ' -f1-3 /proc/loadavg)"
+printf "%-7s %-8s %4s | %10s %7s | %10s %7s %5s | %10s %7s %5s %8s | %10s %7s %5s %8s | %6s %6s %6s %6s\n" \
+  test mode cl "direct" "ms" "pgbouncer" "ms" "us/tx" "pp-fwd" "ms" "us/tx" "entries" "pp-reply" "ms" "us/tx" "entries" "fwd/d" "fwd/b" "rep/d" "rep/b"
+for t in $TESTS; do
   for m in $MODES; do
     for c in $CLIENTS; do
-      read -r dt dl < <(run direct "$PGPORT" postgres $t $m $c)
-      read -r bt bl < <(run bouncer "$BPORT" alice $t $m $c)
-      f0=$(log_size before_forward); read -r ft fl < <(run parapet "$FPORT" alice $t $m $c); f1=$(log_size before_forward)
-      r0=$(log_size before_reply); read -r rt rl < <(run parapet "$RPORT" alice $t $m $c); r1=$(log_size before_reply)
+      read -r dt dl _ < <(run direct "$PGPORT" postgres $t $m $c)
+      read -r bt bl bu < <(run bouncer "$BPORT" alice $t $m $c "$BPID")
+      f0=$(log_size before_forward); read -r ft fl fu < <(run parapet "$FPORT" alice $t $m $c "$FPID"); f1=$(log_size before_forward)
+      r0=$(log_size before_reply); read -r rt rl ru < <(run parapet "$RPORT" alice $t $m $c "$RPID"); r1=$(log_size before_reply)
       ratio() { awk -v a="$1" -v b="$2" 'BEGIN{ if (b>0) printf "%.2f", a/b; else print "-" }'; }
-      printf "%-7s %-8s %4s | %10.0f %7.2f | %10.0f %7.2f | %10.0f %7.2f %8d | %10.0f %7.2f %8d | %6s %6s %6s %6s\n" \
-        $t $m $c "$dt" "$dl" "$bt" "$bl" "$ft" "$fl" $((f1 - f0)) "$rt" "$rl" $((r1 - r0)) \
+      printf "%-7s %-8s %4s | %10.0f %7.2f | %10.0f %7.2f %5s | %10.0f %7.2f %5s %8d | %10.0f %7.2f %5s %8d | %6s %6s %6s %6s\n" \
+        $t $m $c "$dt" "$dl" "$bt" "$bl" "$bu" "$ft" "$fl" "$fu" $((f1 - f0)) "$rt" "$rl" "$ru" $((r1 - r0)) \
         "$(ratio "$ft" "$dt")" "$(ratio "$ft" "$bt")" "$(ratio "$rt" "$dt")" "$(ratio "$rt" "$bt")"
     done
   done
