@@ -136,7 +136,8 @@ async fn sighup_reload_normalized_statements_and_sigterm() {
     let db = err.as_db_error().expect("server error");
     assert_eq!(db.code().code(), "42501");
     assert!(
-        db.message().starts_with("parapet: blocked by team.no-hup-inserts:"),
+        db.message()
+            .starts_with("parapet: blocked by team.no-hup-inserts:"),
         "{}",
         db.message()
     );
