@@ -257,3 +257,57 @@ fn replay_reports_newly_blocked_and_allowed() {
         text(&out.stderr)
     );
 }
+
+#[test]
+fn replay_judges_at_the_time_of_the_event() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("log");
+    let key = dir.path().join("log.key");
+    parapet_log::Log::init(&log, "example.test/parapet-replay-time", &key).expect("init log");
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let l = parapet_log::Log::open(&log, &key).expect("open log");
+        // Recorded at 2026-11-23T12:00:00.123Z (decision_event's time).
+        l.append(decision_event(Some("SELECT 1"), "SELECT $1", "allow", &[]))
+            .await
+            .expect("append");
+        // The same decision without a time: judged now.
+        let mut untimed: Value =
+            serde_json::from_slice(&decision_event(Some("SELECT 2"), "SELECT $1", "allow", &[]))
+                .unwrap();
+        untimed.as_object_mut().unwrap().remove("time");
+        l.append(untimed.to_string().into_bytes())
+            .await
+            .expect("append");
+        l.close().await.expect("close");
+    });
+    // A freeze that covers exactly the minute of the first event.
+    let proposed = write(
+        dir.path(),
+        "freeze.cedar",
+        "@id(\"team.freeze\")\n@reason(\"change freeze\")\nforbid (principal, action, resource)\n\
+         when { context.time.now == datetime(\"2026-11-23T12:00:00Z\") };\n",
+    );
+    let out = parapet(
+        &[
+            "policy",
+            "replay",
+            "--log",
+            &log.display().to_string(),
+            "--policy",
+            &proposed,
+            "--json",
+        ],
+        None,
+    );
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let rep: Value = serde_json::from_str(&text(&out.stdout)).expect("JSON report");
+    assert_eq!(rep["decisions"], 2);
+    assert_eq!(rep["newly_blocked"], 1, "{rep}");
+    assert_eq!(
+        rep["newly_blocked_by_rule"]["team.freeze"]["examples"][0],
+        "SELECT 1"
+    );
+    assert_eq!(rep["unchanged"], 1);
+    assert_eq!(rep["judged_at_current_time"], 1);
+}

@@ -228,6 +228,8 @@ struct ReplayReport {
     newly_blocked: u64,
     newly_allowed: u64,
     changed_otherwise: u64,
+    /// Decisions without a readable `time`, judged at the current time instead.
+    judged_at_current_time: u64,
     /// Newly blocked, by the proposed rule that blocks.
     newly_blocked_by_rule: BTreeMap<String, RuleChange>,
     /// Newly allowed, by the recorded rule that no longer blocks.
@@ -240,6 +242,13 @@ fn note(map: &mut BTreeMap<String, RuleChange>, rule: &str, sql: &str, max: usiz
     if c.examples.len() < max && !c.examples.iter().any(|e| e == sql) {
         c.examples.push(sql.to_string());
     }
+}
+
+/// The `time` of an audit event (RFC 3339), if it has a readable one.
+fn event_time(event: &Value) -> Option<std::time::SystemTime> {
+    let text = event.get("time")?.as_str()?;
+    let t = time::OffsetDateTime::parse(text, &time::format_description::well_known::Rfc3339).ok()?;
+    Some(t.into())
 }
 
 fn replay(
@@ -285,7 +294,14 @@ fn replay(
         };
         rep.decisions += 1;
         let input: EvalInput = serde_json::from_value(event.clone()).unwrap_or_default();
-        let new = guard.decide(sql, &input.context());
+        // Judged at the time of the original decision, so time-based rules replay faithfully.
+        let new = match event_time(&event) {
+            Some(at) => guard.decide_at(sql, &input.context(), at),
+            None => {
+                rep.judged_at_current_time += 1;
+                guard.decide(sql, &input.context())
+            }
+        };
         let old_rules: Vec<String> = event
             .get("rules")
             .and_then(Value::as_array)
@@ -333,6 +349,12 @@ fn replay(
         "  unchanged {}, newly blocked {}, newly allowed {}, other changes {}",
         rep.unchanged, rep.newly_blocked, rep.newly_allowed, rep.changed_otherwise
     );
+    if rep.judged_at_current_time > 0 {
+        println!(
+            "  {} decisions had no readable time and were judged at the current time",
+            rep.judged_at_current_time
+        );
+    }
     for (title, map) in [
         ("Newly blocked, by rule", &rep.newly_blocked_by_rule),
         (
