@@ -247,7 +247,8 @@ fn note(map: &mut BTreeMap<String, RuleChange>, rule: &str, sql: &str, max: usiz
 /// The `time` of an audit event (RFC 3339), if it has a readable one.
 fn event_time(event: &Value) -> Option<std::time::SystemTime> {
     let text = event.get("time")?.as_str()?;
-    let t = time::OffsetDateTime::parse(text, &time::format_description::well_known::Rfc3339).ok()?;
+    let t =
+        time::OffsetDateTime::parse(text, &time::format_description::well_known::Rfc3339).ok()?;
     Some(t.into())
 }
 
