@@ -286,6 +286,20 @@ impl LocalDir {
         }
     }
 
+    /// Drops `dir` and the directories under it from `known_dirs` (they are being removed).
+    /// Paths under `dir` sort right after it, so this looks at those only.
+    fn forget_dirs_under(&mut self, dir: &Path) {
+        let gone: Vec<PathBuf> = self
+            .known_dirs
+            .range(dir.to_path_buf()..)
+            .take_while(|d| d.starts_with(dir))
+            .cloned()
+            .collect();
+        for d in gone {
+            self.known_dirs.remove(&d);
+        }
+    }
+
     fn pools(&mut self) -> &(Pool, Pool) {
         let root = &self.root;
         self.pools.get_or_insert_with(|| {
@@ -800,7 +814,7 @@ impl Storage for LocalDir {
 
     fn remove(&mut self, path: &str) -> io::Result<()> {
         let full = self.root.join(path);
-        self.known_dirs.retain(|d| !d.starts_with(&full));
+        self.forget_dirs_under(&full);
         let r = match fs::symlink_metadata(&full) {
             Ok(m) if m.is_dir() => fs::remove_dir_all(&full),
             Ok(_) => fs::remove_file(&full),
@@ -815,7 +829,7 @@ impl Storage for LocalDir {
     fn remove_later(&mut self, path: &str) {
         // Deleting is slow on file systems mounted with `discard`; keep it off the append path.
         let full = self.root.join(path);
-        self.known_dirs.retain(|d| !d.starts_with(&full));
+        self.forget_dirs_under(&full);
         let recyclers = self
             .pools
             .as_ref()
