@@ -613,6 +613,8 @@ impl<S: Storage> Writer<S> {
         if let Err(e) = self.full_sync() {
             tracing::error!(error = %e, "log sync failed");
             self.broken = true;
+            // Retry one interval from now, not at once (the cause may persist, e.g. a full disk).
+            self.unsynced_since = Some(std::time::Instant::now());
         }
     }
 
