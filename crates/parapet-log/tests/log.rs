@@ -265,13 +265,23 @@ fn open_discards_an_unpublished_batch() {
     verify_log(&dir, &v, None, &no_progress).unwrap();
 }
 
-/// Real directory storage that fails with ENOSPC while `full` is set (fault injection).
+/// Real directory storage that fails with ENOSPC while `full` is set, or only its tile writes
+/// while `tiles_full` is set (fault injection).
 struct FillableDisk {
     inner: LocalDir,
     full: Arc<AtomicBool>,
+    tiles_full: Arc<AtomicBool>,
 }
 
 impl FillableDisk {
+    fn new(dir: &Path, full: &Arc<AtomicBool>) -> FillableDisk {
+        FillableDisk {
+            inner: LocalDir::new(dir),
+            full: full.clone(),
+            tiles_full: Arc::new(AtomicBool::new(false)),
+        }
+    }
+
     fn check(&self) -> std::io::Result<()> {
         if self.full.load(Ordering::SeqCst) {
             Err(std::io::Error::from_raw_os_error(libc::ENOSPC))
@@ -290,6 +300,9 @@ impl Storage for FillableDisk {
     }
     fn write(&mut self, path: &str, data: &[u8]) -> std::io::Result<()> {
         self.check()?;
+        if self.tiles_full.load(Ordering::SeqCst) {
+            return Err(std::io::Error::from_raw_os_error(libc::ENOSPC));
+        }
         self.inner.write(path, data)
     }
     fn sync(&mut self) -> std::io::Result<()> {
@@ -308,6 +321,16 @@ impl Storage for FillableDisk {
     fn journal_append(&mut self, record: &[u8]) -> std::io::Result<bool> {
         self.check()?;
         self.inner.journal_append(record)
+    }
+    fn journal_append_start(&mut self, record: &[u8]) -> std::io::Result<bool> {
+        self.check()?;
+        self.inner.journal_append_start(record)
+    }
+    fn journal_wait(&mut self) -> std::io::Result<()> {
+        self.inner.journal_wait()
+    }
+    fn journal_discard_last(&mut self) -> std::io::Result<()> {
+        self.inner.journal_discard_last()
     }
     fn journal_records(&mut self) -> std::io::Result<Vec<Vec<u8>>> {
         self.inner.journal_records()
@@ -328,10 +351,7 @@ async fn disk_full_fails_pending_appends_clearly_and_recovers() {
     let tmp = tempfile::tempdir().unwrap();
     let (dir, key, v) = new_log(tmp.path());
     let full = Arc::new(AtomicBool::new(false));
-    let st = FillableDisk {
-        inner: LocalDir::new(&dir),
-        full: full.clone(),
-    };
+    let st = FillableDisk::new(&dir, &full);
     let log = Log::open_with_storage(st, read_signing_key(&key).unwrap()).unwrap();
     for i in 0..10u8 {
         log.append(vec![i]).await.unwrap();
@@ -471,4 +491,44 @@ async fn open_replays_the_journal_file_when_tiles_were_lost() {
     assert!(log.size() < 300);
     drop(log);
     verify_log(&cut2, &v, None, &no_progress).unwrap();
+}
+
+/// A batch whose journal record is already durable but whose tiles cannot be written fails, and
+/// its record is withdrawn: after a power cut that keeps only the journal, it is not replayed,
+/// and the entries acknowledged after it are.
+#[tokio::test]
+async fn a_failed_batch_is_withdrawn_from_the_journal() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (dir, key, v) = new_log(tmp.path());
+    let empty_checkpoint = std::fs::read(dir.join("checkpoint")).unwrap();
+    let full = Arc::new(AtomicBool::new(false));
+    let st = FillableDisk::new(&dir, &full);
+    let tiles_full = st.tiles_full.clone();
+    let log = Log::open_with_storage(st, read_signing_key(&key).unwrap()).unwrap();
+    for i in 0..5u8 {
+        log.append(vec![b'a', i]).await.unwrap();
+    }
+    tiles_full.store(true, Ordering::SeqCst);
+    let e = log.append(b"failed".to_vec()).await.unwrap_err();
+    assert!(e.to_string().contains("no space left on device"), "{e}");
+    tiles_full.store(false, Ordering::SeqCst);
+    assert_eq!(log.append(b"after".to_vec()).await.unwrap(), 5);
+    let journal = std::fs::read(dir.join(parapet_log::storage::JOURNAL)).unwrap();
+    drop(log);
+    // A power cut that kept the size-0 checkpoint and the journal only.
+    let cut = tmp.path().join("cut");
+    std::fs::create_dir(&cut).unwrap();
+    std::fs::write(cut.join("checkpoint"), &empty_checkpoint).unwrap();
+    std::fs::write(cut.join(parapet_log::storage::JOURNAL), &journal).unwrap();
+    let log = Log::open(&cut, &key).unwrap_or_else(|e| {
+        panic!("{e} (if a periodic full sync cleared the journal first, the machine is too slow)")
+    });
+    assert_eq!(log.size(), 6);
+    drop(log);
+    let e = all_entries(&cut);
+    assert_eq!(e[5], b"after");
+    assert!(!e.iter().any(|x| x == b"failed"));
+    verify_log(&cut, &v, None, &no_progress).unwrap();
+    // The live directory agrees.
+    assert_eq!(all_entries(&dir), e);
 }
