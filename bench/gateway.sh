@@ -8,6 +8,7 @@
 #   bench/gateway.sh                     # 10 s per run (48 runs)
 #   DURATION=5 CLIENTS="1 64" bench/gateway.sh
 #   TESTS=select MODES=prepared CLIENTS=64 bench/gateway.sh   # one row: -S, -M prepared, 64 clients
+#   UPSTREAM=unix bench/gateway.sh       # PgBouncer and Parapet reach PostgreSQL by Unix socket
 #
 # Needs: postgresql (initdb, postgres, pgbench), pgbouncer; builds parapet in release mode unless
 # PARAPET=/path/to/parapet is given. Everything runs in a temp dir that is removed at exit.
@@ -16,6 +17,9 @@ DURATION=${DURATION:-10}
 CLIENTS=${CLIENTS:-"1 8 64"}
 MODES=${MODES:-"simple prepared"}
 TESTS=${TESTS:-"select tpcb"}
+# How both proxies reach PostgreSQL: tcp (127.0.0.1) or unix (its Unix-domain socket, as a proxy
+# running on the database host would). pgbench always connects over TCP.
+UPSTREAM=${UPSTREAM:-tcp}
 SCALE=${SCALE:-10}
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 need() { command -v "$1" >/dev/null || { echo "$1 not found; install it with: apt-get install $2" >&2; exit 1; }; }
@@ -53,11 +57,17 @@ export PGPASSWORD=$PGPW PGSSLMODE=disable
 "$BINDIR/psql" -q -h 127.0.0.1 -p "$PGPORT" -U postgres -c "CREATE DATABASE bench" postgres
 "$PGBENCH" -i -q -s "$SCALE" -h 127.0.0.1 -p "$PGPORT" -U postgres bench >/dev/null 2>&1
 
+case $UPSTREAM in
+  tcp) UPHOST=127.0.0.1; UPURLHOST=127.0.0.1 ;;
+  unix) UPHOST=$WORK; UPURLHOST=${WORK//\//%2F} ;; # libpq's form: a percent-encoded directory
+  *) echo "UPSTREAM must be tcp or unix" >&2; exit 1 ;;
+esac
+
 # PgBouncer, session pooling, SCRAM for clients.
 BPORT=$(free_port)
 cat > "$WORK/pgbouncer.ini" <<INI
 [databases]
-main = host=127.0.0.1 port=$PGPORT dbname=bench user=postgres password=$PGPW
+main = host=$UPHOST port=$PGPORT dbname=bench user=postgres password=$PGPW
 [pgbouncer]
 listen_addr = 127.0.0.1
 listen_port = $BPORT
@@ -91,7 +101,7 @@ durability = "$1"
 postgres = "127.0.0.1:$port"
 [[targets]]
 name = "main"
-upstream = "postgres://postgres:$PGPW@127.0.0.1:$PGPORT/bench"
+upstream = "postgres://postgres:$PGPW@$UPURLHOST:$PGPORT/bench"
 environment = "production"
 [[users]]
 name = "alice"
@@ -130,7 +140,7 @@ run() { # target port user test mode clients [pid] -> "tps lat cpu_us_per_tx"
     'BEGIN{ if (p != "" && n > 0) printf "%.0f", d / t * 1e6 / n; else print "-" }')"
 }
 
-printf "%s\n" "machine: $(nproc) cores, $(awk '/MemTotal/{printf "%.0f GiB", $2/1048576}' /proc/meminfo), $(uname -sr); PostgreSQL $("$BINDIR/postgres" --version | awk '{print $3}'); $(pgbouncer --version | head -1); scale $SCALE; ${DURATION}s per run; load average $(cut -d' ' -f1-3 /proc/loadavg)"
+printf "%s\n" "machine: $(nproc) cores, $(awk '/MemTotal/{printf "%.0f GiB", $2/1048576}' /proc/meminfo), $(uname -sr); PostgreSQL $("$BINDIR/postgres" --version | awk '{print $3}'); $(pgbouncer --version | head -1); scale $SCALE; ${DURATION}s per run; proxies reach PostgreSQL by $UPSTREAM; load average $(cut -d' ' -f1-3 /proc/loadavg)"
 printf "%-7s %-8s %4s | %10s %7s | %10s %7s %5s | %10s %7s %5s %8s | %10s %7s %5s %8s | %6s %6s %6s %6s\n" \
   test mode cl "direct" "ms" "pgbouncer" "ms" "us/tx" "pp-fwd" "ms" "us/tx" "entries" "pp-reply" "ms" "us/tx" "entries" "fwd/d" "fwd/b" "rep/d" "rep/b"
 for t in $TESTS; do

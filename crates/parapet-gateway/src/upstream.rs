@@ -1,5 +1,6 @@
 //! Connecting to a target's PostgreSQL server with the gateway's own credentials (trust,
-//! cleartext, md5 or SCRAM-SHA-256 via `postgres-protocol`), and forwarding cancel requests.
+//! cleartext, md5 or SCRAM-SHA-256 via `postgres-protocol`), over TCP or, when the host is a
+//! directory, over the server's Unix-domain socket (libpq's convention); forwarding cancel requests.
 
 use crate::config::UpstreamConfig;
 use crate::error::SessionError;
@@ -7,14 +8,171 @@ use crate::protocol::{backend::parse_error, cstr, frame};
 use bytes::{Buf, BytesMut};
 use postgres_protocol::authentication::sasl::{ChannelBinding, ScramSha256, SCRAM_SHA_256};
 use postgres_protocol::message::frontend;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
+use std::io;
+use std::path::PathBuf;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
+use tokio::net::{tcp, unix, TcpStream, UnixStream};
+
+/// The Unix-domain socket of `host:port` when `host` names a directory, as libpq reads it: the
+/// host is an absolute path (in a URL, percent-encoded: `postgres://u@%2Fvar%2Frun%2Fpostgresql/db`)
+/// and the socket is `<dir>/.s.PGSQL.<port>`.
+pub(crate) fn socket_path(host: &str, port: u16) -> Option<PathBuf> {
+    let dir = percent_decode(host)?;
+    dir.starts_with('/')
+        .then(|| PathBuf::from(dir).join(format!(".s.PGSQL.{port}")))
+}
+
+/// Decodes `%XX` escapes. The binary hands hosts over as the URL spells them; only a socket
+/// directory is ever escaped, so this small decoder (instead of one more dependency in the shared
+/// lock file) is all that is needed. `None` if the result is not UTF-8 or an escape is broken.
+fn percent_decode(s: &str) -> Option<String> {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'%' {
+            let hex = b.get(i + 1..i + 3)?;
+            let v = u8::from_str_radix(std::str::from_utf8(hex).ok()?, 16).ok()?;
+            out.push(v);
+            i += 3;
+        } else {
+            out.push(b[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8(out).ok()
+}
+
+/// A connection to the server: TCP or Unix-domain socket.
+#[derive(Debug)]
+pub(crate) enum UpStream {
+    /// TCP (Nagle off).
+    Tcp(TcpStream),
+    /// Unix-domain socket: no TCP stack on either side, cheaper per message.
+    Unix(UnixStream),
+}
+
+impl UpStream {
+    /// Splits into owned halves (no lock between them).
+    pub(crate) fn into_split(self) -> (UpRead, UpWrite) {
+        match self {
+            UpStream::Tcp(s) => {
+                let (r, w) = s.into_split();
+                (UpRead::Tcp(r), UpWrite::Tcp(w))
+            }
+            UpStream::Unix(s) => {
+                let (r, w) = s.into_split();
+                (UpRead::Unix(r), UpWrite::Unix(w))
+            }
+        }
+    }
+}
+
+/// Read half of an [`UpStream`].
+#[derive(Debug)]
+pub(crate) enum UpRead {
+    Tcp(tcp::OwnedReadHalf),
+    Unix(unix::OwnedReadHalf),
+}
+
+/// Write half of an [`UpStream`].
+#[derive(Debug)]
+pub(crate) enum UpWrite {
+    Tcp(tcp::OwnedWriteHalf),
+    Unix(unix::OwnedWriteHalf),
+}
+
+// The halves only forward to the socket they hold; tokio has no either-type of its own for I/O.
+impl AsyncRead for UpRead {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            UpRead::Tcp(s) => Pin::new(s).poll_read(cx, buf),
+            UpRead::Unix(s) => Pin::new(s).poll_read(cx, buf),
+        }
+    }
+}
+
+impl AsyncWrite for UpWrite {
+    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, b: &[u8]) -> Poll<io::Result<usize>> {
+        match self.get_mut() {
+            UpWrite::Tcp(s) => Pin::new(s).poll_write(cx, b),
+            UpWrite::Unix(s) => Pin::new(s).poll_write(cx, b),
+        }
+    }
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            UpWrite::Tcp(s) => Pin::new(s).poll_flush(cx),
+            UpWrite::Unix(s) => Pin::new(s).poll_flush(cx),
+        }
+    }
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            UpWrite::Tcp(s) => Pin::new(s).poll_shutdown(cx),
+            UpWrite::Unix(s) => Pin::new(s).poll_shutdown(cx),
+        }
+    }
+}
+
+impl AsyncRead for UpStream {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            UpStream::Tcp(s) => Pin::new(s).poll_read(cx, buf),
+            UpStream::Unix(s) => Pin::new(s).poll_read(cx, buf),
+        }
+    }
+}
+
+impl AsyncWrite for UpStream {
+    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, b: &[u8]) -> Poll<io::Result<usize>> {
+        match self.get_mut() {
+            UpStream::Tcp(s) => Pin::new(s).poll_write(cx, b),
+            UpStream::Unix(s) => Pin::new(s).poll_write(cx, b),
+        }
+    }
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            UpStream::Tcp(s) => Pin::new(s).poll_flush(cx),
+            UpStream::Unix(s) => Pin::new(s).poll_flush(cx),
+        }
+    }
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            UpStream::Tcp(s) => Pin::new(s).poll_shutdown(cx),
+            UpStream::Unix(s) => Pin::new(s).poll_shutdown(cx),
+        }
+    }
+}
+
+/// Opens the transport to `host:port` (see [`socket_path`]).
+async fn open(host: &str, port: u16) -> io::Result<UpStream> {
+    match socket_path(host, port) {
+        Some(path) => UnixStream::connect(&path)
+            .await
+            .map(UpStream::Unix)
+            .map_err(|e| io::Error::new(e.kind(), format!("socket {}: {e}", path.display()))),
+        None => {
+            let s = TcpStream::connect((host, port)).await?;
+            s.set_nodelay(true)?;
+            Ok(UpStream::Tcp(s))
+        }
+    }
+}
 
 /// An authenticated upstream connection, ready for queries.
 #[derive(Debug)]
 pub(crate) struct Upstream {
     /// The socket.
-    pub stream: TcpStream,
+    pub stream: UpStream,
     /// Raw ParameterStatus messages the server sent during startup, to relay to the client.
     pub parameter_status: BytesMut,
     /// Server backend pid and secret (for cancel requests).
@@ -33,10 +191,9 @@ pub(crate) async fn connect(
     client_params: &[(String, String)],
     cap: usize,
 ) -> Result<Upstream, SessionError> {
-    let mut stream = TcpStream::connect((cfg.host.as_str(), cfg.port))
+    let mut stream = open(&cfg.host, cfg.port)
         .await
         .map_err(|e| up_err(format!("cannot connect to {}:{}: {e}", cfg.host, cfg.port)))?;
-    stream.set_nodelay(true)?;
     let mut params: Vec<(&str, &str)> = vec![("user", &cfg.user), ("database", &cfg.database)];
     for (k, v) in client_params {
         if !matches!(k.as_str(), "user" | "database" | "replication") && !k.starts_with("_pq_.") {
@@ -158,7 +315,7 @@ pub(crate) async fn connect(
 
 /// Sends a CancelRequest for `key` to the server at `host:port`.
 pub(crate) async fn cancel(host: &str, port: u16, key: (i32, i32)) -> std::io::Result<()> {
-    let mut s = TcpStream::connect((host, port)).await?;
+    let mut s = open(host, port).await?;
     let mut out = BytesMut::new();
     frontend::cancel_request(key.0, key.1, &mut out);
     s.write_all(&out).await?;
@@ -166,4 +323,26 @@ pub(crate) async fn cancel(host: &str, port: u16, key: (i32, i32)) -> std::io::R
     let mut sink = [0u8; 16];
     let _ = s.read(&mut sink).await;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn socket_directories_follow_libpq() {
+        assert_eq!(
+            socket_path("%2Fvar%2Frun%2Fpostgresql", 5433),
+            Some(PathBuf::from("/var/run/postgresql/.s.PGSQL.5433"))
+        );
+        assert_eq!(
+            socket_path("/tmp", 5432),
+            Some(PathBuf::from("/tmp/.s.PGSQL.5432"))
+        );
+        assert_eq!(socket_path("db.internal", 5432), None);
+        assert_eq!(socket_path("127.0.0.1", 5432), None);
+        assert_eq!(socket_path("::1", 5432), None);
+        assert_eq!(socket_path("%2", 5432), None);
+        assert_eq!(socket_path("%zz", 5432), None);
+    }
 }

@@ -122,7 +122,23 @@ struct Setup {
 }
 
 async fn setup(durability: Durability) -> Setup {
+    setup_with(durability, false).await
+}
+
+/// `unix`: the gateway reaches the server through its Unix-domain socket, with the directory
+/// written the way a `postgres://` URL carries it (percent-encoded).
+async fn setup_with(durability: Durability, unix: bool) -> Setup {
     let cluster = start_cluster();
+    let host = if unix {
+        cluster
+            ._dir
+            .path()
+            .to_str()
+            .expect("utf-8 temp dir")
+            .replace('/', "%2F")
+    } else {
+        "127.0.0.1".to_string()
+    };
     let logdir = tempfile::tempdir().expect("tempdir");
     let log_dir = logdir.path().join("log");
     let key = logdir.path().join("log.key");
@@ -138,7 +154,7 @@ async fn setup(durability: Durability) -> Setup {
     let target = TargetConfig {
         name: "main".into(),
         upstream: UpstreamConfig {
-            host: "127.0.0.1".into(),
+            host,
             port: cluster.port,
             user: "postgres".into(),
             password: None,
@@ -172,6 +188,8 @@ type Msg = (u8, Vec<u8>);
 struct Client {
     s: TcpStream,
     buf: BytesMut,
+    /// BackendKeyData the gateway handed out (for CancelRequest).
+    key: (i32, i32),
 }
 
 impl Client {
@@ -208,6 +226,7 @@ impl Client {
         let mut c = Client {
             s,
             buf: BytesMut::new(),
+            key: (0, 0),
         };
         let mut out = BytesMut::new();
         frontend::startup_message([("user", "alice"), ("database", "main")], &mut out)
@@ -239,6 +258,12 @@ impl Client {
                         other => panic!("unexpected authentication request {other}"),
                     }
                     c.s.write_all(&out).await.expect("write");
+                }
+                b'K' => {
+                    c.key = (
+                        i32::from_be_bytes([body[0], body[1], body[2], body[3]]),
+                        i32::from_be_bytes([body[4], body[5], body[6], body[7]]),
+                    )
                 }
                 b'Z' => return c,
                 b'E' => panic!("login failed: {}", String::from_utf8_lossy(&body)),
@@ -292,8 +317,7 @@ fn decisions(log_dir: &Path) -> Vec<serde_json::Value> {
         .collect()
 }
 
-async fn pipelined_simple_queries(durability: Durability) {
-    let s = setup(durability).await;
+async fn pipelined_simple_queries(s: Setup) {
     let mut c = Client::connect(s.gw).await;
     let mut out = BytesMut::new();
     query("SELECT 'one'", &mut out);
@@ -316,7 +340,9 @@ async fn pipelined_simple_queries(durability: Durability) {
     query("SELECT 'four'", &mut out);
     c.s.write_all(&out).await.expect("write");
     assert_eq!(first_value(&c.until_ready().await).as_deref(), Some("four"));
-    let sqls: Vec<_> = decisions(&s.log_dir)
+    // The session's last four decisions (a caller may have run statements before).
+    let all = decisions(&s.log_dir);
+    let sqls: Vec<_> = all[all.len().saturating_sub(4)..]
         .iter()
         .map(|d| {
             (
@@ -387,12 +413,41 @@ async fn pipelined_extended_with_a_refused_parse(durability: Durability) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pipelined_simple_queries_before_forward() {
-    pipelined_simple_queries(Durability::BeforeForward).await;
+    pipelined_simple_queries(setup(Durability::BeforeForward).await).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pipelined_simple_queries_before_reply() {
-    pipelined_simple_queries(Durability::BeforeReply).await;
+    pipelined_simple_queries(setup(Durability::BeforeReply).await).await;
+}
+
+/// The same session behaviour when the upstream is the server's Unix-domain socket.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn upstream_over_unix_socket() {
+    let s = setup_with(Durability::BeforeForward, true).await;
+    let mut c = Client::connect(s.gw).await;
+    let mut out = BytesMut::new();
+    query("SELECT inet_server_addr() IS NULL", &mut out);
+    c.s.write_all(&out).await.expect("write");
+    // inet_server_addr() is NULL exactly when the server sees a Unix-socket connection.
+    assert_eq!(first_value(&c.until_ready().await).as_deref(), Some("t"));
+
+    // A cancel request reaches the backend through the socket too.
+    let mut out = BytesMut::new();
+    query("SELECT pg_sleep(60)", &mut out);
+    c.s.write_all(&out).await.expect("write");
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    let mut cancel = TcpStream::connect(s.gw).await.expect("connect");
+    let mut out = BytesMut::new();
+    frontend::cancel_request(c.key.0, c.key.1, &mut out);
+    cancel.write_all(&out).await.expect("write cancel");
+    let reply = tokio::time::timeout(std::time::Duration::from_secs(20), c.until_ready())
+        .await
+        .expect("the sleeping statement was cancelled");
+    let (code, msg) = first_error(&reply).expect("cancel error");
+    assert_eq!(code, "57014", "{msg}");
+
+    pipelined_simple_queries(s).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
