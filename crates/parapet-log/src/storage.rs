@@ -155,6 +155,8 @@ struct Pool {
 #[derive(Clone)]
 struct Recycler {
     dir: PathBuf,
+    /// Recycles files (emptied before reuse) rather than directories.
+    files: bool,
     tx: std::sync::mpsc::Sender<PathBuf>,
 }
 
@@ -165,12 +167,24 @@ impl Recycler {
         let dst = self
             .dir
             .join(NEXT.fetch_add(1, AtomicOrdering::Relaxed).to_string());
-        if fs::rename(p, &dst).is_ok() {
+        // Files are handed out empty: the writer then needs no O_TRUNC, which on ext4 would make
+        // closing the file start its writeback at once (the replace-via-truncate heuristic).
+        let emptied = |d: &Path| {
+            !self.files
+                || OpenOptions::new()
+                    .write(true)
+                    .open(d)
+                    .and_then(|f| f.set_len(0))
+                    .is_ok()
+        };
+        if fs::rename(p, &dst).is_ok() && emptied(&dst) {
             if let Err(e) = self.tx.send(dst) {
                 let _ = fs::remove_dir_all(&e.0).or_else(|_| fs::remove_file(&e.0));
             }
         } else {
-            let _ = fs::remove_dir_all(p).or_else(|_| fs::remove_file(p));
+            for x in [p, &dst] {
+                let _ = fs::remove_dir_all(x).or_else(|_| fs::remove_file(x));
+            }
         }
     }
 }
@@ -188,6 +202,7 @@ impl Pool {
         let ready = Arc::new(AtomicUsize::new(0));
         let recycler = Recycler {
             dir: dir.join("r"),
+            files: !dirs,
             tx: recycle_tx,
         };
         let count = ready.clone();
@@ -730,11 +745,6 @@ impl Storage for LocalDir {
                 (create_with(&tmp, data)?, tmp)
             }
         };
-        if !partial {
-            // A full tile never changes again: start writing it to disk now, so that the sync
-            // that makes it durable overlaps with writing the next ones instead of doing it all.
-            start_writeback(&f);
-        }
         drop(f);
         fs::rename(&tmp, &full)?;
         let slot = if partial { dir.clone() } else { full.clone() };
@@ -762,13 +772,17 @@ impl Storage for LocalDir {
 
     fn stage_checkpoint(&mut self, data: &[u8]) -> io::Result<()> {
         let tmp = self.root.join(format!("{TMP_PREFIX}{CHECKPOINT}"));
-        if let Some(p) = self.pools().0.take() {
-            // A pre-created file saves creating an inode (see `Pool`).
+        // A pooled file saves creating an inode (see `Pool`).
+        let pooled = self.pools().0.take().and_then(|p| {
             if fs::rename(&p, &tmp).is_err() {
                 let _ = fs::remove_file(&p);
+                return None;
             }
+            write_existing(&tmp, data).ok()
+        });
+        if pooled.is_none() {
+            drop(create_with(&tmp, data)?);
         }
-        drop(create_with(&tmp, data)?);
         self.unsynced.insert(tmp.clone(), tmp);
         Ok(())
     }
@@ -882,21 +896,14 @@ fn create_with(path: &Path, data: &[u8]) -> io::Result<File> {
     Ok(f)
 }
 
-/// Truncates the existing file `path` and writes `data` to it (no `O_CREAT`: opening does not
-/// take its directory's lock).
+/// Writes `data` over the existing, normally empty pool file `path` (no `O_CREAT`, so opening
+/// does not take its directory's lock; no `O_TRUNC`, see `Recycler::give`), cutting any longer
+/// old content.
 fn write_existing(path: &Path, data: &[u8]) -> io::Result<File> {
-    let mut f = OpenOptions::new().write(true).truncate(true).open(path)?;
+    let mut f = OpenOptions::new().write(true).open(path)?;
     f.write_all(data)?;
-    Ok(f)
-}
-
-/// Asks the kernel to start writing `f`'s dirty pages to disk without waiting (Linux
-/// `sync_file_range(SYNC_FILE_RANGE_WRITE)`); durability still comes from the later fsync.
-fn start_writeback(f: &File) {
-    use std::os::fd::AsRawFd;
-    // SAFETY: a valid open descriptor; the call only schedules I/O. Failure is harmless (the
-    // fsync at commit time writes the pages anyway), so the result is ignored.
-    unsafe {
-        libc::sync_file_range(f.as_raw_fd(), 0, 0, libc::SYNC_FILE_RANGE_WRITE);
+    if f.metadata()?.len() != data.len() as u64 {
+        f.set_len(data.len() as u64)?;
     }
+    Ok(f)
 }
