@@ -36,7 +36,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use tokio::sync::oneshot;
 
-/// Longest a writer waits for more entries to join a batch.
+/// Longest a writer waits for more entries to join a batch (it also waits no longer than the
+/// previous batch took: waiting longer than a commit costs more latency than it saves).
 const GATHER: std::time::Duration = std::time::Duration::from_millis(1);
 
 /// Longest a lazily submitted entry ([`crate::Log::submit_lazy`]) waits for an ordinary
@@ -482,6 +483,7 @@ impl<S: Storage> Writer<S> {
     /// Runs until every handle is dropped (or the log is closed) and the queue is empty.
     pub(crate) fn run(mut self) {
         let mut last_batch = 0usize;
+        let mut last_commit = GATHER;
         loop {
             let mut items = Vec::new();
             let mut sync_due = false;
@@ -527,10 +529,11 @@ impl<S: Storage> Writer<S> {
                 }
                 q.writer_waiting = false;
                 // Group commit: appenders acknowledged by the previous batch are likely about to
-                // submit again; give them a moment (at most GATHER) to join this batch.
+                // submit again; give them a moment (at most GATHER, and no longer than the last
+                // batch took) to join this batch.
                 let target = last_batch.min(MAX_BATCH_ENTRIES);
                 if q.entries < target && !q.closed && !q.shutdown {
-                    let deadline = std::time::Instant::now() + GATHER;
+                    let deadline = std::time::Instant::now() + GATHER.min(last_commit);
                     while q.entries < target && !q.closed && !q.shutdown {
                         q.writer_waiting = true;
                         q.wake_at = target;
@@ -568,7 +571,10 @@ impl<S: Storage> Writer<S> {
                 }
                 continue;
             }
-            if self.process(items) {
+            let started = std::time::Instant::now();
+            let closing = self.process(items);
+            last_commit = started.elapsed();
+            if closing {
                 self.finish();
                 let ack = self.close_ack.take();
                 drop(self);
