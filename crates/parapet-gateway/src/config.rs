@@ -37,9 +37,11 @@ pub struct TlsSettings {
 /// How the gateway reaches one upstream PostgreSQL server, with its own credentials.
 #[derive(Debug, Clone)]
 pub struct UpstreamConfig {
-    /// Host name or IP address.
+    /// Host name or IP address, or — as in libpq — the absolute path of the directory holding the
+    /// server's Unix-domain socket (`<dir>/.s.PGSQL.<port>`), possibly percent-encoded as a URL
+    /// carries it (`postgres://gw@%2Fvar%2Frun%2Fpostgresql/app`).
     pub host: String,
-    /// TCP port.
+    /// TCP port (for a socket directory: the port in the socket's file name).
     pub port: u16,
     /// Database user the gateway logs in as.
     pub user: String,
