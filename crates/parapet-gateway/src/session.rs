@@ -5,11 +5,14 @@
 //! - the **frontend** half reads client messages, judges every Query and Parse with the guard,
 //!   writes the decision to the log (waiting for it to be durable in `before_forward` mode) and
 //!   forwards — or, for a refused statement, sends upstream something that fails the same way on
-//!   the server, so client and server agree on the transaction state;
+//!   the server, so client and server agree on the transaction state. It works per read: first
+//!   every statement the read holds is judged and its decision submitted, then the decisions are
+//!   waited for together (a pipelining client pays one log commit per write, not one per
+//!   statement), then everything is forwarded in order with one write;
 //! - the **backend** half relays server messages in large chunks, looks only at message headers,
-//!   tracks ReadyForQuery / CommandComplete / ErrorResponse for outcome events, rewrites the
-//!   server's error for a refused statement into the gateway's own, and in `before_reply` mode
-//!   holds reply bytes until the decisions they answer are durable.
+//!   tracks ReadyForQuery / CommandComplete / ErrorResponse for outcome events (appended after
+//!   the reply is written), rewrites the server's error for a refused statement into the gateway's
+//!   own, and in `before_reply` mode holds reply bytes until the decisions they answer are durable.
 //!
 //! The halves talk through an ordered channel of [`Expect`]ations: each is sent before the
 //! message it describes is forwarded, so it is always there when the server's answer arrives.
