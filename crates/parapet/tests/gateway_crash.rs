@@ -7,7 +7,7 @@ use common::{env, ALICE_PW};
 use parapet_gateway::Verifier;
 use parapet_log::{Log, LogReader};
 use std::collections::HashSet;
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -31,25 +31,7 @@ async fn kill_9_mid_load_loses_no_executed_statement() {
         parapet::cli::user::snippet("alice", &Verifier::generate(ALICE_PW), &["eng".into()])
     );
     std::fs::write(dir.join("parapet.toml"), config).unwrap();
-    let mut gw = Command::new(env!("CARGO_BIN_EXE_parapet"))
-        .args(["serve", "--config"])
-        .arg(dir.join("parapet.toml"))
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("start parapet serve");
-    let mut up = false;
-    for _ in 0..200 {
-        if tokio::net::TcpStream::connect(("127.0.0.1", port))
-            .await
-            .is_ok()
-        {
-            up = true;
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    assert!(up, "parapet serve did not start listening");
+    let mut gw = common::start_serve(&dir.join("parapet.toml"), port).await;
 
     let stop = Arc::new(AtomicBool::new(false));
     let mut tasks = Vec::new();

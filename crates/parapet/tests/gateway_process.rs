@@ -9,7 +9,7 @@ use common::{env, ALICE_PW};
 use parapet_gateway::Verifier;
 use parapet_log::{Log, LogReader};
 use std::path::Path;
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::Duration;
 
 fn events(log_dir: &Path) -> Vec<serde_json::Value> {
@@ -70,26 +70,8 @@ async fn sighup_reload_normalized_statements_and_sigterm() {
         parapet::cli::user::snippet("alice", &Verifier::generate(ALICE_PW), &["eng".into()])
     );
     std::fs::write(dir.join("parapet.toml"), config).unwrap();
-    let mut gw = Command::new(env!("CARGO_BIN_EXE_parapet"))
-        .args(["serve", "--config"])
-        .arg(dir.join("parapet.toml"))
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("start parapet serve");
+    let mut gw = common::start_serve(&dir.join("parapet.toml"), port).await;
     let pid = gw.id();
-    let mut up = false;
-    for _ in 0..200 {
-        if tokio::net::TcpStream::connect(("127.0.0.1", port))
-            .await
-            .is_ok()
-        {
-            up = true;
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    assert!(up, "parapet serve did not start listening");
     let (c, conn) = tokio_postgres::Config::new()
         .host("127.0.0.1")
         .port(port)

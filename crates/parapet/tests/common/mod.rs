@@ -295,3 +295,27 @@ pub fn audit_index(detail: &str) -> u64 {
         .and_then(|n| n.parse().ok())
         .unwrap_or_else(|| panic!("DETAIL {detail:?} does not carry the audit entry index"))
 }
+
+/// Starts the real `parapet serve --config CONFIG` (output discarded) and waits (up to 10 s)
+/// until it listens on `port`.
+pub async fn start_serve(config: &std::path::Path, port: u16) -> std::process::Child {
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_parapet"))
+        .args(["serve", "--config"])
+        .arg(config)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("start parapet serve");
+    for _ in 0..200 {
+        if tokio::net::TcpStream::connect(("127.0.0.1", port))
+            .await
+            .is_ok()
+        {
+            return child;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    panic!("parapet serve did not start listening on port {port}");
+}
