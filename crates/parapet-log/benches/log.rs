@@ -70,6 +70,21 @@ fn disk_write_mb_s(dir: &Path) -> f64 {
     best
 }
 
+/// File creations per second in a new directory beside the logs (what writing a new tile file
+/// costs in inode allocation on this file system).
+fn creates_per_s(dir: &Path) -> f64 {
+    let d = dir.join("create-probe");
+    std::fs::create_dir(&d).expect("create probe dir");
+    let start = Instant::now();
+    let n = 300;
+    for i in 0..n {
+        std::fs::File::create(d.join(i.to_string())).expect("create probe file");
+    }
+    let rate = n as f64 / start.elapsed().as_secs_f64();
+    let _ = std::fs::remove_dir_all(&d);
+    rate
+}
+
 /// Bytes the log writes per 200-byte entry: the bundle (2 + 200), the leaf hash in its level-0
 /// tile (32), and its share of the level-1 tile (32 / 256).
 const DISK_BYTES_PER_ENTRY: f64 = 2.0 + ENTRY as f64 + 32.0 + 32.0 / 256.0;
@@ -139,6 +154,7 @@ fn main() {
     let sha = sha256_mb_s();
     let fsync = fsync_per_s(root);
     let disk_mb_s = disk_write_mb_s(root);
+    let creates = creates_per_s(root);
 
     let mut rows: Vec<(String, String, String)> = Vec::new();
     rows.push((
@@ -154,6 +170,11 @@ fn main() {
     rows.push((
         "disk write (64 MiB + fdatasync)".into(),
         format!("{disk_mb_s:.0} MB/s"),
+        "limit".into(),
+    ));
+    rows.push((
+        "file creation (new empty files, no sync)".into(),
+        format!("{creates:.0} /s"),
         "limit".into(),
     ));
     let only = std::env::var("PARAPET_BENCH_ONLY").unwrap_or_default();

@@ -114,6 +114,9 @@ enum Chore {
     Recycle(PathBuf, Recycler, Recycler),
     /// Close the last handle of a replaced file (freeing its blocks happens there).
     Close(File),
+    /// Give a replaced checkpoint (hard-linked into the pool's quarantine directory) back to
+    /// the pool once `CHECKPOINT_QUARANTINE` has passed.
+    Hold(PathBuf, Recycler),
 }
 
 impl Drop for LocalDir {
@@ -132,6 +135,8 @@ const POOL_DIR: &str = ".pool";
 const POOL_SIZE: usize = 256;
 /// Items the pool creates in one subdirectory before handing them out (see `Pool::start`).
 const POOL_CHUNK: usize = 32;
+/// The pool creates new items only while fewer than this are ready (recycled ones come first).
+const POOL_LOW: usize = 2 * POOL_CHUNK;
 /// Subdirectories the pool rotates through: enough that the one being filled holds no item
 /// still queued (the queue holds at most POOL_SIZE / POOL_CHUNK chunks).
 const POOL_SUBDIRS: u64 = (POOL_SIZE / POOL_CHUNK) as u64 + 2;
@@ -210,7 +215,9 @@ impl Pool {
             .name("parapet-log-pool".into())
             .spawn(move || {
                 let _ = fs::remove_dir_all(&dir);
-                if fs::create_dir_all(dir.join("r")).is_err() {
+                if fs::create_dir_all(dir.join("r")).is_err()
+                    || (!dirs && fs::create_dir_all(dir.join("q")).is_err())
+                {
                     return;
                 }
                 let offer = |p: PathBuf| {
@@ -227,47 +234,52 @@ impl Pool {
                     }
                 }
                 let mut n = 0u64;
-                let mut chunk = Vec::with_capacity(POOL_CHUNK);
                 loop {
-                    // Recycled items first; new ones only while the pool runs low.
-                    let wait = if count.load(AtomicOrdering::Relaxed) < POOL_SIZE / 4 {
-                        std::time::Duration::ZERO
-                    } else {
-                        std::time::Duration::from_millis(5)
-                    };
-                    match recycled.recv_timeout(wait) {
+                    // Recycled items first.
+                    while let Ok(p) = recycled.try_recv() {
+                        if !offer(p) {
+                            return;
+                        }
+                    }
+                    if count.load(AtomicOrdering::Relaxed) < POOL_LOW {
+                        // Running low: create one chunk in the next subdirectory, then hand it
+                        // out whole.
+                        let sub = dir.join(((n / POOL_CHUNK as u64) % POOL_SUBDIRS).to_string());
+                        let mut chunk = Vec::with_capacity(POOL_CHUNK);
+                        for _ in 0..POOL_CHUNK {
+                            n += 1;
+                            let p = sub.join(n.to_string());
+                            let made = if dirs {
+                                fs::create_dir(&p)
+                            } else {
+                                OpenOptions::new()
+                                    .write(true)
+                                    .create_new(true)
+                                    .open(&p)
+                                    .map(drop)
+                            };
+                            // On any error (a full disk, say) stop: writers create in place.
+                            if made.is_err() {
+                                return;
+                            }
+                            chunk.push(p);
+                        }
+                        for p in chunk {
+                            if !offer(p) {
+                                return;
+                            }
+                        }
+                        continue;
+                    }
+                    // Enough ready: wait for recycled items, looking at the level now and then.
+                    match recycled.recv_timeout(std::time::Duration::from_millis(20)) {
                         Ok(p) => {
                             if !offer(p) {
                                 return;
                             }
-                            continue;
                         }
                         Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {}
-                        Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => {}
-                    }
-                    let sub = (n / POOL_CHUNK as u64) % POOL_SUBDIRS;
-                    n += 1;
-                    let p = dir.join(sub.to_string()).join(n.to_string());
-                    let made = if dirs {
-                        fs::create_dir(&p)
-                    } else {
-                        OpenOptions::new()
-                            .write(true)
-                            .create_new(true)
-                            .open(&p)
-                            .map(drop)
-                    };
-                    // On any error (a full disk, say) stop: writers create in place instead.
-                    if made.is_err() {
-                        return;
-                    }
-                    chunk.push(p);
-                    if chunk.len() == POOL_CHUNK {
-                        for p in chunk.drain(..) {
-                            if !offer(p) {
-                                return;
-                            }
-                        }
+                        Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => return,
                     }
                 }
             });
@@ -332,11 +344,7 @@ impl LocalDir {
             let (tx, rx) = std::sync::mpsc::channel::<Chore>();
             let spawned = std::thread::Builder::new()
                 .name("parapet-log-janitor".into())
-                .spawn(move || {
-                    for c in rx {
-                        run_chore(c);
-                    }
-                });
+                .spawn(move || janitor(rx));
             if let Ok(handle) = spawned {
                 self.janitor = Some((tx, handle));
             }
@@ -352,13 +360,34 @@ impl LocalDir {
 
     /// Renames the staged checkpoint over the published one. The old file stays open until the
     /// janitor closes it, so freeing its blocks happens off the append path.
+    ///
+    /// With a pool, the old checkpoint's inode is kept instead (hard-linked into the pool's
+    /// quarantine directory first) and reused after `CHECKPOINT_QUARANTINE`: one file per batch
+    /// is neither created nor deleted. A reader that opened the old checkpoint would have to wait
+    /// that long before reading it to see it change.
     fn rename_checkpoint(&mut self) -> io::Result<()> {
+        static NEXT: AtomicU64 = AtomicU64::new(0);
         let tmp = self.root.join(format!("{TMP_PREFIX}{CHECKPOINT}"));
         let cp = self.root.join(CHECKPOINT);
-        let old = File::open(&cp).ok();
+        let held = self.pools.as_ref().and_then(|(f, _)| {
+            let q = f
+                .recycler
+                .dir
+                .with_file_name("q")
+                .join(format!("{}", NEXT.fetch_add(1, AtomicOrdering::Relaxed)));
+            fs::hard_link(&cp, &q)
+                .ok()
+                .map(|()| (q, f.recycler.clone()))
+        });
+        let old = match held {
+            Some(_) => None,
+            None => File::open(&cp).ok(),
+        };
         fs::rename(&tmp, &cp)?;
-        if let Some(f) = old {
-            self.chore(Chore::Close(f));
+        match (held, old) {
+            (Some((q, r)), _) => self.chore(Chore::Hold(q, r)),
+            (None, Some(f)) => self.chore(Chore::Close(f)),
+            (None, None) => {}
         }
         self.unsynced.remove(&tmp);
         Ok(())
@@ -398,12 +427,47 @@ impl LocalDir {
     }
 }
 
+/// How long a replaced checkpoint file is kept before its inode is reused.
+const CHECKPOINT_QUARANTINE: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// The janitor thread: runs chores in order; holds quarantined files until they are due.
+fn janitor(rx: std::sync::mpsc::Receiver<Chore>) {
+    use std::sync::mpsc::RecvTimeoutError;
+    let mut held: std::collections::VecDeque<(std::time::Instant, PathBuf, Recycler)> =
+        std::collections::VecDeque::new();
+    loop {
+        let msg = match held.front() {
+            Some((due, ..)) => {
+                rx.recv_timeout(due.saturating_duration_since(std::time::Instant::now()))
+            }
+            None => rx.recv().map_err(|_| RecvTimeoutError::Disconnected),
+        };
+        match msg {
+            Ok(Chore::Hold(p, r)) => {
+                held.push_back((std::time::Instant::now() + CHECKPOINT_QUARANTINE, p, r))
+            }
+            Ok(c) => run_chore(c),
+            Err(RecvTimeoutError::Timeout) => {}
+            // Shutting down: files still held stay in the quarantine directory, which the next
+            // pool start clears.
+            Err(RecvTimeoutError::Disconnected) => return,
+        }
+        let now = std::time::Instant::now();
+        while held.front().is_some_and(|(due, ..)| *due <= now) {
+            if let Some((_, p, r)) = held.pop_front() {
+                r.give(&p);
+            }
+        }
+    }
+}
+
 fn run_chore(c: Chore) {
     match c {
         Chore::Remove(p) => {
             let _ = fs::remove_dir_all(&p).or_else(|_| fs::remove_file(&p));
         }
         Chore::Close(f) => drop(f),
+        Chore::Hold(p, r) => r.give(&p),
         Chore::Recycle(dir, files, dirs) => {
             if let Ok(rd) = fs::read_dir(&dir) {
                 for e in rd.flatten() {
@@ -484,6 +548,8 @@ impl Syncer {
 const JOURNAL_MAGIC: &[u8; 8] = b"PPJNL\x00\x00\x01";
 const RECORD_MAGIC: &[u8; 4] = b"PPJR";
 const JOURNAL_HEADER: u64 = 4096;
+/// Records shorter than this are synced on the writer's thread (see `journal_append_start`).
+const JOURNAL_INLINE_SYNC: usize = 16 << 10;
 const JOURNAL_GROW: u64 = 4 << 20;
 const RECORD_OVERHEAD: usize = 4 + 8 + 4 + 32;
 
@@ -806,7 +872,13 @@ impl Storage for LocalDir {
     }
 
     fn journal_append_start(&mut self, record: &[u8]) -> io::Result<bool> {
-        self.journal()?.append_start(record)?;
+        // A small batch has few tiles to write meanwhile: syncing here saves two thread
+        // hand-offs, which cost more than the overlap gains.
+        if record.len() < JOURNAL_INLINE_SYNC {
+            self.journal()?.append(record)?;
+        } else {
+            self.journal()?.append_start(record)?;
+        }
         Ok(true)
     }
 
