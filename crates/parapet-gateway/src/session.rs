@@ -125,7 +125,7 @@ where
     let Upstream {
         stream, leftover, ..
     } = upstream;
-    let (mut up_r, mut up_w) = stream.into_split();
+    let (mut up_r, mut up_w) = crate::upstream::into_split(stream);
     let (tx, rx) = mpsc::unbounded_channel();
     let deny_stmt = format!("parapet_blocked_{}", info.session);
     let mut front = Frontend {

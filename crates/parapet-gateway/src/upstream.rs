@@ -10,10 +10,9 @@ use postgres_protocol::authentication::sasl::{ChannelBinding, ScramSha256, SCRAM
 use postgres_protocol::message::frontend;
 use std::io;
 use std::path::PathBuf;
-use std::pin::Pin;
-use std::task::{Context, Poll};
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{tcp, unix, TcpStream, UnixStream};
+use tokio_util::either::Either;
 
 /// The Unix-domain socket of `host:port` when `host` names a directory, as libpq reads it: the
 /// host is an absolute path (in a URL, percent-encoded: `postgres://u@%2Fvar%2Frun%2Fpostgresql/db`)
@@ -24,131 +23,34 @@ pub(crate) fn socket_path(host: &str, port: u16) -> Option<PathBuf> {
         .then(|| PathBuf::from(dir).join(format!(".s.PGSQL.{port}")))
 }
 
-/// Decodes `%XX` escapes. The binary hands hosts over as the URL spells them; only a socket
-/// directory is ever escaped, so this small decoder (instead of one more dependency in the shared
-/// lock file) is all that is needed. `None` if the result is not UTF-8 or an escape is broken.
+/// Decodes `%XX` escapes (the binary hands hosts over as the URL spells them). `None` if the
+/// result is not UTF-8.
 fn percent_decode(s: &str) -> Option<String> {
-    let b = s.as_bytes();
-    let mut out = Vec::with_capacity(b.len());
-    let mut i = 0;
-    while i < b.len() {
-        if b[i] == b'%' {
-            let hex = b.get(i + 1..i + 3)?;
-            let v = u8::from_str_radix(std::str::from_utf8(hex).ok()?, 16).ok()?;
-            out.push(v);
-            i += 3;
-        } else {
-            out.push(b[i]);
-            i += 1;
-        }
-    }
-    String::from_utf8(out).ok()
+    percent_encoding::percent_decode_str(s)
+        .decode_utf8()
+        .ok()
+        .map(|c| c.into_owned())
 }
 
-/// A connection to the server: TCP or Unix-domain socket.
-#[derive(Debug)]
-pub(crate) enum UpStream {
-    /// TCP (Nagle off).
-    Tcp(TcpStream),
-    /// Unix-domain socket: no TCP stack on either side, cheaper per message.
-    Unix(UnixStream),
-}
-
-impl UpStream {
-    /// Splits into owned halves (no lock between them).
-    pub(crate) fn into_split(self) -> (UpRead, UpWrite) {
-        match self {
-            UpStream::Tcp(s) => {
-                let (r, w) = s.into_split();
-                (UpRead::Tcp(r), UpWrite::Tcp(w))
-            }
-            UpStream::Unix(s) => {
-                let (r, w) = s.into_split();
-                (UpRead::Unix(r), UpWrite::Unix(w))
-            }
-        }
-    }
-}
-
+/// A connection to the server: TCP (Nagle off) or a Unix-domain socket (no TCP stack on either
+/// side, cheaper per message). tokio-util's `Either` forwards reads and writes to whichever it
+/// holds.
+pub(crate) type UpStream = Either<TcpStream, UnixStream>;
 /// Read half of an [`UpStream`].
-#[derive(Debug)]
-pub(crate) enum UpRead {
-    Tcp(tcp::OwnedReadHalf),
-    Unix(unix::OwnedReadHalf),
-}
-
+pub(crate) type UpRead = Either<tcp::OwnedReadHalf, unix::OwnedReadHalf>;
 /// Write half of an [`UpStream`].
-#[derive(Debug)]
-pub(crate) enum UpWrite {
-    Tcp(tcp::OwnedWriteHalf),
-    Unix(unix::OwnedWriteHalf),
-}
+pub(crate) type UpWrite = Either<tcp::OwnedWriteHalf, unix::OwnedWriteHalf>;
 
-// The halves only forward to the socket they hold; tokio has no either-type of its own for I/O.
-impl AsyncRead for UpRead {
-    fn poll_read(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
-        match self.get_mut() {
-            UpRead::Tcp(s) => Pin::new(s).poll_read(cx, buf),
-            UpRead::Unix(s) => Pin::new(s).poll_read(cx, buf),
+/// Splits a connection into owned halves (no lock between them).
+pub(crate) fn into_split(s: UpStream) -> (UpRead, UpWrite) {
+    match s {
+        Either::Left(s) => {
+            let (r, w) = s.into_split();
+            (Either::Left(r), Either::Left(w))
         }
-    }
-}
-
-impl AsyncWrite for UpWrite {
-    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, b: &[u8]) -> Poll<io::Result<usize>> {
-        match self.get_mut() {
-            UpWrite::Tcp(s) => Pin::new(s).poll_write(cx, b),
-            UpWrite::Unix(s) => Pin::new(s).poll_write(cx, b),
-        }
-    }
-    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        match self.get_mut() {
-            UpWrite::Tcp(s) => Pin::new(s).poll_flush(cx),
-            UpWrite::Unix(s) => Pin::new(s).poll_flush(cx),
-        }
-    }
-    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        match self.get_mut() {
-            UpWrite::Tcp(s) => Pin::new(s).poll_shutdown(cx),
-            UpWrite::Unix(s) => Pin::new(s).poll_shutdown(cx),
-        }
-    }
-}
-
-impl AsyncRead for UpStream {
-    fn poll_read(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
-        match self.get_mut() {
-            UpStream::Tcp(s) => Pin::new(s).poll_read(cx, buf),
-            UpStream::Unix(s) => Pin::new(s).poll_read(cx, buf),
-        }
-    }
-}
-
-impl AsyncWrite for UpStream {
-    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, b: &[u8]) -> Poll<io::Result<usize>> {
-        match self.get_mut() {
-            UpStream::Tcp(s) => Pin::new(s).poll_write(cx, b),
-            UpStream::Unix(s) => Pin::new(s).poll_write(cx, b),
-        }
-    }
-    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        match self.get_mut() {
-            UpStream::Tcp(s) => Pin::new(s).poll_flush(cx),
-            UpStream::Unix(s) => Pin::new(s).poll_flush(cx),
-        }
-    }
-    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        match self.get_mut() {
-            UpStream::Tcp(s) => Pin::new(s).poll_shutdown(cx),
-            UpStream::Unix(s) => Pin::new(s).poll_shutdown(cx),
+        Either::Right(s) => {
+            let (r, w) = s.into_split();
+            (Either::Right(r), Either::Right(w))
         }
     }
 }
@@ -158,12 +60,12 @@ async fn open(host: &str, port: u16) -> io::Result<UpStream> {
     match socket_path(host, port) {
         Some(path) => UnixStream::connect(&path)
             .await
-            .map(UpStream::Unix)
+            .map(Either::Right)
             .map_err(|e| io::Error::new(e.kind(), format!("socket {}: {e}", path.display()))),
         None => {
             let s = TcpStream::connect((host, port)).await?;
             s.set_nodelay(true)?;
-            Ok(UpStream::Tcp(s))
+            Ok(Either::Left(s))
         }
     }
 }
