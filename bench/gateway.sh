@@ -9,6 +9,7 @@
 #   DURATION=5 CLIENTS="1 64" bench/gateway.sh
 #   TESTS=select MODES=prepared CLIENTS=64 bench/gateway.sh   # one row: -S, -M prepared, 64 clients
 #   UPSTREAM=unix bench/gateway.sh       # PgBouncer and Parapet reach PostgreSQL by Unix socket
+#   BENCH_DIR=/var/tmp bench/gateway.sh  # where clusters and audit logs live (default /tmp)
 #
 # Needs: postgresql (initdb, postgres, pgbench), pgbouncer; builds parapet in release mode unless
 # PARAPET=/path/to/parapet is given. Everything runs in a temp dir that is removed at exit.
@@ -32,8 +33,16 @@ if [ -z "${PARAPET:-}" ]; then
   PARAPET=${CARGO_TARGET_DIR:-$ROOT/target}/release/parapet
 fi
 
-WORK=$(mktemp -d /tmp/parapet-bench-XXXXXX)
+# BENCH_DIR: where the clusters and audit logs live (default /tmp). Creating a file costs from
+# ~20 us to over 1 ms depending on the directory's inode group on some ext4 file systems; the
+# header shows the rate measured here.
+WORK=$(mktemp -d "${BENCH_DIR:-/tmp}/parapet-bench-XXXXXX")
 chmod 711 "$WORK"
+mkdir "$WORK/create-probe"
+CREATE_T0=$(date +%s%N)
+for i in $(seq 300); do : > "$WORK/create-probe/$i"; done
+CREATES_PER_S=$(( 300 * 1000000000 / ( $(date +%s%N) - CREATE_T0 ) ))
+rm -rf "$WORK/create-probe"
 PIDS=()
 cleanup() {
   for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
@@ -140,7 +149,7 @@ run() { # target port user test mode clients [pid] -> "tps lat cpu_us_per_tx"
     'BEGIN{ if (p != "" && n > 0) printf "%.0f", d / t * 1e6 / n; else print "-" }')"
 }
 
-printf "%s\n" "machine: $(nproc) cores, $(awk '/MemTotal/{printf "%.0f GiB", $2/1048576}' /proc/meminfo), $(uname -sr); PostgreSQL $("$BINDIR/postgres" --version | awk '{print $3}'); $(pgbouncer --version | head -1); scale $SCALE; ${DURATION}s per run; proxies reach PostgreSQL by $UPSTREAM; load average $(cut -d' ' -f1-3 /proc/loadavg)"
+printf "%s\n" "machine: $(nproc) cores, $(awk '/MemTotal/{printf "%.0f GiB", $2/1048576}' /proc/meminfo), $(uname -sr); PostgreSQL $("$BINDIR/postgres" --version | awk '{print $3}'); $(pgbouncer --version | head -1); scale $SCALE; ${DURATION}s per run; proxies reach PostgreSQL by $UPSTREAM; file creation in $WORK: $CREATES_PER_S/s; load average $(cut -d' ' -f1-3 /proc/loadavg)"
 printf "%-7s %-8s %4s | %10s %7s | %10s %7s %5s | %10s %7s %5s %8s | %10s %7s %5s %8s | %6s %6s %6s %6s\n" \
   test mode cl "direct" "ms" "pgbouncer" "ms" "us/tx" "pp-fwd" "ms" "us/tx" "entries" "pp-reply" "ms" "us/tx" "entries" "fwd/d" "fwd/b" "rep/d" "rep/b"
 for t in $TESTS; do

@@ -129,6 +129,19 @@ impl Drop for LocalDir {
     }
 }
 
+/// A name prefix unique to this process run, so that names made in the pool never collide with
+/// what an earlier run left there.
+fn run_tag() -> &'static str {
+    static TAG: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    TAG.get_or_init(|| {
+        let t = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos())
+            .unwrap_or(0);
+        format!("{t:x}{:x}", std::process::id())
+    })
+}
+
 /// Directory (under the log root) of pre-created files and directories.
 const POOL_DIR: &str = ".pool";
 /// How many pre-created files (and directories) are kept ready.
@@ -169,9 +182,11 @@ impl Recycler {
     /// Moves `p` into the pool; removes it if that fails.
     fn give(&self, p: &Path) {
         static NEXT: AtomicU64 = AtomicU64::new(0);
-        let dst = self
-            .dir
-            .join(NEXT.fetch_add(1, AtomicOrdering::Relaxed).to_string());
+        let dst = self.dir.join(format!(
+            "{}-{}",
+            run_tag(),
+            NEXT.fetch_add(1, AtomicOrdering::Relaxed)
+        ));
         // Files are handed out empty: the writer then needs no O_TRUNC, which on ext4 would make
         // closing the file start its writeback at once (the replace-via-truncate heuristic).
         let emptied = |d: &Path| {
@@ -214,7 +229,14 @@ impl Pool {
         let _ = std::thread::Builder::new()
             .name("parapet-log-pool".into())
             .spawn(move || {
-                let _ = fs::remove_dir_all(&dir);
+                // What an earlier run left in the pool is reused, not deleted and created again.
+                let leftovers: Vec<PathBuf> = fs::read_dir(&dir)
+                    .into_iter()
+                    .flatten()
+                    .flatten()
+                    .filter_map(|sub| fs::read_dir(sub.path()).ok())
+                    .flat_map(|items| items.flatten().map(|e| e.path()))
+                    .collect();
                 if fs::create_dir_all(dir.join("r")).is_err()
                     || (!dirs && fs::create_dir_all(dir.join("q")).is_err())
                 {
@@ -224,6 +246,22 @@ impl Pool {
                     count.fetch_add(1, AtomicOrdering::Relaxed);
                     tx.send(p).is_ok()
                 };
+                for p in leftovers {
+                    let usable = if dirs {
+                        fs::read_dir(&p).is_ok_and(|mut d| d.next().is_none())
+                    } else {
+                        OpenOptions::new()
+                            .write(true)
+                            .open(&p)
+                            .and_then(|f| f.set_len(0))
+                            .is_ok()
+                    };
+                    if !usable {
+                        let _ = fs::remove_dir_all(&p).or_else(|_| fs::remove_file(&p));
+                    } else if !offer(p) {
+                        return;
+                    }
+                }
                 // Created POOL_CHUNK at a time in POOL_SUBDIRS rotating subdirectories and handed
                 // out a chunk at a time: creating an inode holds its directory's lock for long
                 // (see above), and taking an item renames it out of its directory, so the
@@ -248,7 +286,7 @@ impl Pool {
                         let mut chunk = Vec::with_capacity(POOL_CHUNK);
                         for _ in 0..POOL_CHUNK {
                             n += 1;
-                            let p = sub.join(n.to_string());
+                            let p = sub.join(format!("{}-{n}", run_tag()));
                             let made = if dirs {
                                 fs::create_dir(&p)
                             } else {
@@ -370,11 +408,11 @@ impl LocalDir {
         let tmp = self.root.join(format!("{TMP_PREFIX}{CHECKPOINT}"));
         let cp = self.root.join(CHECKPOINT);
         let held = self.pools.as_ref().and_then(|(f, _)| {
-            let q = f
-                .recycler
-                .dir
-                .with_file_name("q")
-                .join(format!("{}", NEXT.fetch_add(1, AtomicOrdering::Relaxed)));
+            let q = f.recycler.dir.with_file_name("q").join(format!(
+                "{}-{}",
+                run_tag(),
+                NEXT.fetch_add(1, AtomicOrdering::Relaxed)
+            ));
             fs::hard_link(&cp, &q)
                 .ok()
                 .map(|()| (q, f.recycler.clone()))
