@@ -38,18 +38,7 @@ async fn kill_9_mid_load_loses_no_executed_statement() {
     for w in 0..4i64 {
         let stop = stop.clone();
         tasks.push(tokio::spawn(async move {
-            let (c, conn) = tokio_postgres::Config::new()
-                .host("127.0.0.1")
-                .port(port)
-                .user("alice")
-                .password(ALICE_PW)
-                .dbname("main")
-                .connect(tokio_postgres::NoTls)
-                .await
-                .expect("connect");
-            tokio::spawn(async move {
-                let _ = conn.await;
-            });
+            let c = e.client(([127, 0, 0, 1], port).into()).await;
             let mut acked = Vec::new();
             let mut i = 0i64;
             while !stop.load(Ordering::Relaxed) {

@@ -72,18 +72,7 @@ async fn sighup_reload_normalized_statements_and_sigterm() {
     std::fs::write(dir.join("parapet.toml"), config).unwrap();
     let mut gw = common::start_serve(&dir.join("parapet.toml"), port).await;
     let pid = gw.id();
-    let (c, conn) = tokio_postgres::Config::new()
-        .host("127.0.0.1")
-        .port(port)
-        .user("alice")
-        .password(ALICE_PW)
-        .dbname("main")
-        .connect(tokio_postgres::NoTls)
-        .await
-        .expect("connect through parapet serve");
-    tokio::spawn(async move {
-        let _ = conn.await;
-    });
+    let c = e.client(([127, 0, 0, 1], port).into()).await;
 
     // statement_text = "normalized": the decision carries the normalised text and fingerprint,
     // and the literal never reaches the log.
