@@ -667,13 +667,17 @@ impl JournalFile {
         Ok(())
     }
 
+    /// Writes a record and syncs it on this thread.
     fn append(&mut self, payload: &[u8]) -> io::Result<()> {
-        self.append_start(payload)?;
-        self.wait()
+        let end = self.write_record(payload)?;
+        self.file.sync_data()?;
+        self.pos = end;
+        Ok(())
     }
 
-    /// Writes a record and has the syncer thread make it durable; see [`JournalFile::wait`].
-    fn append_start(&mut self, payload: &[u8]) -> io::Result<()> {
+    /// Frames `payload` as a record and writes it at the write position (not yet synced);
+    /// returns where it ends.
+    fn write_record(&mut self, payload: &[u8]) -> io::Result<u64> {
         self.wait()?;
         let len = u32::try_from(payload.len())
             .map_err(|_| io::Error::other("journal record over 4 GiB"))?;
@@ -688,6 +692,12 @@ impl JournalFile {
         self.grow(end)?;
         self.file.write_all_at(&rec, self.pos)?;
         self.last = Some(self.pos);
+        Ok(end)
+    }
+
+    /// Writes a record and has the syncer thread make it durable; see [`JournalFile::wait`].
+    fn append_start(&mut self, payload: &[u8]) -> io::Result<()> {
+        let end = self.write_record(payload)?;
         if self.syncer.is_none() {
             self.syncer = Some(Syncer::start(&self.file)?);
         }
