@@ -165,6 +165,14 @@ struct Pool {
     /// Items in `rx` (the thread creates new ones only while this is low).
     ready: Arc<AtomicUsize>,
     recycler: Recycler,
+    /// Tells the thread to stop (set when the pool is dropped).
+    stop: Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl Drop for Pool {
+    fn drop(&mut self) {
+        self.stop.store(true, AtomicOrdering::Relaxed);
+    }
 }
 
 /// Hands used files or directories back to a [`Pool`]: deleting and creating inodes is what
@@ -226,6 +234,8 @@ impl Pool {
             tx: recycle_tx,
         };
         let count = ready.clone();
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let stopped = stop.clone();
         let _ = std::thread::Builder::new()
             .name("parapet-log-pool".into())
             .spawn(move || {
@@ -285,6 +295,9 @@ impl Pool {
                         let sub = dir.join(((n / POOL_CHUNK as u64) % POOL_SUBDIRS).to_string());
                         let mut chunk = Vec::with_capacity(POOL_CHUNK);
                         for _ in 0..POOL_CHUNK {
+                            if stopped.load(AtomicOrdering::Relaxed) {
+                                return;
+                            }
                             n += 1;
                             let p = sub.join(format!("{}-{n}", run_tag()));
                             let made = if dirs {
@@ -325,6 +338,7 @@ impl Pool {
             rx: parking_lot::Mutex::new(rx),
             ready,
             recycler,
+            stop,
         }
     }
 
@@ -887,7 +901,10 @@ impl Storage for LocalDir {
     fn stage_checkpoint(&mut self, data: &[u8]) -> io::Result<()> {
         let tmp = self.root.join(format!("{TMP_PREFIX}{CHECKPOINT}"));
         // A pooled file saves creating an inode (see `Pool`).
-        let pooled = self.pools().0.take().and_then(|p| {
+        // Only a pool already started by tile writes: `Log::init`, which writes nothing but the
+        // first checkpoint, should not start one.
+        let taken = self.pools.as_ref().and_then(|(f, _)| f.take());
+        let pooled = taken.and_then(|p| {
             if fs::rename(&p, &tmp).is_err() {
                 let _ = fs::remove_file(&p);
                 return None;
