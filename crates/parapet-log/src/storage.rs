@@ -129,6 +129,18 @@ impl Drop for LocalDir {
     }
 }
 
+/// Empties the pool file `path` for reuse, but only if it is the file's sole name. A
+/// quarantined checkpoint is a hard link; if the process died between linking it and replacing
+/// the checkpoint, that link names the published checkpoint, and a file with a second name must
+/// never be emptied or rewritten. Such a file is not reused (the caller removes this one name).
+fn empty_sole_link(path: &Path) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    match OpenOptions::new().write(true).open(path) {
+        Ok(f) => f.metadata().is_ok_and(|m| m.nlink() == 1) && f.set_len(0).is_ok(),
+        Err(_) => false,
+    }
+}
+
 /// A name prefix unique to this process run, so that names made in the pool never collide with
 /// what an earlier run left there.
 fn run_tag() -> &'static str {
@@ -197,14 +209,7 @@ impl Recycler {
         ));
         // Files are handed out empty: the writer then needs no O_TRUNC, which on ext4 would make
         // closing the file start its writeback at once (the replace-via-truncate heuristic).
-        let emptied = |d: &Path| {
-            !self.files
-                || OpenOptions::new()
-                    .write(true)
-                    .open(d)
-                    .and_then(|f| f.set_len(0))
-                    .is_ok()
-        };
+        let emptied = |d: &Path| !self.files || empty_sole_link(d);
         if fs::rename(p, &dst).is_ok() && emptied(&dst) {
             if let Err(e) = self.tx.send(dst) {
                 let _ = fs::remove_dir_all(&e.0).or_else(|_| fs::remove_file(&e.0));
@@ -260,11 +265,7 @@ impl Pool {
                     let usable = if dirs {
                         fs::read_dir(&p).is_ok_and(|mut d| d.next().is_none())
                     } else {
-                        OpenOptions::new()
-                            .write(true)
-                            .open(&p)
-                            .and_then(|f| f.set_len(0))
-                            .is_ok()
+                        empty_sole_link(&p)
                     };
                     if !usable {
                         let _ = fs::remove_dir_all(&p).or_else(|_| fs::remove_file(&p));
@@ -909,7 +910,12 @@ impl Storage for LocalDir {
                 let _ = fs::remove_file(&p);
                 return None;
             }
-            write_existing(&tmp, data).ok()
+            let written = write_existing(&tmp, data).ok();
+            if written.is_none() {
+                // Drop this name before creating a fresh file under it.
+                let _ = fs::remove_file(&tmp);
+            }
+            written
         });
         if pooled.is_none() {
             drop(create_with(&tmp, data)?);
@@ -1037,7 +1043,12 @@ fn create_with(path: &Path, data: &[u8]) -> io::Result<File> {
 /// does not take its directory's lock; no `O_TRUNC`, see `Recycler::give`), cutting any longer
 /// old content.
 fn write_existing(path: &Path, data: &[u8]) -> io::Result<File> {
+    use std::os::unix::fs::MetadataExt;
     let mut f = OpenOptions::new().write(true).open(path)?;
+    // Never write into a file that has another name (see `empty_sole_link`).
+    if f.metadata()?.nlink() != 1 {
+        return Err(io::Error::other("pool file has another name"));
+    }
     f.write_all(data)?;
     if f.metadata()?.len() != data.len() as u64 {
         f.set_len(data.len() as u64)?;

@@ -532,3 +532,52 @@ async fn a_failed_batch_is_withdrawn_from_the_journal() {
     // The live directory agrees.
     assert_eq!(all_entries(&dir), e);
 }
+
+/// A crash between keeping the old checkpoint (a hard link into the pool's quarantine) and
+/// replacing it leaves a pool file that is also the published checkpoint. It must never be
+/// emptied or reused: the checkpoint and every tile stay intact.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pool_file_that_is_also_the_checkpoint_is_never_reused() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (dir, key, v) = new_log(tmp.path());
+    let log = Log::open(&dir, &key).unwrap();
+    for i in 0..300u32 {
+        log.append(format!("first {i}").into_bytes()).await.unwrap();
+    }
+    drop(log);
+    // The crash window: the published checkpoint has another name in the quarantine (here 64,
+    // so that they are what the pool would hand out first).
+    std::fs::remove_dir_all(dir.join(".pool")).unwrap();
+    let q = dir.join(".pool/f/q");
+    std::fs::create_dir_all(&q).unwrap();
+    for i in 0..64 {
+        std::fs::hard_link(
+            dir.join("checkpoint"),
+            q.join(format!("left-by-a-crash-{i}")),
+        )
+        .unwrap();
+    }
+    let log = Log::open(&dir, &key).unwrap();
+    for round in 0..6u32 {
+        let tickets: Vec<_> = (0..100u32)
+            .map(|i| log.submit(format!("second {round} {i}").into_bytes()))
+            .collect();
+        for t in tickets {
+            t.await.unwrap();
+        }
+        // Let the pool thread hand out what it found before the next writes.
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    // Past the checkpoint quarantine, so that recycled checkpoints have been reused too.
+    tokio::time::sleep(std::time::Duration::from_millis(2500)).await;
+    for i in 0..50u32 {
+        log.append(format!("third {i}").into_bytes()).await.unwrap();
+    }
+    log.close().await.unwrap();
+    drop(log);
+    verify_log(&dir, &v, None, &no_progress).unwrap();
+    let e = all_entries(&dir);
+    assert_eq!(e.len(), 950);
+    assert_eq!(e[0], b"first 0");
+    assert_eq!(e[949], b"third 49");
+}
