@@ -141,6 +141,11 @@ fn empty_sole_link(path: &Path) -> bool {
     }
 }
 
+/// Removes a directory tree or a file, whichever `path` is; errors are ignored (garbage).
+fn remove_any(path: &Path) {
+    let _ = fs::remove_dir_all(path).or_else(|_| fs::remove_file(path));
+}
+
 /// A name prefix unique to this process run, so that names made in the pool never collide with
 /// what an earlier run left there.
 fn run_tag() -> &'static str {
@@ -169,7 +174,7 @@ const POOL_SUBDIRS: u64 = (POOL_SIZE / POOL_CHUNK) as u64 + 2;
 /// Empty files (or directories) created ahead of need by a background thread, in
 /// [`POOL_DIR`]. Creating an inode is the slowest step of writing a small tile (on ext4 without
 /// a journal it scans for recently deleted inodes, ~0.1–0.6 ms); with a pool the append path only
-/// renames one into place. Leftovers of an earlier run are removed when the pool starts. No
+/// renames one into place. What an earlier run left in the pool is reused when it starts. No
 /// crate does this; it is a few lines over std.
 struct Pool {
     /// In a mutex only so that `LocalDir` stays `Sync` (readers share it across threads).
@@ -212,12 +217,11 @@ impl Recycler {
         let emptied = |d: &Path| !self.files || empty_sole_link(d);
         if fs::rename(p, &dst).is_ok() && emptied(&dst) {
             if let Err(e) = self.tx.send(dst) {
-                let _ = fs::remove_dir_all(&e.0).or_else(|_| fs::remove_file(&e.0));
+                remove_any(&e.0);
             }
         } else {
-            for x in [p, &dst] {
-                let _ = fs::remove_dir_all(x).or_else(|_| fs::remove_file(x));
-            }
+            remove_any(p);
+            remove_any(&dst);
         }
     }
 }
@@ -268,7 +272,7 @@ impl Pool {
                         empty_sole_link(&p)
                     };
                     if !usable {
-                        let _ = fs::remove_dir_all(&p).or_else(|_| fs::remove_file(&p));
+                        remove_any(&p);
                     } else if !offer(p) {
                         return;
                     }
@@ -501,8 +505,8 @@ fn janitor(rx: std::sync::mpsc::Receiver<Chore>) {
             }
             Ok(c) => run_chore(c),
             Err(RecvTimeoutError::Timeout) => {}
-            // Shutting down: files still held stay in the quarantine directory, which the next
-            // pool start clears.
+            // Shutting down: files still held stay in the quarantine directory, where the next
+            // pool start finds and reuses them.
             Err(RecvTimeoutError::Disconnected) => return,
         }
         let now = std::time::Instant::now();
@@ -516,9 +520,7 @@ fn janitor(rx: std::sync::mpsc::Receiver<Chore>) {
 
 fn run_chore(c: Chore) {
     match c {
-        Chore::Remove(p) => {
-            let _ = fs::remove_dir_all(&p).or_else(|_| fs::remove_file(&p));
-        }
+        Chore::Remove(p) => remove_any(&p),
         Chore::Close(f) => drop(f),
         Chore::Hold(p, r) => r.give(&p),
         Chore::Recycle(dir, files, dirs) => {
@@ -862,19 +864,8 @@ impl Storage for LocalDir {
         // never sees a half-written file, and a file left by an interrupted batch is replaced
         // whole.
         let partial = dir.extension().is_some_and(|e| e == "p");
-        let pooled = self
-            .pools()
-            .0
-            .take()
-            .and_then(|p| Some((write_existing(&p, data).ok()?, p)));
-        let (f, tmp) = match pooled {
-            Some(done) => done,
-            None => {
-                let tmp = dir.join(format!("{TMP_PREFIX}{name}"));
-                (create_with(&tmp, data)?, tmp)
-            }
-        };
-        drop(f);
+        let pooled = self.pools().0.take();
+        let tmp = fill(pooled, &dir.join(format!("{TMP_PREFIX}{name}")), data)?;
         fs::rename(&tmp, &full)?;
         let slot = if partial { dir.clone() } else { full.clone() };
         self.unsynced.insert(slot, full);
@@ -901,24 +892,12 @@ impl Storage for LocalDir {
 
     fn stage_checkpoint(&mut self, data: &[u8]) -> io::Result<()> {
         let tmp = self.root.join(format!("{TMP_PREFIX}{CHECKPOINT}"));
-        // A pooled file saves creating an inode (see `Pool`).
         // Only a pool already started by tile writes: `Log::init`, which writes nothing but the
         // first checkpoint, should not start one.
-        let taken = self.pools.as_ref().and_then(|(f, _)| f.take());
-        let pooled = taken.and_then(|p| {
-            if fs::rename(&p, &tmp).is_err() {
-                let _ = fs::remove_file(&p);
-                return None;
-            }
-            let written = write_existing(&tmp, data).ok();
-            if written.is_none() {
-                // Drop this name before creating a fresh file under it.
-                let _ = fs::remove_file(&tmp);
-            }
-            written
-        });
-        if pooled.is_none() {
-            drop(create_with(&tmp, data)?);
+        let pooled = self.pools.as_ref().and_then(|(f, _)| f.take());
+        let written = fill(pooled, &tmp, data)?;
+        if written != tmp {
+            fs::rename(&written, &tmp)?;
         }
         self.unsynced.insert(tmp.clone(), tmp);
         Ok(())
@@ -1028,21 +1007,33 @@ pub fn read_checkpoint_file(dir: &Path) -> Result<Vec<u8>, LogError> {
     }
 }
 
+/// Writes `data` into the pool file `pooled` (see `write_existing`) or, without one or if it
+/// cannot be used, into a new file `fallback`; returns the path that holds the data (not yet
+/// synced). A pooled file saves creating an inode (see `Pool`).
+fn fill(pooled: Option<PathBuf>, fallback: &Path, data: &[u8]) -> io::Result<PathBuf> {
+    if let Some(p) = pooled {
+        if write_existing(&p, data).is_ok() {
+            return Ok(p);
+        }
+    }
+    create_with(fallback, data)?;
+    Ok(fallback.to_path_buf())
+}
+
 /// Creates (or truncates) `path` and writes `data` to it, not yet synced.
-fn create_with(path: &Path, data: &[u8]) -> io::Result<File> {
+fn create_with(path: &Path, data: &[u8]) -> io::Result<()> {
     let mut f = OpenOptions::new()
         .write(true)
         .create(true)
         .truncate(true)
         .open(path)?;
-    f.write_all(data)?;
-    Ok(f)
+    f.write_all(data)
 }
 
 /// Writes `data` over the existing, normally empty pool file `path` (no `O_CREAT`, so opening
 /// does not take its directory's lock; no `O_TRUNC`, see `Recycler::give`), cutting any longer
 /// old content.
-fn write_existing(path: &Path, data: &[u8]) -> io::Result<File> {
+fn write_existing(path: &Path, data: &[u8]) -> io::Result<()> {
     use std::os::unix::fs::MetadataExt;
     let mut f = OpenOptions::new().write(true).open(path)?;
     // Never write into a file that has another name (see `empty_sole_link`).
@@ -1053,5 +1044,5 @@ fn write_existing(path: &Path, data: &[u8]) -> io::Result<File> {
     if f.metadata()?.len() != data.len() as u64 {
         f.set_len(data.len() as u64)?;
     }
-    Ok(f)
+    Ok(())
 }

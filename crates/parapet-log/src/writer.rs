@@ -602,12 +602,22 @@ impl<S: Storage> Writer<S> {
         self.storage
             .sync()
             .map_err(|e| self.io_error("syncing tiles", e))?;
-        self.storage
-            .journal_clear()
-            .map_err(|e| self.io_error("clearing the journal", e))?;
-        self.journal_bytes = 0;
-        self.unsynced_since = None;
-        for p in std::mem::take(&mut self.deferred_removals) {
+        self.after_sync()
+    }
+
+    /// Once everything written is synced: clears the journal (its records are covered) and
+    /// removes the superseded partial tiles that had to wait for this.
+    fn after_sync(&mut self) -> Result<(), LogError> {
+        if self.unsynced_since.is_some() {
+            self.storage
+                .journal_clear()
+                .map_err(|e| self.io_error("clearing the journal", e))?;
+            self.journal_bytes = 0;
+            self.unsynced_since = None;
+        }
+        let mut done = std::mem::take(&mut self.deferred_removals);
+        done.append(&mut self.tree.completed);
+        for p in done {
             self.storage.remove_later(&p);
         }
         Ok(())
@@ -828,20 +838,8 @@ impl<S: Storage> Writer<S> {
             .publish_checkpoint()
             .map_err(|e| self.io_error("publishing the checkpoint", e))?;
         self.shared.size.store(cp.size, Ordering::Release);
-        if self.unsynced_since.is_some() {
-            // Everything the journal held is now synced too.
-            self.storage
-                .journal_clear()
-                .map_err(|e| self.io_error("clearing the journal", e))?;
-            self.journal_bytes = 0;
-            self.unsynced_since = None;
-        }
-        let mut done = std::mem::take(&mut self.deferred_removals);
-        done.append(&mut self.tree.completed);
-        for p in done {
-            self.storage.remove_later(&p);
-        }
-        Ok(())
+        // Everything the journal held is now synced too.
+        self.after_sync()
     }
 }
 
