@@ -7,7 +7,6 @@ use common::{env, ALICE_PW};
 use parapet_gateway::Verifier;
 use parapet_log::{Log, LogReader};
 use std::collections::HashSet;
-use std::process::Command;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -76,17 +75,7 @@ async fn kill_9_mid_load_loses_no_executed_statement() {
         acked.len()
     );
 
-    let verify = Command::new(env!("CARGO_BIN_EXE_parapet"))
-        .args(["verify", "--dir"])
-        .arg(&log_dir)
-        .args(["--vkey", &vkey])
-        .output()
-        .unwrap();
-    assert!(
-        verify.status.success(),
-        "parapet verify failed: {}",
-        String::from_utf8_lossy(&verify.stderr)
-    );
+    common::assert_verifies(&log_dir, &vkey);
 
     let executed: HashSet<i64> = e
         .direct("SELECT id FROM crash_t")

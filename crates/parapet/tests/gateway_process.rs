@@ -9,7 +9,6 @@ use common::{env, ALICE_PW};
 use parapet_gateway::Verifier;
 use parapet_log::{Log, LogReader};
 use std::path::Path;
-use std::process::Command;
 use std::time::Duration;
 
 fn events(log_dir: &Path) -> Vec<serde_json::Value> {
@@ -159,15 +158,5 @@ async fn sighup_reload_normalized_statements_and_sigterm() {
     assert!(status.success(), "parapet serve exited with {status}");
     let last = events(&log_dir).pop().unwrap();
     assert_eq!(last["type"], "gateway_stop");
-    let verify = Command::new(env!("CARGO_BIN_EXE_parapet"))
-        .args(["verify", "--dir"])
-        .arg(&log_dir)
-        .args(["--vkey", &vkey])
-        .output()
-        .unwrap();
-    assert!(
-        verify.status.success(),
-        "parapet verify failed: {}",
-        String::from_utf8_lossy(&verify.stderr)
-    );
+    common::assert_verifies(&log_dir, &vkey);
 }

@@ -319,3 +319,18 @@ pub async fn start_serve(config: &std::path::Path, port: u16) -> std::process::C
     let _ = child.wait();
     panic!("parapet serve did not start listening on port {port}");
 }
+
+/// Runs the real `parapet verify` on `log_dir` and asserts that it passes.
+pub fn assert_verifies(log_dir: &std::path::Path, vkey: &str) {
+    let verify = std::process::Command::new(env!("CARGO_BIN_EXE_parapet"))
+        .args(["verify", "--dir"])
+        .arg(log_dir)
+        .args(["--vkey", vkey])
+        .output()
+        .expect("run parapet verify");
+    assert!(
+        verify.status.success(),
+        "parapet verify failed: {}",
+        String::from_utf8_lossy(&verify.stderr)
+    );
+}
