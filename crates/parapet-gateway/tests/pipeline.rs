@@ -118,6 +118,8 @@ struct Setup {
     _cluster: Cluster,
     _logdir: tempfile::TempDir,
     log_dir: PathBuf,
+    /// The gateway's log handle (to know what it has acknowledged).
+    log: Log,
     gw: SocketAddr,
 }
 
@@ -171,13 +173,14 @@ async fn setup_with(durability: Durability, unix: bool) -> Setup {
     cfg.durability = durability;
     cfg.reload_on_sighup = false;
     cfg.policy_poll = None;
-    let gw = Gateway::bind(cfg, guard, log).await.expect("bind");
+    let gw = Gateway::bind(cfg, guard, log.clone()).await.expect("bind");
     let addr = gw.local_addr().expect("addr");
     tokio::spawn(gw.run(std::future::pending()));
     Setup {
         _cluster: cluster,
         _logdir: logdir,
         log_dir,
+        log,
         gw: addr,
     }
 }
@@ -309,8 +312,19 @@ fn first_error(msgs: &[Msg]) -> Option<(String, String)> {
     Some((f.code, f.message))
 }
 
-fn decisions(log_dir: &Path) -> Vec<serde_json::Value> {
-    let r = LogReader::open(log_dir).expect("open log");
+/// Decision events, once the log shows every entry acknowledged so far (tiles and checkpoint
+/// are published within `parapet_log::PUBLISH_INTERVAL` of the acknowledgement).
+fn decisions(s: &Setup) -> Vec<serde_json::Value> {
+    let want = s.log.size();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    let r = loop {
+        let r = LogReader::open(&s.log_dir).expect("open log");
+        if r.size() >= want {
+            break r;
+        }
+        assert!(std::time::Instant::now() < deadline, "log not published");
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    };
     r.entries(0, r.size())
         .map(|e| serde_json::from_slice::<serde_json::Value>(&e.expect("entry").1).expect("json"))
         .filter(|v| v["type"] == "decision")
@@ -341,7 +355,7 @@ async fn pipelined_simple_queries(s: Setup) {
     c.s.write_all(&out).await.expect("write");
     assert_eq!(first_value(&c.until_ready().await).as_deref(), Some("four"));
     // The session's last four decisions (a caller may have run statements before).
-    let all = decisions(&s.log_dir);
+    let all = decisions(&s);
     let sqls: Vec<_> = all[all.len().saturating_sub(4)..]
         .iter()
         .map(|d| {
@@ -396,7 +410,7 @@ async fn pipelined_extended_with_a_refused_parse(durability: Durability) {
     let (code, msg) = first_error(&r3).expect("skipped statement does not exist");
     assert_eq!(code, "26000", "{msg}");
     assert_eq!(first_value(&r4).as_deref(), Some("four"));
-    let sqls: Vec<_> = decisions(&s.log_dir)
+    let sqls: Vec<_> = decisions(&s)
         .iter()
         .map(|d| d["sql"].as_str().unwrap_or("").to_string())
         .collect();

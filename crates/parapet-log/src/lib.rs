@@ -39,6 +39,7 @@ pub use reader::{
 };
 pub use writer::{
     FULL_SYNC_BYTES, FULL_SYNC_INTERVAL, JOURNAL_MAX_RECORD, LAZY_COMMIT_DELAY, MAX_BATCH_ENTRIES,
+    PUBLISH_INTERVAL,
 };
 
 use crate::checkpoint::Checkpoint;
@@ -208,6 +209,7 @@ impl Log {
         let tree = writer::open_tree(&mut st, &signer, &cp)?;
         let shared = Arc::new(Shared::default());
         shared.size.store(tree.size, Ordering::Release);
+        let tree_size = tree.size;
         let w = Writer {
             storage: st,
             signer,
@@ -219,6 +221,8 @@ impl Log {
             journal_bytes: 0,
             unsynced_since: None,
             deferred_removals: Vec::new(),
+            published: tree_size,
+            last_publish: std::time::Instant::now(),
         };
         let writer = std::thread::Builder::new()
             .name("parapet-log-writer".into())
@@ -296,7 +300,8 @@ impl Log {
         self.submit(entry).await
     }
 
-    /// Number of entries durably in the log (covered by the latest published checkpoint).
+    /// Number of entries durably in the log (acknowledged). The checkpoint in the log directory,
+    /// which readers see, catches up within [`PUBLISH_INTERVAL`].
     pub fn size(&self) -> u64 {
         self.inner.shared.size.load(Ordering::Acquire)
     }

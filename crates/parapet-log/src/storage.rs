@@ -50,20 +50,11 @@ pub trait Storage: Send + 'static {
         let _ = record;
         Ok(false)
     }
-    /// Like [`Storage::journal_append`], but the record may still be on its way to the disk when
-    /// this returns: [`Storage::journal_wait`] waits until it is durable (or reports why not).
-    /// Lets the caller write tiles while the journal is synced. The default is `journal_append`.
-    fn journal_append_start(&mut self, record: &[u8]) -> io::Result<bool> {
-        self.journal_append(record)
-    }
-    /// Waits until the record of the last [`Storage::journal_append_start`] is durable. If this
-    /// fails, the record does not count and the next one replaces it.
-    fn journal_wait(&mut self) -> io::Result<()> {
-        Ok(())
-    }
-    /// Durably withdraws the last record appended (its batch failed after the record was
-    /// written), so that it is neither replayed nor in the way of the next record.
-    fn journal_discard_last(&mut self) -> io::Result<()> {
+    /// Durably withdraws `record` if it is the last record in the journal (its append reported
+    /// an error, possibly after the record reached the file), so that it is never replayed; does
+    /// nothing if the last record is another one (the failed append wrote nothing).
+    fn journal_discard_last(&mut self, record: &[u8]) -> io::Result<()> {
+        let _ = record;
         Ok(())
     }
     /// Records appended since the last [`Storage::journal_clear`], oldest first. A record that
@@ -563,48 +554,13 @@ struct JournalFile {
     pos: u64,
     /// Bytes of the file known to be allocated and written (zeros or records).
     len: u64,
-    /// Thread that runs `fdatasync` for [`JournalFile::append_start`] (started on first use).
-    syncer: Option<Syncer>,
-    /// End of the record whose sync is in flight.
-    in_flight: Option<u64>,
-    /// Start of the last record written.
-    last: Option<u64>,
-}
-
-/// A thread that syncs the journal on request, so the writer can go on meanwhile.
-#[derive(Debug)]
-struct Syncer {
-    go: std::sync::mpsc::Sender<()>,
-    /// In a mutex only so that `LocalDir` stays `Sync`.
-    done: parking_lot::Mutex<std::sync::mpsc::Receiver<io::Result<()>>>,
-}
-
-impl Syncer {
-    fn start(file: &File) -> io::Result<Syncer> {
-        let file = file.try_clone()?;
-        let (go, go_rx) = std::sync::mpsc::channel::<()>();
-        let (done_tx, done) = std::sync::mpsc::channel();
-        std::thread::Builder::new()
-            .name("parapet-log-sync".into())
-            .spawn(move || {
-                for () in go_rx {
-                    if done_tx.send(file.sync_data()).is_err() {
-                        return;
-                    }
-                }
-            })?;
-        Ok(Syncer {
-            go,
-            done: parking_lot::Mutex::new(done),
-        })
-    }
+    /// Start and checksum of the last record written.
+    last: Option<(u64, [u8; 32])>,
 }
 
 const JOURNAL_MAGIC: &[u8; 8] = b"PPJNL\x00\x00\x01";
 const RECORD_MAGIC: &[u8; 4] = b"PPJR";
 const JOURNAL_HEADER: u64 = 4096;
-/// Records shorter than this are synced on the writer's thread (see `journal_append_start`).
-const JOURNAL_INLINE_SYNC: usize = 16 << 10;
 const JOURNAL_GROW: u64 = 4 << 20;
 const RECORD_OVERHEAD: usize = 4 + 8 + 4 + 32;
 
@@ -624,8 +580,6 @@ impl JournalFile {
             generation: 0,
             pos: JOURNAL_HEADER,
             len,
-            syncer: None,
-            in_flight: None,
             last: None,
         };
         let mut head = [0u8; 48];
@@ -692,10 +646,8 @@ impl JournalFile {
         Ok(())
     }
 
-    /// Frames `payload` as a record and writes it at the write position (not yet synced);
-    /// returns where it ends.
-    fn write_record(&mut self, payload: &[u8]) -> io::Result<u64> {
-        self.wait()?;
+    /// Frames `payload` as a record: magic, generation, length, payload, SHA-256 of all that.
+    fn frame(&self, payload: &[u8]) -> io::Result<(Vec<u8>, [u8; 32])> {
         let len = u32::try_from(payload.len())
             .map_err(|_| io::Error::other("journal record over 4 GiB"))?;
         let mut rec = Vec::with_capacity(payload.len() + RECORD_OVERHEAD);
@@ -703,56 +655,24 @@ impl JournalFile {
         rec.extend_from_slice(&self.generation.to_be_bytes());
         rec.extend_from_slice(&len.to_be_bytes());
         rec.extend_from_slice(payload);
-        let sum = Sha256::digest(&rec);
+        let sum: [u8; 32] = Sha256::digest(&rec).into();
         rec.extend_from_slice(&sum);
+        Ok((rec, sum))
+    }
+
+    /// Writes `payload` as a record at the write position (not yet synced); returns where it
+    /// ends.
+    fn write_record(&mut self, payload: &[u8]) -> io::Result<u64> {
+        let (rec, sum) = self.frame(payload)?;
         let end = self.pos + rec.len() as u64;
+        // Remembered before writing: a write that fails half-way can still be withdrawn.
+        self.last = Some((self.pos, sum));
         self.grow(end)?;
         self.file.write_all_at(&rec, self.pos)?;
-        self.last = Some(self.pos);
         Ok(end)
     }
 
-    /// Writes a record and has the syncer thread make it durable; see [`JournalFile::wait`].
-    fn append_start(&mut self, payload: &[u8]) -> io::Result<()> {
-        let end = self.write_record(payload)?;
-        if self.syncer.is_none() {
-            self.syncer = Some(Syncer::start(&self.file)?);
-        }
-        match &self.syncer {
-            Some(s) if s.go.send(()).is_ok() => {}
-            _ => {
-                self.syncer = None;
-                return Err(io::Error::other("the journal sync thread is gone"));
-            }
-        }
-        self.in_flight = Some(end);
-        Ok(())
-    }
-
-    /// Waits for the sync started by [`JournalFile::append_start`]. Only a durable record
-    /// advances the write position; after a failure the next record overwrites it.
-    fn wait(&mut self) -> io::Result<()> {
-        let Some(end) = self.in_flight.take() else {
-            return Ok(());
-        };
-        let r = match &self.syncer {
-            Some(s) => s
-                .done
-                .lock()
-                .recv()
-                .unwrap_or_else(|_| Err(io::Error::other("the journal sync thread is gone"))),
-            None => Err(io::Error::other("the journal sync thread is gone")),
-        };
-        if r.is_err() {
-            self.syncer = None;
-        }
-        r?;
-        self.pos = end;
-        Ok(())
-    }
-
     fn records(&mut self) -> io::Result<Vec<Vec<u8>>> {
-        self.wait()?;
         let mut out = Vec::new();
         let mut pos = JOURNAL_HEADER;
         let mut head = [0u8; 16];
@@ -782,19 +702,22 @@ impl JournalFile {
         Ok(out)
     }
 
-    /// Overwrites the last record's magic (so reading stops before it) and makes that durable.
-    fn discard_last(&mut self) -> io::Result<()> {
-        let _ = self.wait();
-        if let Some(at) = self.last.take() {
-            self.file.write_all_at(&[0u8; 4], at)?;
-            self.file.sync_data()?;
-            self.pos = at;
+    /// If the last record written is `payload`'s, overwrites its magic (so reading stops before
+    /// it), makes that durable, and writes the next record in its place.
+    fn discard_last(&mut self, payload: &[u8]) -> io::Result<()> {
+        let (_, sum) = self.frame(payload)?;
+        if let Some((at, last)) = self.last {
+            if last == sum {
+                self.file.write_all_at(&[0u8; 4], at)?;
+                self.file.sync_data()?;
+                self.pos = at;
+                self.last = None;
+            }
         }
         Ok(())
     }
 
     fn clear(&mut self) -> io::Result<()> {
-        self.wait()?;
         if self.pos == JOURNAL_HEADER {
             return Ok(());
         }
@@ -921,23 +844,8 @@ impl Storage for LocalDir {
         Ok(true)
     }
 
-    fn journal_append_start(&mut self, record: &[u8]) -> io::Result<bool> {
-        // A small batch has few tiles to write meanwhile: syncing here saves two thread
-        // hand-offs, which cost more than the overlap gains.
-        if record.len() < JOURNAL_INLINE_SYNC {
-            self.journal()?.append(record)?;
-        } else {
-            self.journal()?.append_start(record)?;
-        }
-        Ok(true)
-    }
-
-    fn journal_wait(&mut self) -> io::Result<()> {
-        self.journal()?.wait()
-    }
-
-    fn journal_discard_last(&mut self) -> io::Result<()> {
-        self.journal()?.discard_last()
+    fn journal_discard_last(&mut self, record: &[u8]) -> io::Result<()> {
+        self.journal()?.discard_last(record)
     }
 
     fn journal_records(&mut self) -> io::Result<Vec<Vec<u8>>> {

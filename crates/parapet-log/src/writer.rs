@@ -8,14 +8,15 @@
 //! tree level) plus at most one partial tile per tile level and one partial bundle.
 //!
 //! Durability comes one of two ways. A batch of up to [`JOURNAL_MAX_RECORD`] entry bytes is
-//! written as one record to the storage's write-ahead journal (one durable append: entries, start
-//! index and the roots before and after), then its tiles and checkpoint are written without
-//! waiting for the disk; every [`FULL_SYNC_INTERVAL`] (or [`FULL_SYNC_BYTES`] of journal) the
-//! tiles, directories and checkpoint are synced and the journal is cleared. Opening the log
-//! replays the journal onto the last synced tree, so tiles and checkpoint are exactly as durable
-//! as the journal. Larger batches (bulk loads), and storage without a journal, are made durable
-//! directly: tiles, directories and the staged checkpoint are synced, then the checkpoint is
-//! published and its directory synced.
+//! made durable by one record in the storage's write-ahead journal (one durable append: entries,
+//! start index and the roots before and after); its tiles and signed checkpoint are reproduced
+//! exactly from the journal if the process dies, so the batch is acknowledged at once. The
+//! files themselves are written (publication) at most [`PUBLISH_INTERVAL`] later, together for
+//! every batch since the last publication, without waiting for the disk; every
+//! [`FULL_SYNC_INTERVAL`] (or [`FULL_SYNC_BYTES`] of journal) they are synced and the journal is
+//! cleared. Opening the log replays the journal onto the last synced tree. Larger batches (bulk
+//! loads), and storage without a journal, are made durable directly: tiles, directories and the
+//! staged checkpoint are synced, then the checkpoint is published and its directory synced.
 
 use crate::checkpoint::Checkpoint;
 use crate::error::LogError;
@@ -53,6 +54,14 @@ pub const JOURNAL_MAX_RECORD: usize = 1 << 20;
 
 /// Longest the tiles and checkpoint stay unsynced (durable only through the journal).
 pub const FULL_SYNC_INTERVAL: std::time::Duration = std::time::Duration::from_millis(1000);
+
+/// Longest a journaled batch waits to be published: its tiles and a checkpoint covering it
+/// written to the log directory, where readers and verifiers see them. Publishing once for many
+/// batches writes each partial tile once instead of once per batch.
+pub const PUBLISH_INTERVAL: std::time::Duration = std::time::Duration::from_millis(50);
+
+/// Most bytes of completed tiles held in memory before they are published early.
+const PUBLISH_PENDING_BYTES: usize = 8 << 20;
 
 /// Most journal bytes written before the tiles and checkpoint are synced and the journal cleared
 /// (bounds the journal and the replay work when the log is next opened).
@@ -322,6 +331,11 @@ impl TreeState {
         Ok(())
     }
 
+    /// Bytes of completed tiles not yet written.
+    fn pending_bytes(&self) -> usize {
+        self.full.iter().map(|(_, d)| d.len()).sum()
+    }
+
     /// Writes the tiles and bundles that became full since the last call.
     pub(crate) fn write_full(&mut self, st: &mut dyn Storage) -> io::Result<()> {
         for (path, data) in std::mem::take(&mut self.full) {
@@ -471,6 +485,10 @@ pub(crate) struct Writer<S: Storage> {
     /// `.p` directories superseded since the last full sync: removed only after the next one,
     /// because the journal's replay starts from the last synced tree, whose partials they are.
     pub(crate) deferred_removals: Vec<String>,
+    /// Size of the checkpoint last written to storage (at most the acknowledged size).
+    pub(crate) published: u64,
+    /// When the checkpoint was last written.
+    pub(crate) last_publish: std::time::Instant,
 }
 
 enum Ack {
@@ -486,11 +504,12 @@ impl<S: Storage> Writer<S> {
         let mut last_commit = GATHER;
         loop {
             let mut items = Vec::new();
-            let mut sync_due = false;
+            let mut idle_due = false;
             {
                 let mut q = self.shared.queue.lock();
                 // Sleep until an item asks for a commit, the oldest lazy entry has waited
-                // LAZY_COMMIT_DELAY, a full sync is due, or the log is shutting down.
+                // LAZY_COMMIT_DELAY, a publication or full sync is due, or the log is shutting
+                // down.
                 loop {
                     if q.items.is_empty() {
                         if q.shutdown {
@@ -504,22 +523,21 @@ impl<S: Storage> Writer<S> {
                     q.writer_waiting = true;
                     q.wake_at = 1;
                     let lazy_deadline = q.lazy_since.map(|since| since + LAZY_COMMIT_DELAY);
-                    let sync_deadline = self.unsynced_since.map(|t| t + FULL_SYNC_INTERVAL);
-                    let deadline = match (lazy_deadline, sync_deadline) {
-                        (Some(a), Some(b)) => Some(a.min(b)),
-                        (a, b) => a.or(b),
-                    };
+                    let deadline = [lazy_deadline, self.idle_deadline()]
+                        .into_iter()
+                        .flatten()
+                        .min();
                     match deadline {
                         Some(deadline) => {
                             if self.shared.cv.wait_until(&mut q, deadline).timed_out() {
-                                sync_due =
-                                    sync_deadline.is_some_and(|d| d <= std::time::Instant::now());
-                                if sync_due && q.urgent == 0 && !q.closed && !q.shutdown {
-                                    // Idle with unsynced batches: sync them now.
+                                let now = std::time::Instant::now();
+                                idle_due = self.idle_deadline().is_some_and(|d| d <= now);
+                                if idle_due && q.urgent == 0 && !q.closed && !q.shutdown {
+                                    // Idle with unpublished or unsynced batches: do that now.
                                     q.writer_waiting = false;
                                     break;
                                 }
-                                if lazy_deadline.is_some_and(|d| d <= std::time::Instant::now()) {
+                                if lazy_deadline.is_some_and(|d| d <= now) {
                                     break;
                                 }
                             }
@@ -566,8 +584,8 @@ impl<S: Storage> Writer<S> {
                 last_batch = n;
             }
             if items.is_empty() {
-                if sync_due {
-                    self.full_sync_logged();
+                if idle_due {
+                    self.background_work();
                 }
                 continue;
             }
@@ -583,13 +601,77 @@ impl<S: Storage> Writer<S> {
                 }
                 return;
             }
-            let due = self
-                .unsynced_since
-                .is_some_and(|t| t.elapsed() >= FULL_SYNC_INTERVAL)
-                || self.journal_bytes >= FULL_SYNC_BYTES;
-            if due {
-                self.full_sync_logged();
+            self.background_work();
+        }
+    }
+
+    /// When the next publication or full sync is due, if one is pending.
+    fn idle_deadline(&self) -> Option<std::time::Instant> {
+        if self.broken {
+            // Nothing to do until the next batch recovers the writer.
+            return None;
+        }
+        let sync = self.unsynced_since.map(|t| t + FULL_SYNC_INTERVAL);
+        let publish =
+            (self.published < self.tree.size).then_some(self.last_publish + PUBLISH_INTERVAL);
+        [sync, publish].into_iter().flatten().min()
+    }
+
+    /// Publishes, or syncs fully, whatever is due.
+    fn background_work(&mut self) {
+        if self.broken {
+            return;
+        }
+        let sync_due = self
+            .unsynced_since
+            .is_some_and(|t| t.elapsed() >= FULL_SYNC_INTERVAL)
+            || self.journal_bytes >= FULL_SYNC_BYTES;
+        if sync_due {
+            self.full_sync_logged();
+        } else if self.published < self.tree.size
+            && (self.last_publish.elapsed() >= PUBLISH_INTERVAL
+                || self.tree.pending_bytes() >= PUBLISH_PENDING_BYTES)
+        {
+            if let Err(e) = self.publish() {
+                tracing::error!(error = %e, "publishing the log's tiles failed");
+                // The journal holds every acknowledged entry; the next batch recovers first.
+                self.broken = true;
             }
+        }
+    }
+
+    /// Writes the tiles completed and changed since the last publication and a signed
+    /// checkpoint of the current tree, without waiting for the disk (the journal already holds
+    /// every batch they cover).
+    fn publish(&mut self) -> Result<(), LogError> {
+        if self.published == self.tree.size {
+            return Ok(());
+        }
+        self.tree
+            .write_partials(&mut self.storage)
+            .map_err(|e| self.io_error("writing tiles", e))?;
+        let cp = self.current_checkpoint();
+        let note = self.signer.sign(&cp.to_text());
+        self.storage
+            .stage_checkpoint(note.as_bytes())
+            .map_err(|e| self.io_error("writing the checkpoint", e))?;
+        self.storage
+            .publish_checkpoint_unsynced()
+            .map_err(|e| self.io_error("publishing the checkpoint", e))?;
+        self.published = cp.size;
+        self.last_publish = std::time::Instant::now();
+        // Superseded partials stay until the next full sync: replay starts from the synced tree.
+        self.deferred_removals
+            .append(&mut std::mem::take(&mut self.tree.completed));
+        Ok(())
+    }
+
+    fn current_checkpoint(&self) -> Checkpoint {
+        Checkpoint {
+            origin: self.origin.clone(),
+            size: self.tree.size,
+            root: self.tree.root(),
+            extensions: Vec::new(),
         }
     }
 
@@ -599,6 +681,7 @@ impl<S: Storage> Writer<S> {
         if self.unsynced_since.is_none() {
             return Ok(());
         }
+        self.publish()?;
         self.storage
             .sync()
             .map_err(|e| self.io_error("syncing tiles", e))?;
@@ -664,7 +747,8 @@ impl<S: Storage> Writer<S> {
         }
     }
 
-    /// Reloads the published state after a failed batch.
+    /// Rebuilds the tree from durable state after a failure: the checkpoint on disk plus the
+    /// journal's records (every acknowledged batch), exactly as when the log is opened.
     fn recover(&mut self) -> Result<(), LogError> {
         let mut buf = Vec::new();
         let found = self
@@ -678,9 +762,25 @@ impl<S: Storage> Writer<S> {
         }
         let text = self.signer.verifier().open(&buf, "checkpoint")?.to_string();
         let cp = Checkpoint::parse(&text, "checkpoint")?;
-        self.tree = TreeState::load(&self.storage, &cp)?;
-        remove_garbage(&mut self.storage, cp.size).map_err(|e| self.io_error("cleaning up", e))?;
-        self.shared.size.store(cp.size, Ordering::Release);
+        self.tree = match open_tree(&mut self.storage, &self.signer, &cp) {
+            Ok(tree) => tree,
+            Err(LogError::Io { source, .. }) if source.raw_os_error() == Some(libc::ENOSPC) => {
+                return Err(self.io_error(
+                    "recovering from the journal",
+                    io::Error::from_raw_os_error(libc::ENOSPC),
+                ));
+            }
+            Err(e) => return Err(e),
+        };
+        // open_tree synced everything and cleared the journal.
+        for p in std::mem::take(&mut self.deferred_removals) {
+            self.storage.remove_later(&p);
+        }
+        self.journal_bytes = 0;
+        self.unsynced_since = None;
+        self.published = self.tree.size;
+        self.last_publish = std::time::Instant::now();
+        self.shared.size.store(self.tree.size, Ordering::Release);
         Ok(())
     }
 
@@ -775,62 +875,42 @@ impl<S: Storage> Writer<S> {
         closing
     }
 
-    /// Writes partials and the checkpoint and makes the batch durable: through one journal
-    /// record when `record` is given and the storage keeps a journal, otherwise by syncing
-    /// everything before publishing the checkpoint.
+    /// Makes the batch durable: through one journal record when `record` is given and the
+    /// storage keeps a journal (its tiles and checkpoint are published later, see
+    /// [`Writer::publish`]), otherwise by writing and syncing everything before publishing the
+    /// checkpoint.
     fn commit(&mut self, record: Option<Vec<u8>>) -> Result<(), LogError> {
         if self.tree.size == self.published_size() {
             return Ok(());
         }
-        // The journal record goes first; it becomes durable while the tiles are written.
-        let journaled = match &record {
-            Some(rec) => self
-                .storage
-                .journal_append_start(rec)
-                .map_err(|e| self.io_error("writing the journal", e))?,
-            None => false,
-        };
-        let written = self
-            .tree
-            .write_partials(&mut self.storage)
-            .map_err(|e| self.io_error("writing tiles", e));
-        let cp = Checkpoint {
-            origin: self.origin.clone(),
-            size: self.tree.size,
-            root: self.tree.root(),
-            extensions: Vec::new(),
-        };
-        let staged = written.and_then(|()| {
-            let note = self.signer.sign(&cp.to_text());
-            self.storage
-                .stage_checkpoint(note.as_bytes())
-                .map_err(|e| self.io_error("writing the checkpoint", e))
-        });
-        if journaled {
-            // Always wait, so that no record is left in flight, even when writing failed.
-            self.storage
-                .journal_wait()
-                .map_err(|e| self.io_error("syncing the journal", e))?;
-            if staged.is_err() {
-                // The batch fails: its record must not be replayed after a crash.
-                if let Err(e) = self.storage.journal_discard_last() {
-                    tracing::error!(error = %e, "withdrawing a failed batch from the journal failed");
+        if let Some(rec) = record {
+            match self.storage.journal_append(&rec) {
+                Ok(true) => {
+                    self.shared.size.store(self.tree.size, Ordering::Release);
+                    self.journal_bytes += rec.len();
+                    self.unsynced_since
+                        .get_or_insert_with(std::time::Instant::now);
+                    return Ok(());
+                }
+                Ok(false) => {}
+                Err(e) => {
+                    // The record may be on disk in full: withdraw it, so that the failed batch
+                    // is never replayed.
+                    if let Err(e) = self.storage.journal_discard_last(&rec) {
+                        tracing::error!(error = %e, "withdrawing a failed batch from the journal failed");
+                    }
+                    return Err(self.io_error("writing the journal", e));
                 }
             }
         }
-        staged?;
-        if journaled {
-            self.storage
-                .publish_checkpoint_unsynced()
-                .map_err(|e| self.io_error("publishing the checkpoint", e))?;
-            self.shared.size.store(cp.size, Ordering::Release);
-            self.journal_bytes += record.map_or(0, |r| r.len());
-            self.unsynced_since
-                .get_or_insert_with(std::time::Instant::now);
-            self.deferred_removals
-                .append(&mut std::mem::take(&mut self.tree.completed));
-            return Ok(());
-        }
+        self.tree
+            .write_partials(&mut self.storage)
+            .map_err(|e| self.io_error("writing tiles", e))?;
+        let cp = self.current_checkpoint();
+        let note = self.signer.sign(&cp.to_text());
+        self.storage
+            .stage_checkpoint(note.as_bytes())
+            .map_err(|e| self.io_error("writing the checkpoint", e))?;
         self.storage
             .sync()
             .map_err(|e| self.io_error("syncing tiles", e))?;
@@ -838,6 +918,8 @@ impl<S: Storage> Writer<S> {
             .publish_checkpoint()
             .map_err(|e| self.io_error("publishing the checkpoint", e))?;
         self.shared.size.store(cp.size, Ordering::Release);
+        self.published = cp.size;
+        self.last_publish = std::time::Instant::now();
         // Everything the journal held is now synced too.
         self.after_sync()
     }

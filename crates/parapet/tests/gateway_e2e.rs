@@ -624,14 +624,14 @@ async fn monitor_review_and_policy_reload_on_file_change() {
     cfg.policy = source;
     cfg.policy_poll = Some(Duration::from_millis(100));
     cfg.reload_on_sighup = false;
-    let gw = Gateway::bind(cfg, guard, log).await.unwrap();
+    let gw = Gateway::bind(cfg, guard, log.clone()).await.unwrap();
     let addr = gw.local_addr().unwrap();
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     let server = tokio::spawn(gw.run(async {
         let _ = stop_rx.await;
     }));
     let read = |from: u64| -> Vec<serde_json::Value> {
-        let r = parapet_log::LogReader::open(&log_dir).unwrap();
+        let r = common::caught_up_reader(&log, &log_dir);
         r.entries(from, r.size())
             .map(|x| serde_json::from_slice(&x.unwrap().1).unwrap())
             .collect()

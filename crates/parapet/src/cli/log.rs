@@ -34,6 +34,17 @@ pub enum LogCommand {
         #[arg(long)]
         key: PathBuf,
     },
+    /// Finish what a crash left: publish the tiles and checkpoint of every acknowledged entry
+    /// still only in the journal, and remove half-written files. Opening the log for writing
+    /// (`parapet serve`, `log append`) does the same; this is for a log that is not reopened.
+    Recover {
+        /// Log directory.
+        #[arg(long)]
+        dir: PathBuf,
+        /// Signing key file of the log.
+        #[arg(long)]
+        key: PathBuf,
+    },
     /// Print a proof against the current checkpoint.
     #[command(subcommand)]
     Proof(ProofCommand),
@@ -105,6 +116,17 @@ pub fn run(cmd: LogCommand) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         LogCommand::Append { dir, key } => append(dir, key),
+        LogCommand::Recover { dir, key } => {
+            let before = LogReader::open(&dir)?.size();
+            drop(Log::open(&dir, &key)?);
+            let after = LogReader::open(&dir)?.size();
+            println!(
+                "log {} recovered: {after} entries ({} published from the journal)",
+                dir.display(),
+                after.saturating_sub(before)
+            );
+            Ok(ExitCode::SUCCESS)
+        }
         LogCommand::Proof(ProofCommand::Inclusion { dir, index }) => {
             let r = LogReader::open(&dir)?;
             print!("{}", r.inclusion_proof_text(index)?);

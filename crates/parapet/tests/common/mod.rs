@@ -40,6 +40,28 @@ pub struct Env {
     pub log_dir: PathBuf,
     /// Verifier key of the log.
     pub vkey: String,
+    /// The gateways' log handle (to know what it has acknowledged).
+    pub log: Log,
+}
+
+/// A reader of the log in `dir` once it shows every entry `log` had acknowledged when called
+/// (tiles and checkpoint are published within `parapet_log::PUBLISH_INTERVAL` of the
+/// acknowledgement).
+pub fn caught_up_reader(log: &Log, dir: &std::path::Path) -> LogReader {
+    let want = log.size();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let r = LogReader::open(dir).expect("open log reader");
+        if r.size() >= want {
+            return r;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the log published {} of {want} acknowledged entries within 10 s",
+            r.size()
+        );
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
 }
 
 static ENV: OnceLock<Env> = OnceLock::new();
@@ -168,6 +190,7 @@ pub fn env() -> &'static Env {
                         gw: g1.local_addr().expect("addr"),
                         gw_reply: g2.local_addr().expect("addr"),
                         gw_tls_only: g3.local_addr().expect("addr"),
+                        log: log.clone(),
                         log_dir,
                         vkey,
                     };
@@ -267,7 +290,7 @@ impl Env {
 
     /// Every log entry as JSON, from index `from`.
     pub fn events(&self, from: u64) -> Vec<(u64, serde_json::Value)> {
-        let r = LogReader::open(&self.log_dir).expect("open log reader");
+        let r = caught_up_reader(&self.log, &self.log_dir);
         r.entries(from, r.size())
             .map(|e| {
                 let (i, b) = e.expect("read entry");
@@ -278,7 +301,7 @@ impl Env {
 
     /// The decision event at `index`.
     pub fn entry(&self, index: u64) -> serde_json::Value {
-        let r = LogReader::open(&self.log_dir).expect("open log reader");
+        let r = caught_up_reader(&self.log, &self.log_dir);
         let (_, b) = r
             .entries(index, index + 1)
             .next()
