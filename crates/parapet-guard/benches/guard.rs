@@ -8,37 +8,10 @@
 //! the statement's shape (normalised text) are reused; "new shape each call" makes every text a
 //! shape never seen before (a unique comment), the full cost of parse + walk + fingerprint.
 
-use parapet_guard::{policy, Guard, PolicySource, RequestContext};
+mod support;
+
 use std::hint::black_box;
 use std::time::{Duration, Instant};
-
-const OLTP: &[&str] = &[
-    "SELECT id, name, email FROM users WHERE id = {n}",
-    "SELECT * FROM orders WHERE user_id = {n} ORDER BY created_at DESC LIMIT 20",
-    "UPDATE accounts SET balance = balance - 100 WHERE id = {n}",
-    "INSERT INTO orders (user_id, total, created_at) VALUES ({n}, 9.99, now())",
-    "DELETE FROM sessions WHERE id = {n}",
-    "SELECT o.id, u.name FROM orders o JOIN users u ON u.id = o.user_id WHERE o.id = {n}",
-    "UPDATE pgbench_accounts SET abalance = abalance + 1 WHERE aid = {n}",
-    "SELECT abalance FROM pgbench_accounts WHERE aid = {n}",
-];
-
-fn extra_rules(n: usize) -> String {
-    let mut s = String::new();
-    for i in 0..n {
-        let body = match i % 4 {
-            0 => format!("context.write_names.contains(\"public.table_{i}\")"),
-            1 => format!("principal in Parapet::Group::\"contractors_{i}\" && context.kind == \"delete\""),
-            2 => format!("resource.environment == \"env_{i}\" && context.kinds.contains(\"alter\")"),
-            _ => format!("context.function_names.contains(\"fn_{i}\") || context.application_name == \"app_{i}\""),
-        };
-        s.push_str(&format!(
-            "@id(\"bench.rule-{i}\")\n@reason(\"bench rule {i}\")\n@mode(\"{}\")\nforbid (principal, action, resource) when {{ {body} }};\n",
-            if i % 3 == 0 { "monitor" } else { "enforce" }
-        ));
-    }
-    s
-}
 
 struct Row {
     name: String,
@@ -67,29 +40,13 @@ fn pct(sorted: &[Duration], p: f64) -> Duration {
 }
 
 fn main() {
-    let dir = std::env::temp_dir().join(format!("parapet-guard-bench-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).expect("temp dir");
-    let extra = dir.join("extra.cedar");
-    std::fs::write(&extra, extra_rules(100)).expect("write rules");
-    let source = PolicySource {
-        files: vec![extra],
-        default_pack: true,
-    };
-    let compiled = policy::compile(&source).expect("rules compile");
-    let guard = Guard::load(&source).expect("guard loads");
-    let ctx = RequestContext {
-        user: "alice".into(),
-        groups: vec!["eng".into()],
-        target: "main".into(),
-        environment: "production".into(),
-        client_addr: Some("10.0.0.1".into()),
-        application_name: "app".into(),
-    };
-    let texts = |i: usize| OLTP[i % OLTP.len()].replace("{n}", &i.to_string());
+    let setup = support::Setup::new();
+    let (guard, ctx) = (&setup.guard, &setup.ctx);
+    let texts = support::text;
 
     // A statement shape never seen before: the same texts with a unique comment, which
     // `normalize` keeps, so nothing learnt from an earlier text can be reused.
-    let new_shape = |i: usize| format!("{} /* {i} */", texts(i));
+    let new_shape = support::new_shape;
     assert_ne!(
         pg_query::normalize(&new_shape(1)).ok(),
         pg_query::normalize(&new_shape(9)).ok(),
@@ -98,21 +55,21 @@ fn main() {
 
     let mut rows = Vec::new();
     rows.push(measure("decide cold (new text each call)", 4_000, |i| {
-        black_box(guard.decide(&texts(i), &ctx));
+        black_box(guard.decide(&texts(i), ctx));
     }));
     rows.push(measure(
         "decide cold, new shape each call (nothing reusable)",
         4_000,
         |i| {
-            black_box(guard.decide(&new_shape(i), &ctx));
+            black_box(guard.decide(&new_shape(i), ctx));
         },
     ));
-    let warm_texts: Vec<String> = (0..OLTP.len()).map(texts).collect();
+    let warm_texts: Vec<String> = (0..support::OLTP.len()).map(texts).collect();
     for t in &warm_texts {
-        guard.decide(t, &ctx);
+        guard.decide(t, ctx);
     }
     rows.push(measure("decide warm (repeated text)", 200_000, |i| {
-        black_box(guard.decide(&warm_texts[i % warm_texts.len()], &ctx));
+        black_box(guard.decide(&warm_texts[i % warm_texts.len()], ctx));
     }));
     // Analysis cached, new context each call (decision cache misses): Cedar evaluation cost.
     rows.push(measure("decide, analysis cached, new user", 4_000, |i| {
@@ -156,8 +113,8 @@ fn main() {
 
     println!(
         "\nparapet-guard: default pack + 100 extra rules ({} rules), {} OLTP statement shapes\n",
-        compiled.rules.len(),
-        OLTP.len()
+        guard.rules().len(),
+        support::OLTP.len()
     );
     println!("| case | calls | calls/s (1 thread) | p50 | p99 |");
     println!("|---|---:|---:|---:|---:|");
@@ -174,5 +131,4 @@ fn main() {
             pct(&r.samples, 0.99).as_secs_f64() * 1e6
         );
     }
-    let _ = std::fs::remove_dir_all(&dir);
 }

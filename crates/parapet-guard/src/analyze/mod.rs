@@ -18,6 +18,8 @@
 
 mod children;
 pub mod facts;
+mod from_json;
+mod parse;
 mod plpgsql;
 
 use facts::{FactsData, Problem, StatementFacts, RULE_UNANALYSABLE, RULE_UNPARSEABLE};
@@ -149,7 +151,7 @@ fn analyze_message(sql: &str, shapes: Option<&Shapes>) -> Analysis {
             failure: None,
         };
     }
-    let parsed = match pg_query::parse(sql) {
+    let parsed = match parse::parse(sql) {
         Ok(p) => p,
         Err(e) => {
             return Analysis::failed(Problem {
@@ -162,9 +164,9 @@ fn analyze_message(sql: &str, shapes: Option<&Shapes>) -> Analysis {
         }
     };
     let fingerprint = pg_query::fingerprint(sql).ok().map(|f| f.hex);
-    let mut statements = Vec::with_capacity(parsed.protobuf.stmts.len());
+    let mut statements = Vec::with_capacity(parsed.stmts.len());
     let mut def_elems = false;
-    for raw in &parsed.protobuf.stmts {
+    for raw in &parsed.stmts {
         let text = statement_text(sql, raw.stmt_location, raw.stmt_len);
         let facts = match raw.stmt.as_deref() {
             Some(tree) => {
@@ -176,11 +178,9 @@ fn analyze_message(sql: &str, shapes: Option<&Shapes>) -> Analysis {
         };
         statements.push(StatementFacts(Arc::new(facts)));
     }
-    if let (Some((shapes, n)), [raw], [facts]) = (
-        shape,
-        parsed.protobuf.stmts.as_slice(),
-        statements.as_slice(),
-    ) {
+    if let (Some((shapes, n)), [raw], [facts]) =
+        (shape, parsed.stmts.as_slice(), statements.as_slice())
+    {
         if raw.stmt_location == 0
             && raw.stmt_len == 0
             && !def_elems
@@ -261,9 +261,9 @@ fn nested_sql_facts(sql: &str, level: usize) -> Result<Vec<FactsData>, String> {
     if level > MAX_TEXT_NESTING {
         return Err("SQL text nested too deeply".into());
     }
-    let parsed = pg_query::parse(sql).map_err(|e| error_text(&e))?;
+    let parsed = parse::parse(sql).map_err(|e| error_text(&e))?;
     let mut out = Vec::new();
-    for raw in &parsed.protobuf.stmts {
+    for raw in &parsed.stmts {
         let text = statement_text(sql, raw.stmt_location, raw.stmt_len);
         match raw.stmt.as_deref() {
             Some(tree) => out.push(statement_facts(tree, text, level)),

@@ -153,8 +153,8 @@ fn expr_sql(obj: &Map<String, Value>) -> Option<String> {
 
 /// The SQL text of an EXECUTE argument when it is a single string constant.
 fn constant_sql(expr: &str) -> Option<String> {
-    let parsed = pg_query::parse(&format!("SELECT {expr}")).ok()?;
-    let [raw] = parsed.protobuf.stmts.as_slice() else {
+    let parsed = super::parse::parse(&format!("SELECT {expr}")).ok()?;
+    let [raw] = parsed.stmts.as_slice() else {
         return None;
     };
     let Some(NodeEnum::SelectStmt(select)) = inner(raw.stmt.as_deref()?) else {
