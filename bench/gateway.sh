@@ -130,7 +130,8 @@ start_parapet before_reply; RPORT=$PORT; RPID=$PPID_LAST
 BPID=$(cat "$WORK/pgbouncer.pid" 2>/dev/null || echo)
 TCK=$(getconf CLK_TCK)
 cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat" 2>/dev/null || echo 0; }
-log_size() { sed -n 2p "$WORK/parapet-$1/log/checkpoint" 2>/dev/null || echo 0; }
+# The checkpoint is published within 50 ms of an acknowledgement (docs/log.md, "Publication").
+log_size() { sleep 0.1; sed -n 2p "$WORK/parapet-$1/log/checkpoint" 2>/dev/null || echo 0; }
 
 run() { # target port user test mode clients [pid] -> "tps lat cpu_us_per_tx"
   local port=$2 user=$3 t=$4 m=$5 c=$6 pid=${7:-} args=()
