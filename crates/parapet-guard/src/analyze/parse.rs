@@ -102,13 +102,16 @@ unsafe fn read_result(result: &ffi::PgQueryParseResult) -> Result<ParseResult, p
 
 /// Decodes libpg_query's JSON parse tree.
 pub(crate) fn decode(json: &[u8]) -> Result<ParseResult, pg_query::Error> {
-    let mut de = serde_json::Deserializer::from_slice(json);
+    // Validated as UTF-8 once here, so serde_json need not validate every string again.
+    let json =
+        std::str::from_utf8(json).map_err(|e| pg_query::Error::InvalidJson(e.to_string()))?;
+    let mut de = serde_json::Deserializer::from_str(json);
     // Depth is bounded by `RECURSION_LIMIT` messages instead (at most two JSON levels each), so
     // trees prost accepts are not refused for serde_json's own limit of 128 JSON levels.
     de.disable_recursion_limit();
-    let tree = MessageSeed::<ParseResult>::new(0)
+    let tree = MessageSeed::<Plain<ParseResult>>::new(0)
         .deserialize(&mut de)
-        .and_then(|tree| de.end().map(|()| tree))
+        .and_then(|tree| de.end().map(|()| tree.0))
         .map_err(|e| pg_query::Error::InvalidJson(e.to_string()))?;
     Ok(tree)
 }
@@ -138,7 +141,8 @@ pub(super) fn message<'de, A: MapAccess<'de>, T: Message>(
     map: &mut A,
     depth: u32,
 ) -> Result<T, A::Error> {
-    map.next_value_seed(MessageSeed::<T>::new(depth + 1))
+    map.next_value_seed(MessageSeed::<Plain<T>>::new(depth + 1))
+        .map(|m| m.0)
 }
 
 /// The value of the current key: a boxed message one level deeper than `depth`. Not inlined,
@@ -149,7 +153,7 @@ pub(super) fn boxed<'de, A: MapAccess<'de>, T: Message>(
     map: &mut A,
     depth: u32,
 ) -> Result<Box<T>, A::Error> {
-    message(map, depth).map(Box::new)
+    map.next_value_seed(MessageSeed::<Box<T>>::new(depth + 1))
 }
 
 /// Reads the value of the current key as the node kind `make` builds, into a `Node`. Not
@@ -174,7 +178,7 @@ pub(super) fn boxed_variant<'de, A: MapAccess<'de>, T: Message>(
     depth: u32,
     make: fn(Box<T>) -> pg_query::protobuf::node::Node,
 ) -> Result<(), A::Error> {
-    *slot = Some(make(Box::new(message(map, depth)?)));
+    *slot = Some(make(boxed(map, depth)?));
     Ok(())
 }
 
@@ -226,6 +230,33 @@ impl<'de> de::Deserialize<'de> for Key<'de> {
     }
 }
 
+/// Where a message is read into: the message itself, or a box (filled in place, so large
+/// node structs are not moved into their box afterwards).
+trait Slot: Default {
+    /// The message type.
+    type Message: Message;
+    /// The message, to fill.
+    fn message(&mut self) -> &mut Self::Message;
+}
+
+/// A message read in place (not boxed).
+#[derive(Default)]
+struct Plain<T>(T);
+
+impl<T: Message> Slot for Plain<T> {
+    type Message = T;
+    fn message(&mut self) -> &mut T {
+        &mut self.0
+    }
+}
+
+impl<T: Message> Slot for Box<T> {
+    type Message = T;
+    fn message(&mut self) -> &mut T {
+        self
+    }
+}
+
 /// Reads one message (a JSON object) at a given nesting depth.
 struct MessageSeed<T>(u32, PhantomData<T>);
 
@@ -235,7 +266,7 @@ impl<T> MessageSeed<T> {
     }
 }
 
-impl<'de, T: Message> DeserializeSeed<'de> for MessageSeed<T> {
+impl<'de, T: Slot> DeserializeSeed<'de> for MessageSeed<T> {
     type Value = T;
     fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<T, D::Error> {
         if self.0 > RECURSION_LIMIT {
@@ -247,17 +278,18 @@ impl<'de, T: Message> DeserializeSeed<'de> for MessageSeed<T> {
     }
 }
 
-impl<'de, T: Message> Visitor<'de> for MessageSeed<T> {
+impl<'de, T: Slot> Visitor<'de> for MessageSeed<T> {
     type Value = T;
     fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str("a parse tree node (JSON object)")
     }
     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<T, A::Error> {
-        let mut m = T::default();
+        let mut slot = T::default();
+        let m = slot.message();
         while let Some(key) = map.next_key::<Key<'de>>()? {
             m.field(&key.0, &mut map, self.0)?;
         }
-        Ok(m)
+        Ok(slot)
     }
 }
 
@@ -278,8 +310,8 @@ impl<'de, T: Message> Visitor<'de> for MessagesSeed<T> {
     }
     fn visit_seq<S: SeqAccess<'de>>(self, mut seq: S) -> Result<Vec<T>, S::Error> {
         let mut out = Vec::with_capacity(seq.size_hint().unwrap_or(0));
-        while let Some(m) = seq.next_element_seed(MessageSeed::<T>::new(self.0))? {
-            out.push(m);
+        while let Some(m) = seq.next_element_seed(MessageSeed::<Plain<T>>::new(self.0))? {
+            out.push(m.0);
         }
         Ok(out)
     }
