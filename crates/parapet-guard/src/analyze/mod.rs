@@ -12,6 +12,10 @@
 //! tables and function calls, and a pg_query upgrade that adds node kinds does not compile until
 //! the list is regenerated.
 //!
+//! The typed tree comes from `parse` (libpg_query's JSON output decoded straight into
+//! pg_query's prost types, the same tree `pg_query::parse` gives at a fraction of its cost; see
+//! that module for why).
+//!
 //! [`analyze_with_shapes`] (used by `Guard`) also remembers the facts and fingerprint of plain
 //! DML by normalised text, so a known statement with new literal values costs a `normalize`
 //! instead of a parse, a walk and a fingerprint; see its documentation for why that is exact.
@@ -34,9 +38,9 @@ use std::sync::Arc;
 
 /// How deep SQL text may nest inside SQL text (function bodies, constant EXECUTE strings, DO).
 const MAX_TEXT_NESTING: usize = 8;
-/// How deep the parse tree walk may go (in nodes) before giving up (fail closed). The prost
-/// decoder already refuses trees deeper than 100 messages (reported as unparseable); this bounds
-/// the walk's recursion on its own.
+/// How deep the parse tree walk may go (in nodes) before giving up (fail closed). The parse
+/// tree decoder (`parse`) already refuses trees deeper than 100 messages, as prost's does
+/// (reported as unparseable); this bounds the walk's recursion on its own.
 const MAX_TREE_DEPTH: usize = 1_000;
 
 /// The analysis of one message.
