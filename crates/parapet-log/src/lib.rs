@@ -13,7 +13,9 @@
 //! - [`Log::init`] creates an empty log and a signing key, returns the verifier key.
 //! - [`Log::open`] opens an existing log for appending (crash recovery happens here).
 //! - [`Log::submit`] queues one entry and returns an [`AppendTicket`] (a `'static` future) that
-//!   resolves to the entry's index once the entry, its tiles and a covering checkpoint are durable.
+//!   resolves to the entry's index once the entry, its tiles and a covering checkpoint are durable
+//!   (through the write-ahead journal, from which they are reproduced exactly; the files are
+//!   published within [`PUBLISH_INTERVAL`]).
 //!   Entries are indexed in submission order.
 //! - [`Log::append`] is `submit(..).await`.
 //! - [`LogReader`] reads entries of a log on disk (used by `parapet policy replay` and tests).
