@@ -487,7 +487,7 @@ pub(crate) struct Writer<S: Storage> {
     pub(crate) deferred_removals: Vec<String>,
     /// Size of the checkpoint last written to storage (at most the acknowledged size).
     pub(crate) published: u64,
-    /// When the checkpoint was last written.
+    /// When the checkpoint was last written (or, while `broken`, recovery last failed).
     pub(crate) last_publish: std::time::Instant,
 }
 
@@ -608,8 +608,9 @@ impl<S: Storage> Writer<S> {
     /// When the next publication or full sync is due, if one is pending.
     fn idle_deadline(&self) -> Option<std::time::Instant> {
         if self.broken {
-            // Nothing to do until the next batch recovers the writer.
-            return None;
+            // Retry recovery now and then (the cause may be gone, e.g. space freed), so that
+            // acknowledged entries get published even if no batch comes to recover first.
+            return Some(self.last_publish + FULL_SYNC_INTERVAL);
         }
         let sync = self.unsynced_since.map(|t| t + FULL_SYNC_INTERVAL);
         let publish =
@@ -620,6 +621,15 @@ impl<S: Storage> Writer<S> {
     /// Publishes, or syncs fully, whatever is due.
     fn background_work(&mut self) {
         if self.broken {
+            if self.last_publish.elapsed() >= FULL_SYNC_INTERVAL {
+                match self.recover() {
+                    Ok(()) => self.broken = false,
+                    Err(e) => {
+                        tracing::error!(error = %e, "log recovery failed; retrying later");
+                        self.last_publish = std::time::Instant::now();
+                    }
+                }
+            }
             return;
         }
         let sync_due = self
@@ -634,8 +644,10 @@ impl<S: Storage> Writer<S> {
         {
             if let Err(e) = self.publish() {
                 tracing::error!(error = %e, "publishing the log's tiles failed");
-                // The journal holds every acknowledged entry; the next batch recovers first.
+                // The journal holds every acknowledged entry; the next batch (or a retry one
+                // interval from now) recovers first.
                 self.broken = true;
+                self.last_publish = std::time::Instant::now();
             }
         }
     }
@@ -713,7 +725,7 @@ impl<S: Storage> Writer<S> {
             tracing::error!(error = %e, "log sync failed");
             self.broken = true;
             // Retry one interval from now, not at once (the cause may persist, e.g. a full disk).
-            self.unsynced_since = Some(std::time::Instant::now());
+            self.last_publish = std::time::Instant::now();
         }
     }
 
@@ -856,6 +868,7 @@ impl<S: Storage> Writer<S> {
             Err(e) => {
                 tracing::error!(error = %e, "log batch failed");
                 self.broken = true;
+                self.last_publish = std::time::Instant::now();
                 self.tree.completed.clear();
                 for a in acks {
                     match a {

@@ -265,12 +265,13 @@ fn open_discards_an_unpublished_batch() {
     verify_log(&dir, &v, None, &no_progress).unwrap();
 }
 
-/// Real directory storage that fails with ENOSPC while `full` is set, or, while `journal_fails`
-/// is set, reports EIO from journal appends after the record was written and synced (fault
-/// injection).
+/// Real directory storage that fails with ENOSPC while `full` is set, or only its tile writes
+/// while `tiles_full` is set, or, while `journal_fails` is set, reports EIO from journal appends
+/// after the record was written and synced (fault injection).
 struct FillableDisk {
     inner: LocalDir,
     full: Arc<AtomicBool>,
+    tiles_full: Arc<AtomicBool>,
     journal_fails: Arc<AtomicBool>,
 }
 
@@ -279,6 +280,7 @@ impl FillableDisk {
         FillableDisk {
             inner: LocalDir::new(dir),
             full: full.clone(),
+            tiles_full: Arc::new(AtomicBool::new(false)),
             journal_fails: Arc::new(AtomicBool::new(false)),
         }
     }
@@ -301,6 +303,9 @@ impl Storage for FillableDisk {
     }
     fn write(&mut self, path: &str, data: &[u8]) -> std::io::Result<()> {
         self.check()?;
+        if self.tiles_full.load(Ordering::SeqCst) {
+            return Err(std::io::Error::from_raw_os_error(libc::ENOSPC));
+        }
         self.inner.write(path, data)
     }
     fn sync(&mut self) -> std::io::Result<()> {
@@ -489,6 +494,42 @@ async fn open_replays_the_journal_file_when_tiles_were_lost() {
     assert!(log.size() < 300);
     drop(log);
     verify_log(&cut2, &v, None, &no_progress).unwrap();
+}
+
+/// Tiles that cannot be written do not fail a batch whose journal record is durable; the
+/// publication is retried while the log is idle, and once space is back the directory shows
+/// every acknowledged entry without another append.
+#[tokio::test]
+async fn a_failed_publication_is_retried_while_idle() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (dir, key, v) = new_log(tmp.path());
+    let full = Arc::new(AtomicBool::new(false));
+    let st = FillableDisk::new(&dir, &full);
+    let tiles_full = st.tiles_full.clone();
+    let log = Log::open_with_storage(st, read_signing_key(&key).unwrap()).unwrap();
+    tiles_full.store(true, Ordering::SeqCst);
+    for i in 0..10u8 {
+        assert_eq!(log.append(vec![b'p', i]).await.unwrap(), u64::from(i));
+    }
+    tokio::time::sleep(parapet_log::PUBLISH_INTERVAL * 4).await;
+    // Nothing could be published; what is there still verifies.
+    assert_eq!(all_entries(&dir).len(), 0);
+    verify_log(&dir, &v, None, &no_progress).unwrap();
+    tiles_full.store(false, Ordering::SeqCst);
+    let deadline = std::time::Instant::now() + parapet_log::FULL_SYNC_INTERVAL * 5;
+    while all_entries(&dir).len() < 10 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the acknowledged entries were not published after space came back"
+        );
+        tokio::time::sleep(parapet_log::PUBLISH_INTERVAL).await;
+    }
+    verify_log(&dir, &v, None, &no_progress).unwrap();
+    assert_eq!(log.append(b"next".to_vec()).await.unwrap(), 10);
+    log.close().await.unwrap();
+    let e = all_entries(&dir);
+    assert_eq!(e.len(), 11);
+    assert_eq!(e[9], [b'p', 9]);
 }
 
 /// A batch whose journal append reports an error after the record reached the disk fails, and
