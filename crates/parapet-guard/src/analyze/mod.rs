@@ -80,6 +80,8 @@ pub struct Shape {
     facts: FactsData,
     /// The fingerprint (pg_query's ignores constants).
     fingerprint: Option<String>,
+    /// The statement ends with a `;` (and whitespace): its text stops before it.
+    terminated: bool,
 }
 
 /// Shapes of single-statement messages by their pg_query-normalised text, for statements whose
@@ -144,8 +146,14 @@ fn analyze_message(sql: &str, shapes: Option<&Shapes>) -> Analysis {
         _ => None,
     };
     if let Some(known) = shape.and_then(|(shapes, n)| shapes.get(n.as_str())) {
+        // The same normalised text: the same tokens after the last literal, so the same `;`.
+        let text = sql.trim();
+        let text = match text.strip_suffix(';') {
+            Some(t) if known.terminated => t.trim_end(),
+            _ => text,
+        };
         let facts = FactsData {
-            text: sql.trim().to_string(),
+            text: text.to_string(),
             ..known.facts.clone()
         };
         return Analysis {
@@ -185,8 +193,15 @@ fn analyze_message(sql: &str, shapes: Option<&Shapes>) -> Analysis {
     if let (Some((shapes, n)), [raw], [facts]) =
         (shape, parsed.stmts.as_slice(), statements.as_slice())
     {
+        // The statement spans the message, up to an optional final `;` (pgbench, psql and most
+        // drivers end statements with one).
+        let rest = usize::try_from(raw.stmt_len)
+            .ok()
+            .filter(|&n| n > 0)
+            .and_then(|n| sql.get(n..));
+        let terminated = rest.is_some_and(|r| r.trim() == ";");
         if raw.stmt_location == 0
-            && raw.stmt_len == 0
+            && (raw.stmt_len == 0 || terminated)
             && !def_elems
             && fingerprint.is_some()
             && literal_independent(facts)
@@ -197,6 +212,7 @@ fn analyze_message(sql: &str, shapes: Option<&Shapes>) -> Analysis {
                     ..FactsData::clone(facts)
                 },
                 fingerprint: fingerprint.clone(),
+                terminated,
             };
             shapes.insert(n.clone(), Arc::new(template));
         }
