@@ -46,7 +46,11 @@ rm -rf "$WORK/create-probe"
 PIDS=()
 cleanup() {
   for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
-  [ -n "${PGPID:-}" ] && kill -INT "$PGPID" 2>/dev/null && sleep 2
+  # The postmaster's own pid (PGPID may be runuser's, which does not pass signals on).
+  local pm
+  pm=$(head -1 "$WORK/data/postmaster.pid" 2>/dev/null || true)
+  [ -n "$pm" ] && kill -INT "$pm" 2>/dev/null && sleep 2
+  [ -n "${PGPID:-}" ] && kill -INT "$PGPID" 2>/dev/null
   rm -rf "$WORK"
 }
 trap cleanup EXIT
