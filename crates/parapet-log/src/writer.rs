@@ -659,14 +659,7 @@ impl<S: Storage> Writer<S> {
         if self.published == self.tree.size {
             return Ok(());
         }
-        self.tree
-            .write_partials(&mut self.storage)
-            .map_err(|e| self.io_error("writing tiles", e))?;
-        let cp = self.current_checkpoint();
-        let note = self.signer.sign(&cp.to_text());
-        self.storage
-            .stage_checkpoint(note.as_bytes())
-            .map_err(|e| self.io_error("writing the checkpoint", e))?;
+        let cp = self.stage_current()?;
         self.storage
             .publish_checkpoint_unsynced()
             .map_err(|e| self.io_error("publishing the checkpoint", e))?;
@@ -678,13 +671,23 @@ impl<S: Storage> Writer<S> {
         Ok(())
     }
 
-    fn current_checkpoint(&self) -> Checkpoint {
-        Checkpoint {
+    /// Writes the tiles not yet written and stages a signed checkpoint of the current tree
+    /// (not yet published); returns that checkpoint.
+    fn stage_current(&mut self) -> Result<Checkpoint, LogError> {
+        self.tree
+            .write_partials(&mut self.storage)
+            .map_err(|e| self.io_error("writing tiles", e))?;
+        let cp = Checkpoint {
             origin: self.origin.clone(),
             size: self.tree.size,
             root: self.tree.root(),
             extensions: Vec::new(),
-        }
+        };
+        let note = self.signer.sign(&cp.to_text());
+        self.storage
+            .stage_checkpoint(note.as_bytes())
+            .map_err(|e| self.io_error("writing the checkpoint", e))?;
+        Ok(cp)
     }
 
     /// Syncs tiles, directories and checkpoint, then clears the journal and removes what the
@@ -916,14 +919,7 @@ impl<S: Storage> Writer<S> {
                 }
             }
         }
-        self.tree
-            .write_partials(&mut self.storage)
-            .map_err(|e| self.io_error("writing tiles", e))?;
-        let cp = self.current_checkpoint();
-        let note = self.signer.sign(&cp.to_text());
-        self.storage
-            .stage_checkpoint(note.as_bytes())
-            .map_err(|e| self.io_error("writing the checkpoint", e))?;
+        let cp = self.stage_current()?;
         self.storage
             .sync()
             .map_err(|e| self.io_error("syncing tiles", e))?;
