@@ -49,8 +49,8 @@ cleanup() {
   # The postmaster's own pid (PGPID may be runuser's, which does not pass signals on).
   local pm
   pm=$(head -1 "$WORK/data/postmaster.pid" 2>/dev/null || true)
-  [ -n "$pm" ] && kill -INT "$pm" 2>/dev/null && sleep 2
-  [ -n "${PGPID:-}" ] && kill -INT "$PGPID" 2>/dev/null
+  if [ -n "$pm" ] && kill -INT "$pm" 2>/dev/null; then sleep 2; fi
+  [ -z "${PGPID:-}" ] || kill -INT "$PGPID" 2>/dev/null || true
   rm -rf "$WORK"
 }
 trap cleanup EXIT
