@@ -5,7 +5,7 @@ use sha2::{Digest, Sha256};
 /// A SHA-256 hash: leaf, interior node or tree root.
 pub type Hash = [u8; 32];
 
-/// Size of a [`Hash`] in bytes.
+/// Size of a [`Hash`](type@Hash) in bytes.
 pub const HASH_SIZE: usize = 32;
 
 /// Leaf hash of `entry`: SHA-256(0x00 || entry).

@@ -17,7 +17,7 @@ fn split_point(n: u64) -> u64 {
     1u64 << (63 - (n - 1).leading_zeros())
 }
 
-/// MTH(D[start:end]) for `end > start`, built from complete subtrees.
+/// `MTH(D[start:end])` for `end > start`, built from complete subtrees.
 pub fn subtree_hash(src: &mut dyn NodeSource, start: u64, end: u64) -> Result<Hash, LogError> {
     let n = end - start;
     if n.is_power_of_two() && start % n == 0 {

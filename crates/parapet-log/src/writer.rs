@@ -2,10 +2,11 @@
 //!
 //! Sequencing: `submit` pushes entries (with their leaf hashes, computed by the caller) onto a
 //! queue under a short lock; queue order is index order. Integration: the writer thread takes
-//! everything queued (group commit), extends the tree's right edge, writes full tiles and bundles
-//! as they complete plus the current partial ones, and publishes a signed checkpoint; the tickets
-//! resolve only once all of that is durable. Memory is bounded: the compact range (one hash per
-//! tree level) plus at most one partial tile per tile level and one partial bundle.
+//! everything queued (group commit), extends the tree's right edge, and makes the batch durable;
+//! full tiles and bundles as they complete, the current partial ones and a signed checkpoint are
+//! written (published) from it. Memory is bounded: the compact range (one hash per tree level),
+//! at most one partial tile per tile level and one partial bundle, and the tiles completed since
+//! the last publication (at most [`PUBLISH_PENDING_BYTES`] before it is done early).
 //!
 //! Durability comes one of two ways. A batch of up to [`JOURNAL_MAX_RECORD`] entry bytes is
 //! made durable by one record in the storage's write-ahead journal (one durable append: entries,
