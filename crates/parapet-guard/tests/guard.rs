@@ -279,3 +279,50 @@ fn concurrent_decisions_during_reloads() {
         t.join().unwrap();
     }
 }
+
+/// A rule on a table outside `public` plus a rule against changing `search_path` (the pairing
+/// docs/policies.md recommends): every way of changing it for this or later sessions is caught,
+/// including the typed `SET` inside `ALTER DATABASE … SET`.
+#[test]
+fn search_path_changes_are_facts_in_every_form() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = policy_file(
+        &dir,
+        "sp.cedar",
+        r#"
+@id("team.no-search-path-change")
+@reason("rules name schema-qualified tables; unqualified names are judged as public")
+forbid (principal, action, resource)
+when { context.set_variables.contains("search_path") || context.set_variables.contains("?") };
+"#,
+    );
+    let g = Guard::load(&PolicySource {
+        files: vec![p],
+        default_pack: true,
+    })
+    .unwrap();
+    let c = ctx("alice", &["eng"], "production");
+    for sql in [
+        "SET search_path TO billing",
+        "SET LOCAL search_path = billing, public",
+        "SELECT set_config('search_path', 'billing', false)",
+        "ALTER DATABASE app SET search_path = billing",
+        "ALTER DATABASE app SET search_path FROM CURRENT",
+        "CREATE FUNCTION f() RETURNS int LANGUAGE sql SET search_path = billing AS 'SELECT 1'",
+    ] {
+        let d = g.decide(sql, &c);
+        assert_eq!(d.verdict, Verdict::Deny, "{sql}: {d:?}");
+        assert!(
+            d.rules.iter().any(|r| r.id == "team.no-search-path-change"),
+            "{sql}: {:?}",
+            d.rules
+        );
+    }
+    for sql in [
+        "SHOW search_path",
+        "ALTER DATABASE app RESET search_path",
+        "SELECT 1",
+    ] {
+        assert_eq!(g.decide(sql, &c).verdict, Verdict::Allow, "{sql}");
+    }
+}

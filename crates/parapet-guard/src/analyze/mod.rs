@@ -786,6 +786,9 @@ impl<'a> Walker<'_, 'a> {
             }
             NodeRef::ParamRef(_) if in_node => self.facts.has_parameters = true,
             NodeRef::DefElem(_) => self.def_elems = true,
+            // `ALTER DATABASE|ROLE … SET name` and `ALTER SYSTEM SET name` hold their SET as a
+            // typed field: it changes `name` for later sessions, so it counts as setting it.
+            NodeRef::VariableSetStmt(s) => self.variable_set(s),
             _ => {}
         }
         children::for_each_child(n, &mut |field, child, in_node| {
