@@ -338,6 +338,16 @@ impl Log {
     }
 }
 
+/// How many acknowledged entries the journal of log directory `dir` holds beyond `published`
+/// entries (the size of the checkpoint a reader sees): non-zero while a writer has not yet
+/// published them (up to [`PUBLISH_INTERVAL`]), or after it stopped without doing so (a crash;
+/// `parapet log recover` publishes them). Reads only.
+pub fn unpublished_entries(dir: &Path, published: u64) -> Result<u64, LogError> {
+    let records = storage::read_journal(dir)
+        .map_err(|e| LogError::io(format!("{}: reading the journal", dir.display()), e))?;
+    Ok(writer::journal_end(&records)?.map_or(0, |end| end.saturating_sub(published)))
+}
+
 /// A queued append: resolves to the entry's index once durable. `Send + 'static`.
 #[derive(Debug)]
 pub struct AppendTicket {

@@ -81,6 +81,15 @@ pub trait Storage: Send + 'static {
     }
 }
 
+/// The records in the journal of the log directory `dir`, oldest first, read without changing
+/// anything (for verifiers; a writer reads them with [`Storage::journal_records`]).
+pub fn read_journal(dir: &Path) -> io::Result<Vec<Vec<u8>>> {
+    match JournalFile::open_read_only(dir)? {
+        Some(mut j) => j.records(),
+        None => Ok(Vec::new()),
+    }
+}
+
 /// A log in a local directory.
 #[derive(Debug)]
 pub struct LocalDir {
@@ -602,6 +611,31 @@ impl JournalFile {
             }
         }
         Ok(j)
+    }
+
+    /// Opens the journal of `root` for reading only; `None` if there is none (or no valid header).
+    fn open_read_only(root: &Path) -> io::Result<Option<JournalFile>> {
+        let file = match File::open(root.join(JOURNAL)) {
+            Ok(f) => f,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(e),
+        };
+        let len = file.metadata()?.len();
+        let mut head = [0u8; 48];
+        let valid = len >= JOURNAL_HEADER
+            && file.read_exact_at(&mut head, 0).is_ok()
+            && &head[..8] == JOURNAL_MAGIC
+            && Sha256::digest(&head[..16])[..] == head[16..48];
+        if !valid {
+            return Ok(None);
+        }
+        Ok(Some(JournalFile {
+            file,
+            generation: u64::from_be_bytes(head[8..16].try_into().unwrap_or([0; 8])),
+            pos: JOURNAL_HEADER,
+            len,
+            last: None,
+        }))
     }
 
     /// Extends the file with zeros to at least `want` bytes and syncs it (size change).

@@ -98,6 +98,20 @@ impl<'a> JournalRecord<'a> {
     }
 }
 
+/// Where the entries of journal `records` end (the tree size after the last record that
+/// follows on from the one before), or `None` without records.
+pub(crate) fn journal_end(records: &[Vec<u8>]) -> Result<Option<u64>, LogError> {
+    let mut end: Option<u64> = None;
+    for rec in records {
+        let r = JournalRecord::parse(rec)?;
+        if end.is_some_and(|e| e != r.start) {
+            break;
+        }
+        end = Some(r.start + u64::from(r.count));
+    }
+    Ok(end)
+}
+
 /// Builds the journal record of the batch being integrated.
 struct RecordBuilder {
     buf: Vec<u8>,

@@ -512,9 +512,10 @@ async fn a_failed_publication_is_retried_while_idle() {
         assert_eq!(log.append(vec![b'p', i]).await.unwrap(), u64::from(i));
     }
     tokio::time::sleep(parapet_log::PUBLISH_INTERVAL * 4).await;
-    // Nothing could be published; what is there still verifies.
+    // Nothing could be published; what is there still verifies, and the journal tells.
     assert_eq!(all_entries(&dir).len(), 0);
     verify_log(&dir, &v, None, &no_progress).unwrap();
+    assert_eq!(parapet_log::unpublished_entries(&dir, 0).unwrap(), 10);
     tiles_full.store(false, Ordering::SeqCst);
     let deadline = std::time::Instant::now() + parapet_log::FULL_SYNC_INTERVAL * 5;
     while all_entries(&dir).len() < 10 {
@@ -525,6 +526,7 @@ async fn a_failed_publication_is_retried_while_idle() {
         tokio::time::sleep(parapet_log::PUBLISH_INTERVAL).await;
     }
     verify_log(&dir, &v, None, &no_progress).unwrap();
+    assert_eq!(parapet_log::unpublished_entries(&dir, 10).unwrap(), 0);
     assert_eq!(log.append(b"next".to_vec()).await.unwrap(), 10);
     log.close().await.unwrap();
     let e = all_entries(&dir);

@@ -265,6 +265,17 @@ pub fn verify(args: VerifyArgs) -> anyhow::Result<ExitCode> {
     match result {
         Ok(report) => {
             println!("{report}");
+            // The summary stays one line on stdout; what the journal adds goes to stderr.
+            match parapet_log::unpublished_entries(&args.dir, report.checkpoint.size) {
+                Ok(0) => {}
+                Ok(n) => eprintln!(
+                    "note: the journal of {} holds {n} acknowledged entries beyond this checkpoint:                      a running writer publishes them within {} ms; if none is running (a crash),                      run `parapet log recover --dir {} --key KEYFILE` and verify again",
+                    args.dir.display(),
+                    parapet_log::PUBLISH_INTERVAL.as_millis(),
+                    args.dir.display()
+                ),
+                Err(e) => eprintln!("note: could not read the journal: {e}"),
+            }
             Ok(ExitCode::SUCCESS)
         }
         Err(e) => bail!("verification FAILED for {}: {e}", args.dir.display()),

@@ -344,7 +344,7 @@ pub async fn start_serve(config: &std::path::Path, port: u16) -> std::process::C
 }
 
 /// Runs the real `parapet verify` on `log_dir` and asserts that it passes.
-pub fn assert_verifies(log_dir: &std::path::Path, vkey: &str) {
+pub fn assert_verifies(log_dir: &std::path::Path, vkey: &str) -> String {
     let verify = std::process::Command::new(env!("CARGO_BIN_EXE_parapet"))
         .args(["verify", "--dir"])
         .arg(log_dir)
@@ -356,4 +356,5 @@ pub fn assert_verifies(log_dir: &std::path::Path, vkey: &str) {
         "parapet verify failed: {}",
         String::from_utf8_lossy(&verify.stderr)
     );
+    String::from_utf8_lossy(&verify.stderr).into_owned()
 }
