@@ -86,6 +86,10 @@ async fn kill_9_mid_load_loses_no_executed_statement() {
             note.contains(&format!("holds {pending} acknowledged entries")),
             "{note}"
         );
+        assert!(
+            note.contains("run `parapet log recover --dir") && !note.contains("  "),
+            "{note}"
+        );
     } else {
         assert!(!note.contains("note: the journal"), "{note}");
     }

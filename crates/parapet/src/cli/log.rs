@@ -269,7 +269,9 @@ pub fn verify(args: VerifyArgs) -> anyhow::Result<ExitCode> {
             match parapet_log::unpublished_entries(&args.dir, report.checkpoint.size) {
                 Ok(0) => {}
                 Ok(n) => eprintln!(
-                    "note: the journal of {} holds {n} acknowledged entries beyond this checkpoint:                      a running writer publishes them within {} ms; if none is running (a crash),                      run `parapet log recover --dir {} --key KEYFILE` and verify again",
+                    "note: the journal of {} holds {n} acknowledged entries beyond this checkpoint: \
+                     a running writer publishes them within {} ms; if none is running (a crash), \
+                     run `parapet log recover --dir {} --key KEYFILE` and verify again",
                     args.dir.display(),
                     parapet_log::PUBLISH_INTERVAL.as_millis(),
                     args.dir.display()
