@@ -573,6 +573,17 @@ const JOURNAL_HEADER: u64 = 4096;
 const JOURNAL_GROW: u64 = 4 << 20;
 const RECORD_OVERHEAD: usize = 4 + 8 + 4 + 32;
 
+/// The generation in the journal header of `file` (`len` bytes long), or `None` if the header
+/// is missing or damaged.
+fn read_generation(file: &File, len: u64) -> Option<u64> {
+    let mut head = [0u8; 48];
+    let valid = len >= JOURNAL_HEADER
+        && file.read_exact_at(&mut head, 0).is_ok()
+        && &head[..8] == JOURNAL_MAGIC
+        && Sha256::digest(&head[..16])[..] == head[16..48];
+    valid.then(|| u64::from_be_bytes(head[8..16].try_into().unwrap_or([0; 8])))
+}
+
 impl JournalFile {
     fn open(root: &Path) -> io::Result<JournalFile> {
         let path = root.join(JOURNAL);
@@ -591,13 +602,8 @@ impl JournalFile {
             len,
             last: None,
         };
-        let mut head = [0u8; 48];
-        let valid = len >= JOURNAL_HEADER
-            && j.file.read_exact_at(&mut head, 0).is_ok()
-            && &head[..8] == JOURNAL_MAGIC
-            && Sha256::digest(&head[..16])[..] == head[16..48];
-        if valid {
-            j.generation = u64::from_be_bytes(head[8..16].try_into().unwrap_or([0; 8]));
+        if let Some(generation) = read_generation(&j.file, len) {
+            j.generation = generation;
             // Position after the records already there (they stay until cleared).
             j.records()?;
         } else {
@@ -621,17 +627,9 @@ impl JournalFile {
             Err(e) => return Err(e),
         };
         let len = file.metadata()?.len();
-        let mut head = [0u8; 48];
-        let valid = len >= JOURNAL_HEADER
-            && file.read_exact_at(&mut head, 0).is_ok()
-            && &head[..8] == JOURNAL_MAGIC
-            && Sha256::digest(&head[..16])[..] == head[16..48];
-        if !valid {
-            return Ok(None);
-        }
-        Ok(Some(JournalFile {
+        Ok(read_generation(&file, len).map(|generation| JournalFile {
             file,
-            generation: u64::from_be_bytes(head[8..16].try_into().unwrap_or([0; 8])),
+            generation,
             pos: JOURNAL_HEADER,
             len,
             last: None,
