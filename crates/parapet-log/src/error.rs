@@ -22,7 +22,7 @@ pub enum LogError {
     NoSpace {
         /// The log directory.
         dir: String,
-        /// Size of the last published checkpoint.
+        /// Entries acknowledged before the failure (all intact).
         size: u64,
     },
     /// An entry is larger than the format allows.

@@ -620,6 +620,13 @@ impl<S: Storage> Writer<S> {
         }
     }
 
+    /// Leaves the writer to recover before its next batch, or while idle one
+    /// [`FULL_SYNC_INTERVAL`] from now (not at once: the cause may persist, e.g. a full disk).
+    fn mark_broken(&mut self) {
+        self.broken = true;
+        self.last_publish = std::time::Instant::now();
+    }
+
     /// When the next publication or full sync is due, if one is pending.
     fn idle_deadline(&self) -> Option<std::time::Instant> {
         if self.broken {
@@ -641,7 +648,7 @@ impl<S: Storage> Writer<S> {
                     Ok(()) => self.broken = false,
                     Err(e) => {
                         tracing::error!(error = %e, "log recovery failed; retrying later");
-                        self.last_publish = std::time::Instant::now();
+                        self.mark_broken();
                     }
                 }
             }
@@ -661,8 +668,7 @@ impl<S: Storage> Writer<S> {
                 tracing::error!(error = %e, "publishing the log's tiles failed");
                 // The journal holds every acknowledged entry; the next batch (or a retry one
                 // interval from now) recovers first.
-                self.broken = true;
-                self.last_publish = std::time::Instant::now();
+                self.mark_broken();
             }
         }
     }
@@ -741,9 +747,7 @@ impl<S: Storage> Writer<S> {
     fn full_sync_logged(&mut self) {
         if let Err(e) = self.full_sync() {
             tracing::error!(error = %e, "log sync failed");
-            self.broken = true;
-            // Retry one interval from now, not at once (the cause may persist, e.g. a full disk).
-            self.last_publish = std::time::Instant::now();
+            self.mark_broken();
         }
     }
 
@@ -754,12 +758,13 @@ impl<S: Storage> Writer<S> {
         }
     }
 
-    fn published_size(&self) -> u64 {
+    /// Entries acknowledged so far (what `Log::size` reports; the directory may lag).
+    fn acked_size(&self) -> u64 {
         self.shared.size.load(Ordering::Acquire)
     }
 
     fn io_error(&self, what: &str, e: io::Error) -> LogError {
-        let size = self.published_size();
+        let size = self.acked_size();
         if e.raw_os_error() == Some(libc::ENOSPC) {
             LogError::NoSpace {
                 dir: self.storage.location(),
@@ -885,8 +890,7 @@ impl<S: Storage> Writer<S> {
             }
             Err(e) => {
                 tracing::error!(error = %e, "log batch failed");
-                self.broken = true;
-                self.last_publish = std::time::Instant::now();
+                self.mark_broken();
                 self.tree.completed.clear();
                 for a in acks {
                     match a {
@@ -911,7 +915,7 @@ impl<S: Storage> Writer<S> {
     /// [`Writer::publish`]), otherwise by writing and syncing everything before publishing the
     /// checkpoint.
     fn commit(&mut self, record: Option<Vec<u8>>) -> Result<(), LogError> {
-        if self.tree.size == self.published_size() {
+        if self.tree.size == self.acked_size() {
             return Ok(());
         }
         if let Some(rec) = record {
