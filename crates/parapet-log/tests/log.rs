@@ -275,14 +275,29 @@ struct FillableDisk {
     journal_fails: Arc<AtomicBool>,
 }
 
+/// The switches of a [`FillableDisk`], kept by the test while the log owns the disk.
+struct Faults {
+    full: Arc<AtomicBool>,
+    tiles_full: Arc<AtomicBool>,
+    journal_fails: Arc<AtomicBool>,
+}
+
 impl FillableDisk {
-    fn new(dir: &Path, full: &Arc<AtomicBool>) -> FillableDisk {
-        FillableDisk {
-            inner: LocalDir::new(dir),
-            full: full.clone(),
+    /// Opens the log in `dir` on a fault-injecting disk, all faults off.
+    fn open_log(dir: &Path, key: &Path) -> (Log, Faults) {
+        let faults = Faults {
+            full: Arc::new(AtomicBool::new(false)),
             tiles_full: Arc::new(AtomicBool::new(false)),
             journal_fails: Arc::new(AtomicBool::new(false)),
-        }
+        };
+        let st = FillableDisk {
+            inner: LocalDir::new(dir),
+            full: faults.full.clone(),
+            tiles_full: faults.tiles_full.clone(),
+            journal_fails: faults.journal_fails.clone(),
+        };
+        let log = Log::open_with_storage(st, read_signing_key(key).unwrap()).unwrap();
+        (log, faults)
     }
 
     fn check(&self) -> std::io::Result<()> {
@@ -350,9 +365,8 @@ impl Storage for FillableDisk {
 async fn disk_full_fails_pending_appends_clearly_and_recovers() {
     let tmp = tempfile::tempdir().unwrap();
     let (dir, key, v) = new_log(tmp.path());
-    let full = Arc::new(AtomicBool::new(false));
-    let st = FillableDisk::new(&dir, &full);
-    let log = Log::open_with_storage(st, read_signing_key(&key).unwrap()).unwrap();
+    let (log, faults) = FillableDisk::open_log(&dir, &key);
+    let full = faults.full;
     for i in 0..10u8 {
         log.append(vec![i]).await.unwrap();
     }
@@ -503,10 +517,8 @@ async fn open_replays_the_journal_file_when_tiles_were_lost() {
 async fn a_failed_publication_is_retried_while_idle() {
     let tmp = tempfile::tempdir().unwrap();
     let (dir, key, v) = new_log(tmp.path());
-    let full = Arc::new(AtomicBool::new(false));
-    let st = FillableDisk::new(&dir, &full);
-    let tiles_full = st.tiles_full.clone();
-    let log = Log::open_with_storage(st, read_signing_key(&key).unwrap()).unwrap();
+    let (log, faults) = FillableDisk::open_log(&dir, &key);
+    let tiles_full = faults.tiles_full;
     tiles_full.store(true, Ordering::SeqCst);
     for i in 0..10u8 {
         assert_eq!(log.append(vec![b'p', i]).await.unwrap(), u64::from(i));
@@ -541,10 +553,8 @@ async fn a_failed_publication_is_retried_while_idle() {
 async fn a_failed_batch_is_withdrawn_from_the_journal() {
     let tmp = tempfile::tempdir().unwrap();
     let (dir, key, v) = new_log(tmp.path());
-    let full = Arc::new(AtomicBool::new(false));
-    let st = FillableDisk::new(&dir, &full);
-    let journal_fails = st.journal_fails.clone();
-    let log = Log::open_with_storage(st, read_signing_key(&key).unwrap()).unwrap();
+    let (log, faults) = FillableDisk::open_log(&dir, &key);
+    let journal_fails = faults.journal_fails;
     for i in 0..5u8 {
         log.append(vec![b'a', i]).await.unwrap();
     }
