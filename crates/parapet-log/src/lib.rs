@@ -25,6 +25,7 @@
 pub mod bulk;
 pub mod checkpoint;
 mod error;
+mod flush;
 pub mod hash;
 pub mod note;
 pub mod proof;
@@ -212,6 +213,16 @@ impl Log {
         let shared = Arc::new(Shared::default());
         shared.size.store(tree.size, Ordering::Release);
         let tree_size = tree.size;
+        let flusher = {
+            let location = location.clone();
+            flush::Flusher::start(
+                shared.size.clone(),
+                Box::new(move |e, size| {
+                    writer::io_error(&location, size, "syncing the journal", e)
+                }),
+            )
+            .map_err(|e| LogError::io("starting the log flusher thread", e))?
+        };
         let w = Writer {
             storage: st,
             signer,
@@ -225,6 +236,8 @@ impl Log {
             deferred_removals: Vec::new(),
             published: tree_size,
             last_publish: std::time::Instant::now(),
+            committed: tree_size,
+            flusher,
         };
         let writer = std::thread::Builder::new()
             .name("parapet-log-writer".into())

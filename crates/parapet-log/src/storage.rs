@@ -50,6 +50,22 @@ pub trait Storage: Send + 'static {
         let _ = record;
         Ok(false)
     }
+    /// Writes `record` at the end of the write-ahead journal without waiting for the disk, and
+    /// returns the [`JournalSync`] that makes it durable, which another thread may run while
+    /// the next record is being prepared (pipelining). `Ok(None)` if the driver keeps no journal.
+    /// The default appends durably with [`Storage::journal_append`] and returns a sync with
+    /// nothing left to do.
+    fn journal_write(&mut self, record: &[u8]) -> io::Result<Option<JournalSync>> {
+        Ok(self.journal_append(record)?.then(|| JournalSync::done(0)))
+    }
+    /// Durably withdraws the journal record at `mark` (the [`JournalSync::mark`] of its write)
+    /// and every record written after it: their sync failed, so they may or may not be on disk,
+    /// and they must never be replayed. Drivers whose `journal_write` is durable at once have
+    /// nothing to withdraw (the default).
+    fn journal_withdraw_from(&mut self, mark: u64) -> io::Result<()> {
+        let _ = mark;
+        Ok(())
+    }
     /// Durably withdraws `record` if it is the last record in the journal (its append reported
     /// an error, possibly after the record reached the file), so that it is never replayed; does
     /// nothing if the last record is another one (the failed append wrote nothing).
@@ -78,6 +94,50 @@ pub trait Storage: Send + 'static {
     fn remove_temp_files(&mut self, dir: &str) -> io::Result<()> {
         let _ = dir;
         Ok(())
+    }
+}
+
+/// Makes one journal record written by [`Storage::journal_write`] durable, together with every
+/// record written before it (for [`LocalDir`], an `fdatasync` of the journal file). Safe to run
+/// on another thread than the writer's.
+pub struct JournalSync {
+    mark: u64,
+    sync: Option<Box<dyn FnOnce() -> io::Result<()> + Send>>,
+}
+
+impl JournalSync {
+    /// A sync for the record at `mark` that `run` performs.
+    pub fn new(mark: u64, run: impl FnOnce() -> io::Result<()> + Send + 'static) -> JournalSync {
+        JournalSync {
+            mark,
+            sync: Some(Box::new(run)),
+        }
+    }
+
+    /// A sync for a record that is already durable.
+    pub fn done(mark: u64) -> JournalSync {
+        JournalSync { mark, sync: None }
+    }
+
+    /// Where the record starts, as the driver counts (see [`Storage::journal_withdraw_from`]).
+    pub fn mark(&self) -> u64 {
+        self.mark
+    }
+
+    /// Makes the record (and those before it) durable.
+    pub fn run(self) -> io::Result<()> {
+        match self.sync {
+            Some(f) => f(),
+            None => Ok(()),
+        }
+    }
+}
+
+impl std::fmt::Debug for JournalSync {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("JournalSync")
+            .field("mark", &self.mark)
+            .finish_non_exhaustive()
     }
 }
 
@@ -157,6 +217,39 @@ fn run_tag() -> &'static str {
             .unwrap_or(0);
         format!("{t:x}{:x}", std::process::id())
     })
+}
+
+/// Marks `dir` as the top of a directory hierarchy (`chattr +T`, the ext2/3/4 `TOPDIR` flag):
+/// ext4 then spreads directories created in it over block groups with many free inodes, as it
+/// does for directories in `/`, instead of keeping them next to their parent.
+///
+/// That matters on ext4 without a journal: it never reuses an inode freed in the last minute
+/// (five if not yet written back), and finds a free one by scanning its block group from the
+/// start past every such inode. Under a temp directory where other programs keep deleting files
+/// that scan made each new file cost 0.1–1 ms (about 1,000 files/s against 20,000+/s in a quiet
+/// group, measured on the 2-vCPU benchmark machine). A hint only: errors are ignored (file
+/// systems without the flag refuse it, and lose nothing). No crate wraps this ioctl.
+fn spread_subdirectories(dir: &Path) {
+    #[cfg(target_os = "linux")]
+    {
+        use std::os::fd::AsRawFd;
+        /// `FS_TOPDIR_FL` from `linux/fs.h`.
+        const FS_TOPDIR_FL: libc::c_int = 0x0002_0000;
+        let Ok(d) = File::open(dir) else { return };
+        let mut flags: libc::c_int = 0;
+        // SAFETY: both ioctls read or write one `int` through a pointer to a live local, on a
+        // descriptor this function owns.
+        unsafe {
+            if libc::ioctl(d.as_raw_fd(), libc::FS_IOC_GETFLAGS, &mut flags) == 0
+                && flags & FS_TOPDIR_FL == 0
+            {
+                flags |= FS_TOPDIR_FL;
+                libc::ioctl(d.as_raw_fd(), libc::FS_IOC_SETFLAGS, &flags);
+            }
+        }
+    }
+    #[cfg(not(target_os = "linux"))]
+    let _ = dir;
 }
 
 /// Directory (under the log root) of pre-created files and directories.
@@ -281,8 +374,20 @@ impl Pool {
                 // out a chunk at a time: creating an inode holds its directory's lock for long
                 // (see above), and taking an item renames it out of its directory, so the
                 // writer must never take from the directory being filled.
+                //
+                // The subdirectories are new for each run, in a directory marked as a top of a
+                // hierarchy (see `spread_subdirectories`), so that ext4 places them, and the
+                // files created in them, in block groups without recent deletions. Earlier runs'
+                // subdirectories are removed once empty.
+                spread_subdirectories(&dir);
+                let ours = |sub: u64| dir.join(format!("{}-{sub}", run_tag()));
+                for e in fs::read_dir(&dir).into_iter().flatten().flatten() {
+                    if e.file_name() != "r" && e.file_name() != "q" {
+                        let _ = fs::remove_dir(e.path());
+                    }
+                }
                 for sub in 0..POOL_SUBDIRS {
-                    if fs::create_dir_all(dir.join(sub.to_string())).is_err() {
+                    if fs::create_dir_all(ours(sub)).is_err() {
                         return;
                     }
                 }
@@ -297,7 +402,7 @@ impl Pool {
                     if count.load(AtomicOrdering::Relaxed) < POOL_LOW {
                         // Running low: create one chunk in the next subdirectory, then hand it
                         // out whole.
-                        let sub = dir.join(((n / POOL_CHUNK as u64) % POOL_SUBDIRS).to_string());
+                        let sub = ours((n / POOL_CHUNK as u64) % POOL_SUBDIRS);
                         let mut chunk = Vec::with_capacity(POOL_CHUNK);
                         for _ in 0..POOL_CHUNK {
                             if stopped.load(AtomicOrdering::Relaxed) {
@@ -557,7 +662,8 @@ impl LocalDir {
 /// this cost profile, hence hand-written.
 #[derive(Debug)]
 struct JournalFile {
-    file: File,
+    /// Shared with the writer's flusher thread, which syncs it (see [`JournalSync`]).
+    file: Arc<File>,
     generation: u64,
     /// Where the next record goes.
     pos: u64,
@@ -596,7 +702,7 @@ impl JournalFile {
             .open(&path)?;
         let len = file.metadata()?.len();
         let mut j = JournalFile {
-            file,
+            file: Arc::new(file),
             generation: 0,
             pos: JOURNAL_HEADER,
             len,
@@ -628,7 +734,7 @@ impl JournalFile {
         };
         let len = file.metadata()?.len();
         Ok(read_generation(&file, len).map(|generation| JournalFile {
-            file,
+            file: Arc::new(file),
             generation,
             pos: JOURNAL_HEADER,
             len,
@@ -675,6 +781,28 @@ impl JournalFile {
         let end = self.write_record(payload)?;
         self.file.sync_data()?;
         self.pos = end;
+        Ok(())
+    }
+
+    /// Writes a record without syncing it; returns the sync to run (on any thread).
+    fn write(&mut self, payload: &[u8]) -> io::Result<JournalSync> {
+        let start = self.pos;
+        self.pos = self.write_record(payload)?;
+        let file = self.file.clone();
+        Ok(JournalSync::new(start, move || file.sync_data()))
+    }
+
+    /// Withdraws the record at `at` and those after it (see [`Storage::journal_withdraw_from`]):
+    /// overwrites its magic, so reading stops before it, makes that durable, and writes the next
+    /// record in its place.
+    fn withdraw_from(&mut self, at: u64) -> io::Result<()> {
+        if at < JOURNAL_HEADER || at >= self.pos {
+            return Ok(());
+        }
+        self.file.write_all_at(&[0u8; 4], at)?;
+        self.file.sync_data()?;
+        self.pos = at;
+        self.last = None;
         Ok(())
     }
 
@@ -874,6 +1002,14 @@ impl Storage for LocalDir {
     fn journal_append(&mut self, record: &[u8]) -> io::Result<bool> {
         self.journal()?.append(record)?;
         Ok(true)
+    }
+
+    fn journal_write(&mut self, record: &[u8]) -> io::Result<Option<JournalSync>> {
+        self.journal()?.write(record).map(Some)
+    }
+
+    fn journal_withdraw_from(&mut self, mark: u64) -> io::Result<()> {
+        self.journal()?.withdraw_from(mark)
     }
 
     fn journal_discard_last(&mut self, record: &[u8]) -> io::Result<()> {

@@ -11,8 +11,11 @@
 //! Durability comes one of two ways. A batch of up to [`JOURNAL_MAX_RECORD`] entry bytes is
 //! made durable by one record in the storage's write-ahead journal (one durable append: entries,
 //! start index and the roots before and after); its tiles and signed checkpoint are reproduced
-//! exactly from the journal if the process dies, so the batch is acknowledged at once. The
-//! files themselves are written (publication) at most [`PUBLISH_INTERVAL`] later, together for
+//! exactly from the journal if the process dies, so the batch is acknowledged as soon as that
+//! record is durable. The writer only writes the record; the flusher thread ([`crate::flush`])
+//! syncs it and acknowledges the batch while the writer integrates the next one, and one sync
+//! covers every record written meanwhile. Whatever needs a durable tree first (publication, a
+//! full sync, recovery) waits for the flusher to catch up. The files themselves are written (publication) at most [`PUBLISH_INTERVAL`] later, together for
 //! every batch since the last publication, without waiting for the disk; every
 //! [`FULL_SYNC_INTERVAL`] (or [`FULL_SYNC_BYTES`] of journal) they are synced and the journal is
 //! cleared. Opening the log replays the journal onto the last synced tree. Larger batches (bulk
@@ -21,10 +24,11 @@
 
 use crate::checkpoint::Checkpoint;
 use crate::error::LogError;
+use crate::flush::{Ack, Flusher};
 use crate::hash::{leaf_hash, node_hash, Hash};
 use crate::note::NoteSigner;
 use crate::proof::NodeSource;
-use crate::storage::{Storage, CHECKPOINT};
+use crate::storage::{JournalSync, Storage, CHECKPOINT};
 use crate::tile::{
     bundle_path, for_each_bundle_entry, nodes_at_tile_level, push_bundle_entry, tile_levels,
     tile_path, TILE_WIDTH,
@@ -230,7 +234,8 @@ pub(crate) struct Queue {
 pub(crate) struct Shared {
     pub(crate) queue: Mutex<Queue>,
     pub(crate) cv: Condvar,
-    pub(crate) size: AtomicU64,
+    /// Entries acknowledged (durable); raised by the flusher thread.
+    pub(crate) size: Arc<AtomicU64>,
 }
 
 impl Shared {
@@ -504,12 +509,11 @@ pub(crate) struct Writer<S: Storage> {
     pub(crate) published: u64,
     /// When the checkpoint was last written (or, while `broken`, recovery last failed).
     pub(crate) last_publish: std::time::Instant,
-}
-
-enum Ack {
-    One(oneshot::Sender<Result<u64, LogError>>, u64),
-    Many(oneshot::Sender<Result<Range<u64>, LogError>>, Range<u64>),
-    Close(oneshot::Sender<Result<(), LogError>>),
+    /// Tree size handed to the journal (or synced): at least the acknowledged size, which
+    /// catches up once the flusher has synced the journal.
+    pub(crate) committed: u64,
+    /// Syncs journal records and acknowledges their batches on its own thread.
+    pub(crate) flusher: Flusher,
 }
 
 impl<S: Storage> Writer<S> {
@@ -680,6 +684,7 @@ impl<S: Storage> Writer<S> {
         if self.published == self.tree.size {
             return Ok(());
         }
+        self.drain()?;
         let cp = self.stage_current()?;
         self.storage
             .publish_checkpoint_unsynced()
@@ -717,6 +722,7 @@ impl<S: Storage> Writer<S> {
         if self.unsynced_since.is_none() {
             return Ok(());
         }
+        self.drain()?;
         self.publish()?;
         self.storage
             .sync()
@@ -753,7 +759,7 @@ impl<S: Storage> Writer<S> {
 
     /// Leaves storage fully synced and the journal empty (clean shutdown).
     fn finish(&mut self) {
-        if !self.broken {
+        if self.drain().is_ok() && !self.broken {
             self.full_sync_logged();
         }
     }
@@ -764,27 +770,29 @@ impl<S: Storage> Writer<S> {
     }
 
     fn io_error(&self, what: &str, e: io::Error) -> LogError {
-        let size = self.acked_size();
-        if e.raw_os_error() == Some(libc::ENOSPC) {
-            LogError::NoSpace {
-                dir: self.storage.location(),
-                size,
-            }
-        } else {
-            LogError::io(
-                format!(
-                    "log directory {}: {what} failed (the log is intact up to size {size}; \
-                     fix the cause — later appends retry from the last checkpoint)",
-                    self.storage.location()
-                ),
-                e,
-            )
+        io_error(&self.storage.location(), self.acked_size(), what, e)
+    }
+
+    /// Waits until every batch handed to the flusher is durable and acknowledged (or failed),
+    /// so that what follows (publication, a full sync, recovery) covers only durable batches.
+    /// If a journal sync failed, withdraws the records in doubt, leaves the writer to recover
+    /// and returns the error.
+    fn drain(&mut self) -> Result<(), LogError> {
+        let Some((mark, e)) = self.flusher.drain() else {
+            return Ok(());
+        };
+        if let Err(w) = self.storage.journal_withdraw_from(mark) {
+            tracing::error!(error = %w, "withdrawing failed batches from the journal failed");
         }
+        self.mark_broken();
+        Err(e)
     }
 
     /// Rebuilds the tree from durable state after a failure: the checkpoint on disk plus the
     /// journal's records (every acknowledged batch), exactly as when the log is opened.
     fn recover(&mut self) -> Result<(), LogError> {
+        // Batches in flight end first (a failed sync's records are withdrawn here).
+        let _ = self.drain();
         let mut buf = Vec::new();
         let found = self
             .storage
@@ -814,6 +822,7 @@ impl<S: Storage> Writer<S> {
         self.journal_bytes = 0;
         self.unsynced_since = None;
         self.published = self.tree.size;
+        self.committed = self.tree.size;
         self.last_publish = std::time::Instant::now();
         self.shared.size.store(self.tree.size, Ordering::Release);
         Ok(())
@@ -822,6 +831,11 @@ impl<S: Storage> Writer<S> {
     /// Integrates one batch; returns true if the log was closed.
     fn process(&mut self, items: Vec<Item>) -> bool {
         let mut closing = false;
+        if self.flusher.has_failed() {
+            // A journal sync failed: the tree holds batches that are not durable. Withdraw
+            // them (drain) and rebuild from the durable state before going on.
+            let _ = self.drain();
+        }
         if self.broken {
             match self.recover() {
                 Ok(()) => self.broken = false,
@@ -834,6 +848,7 @@ impl<S: Storage> Writer<S> {
             }
         }
         let mut acks = Vec::with_capacity(items.len());
+        let mut close = None;
         let mut result = Ok(());
         let mut record = RecordBuilder::new(self.tree.size, &self.tree.root());
         for it in items {
@@ -861,7 +876,7 @@ impl<S: Storage> Writer<S> {
                 }
                 Item::Close { tx } => {
                     closing = true;
-                    acks.push(Ack::Close(tx));
+                    close = Some(tx);
                 }
             }
         }
@@ -872,40 +887,24 @@ impl<S: Storage> Writer<S> {
                 self.commit(rec)
             });
         match result {
-            Ok(()) => {
-                for a in acks {
-                    match a {
-                        Ack::One(tx, i) => {
-                            let _ = tx.send(Ok(i));
-                        }
-                        Ack::Many(tx, r) => {
-                            let _ = tx.send(Ok(r));
-                        }
-                        Ack::Close(tx) => {
-                            // Answered after the writer (and its storage) is torn down.
-                            self.close_ack = Some(tx);
-                        }
-                    }
-                }
-            }
+            // Journaled: acknowledged by the flusher once the record is durable.
+            Ok(Some(sync)) => self.flusher.submit(sync, acks, self.tree.size),
+            Ok(None) => acks.into_iter().for_each(Ack::ok),
             Err(e) => {
                 tracing::error!(error = %e, "log batch failed");
                 self.mark_broken();
                 self.tree.completed.clear();
                 for a in acks {
-                    match a {
-                        Ack::One(tx, _) => {
-                            let _ = tx.send(Err(e.clone()));
-                        }
-                        Ack::Many(tx, _) => {
-                            let _ = tx.send(Err(e.clone()));
-                        }
-                        Ack::Close(tx) => {
-                            let _ = tx.send(Err(e.clone()));
-                        }
-                    }
+                    a.fail(e.clone());
+                }
+                if let Some(tx) = close.take() {
+                    let _ = tx.send(Err(e));
                 }
             }
+        }
+        // Answered after the writer (and its storage) is torn down.
+        if close.is_some() {
+            self.close_ack = close;
         }
         closing
     }
@@ -913,21 +912,22 @@ impl<S: Storage> Writer<S> {
     /// Makes the batch durable: through one journal record when `record` is given and the
     /// storage keeps a journal (its tiles and checkpoint are published later, see
     /// [`Writer::publish`]), otherwise by writing and syncing everything before publishing the
-    /// checkpoint.
-    fn commit(&mut self, record: Option<Vec<u8>>) -> Result<(), LogError> {
-        if self.tree.size == self.acked_size() {
-            return Ok(());
+    /// checkpoint. A journaled batch is durable once the returned sync has run (the flusher
+    /// runs it); `None` means the batch is durable already.
+    fn commit(&mut self, record: Option<Vec<u8>>) -> Result<Option<JournalSync>, LogError> {
+        if self.tree.size == self.committed {
+            return Ok(None);
         }
         if let Some(rec) = record {
-            match self.storage.journal_append(&rec) {
-                Ok(true) => {
-                    self.shared.size.store(self.tree.size, Ordering::Release);
+            match self.storage.journal_write(&rec) {
+                Ok(Some(sync)) => {
+                    self.committed = self.tree.size;
                     self.journal_bytes += rec.len();
                     self.unsynced_since
                         .get_or_insert_with(std::time::Instant::now);
-                    return Ok(());
+                    return Ok(Some(sync));
                 }
-                Ok(false) => {}
+                Ok(None) => {}
                 Err(e) => {
                     // The record may be on disk in full: withdraw it, so that the failed batch
                     // is never replayed.
@@ -938,6 +938,8 @@ impl<S: Storage> Writer<S> {
                 }
             }
         }
+        // The checkpoint published here covers the batches still in flight: they end first.
+        self.drain()?;
         let cp = self.stage_current()?;
         self.storage
             .sync()
@@ -946,10 +948,30 @@ impl<S: Storage> Writer<S> {
             .publish_checkpoint()
             .map_err(|e| self.io_error("publishing the checkpoint", e))?;
         self.shared.size.store(cp.size, Ordering::Release);
+        self.committed = cp.size;
         self.published = cp.size;
         self.last_publish = std::time::Instant::now();
         // Everything the journal held is now synced too.
-        self.after_sync()
+        self.after_sync().map(|()| None)
+    }
+}
+
+/// The error a submitter sees for an I/O error while `what`, in the log at `location` whose
+/// acknowledged size is `size`.
+pub(crate) fn io_error(location: &str, size: u64, what: &str, e: io::Error) -> LogError {
+    if e.raw_os_error() == Some(libc::ENOSPC) {
+        LogError::NoSpace {
+            dir: location.to_string(),
+            size,
+        }
+    } else {
+        LogError::io(
+            format!(
+                "log directory {location}: {what} failed (the log is intact up to size {size}; \
+                 fix the cause — later appends retry from the last checkpoint)"
+            ),
+            e,
+        )
     }
 }
 

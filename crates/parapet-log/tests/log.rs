@@ -5,7 +5,7 @@ use parapet_log::checkpoint::Checkpoint;
 use parapet_log::hash::leaf_hash;
 use parapet_log::note::NoteVerifier;
 use parapet_log::proof::{root_hash, verify_consistency, verify_inclusion, MemoryTree};
-use parapet_log::storage::{LocalDir, Storage};
+use parapet_log::storage::{JournalSync, LocalDir, Storage};
 use parapet_log::verify::verify_log;
 use parapet_log::{read_signing_key, Batch, Log, LogError, LogReader, ProofText};
 use std::collections::HashSet;
@@ -273,13 +273,17 @@ struct FillableDisk {
     full: Arc<AtomicBool>,
     tiles_full: Arc<AtomicBool>,
     journal_fails: Arc<AtomicBool>,
+    sync_fails: Arc<AtomicBool>,
 }
 
 /// The switches of a [`FillableDisk`], kept by the test while the log owns the disk.
 struct Faults {
     full: Arc<AtomicBool>,
     tiles_full: Arc<AtomicBool>,
+    /// Writing a journal record reports an error after the record reached the file.
     journal_fails: Arc<AtomicBool>,
+    /// Syncing the journal (on the flusher thread) reports an error.
+    sync_fails: Arc<AtomicBool>,
 }
 
 impl FillableDisk {
@@ -289,12 +293,14 @@ impl FillableDisk {
             full: Arc::new(AtomicBool::new(false)),
             tiles_full: Arc::new(AtomicBool::new(false)),
             journal_fails: Arc::new(AtomicBool::new(false)),
+            sync_fails: Arc::new(AtomicBool::new(false)),
         };
         let st = FillableDisk {
             inner: LocalDir::new(dir),
             full: faults.full.clone(),
             tiles_full: faults.tiles_full.clone(),
             journal_fails: faults.journal_fails.clone(),
+            sync_fails: faults.sync_fails.clone(),
         };
         let log = Log::open_with_storage(st, read_signing_key(key).unwrap()).unwrap();
         (log, faults)
@@ -343,6 +349,27 @@ impl Storage for FillableDisk {
             return Err(std::io::Error::from_raw_os_error(libc::EIO));
         }
         Ok(appended)
+    }
+    fn journal_write(&mut self, record: &[u8]) -> std::io::Result<Option<JournalSync>> {
+        self.check()?;
+        let sync = self.inner.journal_write(record)?;
+        if self.journal_fails.load(Ordering::SeqCst) {
+            return Err(std::io::Error::from_raw_os_error(libc::EIO));
+        }
+        match sync {
+            Some(s) if self.sync_fails.load(Ordering::SeqCst) => {
+                let mark = s.mark();
+                // The record may or may not have reached the disk: let it be there.
+                s.run()?;
+                Ok(Some(JournalSync::new(mark, || {
+                    Err(std::io::Error::from_raw_os_error(libc::EIO))
+                })))
+            }
+            s => Ok(s),
+        }
+    }
+    fn journal_withdraw_from(&mut self, mark: u64) -> std::io::Result<()> {
+        self.inner.journal_withdraw_from(mark)
     }
     fn journal_discard_last(&mut self, record: &[u8]) -> std::io::Result<()> {
         self.inner.journal_discard_last(record)
@@ -570,6 +597,38 @@ async fn a_failed_batch_is_withdrawn_from_the_journal() {
     assert_eq!(e[5], b"after");
     assert!(!e.iter().any(|x| x == b"failed"));
     verify_log(&dir, &v, None, &no_progress).unwrap();
+}
+
+/// Journal records are synced on the flusher thread while the writer goes on. When that sync
+/// fails, every batch it covered (and any written after it) fails, none is ever replayed, and
+/// the log carries on from the entries acknowledged before.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn batches_whose_journal_sync_failed_are_withdrawn() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (dir, key, v) = new_log(tmp.path());
+    let (log, faults) = FillableDisk::open_log(&dir, &key);
+    for i in 0..5u8 {
+        log.append(vec![b'a', i]).await.unwrap();
+    }
+    faults.sync_fails.store(true, Ordering::SeqCst);
+    let tickets: Vec<_> = (0..20u8).map(|i| log.submit(vec![b'f', i])).collect();
+    for t in tickets {
+        let e = t.await.unwrap_err();
+        assert!(e.to_string().contains("syncing the journal failed"), "{e}");
+    }
+    assert_eq!(log.size(), 5);
+    faults.sync_fails.store(false, Ordering::SeqCst);
+    assert_eq!(log.append(b"after".to_vec()).await.unwrap(), 5);
+    log.close().await.unwrap();
+    let e = all_entries(&dir);
+    assert_eq!(e.len(), 6);
+    assert_eq!(e[5], b"after");
+    assert!(!e.iter().any(|x| x[0] == b'f'));
+    verify_log(&dir, &v, None, &no_progress).unwrap();
+    // Opening the log again replays nothing of the failed batches either.
+    let log = Log::open(&dir, &key).unwrap();
+    assert_eq!(log.size(), 6);
+    log.close().await.unwrap();
 }
 
 /// A crash between keeping the old checkpoint (a hard link into the pool's quarantine) and

@@ -1,0 +1,223 @@
+//! The flusher: makes journal records durable and acknowledges their batches, on its own
+//! thread, so that the writer integrates the next batch while the disk flushes the last one.
+//!
+//! The writer writes each batch's journal record (without waiting for the disk) and hands the
+//! flusher the record's [`JournalSync`], the batch's acknowledgements and the tree size after
+//! it. The flusher takes everything queued, runs only the newest sync (it covers every record
+//! written before it: one `fdatasync` for many batches), then acknowledges those batches in
+//! order and raises the acknowledged size. A failed sync fails its batches and every later one
+//! until the writer, through [`Flusher::drain`], has seen the failure and withdrawn the records
+//! in doubt.
+
+use crate::error::LogError;
+use crate::storage::JournalSync;
+use std::io;
+use std::ops::Range;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::mpsc;
+use std::sync::Arc;
+use tokio::sync::oneshot;
+
+/// An acknowledgement owed to a submitter once its batch is durable.
+pub(crate) enum Ack {
+    /// One entry, at this index.
+    One(oneshot::Sender<Result<u64, LogError>>, u64),
+    /// Many entries, at these indices.
+    Many(oneshot::Sender<Result<Range<u64>, LogError>>, Range<u64>),
+}
+
+impl Ack {
+    /// Answers with success.
+    pub(crate) fn ok(self) {
+        match self {
+            Ack::One(tx, i) => {
+                let _ = tx.send(Ok(i));
+            }
+            Ack::Many(tx, r) => {
+                let _ = tx.send(Ok(r));
+            }
+        }
+    }
+
+    /// Answers with `e`.
+    pub(crate) fn fail(self, e: LogError) {
+        match self {
+            Ack::One(tx, _) => {
+                let _ = tx.send(Err(e));
+            }
+            Ack::Many(tx, _) => {
+                let _ = tx.send(Err(e));
+            }
+        }
+    }
+}
+
+/// Turns an I/O error into the error the submitters see; the argument is the acknowledged size.
+pub(crate) type ErrorFor = Box<dyn Fn(io::Error, u64) -> LogError + Send>;
+
+enum Message {
+    Batch {
+        sync: JournalSync,
+        acks: Vec<Ack>,
+        /// Tree size once this batch is durable.
+        size: u64,
+    },
+    /// Answered once every message before it is handled, with the first failed sync since the
+    /// last barrier (the record to withdraw from, and the error); the failure is then cleared.
+    Barrier(mpsc::SyncSender<Option<(u64, LogError)>>),
+}
+
+/// The writer's handle on the flusher thread.
+pub(crate) struct Flusher {
+    tx: mpsc::Sender<Message>,
+    thread: Option<std::thread::JoinHandle<()>>,
+    /// Batches handed over and not yet known to be handled (reset by `drain`).
+    in_flight: bool,
+    /// Set by the thread when a sync fails (cleared by `drain`).
+    failed: Arc<AtomicBool>,
+}
+
+impl Flusher {
+    /// Starts the thread. `size` is the acknowledged size it raises; `error_for` builds the
+    /// error for a failed sync.
+    pub(crate) fn start(size: Arc<AtomicU64>, error_for: ErrorFor) -> io::Result<Flusher> {
+        let (tx, rx) = mpsc::channel::<Message>();
+        let failed = Arc::new(AtomicBool::new(false));
+        let flag = failed.clone();
+        let thread = std::thread::Builder::new()
+            .name("parapet-log-flusher".into())
+            .spawn(move || run(rx, &size, &flag, &error_for))?;
+        Ok(Flusher {
+            tx,
+            thread: Some(thread),
+            in_flight: false,
+            failed,
+        })
+    }
+
+    /// Hands over a batch whose journal record is written: `acks` are answered once `sync` (or
+    /// a later one) has made it durable, and the acknowledged size is then raised to `size`.
+    pub(crate) fn submit(&mut self, sync: JournalSync, acks: Vec<Ack>, size: u64) {
+        let msg = Message::Batch { sync, acks, size };
+        match self.tx.send(msg) {
+            Ok(()) => self.in_flight = true,
+            // The thread is gone (it cannot panic short of a bug): sync here.
+            Err(mpsc::SendError(msg)) => {
+                if let Message::Batch { sync, acks, .. } = msg {
+                    let r = sync.run();
+                    for a in acks {
+                        match &r {
+                            Ok(()) => a.ok(),
+                            Err(e) => a.fail(LogError::io(
+                                "syncing the journal",
+                                io::Error::new(e.kind(), e.to_string()),
+                            )),
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// Whether a sync has failed since the last [`Flusher::drain`].
+    pub(crate) fn has_failed(&self) -> bool {
+        self.failed.load(Ordering::Acquire)
+    }
+
+    /// Waits until every batch handed over is durable and acknowledged, or failed. Returns the
+    /// first failure since the last drain: the journal mark to withdraw from, and the error.
+    pub(crate) fn drain(&mut self) -> Option<(u64, LogError)> {
+        if !self.in_flight && !self.has_failed() {
+            return None;
+        }
+        self.in_flight = false;
+        let (reply_tx, reply) = mpsc::sync_channel(1);
+        let sent = self.tx.send(Message::Barrier(reply_tx)).is_ok();
+        let failure = if sent {
+            reply.recv().ok().flatten()
+        } else {
+            None
+        };
+        self.failed.store(false, Ordering::Release);
+        failure
+    }
+}
+
+impl Drop for Flusher {
+    fn drop(&mut self) {
+        // Closing the channel lets the thread finish what is queued and stop.
+        drop(std::mem::replace(&mut self.tx, mpsc::channel().0));
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+fn run(rx: mpsc::Receiver<Message>, size: &AtomicU64, failed: &AtomicBool, error_for: &ErrorFor) {
+    // The first failed sync since the last barrier: its record's mark and the error.
+    let mut failure: Option<(u64, LogError)> = None;
+    let mut batches: Vec<(JournalSync, Vec<Ack>, u64)> = Vec::new();
+    while let Ok(first) = rx.recv() {
+        let mut next = Some(first);
+        while let Some(msg) = next.take().or_else(|| rx.try_recv().ok()) {
+            match msg {
+                Message::Batch { sync, acks, size } => batches.push((sync, acks, size)),
+                Message::Barrier(reply) => {
+                    flush(&mut batches, &mut failure, size, failed, error_for);
+                    let _ = reply.send(failure.take());
+                }
+            }
+        }
+        flush(&mut batches, &mut failure, size, failed, error_for);
+    }
+}
+
+/// Makes `batches` durable with one sync (the newest: it covers the others) and answers them.
+fn flush(
+    batches: &mut Vec<(JournalSync, Vec<Ack>, u64)>,
+    failure: &mut Option<(u64, LogError)>,
+    size: &AtomicU64,
+    failed: &AtomicBool,
+    error_for: &ErrorFor,
+) {
+    let Some(first_mark) = batches.first().map(|(s, ..)| s.mark()) else {
+        return;
+    };
+    let mut syncs = Vec::with_capacity(batches.len());
+    let mut answers = Vec::with_capacity(batches.len());
+    for (sync, acks, end) in batches.drain(..) {
+        syncs.push(sync);
+        answers.push((acks, end));
+    }
+    let newest = syncs.pop();
+    // After a failure, later records are withdrawn with it: fail them without syncing.
+    let result = match (&failure, newest) {
+        (Some((_, e)), _) => Err(e.clone()),
+        (None, Some(sync)) => sync
+            .run()
+            .map_err(|e| error_for(e, size.load(Ordering::Acquire))),
+        (None, None) => Ok(()),
+    };
+    match result {
+        Ok(()) => {
+            if let Some(end) = answers.last().map(|(_, end)| *end) {
+                size.store(end, Ordering::Release);
+            }
+            for (acks, _) in answers {
+                acks.into_iter().for_each(Ack::ok);
+            }
+        }
+        Err(e) => {
+            if failure.is_none() {
+                tracing::error!(error = %e, "syncing the log's journal failed");
+                *failure = Some((first_mark, e.clone()));
+                failed.store(true, Ordering::Release);
+            }
+            for (acks, _) in answers {
+                for a in acks {
+                    a.fail(e.clone());
+                }
+            }
+        }
+    }
+}
