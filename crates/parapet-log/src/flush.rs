@@ -2,7 +2,7 @@
 //! thread, so that the writer integrates the next batch while the disk flushes the last one.
 //!
 //! The writer writes each batch's journal record (without waiting for the disk) and hands the
-//! flusher the record's [`JournalSync`], the batch's acknowledgements and the tree size after
+//! flusher the record's [`PendingSync`], the batch's acknowledgements and the tree size after
 //! it. The flusher takes everything queued, runs only the newest sync (it covers every record
 //! written before it: one `fdatasync` for many batches), then acknowledges those batches in
 //! order and raises the acknowledged size. A failed sync fails its batches and every later one
@@ -10,7 +10,7 @@
 //! in doubt.
 
 use crate::error::LogError;
-use crate::storage::JournalSync;
+use crate::storage::PendingSync;
 use std::io;
 use std::ops::Range;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -57,7 +57,7 @@ pub(crate) type ErrorFor = Box<dyn Fn(io::Error, u64) -> LogError + Send>;
 
 enum Message {
     Batch {
-        sync: JournalSync,
+        sync: PendingSync,
         acks: Vec<Ack>,
         /// Tree size once this batch is durable.
         size: u64,
@@ -97,7 +97,7 @@ impl Flusher {
 
     /// Hands over a batch whose journal record is written: `acks` are answered once `sync` (or
     /// a later one) has made it durable, and the acknowledged size is then raised to `size`.
-    pub(crate) fn submit(&mut self, sync: JournalSync, acks: Vec<Ack>, size: u64) {
+    pub(crate) fn submit(&mut self, sync: PendingSync, acks: Vec<Ack>, size: u64) {
         let msg = Message::Batch { sync, acks, size };
         match self.tx.send(msg) {
             Ok(()) => self.in_flight = true,
@@ -156,7 +156,7 @@ impl Drop for Flusher {
 fn run(rx: mpsc::Receiver<Message>, size: &AtomicU64, failed: &AtomicBool, error_for: &ErrorFor) {
     // The first failed sync since the last barrier: its record's mark and the error.
     let mut failure: Option<(u64, LogError)> = None;
-    let mut batches: Vec<(JournalSync, Vec<Ack>, u64)> = Vec::new();
+    let mut batches: Vec<(PendingSync, Vec<Ack>, u64)> = Vec::new();
     while let Ok(first) = rx.recv() {
         let mut next = Some(first);
         while let Some(msg) = next.take().or_else(|| rx.try_recv().ok()) {
@@ -174,7 +174,7 @@ fn run(rx: mpsc::Receiver<Message>, size: &AtomicU64, failed: &AtomicBool, error
 
 /// Makes `batches` durable with one sync (the newest: it covers the others) and answers them.
 fn flush(
-    batches: &mut Vec<(JournalSync, Vec<Ack>, u64)>,
+    batches: &mut Vec<(PendingSync, Vec<Ack>, u64)>,
     failure: &mut Option<(u64, LogError)>,
     size: &AtomicU64,
     failed: &AtomicBool,

@@ -51,14 +51,14 @@ pub trait Storage: Send + 'static {
         Ok(false)
     }
     /// Writes `record` at the end of the write-ahead journal without waiting for the disk, and
-    /// returns the [`JournalSync`] that makes it durable, which another thread may run while
+    /// returns the [`PendingSync`] that makes it durable, which another thread may run while
     /// the next record is being prepared (pipelining). `Ok(None)` if the driver keeps no journal.
     /// The default appends durably with [`Storage::journal_append`] and returns a sync with
     /// nothing left to do.
-    fn journal_write(&mut self, record: &[u8]) -> io::Result<Option<JournalSync>> {
-        Ok(self.journal_append(record)?.then(|| JournalSync::done(0)))
+    fn journal_write(&mut self, record: &[u8]) -> io::Result<Option<PendingSync>> {
+        Ok(self.journal_append(record)?.then(|| PendingSync::done(0)))
     }
-    /// Durably withdraws the journal record at `mark` (the [`JournalSync::mark`] of its write)
+    /// Durably withdraws the journal record at `mark` (the [`PendingSync::mark`] of its write)
     /// and every record written after it: their sync failed, so they may or may not be on disk,
     /// and they must never be replayed. Drivers whose `journal_write` is durable at once have
     /// nothing to withdraw (the default).
@@ -100,23 +100,23 @@ pub trait Storage: Send + 'static {
 /// Makes one journal record written by [`Storage::journal_write`] durable, together with every
 /// record written before it (for [`LocalDir`], an `fdatasync` of the journal file). Safe to run
 /// on another thread than the writer's.
-pub struct JournalSync {
+pub struct PendingSync {
     mark: u64,
     sync: Option<Box<dyn FnOnce() -> io::Result<()> + Send>>,
 }
 
-impl JournalSync {
+impl PendingSync {
     /// A sync for the record at `mark` that `run` performs.
-    pub fn new(mark: u64, run: impl FnOnce() -> io::Result<()> + Send + 'static) -> JournalSync {
-        JournalSync {
+    pub fn new(mark: u64, run: impl FnOnce() -> io::Result<()> + Send + 'static) -> PendingSync {
+        PendingSync {
             mark,
             sync: Some(Box::new(run)),
         }
     }
 
     /// A sync for a record that is already durable.
-    pub fn done(mark: u64) -> JournalSync {
-        JournalSync { mark, sync: None }
+    pub fn done(mark: u64) -> PendingSync {
+        PendingSync { mark, sync: None }
     }
 
     /// Where the record starts, as the driver counts (see [`Storage::journal_withdraw_from`]).
@@ -133,9 +133,9 @@ impl JournalSync {
     }
 }
 
-impl std::fmt::Debug for JournalSync {
+impl std::fmt::Debug for PendingSync {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("JournalSync")
+        f.debug_struct("PendingSync")
             .field("mark", &self.mark)
             .finish_non_exhaustive()
     }
@@ -662,7 +662,7 @@ impl LocalDir {
 /// this cost profile, hence hand-written.
 #[derive(Debug)]
 struct JournalFile {
-    /// Shared with the writer's flusher thread, which syncs it (see [`JournalSync`]).
+    /// Shared with the writer's flusher thread, which syncs it (see [`PendingSync`]).
     file: Arc<File>,
     generation: u64,
     /// Where the next record goes.
@@ -785,11 +785,11 @@ impl JournalFile {
     }
 
     /// Writes a record without syncing it; returns the sync to run (on any thread).
-    fn write(&mut self, payload: &[u8]) -> io::Result<JournalSync> {
+    fn write(&mut self, payload: &[u8]) -> io::Result<PendingSync> {
         let start = self.pos;
         self.pos = self.write_record(payload)?;
         let file = self.file.clone();
-        Ok(JournalSync::new(start, move || file.sync_data()))
+        Ok(PendingSync::new(start, move || file.sync_data()))
     }
 
     /// Withdraws the record at `at` and those after it (see [`Storage::journal_withdraw_from`]):
@@ -1004,7 +1004,7 @@ impl Storage for LocalDir {
         Ok(true)
     }
 
-    fn journal_write(&mut self, record: &[u8]) -> io::Result<Option<JournalSync>> {
+    fn journal_write(&mut self, record: &[u8]) -> io::Result<Option<PendingSync>> {
         self.journal()?.write(record).map(Some)
     }
 

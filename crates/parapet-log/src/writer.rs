@@ -28,7 +28,7 @@ use crate::flush::{Ack, Flusher};
 use crate::hash::{leaf_hash, node_hash, Hash};
 use crate::note::NoteSigner;
 use crate::proof::NodeSource;
-use crate::storage::{JournalSync, Storage, CHECKPOINT};
+use crate::storage::{PendingSync, Storage, CHECKPOINT};
 use crate::tile::{
     bundle_path, for_each_bundle_entry, nodes_at_tile_level, push_bundle_entry, tile_levels,
     tile_path, TILE_WIDTH,
@@ -277,6 +277,13 @@ pub(crate) struct TreeState {
     bundle_dirty: bool,
     /// `.p` directories of tiles completed in this batch (removed after the checkpoint).
     completed: Vec<String>,
+    /// Per tile level: whether a partial of the level's current tile may be on disk (so that its
+    /// `.p` directory has to be removed once the tile is full). A bulk batch completes thousands
+    /// of tiles that never had a partial; removing their `.p` cost four failing system calls
+    /// each.
+    partial_written: Vec<bool>,
+    /// The same for the current entry bundle.
+    bundle_partial_written: bool,
     /// Full tiles and bundles completed but not yet written (path, content).
     full: Vec<(String, Vec<u8>)>,
 }
@@ -299,6 +306,7 @@ impl TreeState {
         if self.levels.len() <= tl {
             self.levels.resize_with(tl + 1, Vec::new);
             self.dirty.resize(tl + 1, false);
+            self.partial_written.resize(tl + 1, false);
         }
         self.levels[tl].push(h);
         self.dirty[tl] = true;
@@ -307,7 +315,9 @@ impl TreeState {
             let path = tile_path(tl as u32, index, TILE_WIDTH);
             self.full
                 .push((path.clone(), hashes_bytes(&self.levels[tl]).to_vec()));
-            self.completed.push(format!("{path}.p"));
+            if std::mem::take(&mut self.partial_written[tl]) {
+                self.completed.push(format!("{path}.p"));
+            }
             self.levels[tl].clear();
             self.dirty[tl] = false;
         }
@@ -326,7 +336,9 @@ impl TreeState {
             let cap = self.bundle.capacity();
             let data = std::mem::replace(&mut self.bundle, Vec::with_capacity(cap));
             self.full.push((path.clone(), data));
-            self.completed.push(format!("{path}.p"));
+            if std::mem::take(&mut self.bundle_partial_written) {
+                self.completed.push(format!("{path}.p"));
+            }
             self.bundle_count = 0;
             self.bundle_dirty = false;
         }
@@ -370,6 +382,7 @@ impl TreeState {
         self.write_full(st)?;
         if self.bundle_dirty && self.bundle_count > 0 {
             let path = bundle_path(self.size / TILE_WIDTH, self.bundle_count);
+            self.bundle_partial_written = true;
             st.write(&path, &self.bundle)?;
         }
         self.bundle_dirty = false;
@@ -377,6 +390,7 @@ impl TreeState {
             if self.dirty[tl] && !self.levels[tl].is_empty() {
                 let index = nodes_at_tile_level(tl as u32, self.size) / TILE_WIDTH;
                 let path = tile_path(tl as u32, index, self.levels[tl].len() as u64);
+                self.partial_written[tl] = true;
                 st.write(&path, hashes_bytes(&self.levels[tl]))?;
             }
             self.dirty[tl] = false;
@@ -437,6 +451,9 @@ impl TreeState {
             size: n,
             range,
             dirty: vec![false; levels.len()],
+            // What an earlier run wrote is unknown: assume the current tiles have partials.
+            partial_written: vec![true; levels.len()],
+            bundle_partial_written: true,
             levels,
             bundle,
             bundle_count,
@@ -914,7 +931,7 @@ impl<S: Storage> Writer<S> {
     /// [`Writer::publish`]), otherwise by writing and syncing everything before publishing the
     /// checkpoint. A journaled batch is durable once the returned sync has run (the flusher
     /// runs it); `None` means the batch is durable already.
-    fn commit(&mut self, record: Option<Vec<u8>>) -> Result<Option<JournalSync>, LogError> {
+    fn commit(&mut self, record: Option<Vec<u8>>) -> Result<Option<PendingSync>, LogError> {
         if self.tree.size == self.committed {
             return Ok(None);
         }

@@ -5,7 +5,7 @@ use parapet_log::checkpoint::Checkpoint;
 use parapet_log::hash::leaf_hash;
 use parapet_log::note::NoteVerifier;
 use parapet_log::proof::{root_hash, verify_consistency, verify_inclusion, MemoryTree};
-use parapet_log::storage::{JournalSync, LocalDir, Storage};
+use parapet_log::storage::{LocalDir, PendingSync, Storage};
 use parapet_log::verify::verify_log;
 use parapet_log::{read_signing_key, Batch, Log, LogError, LogReader, ProofText};
 use std::collections::HashSet;
@@ -350,7 +350,7 @@ impl Storage for FillableDisk {
         }
         Ok(appended)
     }
-    fn journal_write(&mut self, record: &[u8]) -> std::io::Result<Option<JournalSync>> {
+    fn journal_write(&mut self, record: &[u8]) -> std::io::Result<Option<PendingSync>> {
         self.check()?;
         let sync = self.inner.journal_write(record)?;
         if self.journal_fails.load(Ordering::SeqCst) {
@@ -361,7 +361,7 @@ impl Storage for FillableDisk {
                 let mark = s.mark();
                 // The record may or may not have reached the disk: let it be there.
                 s.run()?;
-                Ok(Some(JournalSync::new(mark, || {
+                Ok(Some(PendingSync::new(mark, || {
                     Err(std::io::Error::from_raw_os_error(libc::EIO))
                 })))
             }
