@@ -15,8 +15,9 @@
 //! record is durable. The writer only writes the record; the flusher thread ([`crate::flush`])
 //! syncs it and acknowledges the batch while the writer integrates the next one, and one sync
 //! covers every record written meanwhile. Whatever needs a durable tree first (publication, a
-//! full sync, recovery) waits for the flusher to catch up. The files themselves are written (publication) at most [`PUBLISH_INTERVAL`] later, together for
-//! every batch since the last publication, without waiting for the disk; every
+//! full sync, recovery) waits for the flusher to catch up. The files themselves are written
+//! (publication) at most [`PUBLISH_INTERVAL`] later, together for every batch since the last
+//! publication, without waiting for the disk; every
 //! [`FULL_SYNC_INTERVAL`] (or [`FULL_SYNC_BYTES`] of journal) they are synced and the journal is
 //! cleared. Opening the log replays the journal onto the last synced tree. Larger batches (bulk
 //! loads), and storage without a journal, are made durable directly: tiles, directories and the
