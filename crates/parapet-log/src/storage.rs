@@ -799,6 +799,12 @@ impl JournalFile {
         if at < JOURNAL_HEADER || at >= self.pos {
             return Ok(());
         }
+        self.erase_from(at)
+    }
+
+    /// Overwrites the magic of the record at `at` (reading stops there), makes that durable, and
+    /// moves the write position there.
+    fn erase_from(&mut self, at: u64) -> io::Result<()> {
         self.file.write_all_at(&[0u8; 4], at)?;
         self.file.sync_data()?;
         self.pos = at;
@@ -866,15 +872,10 @@ impl JournalFile {
     /// it), makes that durable, and writes the next record in its place.
     fn discard_last(&mut self, payload: &[u8]) -> io::Result<()> {
         let (_, sum) = self.frame(payload)?;
-        if let Some((at, last)) = self.last {
-            if last == sum {
-                self.file.write_all_at(&[0u8; 4], at)?;
-                self.file.sync_data()?;
-                self.pos = at;
-                self.last = None;
-            }
+        match self.last {
+            Some((at, last)) if last == sum => self.erase_from(at),
+            _ => Ok(()),
         }
-        Ok(())
     }
 
     fn clear(&mut self) -> io::Result<()> {

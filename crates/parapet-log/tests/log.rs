@@ -342,14 +342,6 @@ impl Storage for FillableDisk {
     fn publish_checkpoint_unsynced(&mut self) -> std::io::Result<()> {
         self.inner.publish_checkpoint_unsynced()
     }
-    fn journal_append(&mut self, record: &[u8]) -> std::io::Result<bool> {
-        self.check()?;
-        let appended = self.inner.journal_append(record)?;
-        if self.journal_fails.load(Ordering::SeqCst) {
-            return Err(std::io::Error::from_raw_os_error(libc::EIO));
-        }
-        Ok(appended)
-    }
     fn journal_write(&mut self, record: &[u8]) -> std::io::Result<Option<PendingSync>> {
         self.check()?;
         let sync = self.inner.journal_write(record)?;
