@@ -53,7 +53,7 @@ impl Ack {
 }
 
 /// Turns an I/O error into the error the submitters see; the argument is the acknowledged size.
-pub(crate) type ErrorFor = Box<dyn Fn(io::Error, u64) -> LogError + Send>;
+pub(crate) type ErrorFor = Arc<dyn Fn(io::Error, u64) -> LogError + Send + Sync>;
 
 enum Message {
     Batch {
@@ -75,6 +75,11 @@ pub(crate) struct Flusher {
     in_flight: bool,
     /// Set by the thread when a sync fails (cleared by `drain`).
     failed: Arc<AtomicBool>,
+    /// The acknowledged size and the error builder, shared with the thread.
+    size: Arc<AtomicU64>,
+    error_for: ErrorFor,
+    /// A failed sync run here because the thread is gone (see [`Flusher::submit`]).
+    failure: Option<(u64, LogError)>,
 }
 
 impl Flusher {
@@ -83,15 +88,18 @@ impl Flusher {
     pub(crate) fn start(size: Arc<AtomicU64>, error_for: ErrorFor) -> io::Result<Flusher> {
         let (tx, rx) = mpsc::channel::<Message>();
         let failed = Arc::new(AtomicBool::new(false));
-        let flag = failed.clone();
+        let (flag, acked, errors) = (failed.clone(), size.clone(), error_for.clone());
         let thread = std::thread::Builder::new()
             .name("parapet-log-flusher".into())
-            .spawn(move || run(rx, &size, &flag, &error_for))?;
+            .spawn(move || run(rx, &acked, &flag, &errors))?;
         Ok(Flusher {
             tx,
             thread: Some(thread),
             in_flight: false,
             failed,
+            size,
+            error_for,
+            failure: None,
         })
     }
 
@@ -101,19 +109,17 @@ impl Flusher {
         let msg = Message::Batch { sync, acks, size };
         match self.tx.send(msg) {
             Ok(()) => self.in_flight = true,
-            // The thread is gone (it cannot panic short of a bug): sync here.
+            // The thread is gone (it cannot panic short of a bug): sync here, the same way.
             Err(mpsc::SendError(msg)) => {
-                if let Message::Batch { sync, acks, .. } = msg {
-                    let r = sync.run();
-                    for a in acks {
-                        match &r {
-                            Ok(()) => a.ok(),
-                            Err(e) => a.fail(LogError::io(
-                                "syncing the journal",
-                                io::Error::new(e.kind(), e.to_string()),
-                            )),
-                        }
-                    }
+                if let Message::Batch { sync, acks, size } = msg {
+                    let mut batch = vec![(sync, acks, size)];
+                    flush(
+                        &mut batch,
+                        &mut self.failure,
+                        &self.size,
+                        &self.failed,
+                        &self.error_for,
+                    );
                 }
             }
         }
@@ -137,7 +143,8 @@ impl Flusher {
             reply.recv().ok().flatten()
         } else {
             None
-        };
+        }
+        .or_else(|| self.failure.take());
         self.failed.store(false, Ordering::Release);
         failure
     }

@@ -217,7 +217,7 @@ impl Log {
             let location = location.clone();
             flush::Flusher::start(
                 shared.size.clone(),
-                Box::new(move |e, size| {
+                Arc::new(move |e, size| {
                     writer::io_error(&location, size, "syncing the journal", e)
                 }),
             )
