@@ -890,30 +890,62 @@ fn sync_dir(dir: &Path) -> io::Result<()> {
     File::open(dir)?.sync_all()
 }
 
-/// fsyncs all `files` (regular files and directories) concurrently. On journaling file systems
-/// concurrent fsyncs share journal commits, so a batch costs about one disk flush instead of one
-/// per file. std has no parallel fsync and no crate fits this small need, hence scoped threads.
-fn sync_all_parallel(files: &[File]) -> io::Result<()> {
-    if files.len() <= 1 {
-        for f in files {
-            f.sync_all()?;
-        }
-        return Ok(());
+/// Most fsyncs a sync runs at once.
+const SYNC_THREADS: usize = 32;
+
+/// The threads that run parallel fsyncs: started on first use and kept for the process, shared by
+/// every log in it. Spawning and joining up to 32 threads per sync cost the writer thread a few
+/// per cent of a bulk load. rayon-core's pool is used for its scoped jobs only (fsync blocks, so
+/// the pool has more threads than cores).
+fn sync_threads() -> Option<&'static rayon_core::ThreadPool> {
+    static POOL: std::sync::OnceLock<Option<rayon_core::ThreadPool>> = std::sync::OnceLock::new();
+    POOL.get_or_init(|| {
+        rayon_core::ThreadPoolBuilder::new()
+            .num_threads(SYNC_THREADS)
+            .thread_name(|i| format!("parapet-log-sync-{i}"))
+            .build()
+            .ok()
+    })
+    .as_ref()
+}
+
+/// Opens and fsyncs all `paths` (regular files and directories) concurrently; a path removed
+/// since it was written (a superseded partial tile) has nothing to sync. On journaling file
+/// systems concurrent fsyncs share journal commits, so a batch costs about one disk flush instead
+/// of one per file; the opening (a path lookup each) is spread over the same threads. std has no
+/// parallel fsync and no crate offers one.
+fn sync_all_parallel(paths: &[&Path]) -> io::Result<()> {
+    let sync_one = |p: &Path| match File::open(p) {
+        Ok(f) => f.sync_all(),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(e),
+    };
+    if paths.len() <= 1 {
+        return paths.iter().try_for_each(|p| sync_one(p));
     }
-    let threads = files.len().min(32);
+    let jobs = paths.len().min(SYNC_THREADS);
     let next = std::sync::atomic::AtomicUsize::new(0);
     let first_err: parking_lot::Mutex<Option<io::Error>> = parking_lot::Mutex::new(None);
-    std::thread::scope(|s| {
-        for _ in 0..threads {
-            s.spawn(|| loop {
-                let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                let Some(f) = files.get(i) else { break };
-                if let Err(e) = f.sync_all() {
-                    first_err.lock().get_or_insert(e);
-                }
-            });
+    let work = || loop {
+        let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let Some(p) = paths.get(i) else { break };
+        if let Err(e) = sync_one(p) {
+            first_err.lock().get_or_insert(e);
         }
-    });
+    };
+    match sync_threads() {
+        Some(pool) => pool.scope(|s| {
+            for _ in 0..jobs {
+                s.spawn(|_| work());
+            }
+        }),
+        // No pool (threads could not be started): scoped threads for this sync only.
+        None => std::thread::scope(|s| {
+            for _ in 0..jobs {
+                s.spawn(work);
+            }
+        }),
+    }
     match first_err.into_inner() {
         Some(e) => Err(e),
         None => Ok(()),
@@ -949,8 +981,15 @@ impl Storage for LocalDir {
         // whole.
         let partial = dir.extension().is_some_and(|e| e == "p");
         let pooled = self.pools().0.take();
-        let tmp = fill(pooled, &dir.join(format!("{TMP_PREFIX}{name}")), data)?;
-        fs::rename(&tmp, &full)?;
+        // A full tile is written once, to a path no published checkpoint covers yet (readers
+        // follow the checkpoint), so with no pooled file at hand it is created in place: one
+        // directory operation instead of a create and a rename. A file already there (left by
+        // an interrupted batch) is replaced whole below.
+        let in_place = pooled.is_none() && !partial && create_new_with(&full, data)?;
+        if !in_place {
+            let tmp = fill(pooled, &dir.join(format!("{TMP_PREFIX}{name}")), data)?;
+            fs::rename(&tmp, &full)?;
+        }
         let slot = if partial { dir.clone() } else { full.clone() };
         self.unsynced.insert(slot, full);
         self.dirty_dirs.insert(dir);
@@ -959,16 +998,13 @@ impl Storage for LocalDir {
 
     fn sync(&mut self) -> io::Result<()> {
         // On failure everything stays listed, so a later sync retries it.
-        let mut files = Vec::with_capacity(self.unsynced.len() + self.dirty_dirs.len());
-        for p in self.unsynced.values().chain(self.dirty_dirs.iter()) {
-            match File::open(p) {
-                Ok(f) => files.push(f),
-                // Removed since it was written (a superseded partial tile): nothing to sync.
-                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-                Err(e) => return Err(e),
-            }
-        }
-        sync_all_parallel(&files)?;
+        let paths: Vec<&Path> = self
+            .unsynced
+            .values()
+            .chain(self.dirty_dirs.iter())
+            .map(PathBuf::as_path)
+            .collect();
+        sync_all_parallel(&paths)?;
         self.unsynced.clear();
         self.dirty_dirs.clear();
         Ok(())
@@ -1095,6 +1131,22 @@ fn fill(pooled: Option<PathBuf>, fallback: &Path, data: &[u8]) -> io::Result<Pat
     }
     create_with(fallback, data)?;
     Ok(fallback.to_path_buf())
+}
+
+/// Creates `path`, which must not exist, and writes `data` to it, not yet synced. Returns false
+/// if `path` exists already; removes what it created if the write fails.
+fn create_new_with(path: &Path, data: &[u8]) -> io::Result<bool> {
+    let mut f = match OpenOptions::new().write(true).create_new(true).open(path) {
+        Ok(f) => f,
+        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => return Ok(false),
+        Err(e) => return Err(e),
+    };
+    if let Err(e) = f.write_all(data) {
+        drop(f);
+        let _ = fs::remove_file(path);
+        return Err(e);
+    }
+    Ok(true)
 }
 
 /// Creates (or truncates) `path` and writes `data` to it, not yet synced.

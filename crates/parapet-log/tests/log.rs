@@ -265,6 +265,40 @@ fn open_discards_an_unpublished_batch() {
     verify_log(&dir, &v, None, &no_progress).unwrap();
 }
 
+#[test]
+fn a_file_already_at_a_full_tile_path_is_replaced_whole() {
+    // Full tiles are created in place when no pooled file is ready; a file an interrupted batch
+    // left at such a path (beyond every published checkpoint) must still be replaced, not kept.
+    let tmp = tempfile::tempdir().unwrap();
+    let (dir, key, v) = new_log(tmp.path());
+    let log = Log::open(&dir, &key).unwrap();
+    let mut b = Batch::new();
+    for i in 0..300 {
+        b.push(format!("{i}").as_bytes()).unwrap();
+    }
+    log.submit_batch(b).wait().unwrap();
+    // Torn leftovers at the paths of the next full tile and bundle (index 1 covers 256..512).
+    for p in ["tile/0/001", "tile/entries/001"] {
+        std::fs::create_dir_all(dir.join(p).parent().unwrap()).unwrap();
+        std::fs::write(dir.join(p), b"torn").unwrap();
+    }
+    let mut b = Batch::new();
+    for i in 300..600 {
+        b.push(format!("{i}").as_bytes()).unwrap();
+    }
+    assert_eq!(log.submit_batch(b).wait().unwrap(), 300..600);
+    drop(log);
+    assert_eq!(
+        std::fs::metadata(dir.join("tile/0/001")).unwrap().len(),
+        256 * 32
+    );
+    let e = all_entries(&dir);
+    assert_eq!(e.len(), 600);
+    assert_eq!(e[256], b"256");
+    assert_eq!(e[599], b"599");
+    verify_log(&dir, &v, None, &no_progress).unwrap();
+}
+
 /// Real directory storage that fails with ENOSPC while `full` is set, or only its tile writes
 /// while `tiles_full` is set, or, while `journal_fails` is set, reports EIO from journal appends
 /// after the record was written and synced (fault injection).
