@@ -52,8 +52,9 @@ impl Ack {
     }
 }
 
-/// Turns an I/O error into the error the submitters see; the argument is the acknowledged size.
-pub(crate) type ErrorFor = Arc<dyn Fn(io::Error, u64) -> LogError + Send + Sync>;
+/// Turns an I/O error into the error the submitters see; the arguments are the acknowledged
+/// size and what failed ("syncing the journal").
+pub(crate) type ErrorFor = Arc<dyn Fn(io::Error, u64, &'static str) -> LogError + Send + Sync>;
 
 enum Message {
     Batch {
@@ -179,7 +180,8 @@ fn run(rx: mpsc::Receiver<Message>, size: &AtomicU64, failed: &AtomicBool, error
     }
 }
 
-/// Makes `batches` durable with one sync (the newest: it covers the others) and answers them.
+/// Makes `batches` durable with one journal sync (the newest: it covers the others) plus any
+/// standalone ones, and answers them.
 fn flush(
     batches: &mut Vec<(PendingSync, Vec<Ack>, u64)>,
     failure: &mut Option<(u64, LogError)>,
@@ -196,14 +198,23 @@ fn flush(
         syncs.push(sync);
         answers.push((acks, end));
     }
+    // The newest journal sync covers the older ones; a standalone sync (files other than the
+    // journal) is covered by none, so each runs, in order, before the newest.
     let newest = syncs.pop();
+    let mut order: Vec<PendingSync> = syncs.into_iter().filter(|s| s.is_standalone()).collect();
+    order.extend(newest);
     // After a failure, later records are withdrawn with it: fail them without syncing.
-    let result = match (&failure, newest) {
-        (Some((_, e)), _) => Err(e.clone()),
-        (None, Some(sync)) => sync
-            .run()
-            .map_err(|e| error_for(e, size.load(Ordering::Acquire))),
-        (None, None) => Ok(()),
+    let result = match &failure {
+        Some((_, e)) => Err(e.clone()),
+        None => order.into_iter().try_for_each(|sync| {
+            let what = if sync.is_standalone() {
+                "syncing tiles and the checkpoint"
+            } else {
+                "syncing the journal"
+            };
+            sync.run()
+                .map_err(|e| error_for(e, size.load(Ordering::Acquire), what))
+        }),
     };
     match result {
         Ok(()) => {
@@ -216,7 +227,7 @@ fn flush(
         }
         Err(e) => {
             if failure.is_none() {
-                tracing::error!(error = %e, "syncing the log's journal failed");
+                tracing::error!(error = %e, "a log sync failed");
                 *failure = Some((first_mark, e.clone()));
                 failed.store(true, Ordering::Release);
             }

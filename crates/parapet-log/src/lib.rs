@@ -217,9 +217,7 @@ impl Log {
             let location = location.clone();
             flush::Flusher::start(
                 shared.size.clone(),
-                Arc::new(move |e, size| {
-                    writer::io_error(&location, size, "syncing the journal", e)
-                }),
+                Arc::new(move |e, size, what| writer::io_error(&location, size, what, e)),
             )
             .map_err(|e| LogError::io("starting the log flusher thread", e))?
         };
@@ -238,6 +236,7 @@ impl Log {
             last_publish: std::time::Instant::now(),
             committed: tree_size,
             flusher,
+            direct_in_flight: false,
         };
         let writer = std::thread::Builder::new()
             .name("parapet-log-writer".into())

@@ -38,6 +38,14 @@ pub trait Storage: Send + 'static {
     fn stage_checkpoint(&mut self, data: &[u8]) -> io::Result<()>;
     /// Atomically replaces the checkpoint with the staged one, durably. Called after `sync`.
     fn publish_checkpoint(&mut self) -> io::Result<()>;
+    /// [`Storage::sync`] then [`Storage::publish_checkpoint`], returned as a
+    /// [`PendingSync`] (a standalone one) for another thread to run, so that the writer
+    /// integrates the next batch meanwhile. Takes what is to be synced now: files written after
+    /// this call belong to the next sync. `Ok(None)` if the driver cannot (the default); the
+    /// caller then syncs and publishes itself.
+    fn sync_and_publish_later(&mut self) -> io::Result<Option<PendingSync>> {
+        Ok(None)
+    }
     /// Atomically replaces the checkpoint with the staged one; durable only after the next
     /// [`Storage::sync`]. Used when a journal record already makes the batch durable.
     fn publish_checkpoint_unsynced(&mut self) -> io::Result<()> {
@@ -103,20 +111,46 @@ pub trait Storage: Send + 'static {
 pub struct PendingSync {
     mark: u64,
     sync: Option<Box<dyn FnOnce() -> io::Result<()> + Send>>,
+    /// A later journal sync does not cover this one (see [`PendingSync::standalone`]).
+    standalone: bool,
 }
 
 impl PendingSync {
-    /// A sync for the record at `mark` that `run` performs.
+    /// A sync for the journal record at `mark` that `run` performs; a later record's sync
+    /// covers it.
     pub fn new(mark: u64, run: impl FnOnce() -> io::Result<()> + Send + 'static) -> PendingSync {
         PendingSync {
             mark,
             sync: Some(Box::new(run)),
+            standalone: false,
+        }
+    }
+
+    /// A sync that no later one covers (it syncs files other than the journal, see
+    /// [`Storage::sync_and_publish_later`]); `mark` is the journal's end when it was made.
+    pub fn standalone(
+        mark: u64,
+        run: impl FnOnce() -> io::Result<()> + Send + 'static,
+    ) -> PendingSync {
+        PendingSync {
+            mark,
+            sync: Some(Box::new(run)),
+            standalone: true,
         }
     }
 
     /// A sync for a record that is already durable.
     pub fn done(mark: u64) -> PendingSync {
-        PendingSync { mark, sync: None }
+        PendingSync {
+            mark,
+            sync: None,
+            standalone: false,
+        }
+    }
+
+    /// Whether a later journal sync leaves this one still to run.
+    pub fn is_standalone(&self) -> bool {
+        self.standalone
     }
 
     /// Where the record starts, as the driver counts (see [`Storage::journal_withdraw_from`]).
@@ -1026,6 +1060,30 @@ impl Storage for LocalDir {
     fn publish_checkpoint(&mut self) -> io::Result<()> {
         self.rename_checkpoint()?;
         sync_dir(&self.root)
+    }
+
+    fn sync_and_publish_later(&mut self) -> io::Result<Option<PendingSync>> {
+        // Withdrawing from the journal's end (if this sync fails) removes nothing.
+        let mark = self.journal.as_ref().map_or(0, |j| j.pos);
+        let paths: Vec<PathBuf> = self
+            .unsynced
+            .values()
+            .chain(self.dirty_dirs.iter())
+            .cloned()
+            .collect();
+        self.unsynced.clear();
+        self.dirty_dirs.clear();
+        let tmp = self.root.join(format!("{TMP_PREFIX}{CHECKPOINT}"));
+        let cp = self.root.join(CHECKPOINT);
+        let root = self.root.clone();
+        // The old checkpoint's inode is freed by the rename (no quarantine for reuse, which
+        // needs the pool, see `rename_checkpoint`): one file per bulk batch.
+        Ok(Some(PendingSync::standalone(mark, move || {
+            let refs: Vec<&Path> = paths.iter().map(PathBuf::as_path).collect();
+            sync_all_parallel(&refs)?;
+            fs::rename(&tmp, &cp)?;
+            sync_dir(&root)
+        })))
     }
 
     fn publish_checkpoint_unsynced(&mut self) -> io::Result<()> {

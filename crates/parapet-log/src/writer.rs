@@ -532,6 +532,9 @@ pub(crate) struct Writer<S: Storage> {
     pub(crate) committed: u64,
     /// Syncs journal records and acknowledges their batches on its own thread.
     pub(crate) flusher: Flusher,
+    /// A batch that skipped the journal is with the flusher, which syncs its files and
+    /// publishes its checkpoint (see [`Writer::commit`]); [`Writer::drain`] settles it.
+    pub(crate) direct_in_flight: bool,
 }
 
 impl<S: Storage> Writer<S> {
@@ -751,6 +754,13 @@ impl<S: Storage> Writer<S> {
     /// Once everything written is synced: clears the journal (its records are covered) and
     /// removes the superseded partial tiles that had to wait for this.
     fn after_sync(&mut self) -> Result<(), LogError> {
+        self.deferred_removals.append(&mut self.tree.completed);
+        self.clear_synced()
+    }
+
+    /// Clears the journal and removes the deferred partial tiles: everything written up to the
+    /// last sync's start is synced (the tiles completed since stay for the next one).
+    fn clear_synced(&mut self) -> Result<(), LogError> {
         if self.unsynced_since.is_some() {
             self.storage
                 .journal_clear()
@@ -758,9 +768,7 @@ impl<S: Storage> Writer<S> {
             self.journal_bytes = 0;
             self.unsynced_since = None;
         }
-        let mut done = std::mem::take(&mut self.deferred_removals);
-        done.append(&mut self.tree.completed);
-        for p in done {
+        for p in std::mem::take(&mut self.deferred_removals) {
             self.storage.remove_later(&p);
         }
         Ok(())
@@ -796,8 +804,10 @@ impl<S: Storage> Writer<S> {
     /// If a journal sync failed, withdraws the records in doubt, leaves the writer to recover
     /// and returns the error.
     fn drain(&mut self) -> Result<(), LogError> {
+        let direct = std::mem::take(&mut self.direct_in_flight);
         let Some((mark, e)) = self.flusher.drain() else {
-            return Ok(());
+            // A batch that skipped the journal is synced: so is everything written before it.
+            return if direct { self.clear_synced() } else { Ok(()) };
         };
         if let Err(w) = self.storage.journal_withdraw_from(mark) {
             tracing::error!(error = %w, "withdrawing failed batches from the journal failed");
@@ -937,6 +947,11 @@ impl<S: Storage> Writer<S> {
             return Ok(None);
         }
         if let Some(rec) = record {
+            if self.direct_in_flight {
+                // Settle it first: it clears the journal once its sync has covered everything
+                // written before it, which must not include this record.
+                self.drain()?;
+            }
             match self.storage.journal_write(&rec) {
                 Ok(Some(sync)) => {
                     self.committed = self.tree.size;
@@ -959,6 +974,21 @@ impl<S: Storage> Writer<S> {
         // The checkpoint published here covers the batches still in flight: they end first.
         self.drain()?;
         let cp = self.stage_current()?;
+        // The flusher syncs the files and publishes the checkpoint, then acknowledges the
+        // batch, while this thread integrates the next one (bulk loads: the next batch's
+        // hashing overlaps this one's disk flush).
+        match self.storage.sync_and_publish_later() {
+            Ok(Some(sync)) => {
+                self.committed = cp.size;
+                self.published = cp.size;
+                self.last_publish = std::time::Instant::now();
+                self.deferred_removals.append(&mut self.tree.completed);
+                self.direct_in_flight = true;
+                return Ok(Some(sync));
+            }
+            Ok(None) => {}
+            Err(e) => return Err(self.io_error("syncing tiles", e)),
+        }
         self.storage
             .sync()
             .map_err(|e| self.io_error("syncing tiles", e))?;

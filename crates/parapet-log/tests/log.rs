@@ -394,6 +394,17 @@ impl Storage for FillableDisk {
             s => Ok(s),
         }
     }
+    fn sync_and_publish_later(&mut self) -> std::io::Result<Option<PendingSync>> {
+        match self.inner.sync_and_publish_later()? {
+            // Fails before anything is synced or the checkpoint replaced.
+            Some(s) if self.sync_fails.load(Ordering::SeqCst) => {
+                Ok(Some(PendingSync::standalone(s.mark(), || {
+                    Err(std::io::Error::from_raw_os_error(libc::EIO))
+                })))
+            }
+            s => Ok(s),
+        }
+    }
     fn journal_withdraw_from(&mut self, mark: u64) -> std::io::Result<()> {
         self.inner.journal_withdraw_from(mark)
     }
@@ -654,6 +665,48 @@ async fn batches_whose_journal_sync_failed_are_withdrawn() {
     // Opening the log again replays nothing of the failed batches either.
     let log = Log::open(&dir, &key).unwrap();
     assert_eq!(log.size(), 6);
+    log.close().await.unwrap();
+}
+
+/// Batches over 1 MiB skip the journal: the flusher syncs their tiles and publishes their
+/// checkpoint while the writer integrates the next batch. If that sync fails, the batch is
+/// refused, never published, and the log goes on after it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_big_batch_whose_tile_sync_failed_is_refused_and_not_published() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (dir, key, v) = new_log(tmp.path());
+    let (log, faults) = FillableDisk::open_log(&dir, &key);
+    let big = |tag: u8| {
+        let mut b = Batch::new();
+        for i in 0..6000u32 {
+            let mut e = vec![tag; 200];
+            e[..4].copy_from_slice(&i.to_be_bytes());
+            b.push(&e).unwrap();
+        }
+        b
+    };
+    assert_eq!(log.submit_batch(big(b'a')).await.unwrap(), 0..6000);
+    // A small batch after a big one goes through the journal once the big one is settled.
+    assert_eq!(log.append(b"small".to_vec()).await.unwrap(), 6000);
+    assert_eq!(log.submit_batch(big(b'b')).await.unwrap(), 6001..12001);
+    faults.sync_fails.store(true, Ordering::SeqCst);
+    let e = log.submit_batch(big(b'f')).await.unwrap_err();
+    assert!(
+        e.to_string().contains("syncing tiles and the checkpoint"),
+        "{e}"
+    );
+    assert_eq!(log.size(), 12001);
+    faults.sync_fails.store(false, Ordering::SeqCst);
+    assert_eq!(log.append(b"after".to_vec()).await.unwrap(), 12001);
+    log.close().await.unwrap();
+    let e = all_entries(&dir);
+    assert_eq!(e.len(), 12002);
+    assert_eq!(e[6000], b"small");
+    assert_eq!(e[12000][4..], [b'b'; 196]);
+    assert_eq!(e[12001], b"after");
+    verify_log(&dir, &v, None, &no_progress).unwrap();
+    let log = Log::open(&dir, &key).unwrap();
+    assert_eq!(log.size(), 12002);
     log.close().await.unwrap();
 }
 
