@@ -34,6 +34,15 @@ fn all_entries(dir: &Path) -> Vec<Vec<u8>> {
 
 fn no_progress(_: u64) {}
 
+/// A batch of `entries` (test data).
+fn batch_of(entries: impl IntoIterator<Item = String>) -> Batch {
+    let mut b = Batch::new();
+    for e in entries {
+        b.push(e.as_bytes()).unwrap();
+    }
+    b
+}
+
 #[test]
 fn init_refuses_to_overwrite_and_sets_key_mode() {
     let tmp = tempfile::tempdir().unwrap();
@@ -229,20 +238,16 @@ fn open_discards_an_unpublished_batch() {
     let tmp = tempfile::tempdir().unwrap();
     let (dir, key, v) = new_log(tmp.path());
     let log = Log::open(&dir, &key).unwrap();
-    let mut b = Batch::new();
-    for i in 0..300 {
-        b.push(format!("{i}").as_bytes()).unwrap();
-    }
-    log.submit_batch(b).wait().unwrap();
+    log.submit_batch(batch_of((0..300).map(|i| format!("{i}"))))
+        .wait()
+        .unwrap();
     drop(log);
     let cp = std::fs::read(dir.join("checkpoint")).unwrap();
     // Simulate a batch interrupted before its checkpoint: more tiles, a temp file, old checkpoint.
     let log = Log::open(&dir, &key).unwrap();
-    let mut b = Batch::new();
-    for i in 0..600 {
-        b.push(format!("lost {i}").as_bytes()).unwrap();
-    }
-    log.submit_batch(b).wait().unwrap();
+    log.submit_batch(batch_of((0..600).map(|i| format!("lost {i}"))))
+        .wait()
+        .unwrap();
     drop(log);
     std::thread::sleep(std::time::Duration::from_millis(50));
     std::fs::write(dir.join("checkpoint"), &cp).unwrap();
@@ -253,11 +258,12 @@ fn open_discards_an_unpublished_batch() {
     assert!(!dir.join("tile/0/002").exists());
     assert!(!dir.join("tile/0/.tmp-001").exists());
     assert!(!dir.join("tile/0/001.p/200").exists());
-    let mut b = Batch::new();
-    for i in 0..1000 {
-        b.push(format!("new {i}").as_bytes()).unwrap();
-    }
-    assert_eq!(log.submit_batch(b).wait().unwrap(), 300..1300);
+    assert_eq!(
+        log.submit_batch(batch_of((0..1000).map(|i| format!("new {i}"))))
+            .wait()
+            .unwrap(),
+        300..1300
+    );
     drop(log);
     let e = all_entries(&dir);
     assert_eq!(e[299], b"299");
@@ -272,21 +278,20 @@ fn a_file_already_at_a_full_tile_path_is_replaced_whole() {
     let tmp = tempfile::tempdir().unwrap();
     let (dir, key, v) = new_log(tmp.path());
     let log = Log::open(&dir, &key).unwrap();
-    let mut b = Batch::new();
-    for i in 0..300 {
-        b.push(format!("{i}").as_bytes()).unwrap();
-    }
-    log.submit_batch(b).wait().unwrap();
+    log.submit_batch(batch_of((0..300).map(|i| format!("{i}"))))
+        .wait()
+        .unwrap();
     // Torn leftovers at the paths of the next full tile and bundle (index 1 covers 256..512).
     for p in ["tile/0/001", "tile/entries/001"] {
         std::fs::create_dir_all(dir.join(p).parent().unwrap()).unwrap();
         std::fs::write(dir.join(p), b"torn").unwrap();
     }
-    let mut b = Batch::new();
-    for i in 300..600 {
-        b.push(format!("{i}").as_bytes()).unwrap();
-    }
-    assert_eq!(log.submit_batch(b).wait().unwrap(), 300..600);
+    assert_eq!(
+        log.submit_batch(batch_of((300..600).map(|i| format!("{i}"))))
+            .wait()
+            .unwrap(),
+        300..600
+    );
     drop(log);
     assert_eq!(
         std::fs::metadata(dir.join("tile/0/001")).unwrap().len(),
