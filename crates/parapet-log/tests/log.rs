@@ -659,18 +659,31 @@ async fn batches_whose_journal_sync_failed_are_withdrawn() {
         assert!(e.to_string().contains("syncing the journal failed"), "{e}");
     }
     assert_eq!(log.size(), 5);
-    faults.sync_fails.store(false, Ordering::SeqCst);
-    assert_eq!(log.append(b"after".to_vec()).await.unwrap(), 5);
-    log.close().await.unwrap();
-    let e = all_entries(&dir);
-    assert_eq!(e.len(), 6);
-    assert_eq!(e[5], b"after");
+    let e = goes_on_after_sync_failures(log, &faults, &dir, &key, &v, 5).await;
     assert!(!e.iter().any(|x| x[0] == b'f'));
-    verify_log(&dir, &v, None, &no_progress).unwrap();
-    // Opening the log again replays nothing of the failed batches either.
-    let log = Log::open(&dir, &key).unwrap();
-    assert_eq!(log.size(), 6);
+}
+
+/// After `faults.sync_fails` is cleared, the log goes on: the next entry gets index `n`, the log
+/// verifies, and opening it again replays nothing of the failed batches. Returns its entries.
+async fn goes_on_after_sync_failures(
+    log: Log,
+    faults: &Faults,
+    dir: &Path,
+    key: &Path,
+    v: &NoteVerifier,
+    n: u64,
+) -> Vec<Vec<u8>> {
+    faults.sync_fails.store(false, Ordering::SeqCst);
+    assert_eq!(log.append(b"after".to_vec()).await.unwrap(), n);
     log.close().await.unwrap();
+    let e = all_entries(dir);
+    assert_eq!(e.len() as u64, n + 1);
+    assert_eq!(e[n as usize], b"after");
+    verify_log(dir, v, None, &no_progress).unwrap();
+    let log = Log::open(dir, key).unwrap();
+    assert_eq!(log.size(), n + 1);
+    log.close().await.unwrap();
+    e
 }
 
 /// Batches over 1 MiB skip the journal: the flusher syncs their tiles and publishes their
@@ -701,18 +714,9 @@ async fn a_big_batch_whose_tile_sync_failed_is_refused_and_not_published() {
         "{e}"
     );
     assert_eq!(log.size(), 12001);
-    faults.sync_fails.store(false, Ordering::SeqCst);
-    assert_eq!(log.append(b"after".to_vec()).await.unwrap(), 12001);
-    log.close().await.unwrap();
-    let e = all_entries(&dir);
-    assert_eq!(e.len(), 12002);
+    let e = goes_on_after_sync_failures(log, &faults, &dir, &key, &v, 12001).await;
     assert_eq!(e[6000], b"small");
     assert_eq!(e[12000][4..], [b'b'; 196]);
-    assert_eq!(e[12001], b"after");
-    verify_log(&dir, &v, None, &no_progress).unwrap();
-    let log = Log::open(&dir, &key).unwrap();
-    assert_eq!(log.size(), 12002);
-    log.close().await.unwrap();
 }
 
 /// A crash between keeping the old checkpoint (a hard link into the pool's quarantine) and
