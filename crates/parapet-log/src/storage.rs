@@ -523,6 +523,16 @@ impl LocalDir {
         }
     }
 
+    /// What the next sync covers: the files written and directories changed since the last one.
+    fn to_sync(&self) -> impl Iterator<Item = &PathBuf> {
+        self.unsynced.values().chain(self.dirty_dirs.iter())
+    }
+
+    /// Where the next checkpoint is staged before it is renamed over `checkpoint`.
+    fn staged_checkpoint(&self) -> PathBuf {
+        self.root.join(format!("{TMP_PREFIX}{CHECKPOINT}"))
+    }
+
     fn pools(&mut self) -> &(Pool, Pool) {
         let root = &self.root;
         self.pools.get_or_insert_with(|| {
@@ -563,7 +573,7 @@ impl LocalDir {
     /// that long before reading it to see it change.
     fn rename_checkpoint(&mut self) -> io::Result<()> {
         static NEXT: AtomicU64 = AtomicU64::new(0);
-        let tmp = self.root.join(format!("{TMP_PREFIX}{CHECKPOINT}"));
+        let tmp = self.staged_checkpoint();
         let cp = self.root.join(CHECKPOINT);
         let held = self.pools.as_ref().and_then(|(f, _)| {
             let q = f.recycler.dir.with_file_name("q").join(format!(
@@ -1032,12 +1042,7 @@ impl Storage for LocalDir {
 
     fn sync(&mut self) -> io::Result<()> {
         // On failure everything stays listed, so a later sync retries it.
-        let paths: Vec<&Path> = self
-            .unsynced
-            .values()
-            .chain(self.dirty_dirs.iter())
-            .map(PathBuf::as_path)
-            .collect();
+        let paths: Vec<&Path> = self.to_sync().map(PathBuf::as_path).collect();
         sync_all_parallel(&paths)?;
         self.unsynced.clear();
         self.dirty_dirs.clear();
@@ -1045,7 +1050,7 @@ impl Storage for LocalDir {
     }
 
     fn stage_checkpoint(&mut self, data: &[u8]) -> io::Result<()> {
-        let tmp = self.root.join(format!("{TMP_PREFIX}{CHECKPOINT}"));
+        let tmp = self.staged_checkpoint();
         // Only a pool already started by tile writes: `Log::init`, which writes nothing but the
         // first checkpoint, should not start one.
         let pooled = self.pools.as_ref().and_then(|(f, _)| f.take());
@@ -1065,15 +1070,10 @@ impl Storage for LocalDir {
     fn sync_and_publish_later(&mut self) -> io::Result<Option<PendingSync>> {
         // Withdrawing from the journal's end (if this sync fails) removes nothing.
         let mark = self.journal.as_ref().map_or(0, |j| j.pos);
-        let paths: Vec<PathBuf> = self
-            .unsynced
-            .values()
-            .chain(self.dirty_dirs.iter())
-            .cloned()
-            .collect();
+        let paths: Vec<PathBuf> = self.to_sync().cloned().collect();
         self.unsynced.clear();
         self.dirty_dirs.clear();
-        let tmp = self.root.join(format!("{TMP_PREFIX}{CHECKPOINT}"));
+        let tmp = self.staged_checkpoint();
         let cp = self.root.join(CHECKPOINT);
         let root = self.root.clone();
         // The old checkpoint's inode is freed by the rename (no quarantine for reuse, which
