@@ -34,6 +34,16 @@ fn all_entries(dir: &Path) -> Vec<Vec<u8>> {
 
 fn no_progress(_: u64) {}
 
+/// A new log in `tmp` holding the entries "0" to "299", open.
+fn log_holding_300(tmp: &Path) -> (PathBuf, PathBuf, NoteVerifier, Log) {
+    let (dir, key, v) = new_log(tmp);
+    let log = Log::open(&dir, &key).unwrap();
+    log.submit_batch(batch_of((0..300).map(|i| format!("{i}"))))
+        .wait()
+        .unwrap();
+    (dir, key, v, log)
+}
+
 /// A batch of `entries` (test data).
 fn batch_of(entries: impl IntoIterator<Item = String>) -> Batch {
     let mut b = Batch::new();
@@ -236,11 +246,7 @@ fn bulk_lines_and_limits() {
 #[test]
 fn open_discards_an_unpublished_batch() {
     let tmp = tempfile::tempdir().unwrap();
-    let (dir, key, v) = new_log(tmp.path());
-    let log = Log::open(&dir, &key).unwrap();
-    log.submit_batch(batch_of((0..300).map(|i| format!("{i}"))))
-        .wait()
-        .unwrap();
+    let (dir, key, v, log) = log_holding_300(tmp.path());
     drop(log);
     let cp = std::fs::read(dir.join("checkpoint")).unwrap();
     // Simulate a batch interrupted before its checkpoint: more tiles, a temp file, old checkpoint.
@@ -276,11 +282,7 @@ fn a_file_already_at_a_full_tile_path_is_replaced_whole() {
     // Full tiles are created in place when no pooled file is ready; a file an interrupted batch
     // left at such a path (beyond every published checkpoint) must still be replaced, not kept.
     let tmp = tempfile::tempdir().unwrap();
-    let (dir, key, v) = new_log(tmp.path());
-    let log = Log::open(&dir, &key).unwrap();
-    log.submit_batch(batch_of((0..300).map(|i| format!("{i}"))))
-        .wait()
-        .unwrap();
+    let (dir, _, v, log) = log_holding_300(tmp.path());
     // Torn leftovers at the paths of the next full tile and bundle (index 1 covers 256..512).
     for p in ["tile/0/001", "tile/entries/001"] {
         std::fs::create_dir_all(dir.join(p).parent().unwrap()).unwrap();
