@@ -878,6 +878,7 @@ impl<S: Storage> Writer<S> {
         let mut acks = Vec::with_capacity(items.len());
         let mut close = None;
         let mut result = Ok(());
+        let first = self.tree.size;
         let mut record = RecordBuilder::new(self.tree.size, &self.tree.root());
         for it in items {
             match it {
@@ -916,7 +917,10 @@ impl<S: Storage> Writer<S> {
             });
         match result {
             // Journaled: acknowledged by the flusher once the record is durable.
-            Ok(Some(sync)) => self.flusher.submit(sync, acks, self.tree.size),
+            Ok(Some(sync)) => {
+                let entries = self.tree.size - first;
+                self.flusher.submit(sync, acks, self.tree.size, entries)
+            }
             Ok(None) => acks.into_iter().for_each(Ack::ok),
             Err(e) => {
                 tracing::error!(error = %e, "log batch failed");
