@@ -198,12 +198,22 @@ impl Guard {
     /// Analyses a message (cached by text; facts of plain DML are also reused across texts that
     /// differ only in literal values).
     pub fn analyze(&self, sql: &str) -> std::sync::Arc<Analysis> {
+        self.analyze_cached(sql).0
+    }
+
+    /// [`Guard::analyze`], also saying whether the analysis came cheaply from a shape found by
+    /// the text's lexical key: such texts (one statement with ever new literal values) are not
+    /// cached by text, where they would only push out texts that do come back.
+    fn analyze_cached(&self, sql: &str) -> (std::sync::Arc<Analysis>, bool) {
         if let Some(a) = self.analyses.get(sql) {
-            return a;
+            return (a, false);
         }
-        let a = std::sync::Arc::new(analyze::analyze_with_shapes(sql, &self.shapes));
-        self.analyses.insert(sql.to_string(), a.clone());
-        a
+        let (a, lexical) = analyze::analyze_shaped(sql, &self.shapes);
+        let a = std::sync::Arc::new(a);
+        if !lexical {
+            self.analyses.insert(sql.to_string(), a.clone());
+        }
+        (a, lexical)
     }
 
     /// Judges one message (which may hold several statements).
@@ -227,9 +237,11 @@ impl Guard {
         if let Some(d) = self.decisions.get(&key) {
             return d;
         }
-        let analysis = self.analyze(sql);
+        let (analysis, lexical) = self.analyze_cached(sql);
         let d = engine.decide(&analysis, ctx, minute);
-        self.decisions.insert(key, d.clone());
+        if !lexical {
+            self.decisions.insert(key, d.clone());
+        }
         d
     }
 }

@@ -86,11 +86,13 @@ fn literal_variants_of_plain_dml_are_reused_and_exact() {
         "SELECT * FROM XMLTABLE('/r' PASSING '<r><a>1</a></r>' COLUMNS a int PATH 'a' DEFAULT 'x')",
     ];
     let shapes = Shapes::new(1024);
-    for (i, sql) in cases.into_iter().enumerate() {
+    for sql in cases {
         let first = g.analyze(sql);
         assert_same(sql, &first, &analyze(sql));
+        let before = shapes.len();
         assert_same(sql, &analyze_with_shapes(sql, &shapes), &analyze(sql));
-        assert_eq!(shapes.len(), i + 1, "{sql:?} is remembered by its shape");
+        let remembered = shapes.len();
+        assert!(remembered > before, "{sql:?} is remembered by its shape");
         let other = variant(sql, 5);
         assert_ne!(other, sql);
         let again = g.analyze(&other);
@@ -100,11 +102,64 @@ fn literal_variants_of_plain_dml_are_reused_and_exact() {
             &analyze_with_shapes(&other, &shapes),
             &analyze(&other),
         );
-        assert_eq!(shapes.len(), i + 1, "{other:?} reuses the shape of {sql:?}");
+        assert_eq!(
+            shapes.len(),
+            remembered,
+            "{other:?} reuses the shape of {sql:?}"
+        );
         assert_eq!(again.normalized, first.normalized, "{sql:?} is one shape");
         assert_eq!(
             again.statements[0].text,
             other.trim().trim_end_matches(';').trim_end()
+        );
+    }
+}
+
+/// A shape found by its lexical key (no parse at all) gives what a full analysis finds, and a
+/// key is only remembered where it rebuilds the normalised text exactly.
+#[test]
+fn lexical_keys_find_shapes_only_where_they_are_exact() {
+    let cases = [
+        // (first text, a text with the same lexical key, found without a parse)
+        (
+            "SELECT abalance FROM pgbench_accounts WHERE aid = 12345;",
+            "SELECT abalance FROM pgbench_accounts WHERE aid = 1;",
+            true,
+        ),
+        (
+            "UPDATE t SET a = 'x', b = 2.5e3 WHERE \"Id\" = 7",
+            "UPDATE t SET a = 'it''s', b = 0.1 WHERE \"Id\" = 99999999999999999999",
+            true,
+        ),
+        // One constant made of two strings: normalised as one `$1`.
+        ("SELECT 'a'\n'b' FROM t", "SELECT 'c'\n'd' FROM t", false),
+        // Not every literal is a constant normalize replaces: never found lexically.
+        (
+            "SELECT CAST(a AS float(53)) FROM t",
+            "SELECT CAST(a AS float(24)) FROM t",
+            false,
+        ),
+        (
+            "SELECT * FROM t WHERE a = -5",
+            "SELECT * FROM t WHERE a = -6",
+            false,
+        ),
+        (
+            "SELECT a::numeric(10, 2) FROM t",
+            "SELECT a::numeric(3, 1) FROM t",
+            false,
+        ),
+    ];
+    for (first, second, lexical) in cases {
+        let shapes = Shapes::new(1024);
+        assert_same(first, &analyze_with_shapes(first, &shapes), &analyze(first));
+        let (got, hit) = parapet_guard::analyze::analyze_shaped(second, &shapes);
+        assert_same(second, &got, &analyze(second));
+        assert_eq!(hit, lexical, "{second:?} found by its lexical key");
+        assert_eq!(
+            parapet_guard::analyze::lexical::key(first),
+            parapet_guard::analyze::lexical::key(second),
+            "test premise: {first:?} and {second:?} have one lexical key"
         );
     }
 }
@@ -185,6 +240,8 @@ mod random {
             any::<i64>().prop_map(|n| n.to_string()),
             any::<i32>().prop_map(|n| format!("- {n}")),
             (0.0f64..1e9).prop_map(|f| f.to_string()),
+            (0u32..1000, -30i32..30).prop_map(|(m, e)| format!("{m}.5e{e}")),
+            (0u8..60).prop_map(|n| n.to_string()),
             "[a-z ;'\\-/*]{0,12}".prop_map(|s| format!("'{}'", s.replace('\'', "''"))),
             "[a-z]{0,8}".prop_map(|s| format!("E'\\\\{s}'")),
             "[a-z]{0,8}".prop_map(|s| format!("U&'{s}'")),
@@ -213,12 +270,19 @@ mod random {
             Just("DELETE FROM t WHERE a = {0}; -- {1}"),
             Just("SELECT {0} /* ; */ ;"),
             Just("MERGE INTO t USING u ON t.a = u.a WHEN MATCHED THEN UPDATE SET b = {0} WHEN NOT MATCHED THEN INSERT VALUES ({1})"),
+            // Literals in places where the parser keeps them or reads them otherwise.
+            Just("SELECT CAST(a AS float({0})) FROM t WHERE b = {1}"),
+            Just("SELECT a::numeric({0}, 2), x[{1}] FROM t ORDER BY 1"),
+            Just("SELECT \"a b\" FROM \"T\" WHERE \"c\" = {0} LIMIT {1}"),
+            Just("SELECT {0}\n{1} FROM t"),
+            Just("SELECT * FROM t WHERE a = -{0} OFFSET {1}"),
+            Just("SELECT interval {0}, {1}::text FROM t"),
         ];
         (shapes, literal(), literal()).prop_map(|(s, a, b)| s.replace("{0}", &a).replace("{1}", &b))
     }
 
     proptest! {
-        #![proptest_config(ProptestConfig { cases: 400, ..ProptestConfig::default() })]
+        #![proptest_config(ProptestConfig { cases: 1000, ..ProptestConfig::default() })]
 
         /// Whatever texts came before, `Guard::analyze` returns what a full analysis finds.
         #[test]

@@ -17,12 +17,14 @@
 //! that module for why).
 //!
 //! [`analyze_with_shapes`] (used by `Guard`) also remembers the facts and fingerprint of plain
-//! DML by normalised text, so a known statement with new literal values costs a `normalize`
-//! instead of a parse, a walk and a fingerprint; see its documentation for why that is exact.
+//! DML by [`lexical`] key (the text with its literal values blanked, found without the parser),
+//! so a known statement with new literal values costs a short scan instead of a parse, a walk
+//! and a fingerprint; see its documentation for why that is exact.
 
 mod children;
 pub mod facts;
 mod from_json;
+pub mod lexical;
 mod parse;
 mod plpgsql;
 
@@ -73,7 +75,7 @@ pub fn analyze(sql: &str) -> Analysis {
     guarded(|| analyze_message(sql, None))
 }
 
-/// What every text of one shape (normalised text) has in common: see [`analyze_with_shapes`].
+/// What every text of one shape (lexical key) has in common: see [`analyze_with_shapes`].
 #[derive(Debug)]
 pub struct Shape {
     /// The statement's facts, without its text.
@@ -82,27 +84,42 @@ pub struct Shape {
     fingerprint: Option<String>,
     /// The statement ends with a `;` (and whitespace): its text stops before it.
     terminated: bool,
+    /// The normalised text, the same for every text of the shape.
+    normalized: String,
 }
 
-/// Shapes of single-statement messages by their pg_query-normalised text, for statements whose
-/// facts and fingerprint cannot depend on their literal values (see [`analyze_with_shapes`]).
+/// Shapes of single-statement messages by their [`lexical`] key, for statements whose facts
+/// and fingerprint cannot depend on their literal values (see [`analyze_with_shapes`]).
 pub type Shapes = crate::cache::ShardedCache<String, Arc<Shape>>;
 
 /// Like [`analyze`], but reuses the facts and fingerprint of an earlier text with the same
-/// normalised form (the same statement with other literal values) instead of parsing, walking
-/// and fingerprinting it again.
+/// [`lexical`] key (the same statement with other literal values) instead of normalising,
+/// parsing, walking and fingerprinting it again.
 ///
-/// Exact, not a heuristic: `normalize` keeps every character of the text except the constants
-/// it replaces by `$n` (`A_Const` nodes, and `DefElem` option arguments), so two texts without
-/// `$` (no parameters, no dollar quoting) that normalise alike differ only in constant values,
-/// and their parse trees only in constant nodes. Only statements whose facts read no constant
-/// value are remembered: plain DML (select/insert/update/delete/merge, nested or not), no
-/// `set_config`, no parameters, no problems, one statement spanning the whole text; and only
-/// when the tree has no `DefElem`, so every constant is an `A_Const`, which pg_query's
+/// Exact, not a heuristic. Two texts with one lexical key have the same characters but for the
+/// values of plain numeric and string literals, which PostgreSQL's lexer reads as the same
+/// tokens. A shape is remembered only when the key of its first text matches that text's
+/// `pg_query::normalize` output exactly, but for the numbers of the `$n`: so every blanked literal sits where the grammar makes
+/// it a constant (`A_Const`) that `normalize` replaces by `$n`, which the grammar decides by
+/// position, not value; so every text with that key normalises alike and parses to the same
+/// tree but for constant values. (The normalised text alone would not do: `a = -'x'` and
+/// `a = -5` both normalise to `a = $1`, and their trees differ.) Only statements whose facts
+/// read no constant value are remembered: plain DML (select/insert/update/delete/merge, nested
+/// or not), no `set_config`, no parameters, no problems, one statement spanning the whole text;
+/// and only when the tree has no `DefElem`, so every constant is an `A_Const`, which pg_query's
 /// fingerprint ignores. Everything else (DDL, SET, COPY, function bodies, DO, EXPLAIN, PREPARE,
-/// multi-statement messages) is always analysed in full. The normalised text is the text's own.
+/// multi-statement messages, texts the lexical scan refuses) is always analysed in full. The
+/// facts' text is the text's own.
 pub fn analyze_with_shapes(sql: &str, shapes: &Shapes) -> Analysis {
-    guarded(|| analyze_message(sql, Some(shapes)))
+    analyze_shaped(sql, shapes).0
+}
+
+/// [`analyze_with_shapes`], also saying whether the analysis came from a remembered shape (so
+/// cheap to make again that caching it by text is not worth it).
+pub fn analyze_shaped(sql: &str, shapes: &Shapes) -> (Analysis, bool) {
+    let mut reused = false;
+    let a = guarded(|| analyze_message(sql, Some((shapes, &mut reused))));
+    (a, reused)
 }
 
 fn guarded(f: impl FnOnce() -> Analysis) -> Analysis {
@@ -133,36 +150,55 @@ fn literal_independent(f: &FactsData) -> bool {
         })
 }
 
-fn analyze_message(sql: &str, shapes: Option<&Shapes>) -> Analysis {
+/// The analysis of `sql` from the shape it has (its normalised text).
+fn from_shape(sql: &str, known: &Shape) -> Analysis {
+    // The same normalised text: the same tokens after the last literal, so the same `;`.
+    let text = sql.trim();
+    let text = match text.strip_suffix(';') {
+        Some(t) if known.terminated => t.trim_end(),
+        _ => text,
+    };
+    let facts = FactsData {
+        text: text.to_string(),
+        ..known.facts.clone()
+    };
+    Analysis {
+        statements: vec![StatementFacts(Arc::new(facts))],
+        normalized: Some(known.normalized.clone()),
+        fingerprint: known.fingerprint.clone(),
+        failure: None,
+    }
+}
+
+/// `shapes`: the shape cache, and a flag set when the text's shape was found there.
+fn analyze_message(sql: &str, shapes: Option<(&Shapes, &mut bool)>) -> Analysis {
     if sql.contains('\0') {
         return Analysis::failed(Problem {
             rule: RULE_UNPARSEABLE,
             reason: "statement text contains a NUL byte and cannot be parsed; denied".into(),
         });
     }
+    let (shapes, hit) = match shapes {
+        Some((s, h)) => (Some(s), Some(h)),
+        None => (None, None),
+    };
+    let lexical = shapes.and_then(|_| lexical::key(sql));
+    if let (Some(shapes), Some(key)) = (shapes, &lexical) {
+        if let Some(known) = shapes.get(key.as_str()) {
+            // Stored only once the parser showed that this key rebuilds the normalised text.
+            if let Some(hit) = hit {
+                *hit = true;
+            }
+            return from_shape(sql, &known);
+        }
+    }
     let normalized = pg_query::normalize(sql).ok();
-    let shape = match (shapes, &normalized) {
-        (Some(shapes), Some(n)) if !sql.contains('$') => Some((shapes, n)),
+    // Where the shape may be remembered: under the text's lexical key, if that key rebuilds
+    // the normalised text (every literal it blanks is a constant `normalize` replaces).
+    let shape = match (shapes, &lexical, &normalized) {
+        (Some(shapes), Some(key), Some(n)) if key.matches_normalized(n) => Some((shapes, key, n)),
         _ => None,
     };
-    if let Some(known) = shape.and_then(|(shapes, n)| shapes.get(n.as_str())) {
-        // The same normalised text: the same tokens after the last literal, so the same `;`.
-        let text = sql.trim();
-        let text = match text.strip_suffix(';') {
-            Some(t) if known.terminated => t.trim_end(),
-            _ => text,
-        };
-        let facts = FactsData {
-            text: text.to_string(),
-            ..known.facts.clone()
-        };
-        return Analysis {
-            statements: vec![StatementFacts(Arc::new(facts))],
-            normalized,
-            fingerprint: known.fingerprint.clone(),
-            failure: None,
-        };
-    }
     let parsed = match parse::parse(sql) {
         Ok(p) => p,
         Err(e) => {
@@ -190,7 +226,7 @@ fn analyze_message(sql: &str, shapes: Option<&Shapes>) -> Analysis {
         };
         statements.push(StatementFacts(Arc::new(facts)));
     }
-    if let (Some((shapes, n)), [raw], [facts]) =
+    if let (Some((shapes, key, n)), [raw], [facts]) =
         (shape, parsed.stmts.as_slice(), statements.as_slice())
     {
         // The statement spans the message, up to an optional final `;` (pgbench, psql and most
@@ -213,8 +249,9 @@ fn analyze_message(sql: &str, shapes: Option<&Shapes>) -> Analysis {
                 },
                 fingerprint: fingerprint.clone(),
                 terminated,
+                normalized: n.clone(),
             };
-            shapes.insert(n.clone(), Arc::new(template));
+            shapes.insert(key.as_str().to_string(), Arc::new(template));
         }
     }
     Analysis {
