@@ -258,8 +258,15 @@ impl Shared {
         }
         // A lazy entry wakes the writer only to start its LAZY_COMMIT_DELAY clock (the first one
         // queued); the commit itself waits for the next urgent item or for the delay.
-        if q.writer_waiting && (first_lazy || (urgent && (q.entries >= q.wake_at || q.closed))) {
+        let wake =
+            q.writer_waiting && (first_lazy || (urgent && (q.entries >= q.wake_at || q.closed)));
+        if wake {
             q.writer_waiting = false;
+        }
+        // Woken after the lock is released: the writer's first step is to take it, and other
+        // appenders would otherwise spin on it meanwhile.
+        drop(q);
+        if wake {
             self.cv.notify_one();
         }
         Ok(())
