@@ -923,7 +923,8 @@ impl<S: Storage> Writer<S> {
                 self.commit(rec)
             });
         match result {
-            // Journaled: acknowledged by the flusher once the record is durable.
+            // Journaled: acknowledged once the record is durable, by the flusher (or at once, for a
+            // small batch synced here; see `crate::flush`).
             Ok(Some(sync)) => {
                 let entries = self.tree.size - first;
                 self.flusher.submit(sync, acks, self.tree.size, entries)
