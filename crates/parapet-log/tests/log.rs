@@ -643,9 +643,9 @@ async fn a_failed_batch_is_withdrawn_from_the_journal() {
     verify_log(&dir, &v, None, &no_progress).unwrap();
 }
 
-/// Journal records are synced on the flusher thread while the writer goes on. When that sync
-/// fails, every batch it covered (and any written after it) fails, none is ever replayed, and
-/// the log carries on from the entries acknowledged before.
+/// Small batches' journal records are synced by the writer itself. When that sync fails, every
+/// batch it covered (and any written after it) fails, none is ever replayed, and the log
+/// carries on from the entries acknowledged before.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn batches_whose_journal_sync_failed_are_withdrawn() {
     let tmp = tempfile::tempdir().unwrap();
@@ -657,6 +657,34 @@ async fn batches_whose_journal_sync_failed_are_withdrawn() {
     faults.sync_fails.store(true, Ordering::SeqCst);
     let tickets: Vec<_> = (0..20u8).map(|i| log.submit(vec![b'f', i])).collect();
     for t in tickets {
+        let e = t.await.unwrap_err();
+        assert!(e.to_string().contains("syncing the journal failed"), "{e}");
+    }
+    assert_eq!(log.size(), 5);
+    let e = goes_on_after_sync_failures(log, &faults, &dir, &key, &v, 5).await;
+    assert!(!e.iter().any(|x| x[0] == b'f'));
+}
+
+/// Larger batches' journal records are synced on the flusher thread while the writer goes on;
+/// a failed sync there fails them the same way, and small batches queued behind them too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn larger_batches_whose_journal_sync_failed_on_the_flusher_are_withdrawn() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (dir, key, v) = new_log(tmp.path());
+    let (log, faults) = FillableDisk::open_log(&dir, &key);
+    for i in 0..5u8 {
+        log.append(vec![b'a', i]).await.unwrap();
+    }
+    faults.sync_fails.store(true, Ordering::SeqCst);
+    let big: Vec<_> = (0..3)
+        .map(|b| log.submit_batch(batch_of((0..100).map(|i| format!("f{b}-{i}")))))
+        .collect();
+    let small: Vec<_> = (0..5u8).map(|i| log.submit(vec![b'f', i])).collect();
+    for t in big {
+        let e = t.await.unwrap_err();
+        assert!(e.to_string().contains("syncing the journal failed"), "{e}");
+    }
+    for t in small {
         let e = t.await.unwrap_err();
         assert!(e.to_string().contains("syncing the journal failed"), "{e}");
     }
