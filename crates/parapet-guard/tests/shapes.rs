@@ -131,6 +131,17 @@ fn lexical_keys_find_shapes_only_where_they_are_exact() {
             "UPDATE t SET a = 'it''s', b = 0.1 WHERE \"Id\" = 99999999999999999999",
             true,
         ),
+        // Comments are part of the shape (sqlcommenter-style tags).
+        (
+            "SELECT * FROM t WHERE a = 1 /*app='shop',route='/a'*/",
+            "SELECT * FROM t WHERE a = 22 /*app='shop',route='/a'*/",
+            true,
+        ),
+        (
+            "-- report 7\nUPDATE t SET a = 'x' WHERE b = 1",
+            "-- report 7\nUPDATE t SET a = 'yy' WHERE b = 3",
+            true,
+        ),
         // One constant made of two strings: normalised as one `$1`.
         ("SELECT 'a'\n'b' FROM t", "SELECT 'c'\n'd' FROM t", false),
         // Not every literal is a constant normalize replaces: never found lexically.
@@ -277,6 +288,9 @@ mod random {
             Just("SELECT {0}\n{1} FROM t"),
             Just("SELECT * FROM t WHERE a = -{0} OFFSET {1}"),
             Just("SELECT interval {0}, {1}::text FROM t"),
+            Just("SELECT * FROM t WHERE a = {0} /*app='x',n={1}*/"),
+            Just("/* {0} */ DELETE FROM t WHERE a = {1}"),
+            Just("SELECT {0} /* /* */ {1} */ FROM t"),
         ];
         (shapes, literal(), literal()).prop_map(|(s, a, b)| s.replace("{0}", &a).replace("{1}", &b))
     }

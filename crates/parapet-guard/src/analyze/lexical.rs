@@ -6,11 +6,12 @@
 //!
 //! Hand-written because no lexer crate speaks PostgreSQL's grammar, and a narrow one is what
 //! keeps this safe: the scanner accepts only texts whose tokens it cannot get wrong, and gives
-//! up (`None`, so the text goes the parser's way) on anything else: comments, dollar signs
-//! (parameters, dollar quoting), backslashes, prefixed strings (`E'…'`, `B'…'`, `X'…'`, `U&'…'`),
+//! up (`None`, so the text goes the parser's way) on anything else: dollar signs (parameters,
+//! dollar quoting), backslashes, prefixed strings (`E'…'`, `B'…'`, `X'…'`, `U&'…'`),
 //! numbers that are not plain decimals (`1.`, `.5`, `0x1F`, `1_000`, trailing letters), control
-//! characters and non-ASCII outside quoted identifiers. Two accepted texts with the same key
-//! then have the same characters everywhere but inside those literals, which PostgreSQL's lexer
+//! characters and non-ASCII outside quoted identifiers and comments. Comments are kept whole,
+//! nothing in them blanked. Two accepted texts with the same key then have the same characters
+//! everywhere but inside those literals, which PostgreSQL's lexer
 //! reads as the same tokens with other values.
 //!
 //! The key alone does not say that the parser turns every blanked literal into a constant that
@@ -171,9 +172,34 @@ pub fn key(sql: &str) -> Option<LexicalKey> {
                     }
                 }
             }
-            // Comments, parameters and dollar quoting, escapes.
-            b'-' if b.get(i + 1) == Some(&b'-') => return None,
-            b'/' if b.get(i + 1) == Some(&b'*') => return None,
+            // A comment (`--` to the end of the line, `/* */` nested), kept as it is: nothing
+            // in it is a literal (sqlcommenter-style tags stay part of the shape).
+            b'-' if b.get(i + 1) == Some(&b'-') => {
+                while i < b.len() && b[i] != b'\n' && b[i] != b'\r' {
+                    i += 1;
+                }
+            }
+            b'/' if b.get(i + 1) == Some(&b'*') => {
+                let mut depth = 0usize;
+                loop {
+                    match (b.get(i), b.get(i + 1)) {
+                        (None, _) => return None, // unterminated
+                        (Some(b'/'), Some(b'*')) => {
+                            depth += 1;
+                            i += 2;
+                        }
+                        (Some(b'*'), Some(b'/')) => {
+                            depth -= 1;
+                            i += 2;
+                            if depth == 0 {
+                                break;
+                            }
+                        }
+                        _ => i += 1,
+                    }
+                }
+            }
+            // Parameters and dollar quoting, escapes.
             b'$' | b'\\' => return None,
             // Other punctuation and operators, kept as they are.
             b'!'..=b'~' => i += 1,
@@ -231,10 +257,28 @@ mod tests {
     }
 
     #[test]
+    fn comments_are_kept_whole() {
+        let a = key("/* app='x',id=5 */ SELECT 1 -- it's 7\nFROM t WHERE a = 2").unwrap();
+        assert!(a.matches_normalized("/* app='x',id=5 */ SELECT $1 -- it's 7\nFROM t WHERE a = $2"));
+        assert_eq!(
+            Some(a),
+            key("/* app='x',id=5 */ SELECT 3 -- it's 7\nFROM t WHERE a = 4")
+        );
+        // Other comment text, another shape; nested comments end where PostgreSQL ends them.
+        assert_ne!(k("/* id=6 */ SELECT 1"), k("/* id=5 */ SELECT 1"));
+        assert!(key("/* a /* b */ c */ SELECT 1")
+            .unwrap()
+            .matches_normalized("/* a /* b */ c */ SELECT $1"));
+        assert_eq!(k("/* a /* b */ SELECT 1"), None);
+        assert_eq!(
+            k("SELECT 1 -- $1 é\\"),
+            Some("\0SELECT \u{1} -- $1 é\\".into())
+        );
+    }
+
+    #[test]
     fn anything_the_scan_could_misread_is_refused() {
         for text in [
-            "SELECT 1 -- a comment with a ' quote",
-            "SELECT 1 /* comment */",
             "SELECT $1",
             "SELECT $$x$$",
             "SELECT E'a\\'b'",
