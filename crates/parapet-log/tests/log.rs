@@ -323,7 +323,7 @@ struct Faults {
     tiles_full: Arc<AtomicBool>,
     /// Writing a journal record reports an error after the record reached the file.
     journal_fails: Arc<AtomicBool>,
-    /// Syncing the journal (on the flusher thread) reports an error.
+    /// Syncing the journal (on the writer or the flusher thread) reports an error.
     sync_fails: Arc<AtomicBool>,
 }
 
@@ -648,27 +648,41 @@ async fn a_failed_batch_is_withdrawn_from_the_journal() {
 /// carries on from the entries acknowledged before.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn batches_whose_journal_sync_failed_are_withdrawn() {
-    let tmp = tempfile::tempdir().unwrap();
-    let (dir, key, v) = new_log(tmp.path());
-    let (log, faults) = FillableDisk::open_log(&dir, &key);
-    for i in 0..5u8 {
-        log.append(vec![b'a', i]).await.unwrap();
-    }
-    faults.sync_fails.store(true, Ordering::SeqCst);
-    let tickets: Vec<_> = (0..20u8).map(|i| log.submit(vec![b'f', i])).collect();
-    for t in tickets {
-        let e = t.await.unwrap_err();
-        assert!(e.to_string().contains("syncing the journal failed"), "{e}");
-    }
-    assert_eq!(log.size(), 5);
-    let e = goes_on_after_sync_failures(log, &faults, &dir, &key, &v, 5).await;
-    assert!(!e.iter().any(|x| x[0] == b'f'));
+    journal_sync_failure_withdraws(|log| {
+        (0..20u8)
+            .map(|i| -> Failing {
+                let t = log.submit(vec![b'f', i]);
+                Box::pin(async move { t.await.map(drop) })
+            })
+            .collect()
+    })
+    .await;
 }
 
 /// Larger batches' journal records are synced on the flusher thread while the writer goes on;
 /// a failed sync there fails them the same way, and small batches queued behind them too.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn larger_batches_whose_journal_sync_failed_on_the_flusher_are_withdrawn() {
+    journal_sync_failure_withdraws(|log| {
+        let big = (0..3).map(|b| -> Failing {
+            let t = log.submit_batch(batch_of((0..100).map(|i| format!("f{b}-{i}"))));
+            Box::pin(async move { t.await.map(drop) })
+        });
+        let small = (0..5u8).map(|i| -> Failing {
+            let t = log.submit(vec![b'f', i]);
+            Box::pin(async move { t.await.map(drop) })
+        });
+        big.chain(small).collect()
+    })
+    .await;
+}
+
+/// A submission expected to fail.
+type Failing = std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), LogError>> + Send>>;
+
+/// In a log holding five entries whose journal syncs fail from now on, `submit` queues entries
+/// starting with `f`: each must fail with the sync error, none may be kept, and the log goes on.
+async fn journal_sync_failure_withdraws(submit: impl FnOnce(&Log) -> Vec<Failing>) {
     let tmp = tempfile::tempdir().unwrap();
     let (dir, key, v) = new_log(tmp.path());
     let (log, faults) = FillableDisk::open_log(&dir, &key);
@@ -676,15 +690,7 @@ async fn larger_batches_whose_journal_sync_failed_on_the_flusher_are_withdrawn()
         log.append(vec![b'a', i]).await.unwrap();
     }
     faults.sync_fails.store(true, Ordering::SeqCst);
-    let big: Vec<_> = (0..3)
-        .map(|b| log.submit_batch(batch_of((0..100).map(|i| format!("f{b}-{i}")))))
-        .collect();
-    let small: Vec<_> = (0..5u8).map(|i| log.submit(vec![b'f', i])).collect();
-    for t in big {
-        let e = t.await.unwrap_err();
-        assert!(e.to_string().contains("syncing the journal failed"), "{e}");
-    }
-    for t in small {
+    for t in submit(&log) {
         let e = t.await.unwrap_err();
         assert!(e.to_string().contains("syncing the journal failed"), "{e}");
     }
