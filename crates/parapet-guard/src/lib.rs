@@ -138,15 +138,18 @@ pub struct PolicyReload {
 ///
 /// Holds the policy set in force behind an atomic pointer (a statement is judged by exactly one
 /// whole set, old or new), a bounded cache of analyses by statement text, a bounded cache of
-/// literal-independent statement facts by normalised text (so a known statement with new
-/// literal values is not parsed again; see [`analyze::analyze_with_shapes`]), and a bounded
-/// cache of decisions keyed by everything a policy can see.
+/// literal-independent statement facts by lexical key (so a known statement with new literal
+/// values is not parsed again; see [`analyze::analyze_with_shapes`]), and a bounded cache of
+/// decisions keyed by everything a policy can see.
 #[derive(Debug)]
 pub struct Guard {
     engine: arc_swap::ArcSwap<engine::Engine>,
     analyses: cache::ShardedCache<String, std::sync::Arc<Analysis>>,
     shapes: analyze::Shapes,
     decisions: cache::ShardedCache<String, Decision>,
+    /// Decision keys of texts judged from a known shape once: such a text enters `decisions`
+    /// only when it comes again (most never do: new literal values each time).
+    seen_once: cache::ShardedCache<String, ()>,
 }
 
 /// Entries kept in each cache.
@@ -161,6 +164,7 @@ impl Guard {
             analyses: cache::ShardedCache::new(CACHE_CAPACITY),
             shapes: cache::ShardedCache::new(CACHE_CAPACITY),
             decisions: cache::ShardedCache::new(CACHE_CAPACITY),
+            seen_once: cache::ShardedCache::new(CACHE_CAPACITY),
         })
     }
 
@@ -176,6 +180,7 @@ impl Guard {
         self.engine.store(std::sync::Arc::new(new));
         // Decisions are keyed by generation, so stale ones can never be served; free them.
         self.decisions.clear();
+        self.seen_once.clear();
         Ok(reload)
     }
 
@@ -203,7 +208,8 @@ impl Guard {
 
     /// [`Guard::analyze`], also saying whether the analysis came cheaply from a shape found by
     /// the text's lexical key: such texts (one statement with ever new literal values) are not
-    /// cached by text, where they would only push out texts that do come back.
+    /// cached by text, where they would only push out texts that do come back (a decision for
+    /// one enters the decision cache when its text comes a second time).
     fn analyze_cached(&self, sql: &str) -> (std::sync::Arc<Analysis>, bool) {
         if let Some(a) = self.analyses.get(sql) {
             return (a, false);
@@ -237,11 +243,58 @@ impl Guard {
         if let Some(d) = self.decisions.get(&key) {
             return d;
         }
-        let (analysis, lexical) = self.analyze_cached(sql);
+        let (analysis, from_shape) = self.analyze_cached(sql);
         let d = engine.decide(&analysis, ctx, minute);
-        if !lexical {
+        if !from_shape || self.seen_once.get(&key).is_some() {
             self.decisions.insert(key, d.clone());
+        } else {
+            self.seen_once.insert(key, ());
         }
         d
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A text judged from a known shape enters the decision cache on its second coming only.
+    #[test]
+    fn texts_of_known_shapes_are_cached_when_they_come_again() {
+        let g = Guard::load(&PolicySource {
+            files: vec![],
+            default_pack: true,
+        })
+        .expect("default pack loads");
+        let ctx = RequestContext {
+            user: "alice".into(),
+            groups: vec!["eng".into()],
+            target: "main".into(),
+            environment: "production".into(),
+            client_addr: None,
+            application_name: "test".into(),
+        };
+        g.decide("SELECT a FROM t WHERE id = 1", &ctx);
+        assert_eq!(
+            g.decisions.len(),
+            1,
+            "the first text of a shape is parsed and cached"
+        );
+        let again = "SELECT a FROM t WHERE id = 2";
+        let first = g.decide(again, &ctx);
+        assert_eq!(
+            g.decisions.len(),
+            1,
+            "a new text of a known shape is not cached"
+        );
+        let second = g.decide(again, &ctx);
+        assert_eq!(g.decisions.len(), 2, "it is cached when it comes again");
+        let third = g.decide(again, &ctx);
+        for d in [&second, &third] {
+            assert_eq!(d.verdict, first.verdict);
+            assert_eq!(d.normalized, first.normalized);
+            assert_eq!(d.fingerprint, first.fingerprint);
+            assert_eq!(d.statements, first.statements);
+        }
     }
 }
