@@ -1,4 +1,5 @@
-//! Bounded, sharded, lock-light caches for analyses and decisions.
+//! Bounded, sharded, lock-light caches for analyses and decisions, and the lossy doorkeeper
+//! that admits to the decision cache only texts that come back.
 //!
 //! Hand-written rather than a cache crate: the workspace's vetted dependency set has no cache
 //! crate, the need is small (get/insert of `Arc`/cheap-clone values, bounded memory), and a
@@ -113,6 +114,48 @@ impl<K: Hash + Eq, V: Clone> ShardedCache<K, V> {
     }
 }
 
+/// Remembers, lossily, which keys were seen: a fixed table of key hashes, one per slot, each
+/// new key overwriting its slot. Answers "seen before?" without a lock or an allocation, for
+/// admitting to a cache only what comes back (a "doorkeeper", as in TinyLFU). A wrong answer
+/// only costs a cache entry made or not made.
+pub struct Doorkeeper {
+    slots: Box<[AtomicU64]>,
+    hasher: RandomState,
+}
+
+impl Doorkeeper {
+    /// A doorkeeper with `slots` slots (at least one).
+    pub fn new(slots: usize) -> Self {
+        Doorkeeper {
+            slots: (0..slots.max(1)).map(|_| AtomicU64::new(0)).collect(),
+            hasher: RandomState::new(),
+        }
+    }
+
+    /// Notes `key`; returns whether it was noted before (and not overwritten since).
+    pub fn seen_before<Q: Hash + ?Sized>(&self, key: &Q) -> bool {
+        // Never 0, the value of an empty slot.
+        let h = self.hasher.hash_one(key) | 1;
+        let slot = &self.slots[(h % self.slots.len() as u64) as usize];
+        slot.swap(h, Ordering::Relaxed) == h
+    }
+
+    /// Forgets every key.
+    pub fn clear(&self) {
+        for s in self.slots.iter() {
+            s.store(0, Ordering::Relaxed);
+        }
+    }
+}
+
+impl std::fmt::Debug for Doorkeeper {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Doorkeeper")
+            .field("slots", &self.slots.len())
+            .finish()
+    }
+}
+
 impl<K, V> std::fmt::Debug for ShardedCache<K, V> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("ShardedCache")
@@ -137,5 +180,21 @@ mod tests {
         assert_eq!(c.get(&9_999), Some(19_998));
         c.clear();
         assert!(c.is_empty());
+    }
+
+    #[test]
+    fn the_doorkeeper_knows_keys_it_saw() {
+        let d = Doorkeeper::new(1024);
+        assert!(!d.seen_before("a"));
+        assert!(d.seen_before("a"));
+        assert!(!d.seen_before("b"));
+        assert!(d.seen_before("a") && d.seen_before("b"));
+        d.clear();
+        assert!(!d.seen_before("a"));
+        // One slot: each new key takes the other's place.
+        let one = Doorkeeper::new(1);
+        assert!(!one.seen_before("a"));
+        assert!(!one.seen_before("b"));
+        assert!(!one.seen_before("a"));
     }
 }

@@ -147,9 +147,9 @@ pub struct Guard {
     analyses: cache::ShardedCache<String, std::sync::Arc<Analysis>>,
     shapes: analyze::Shapes,
     decisions: cache::ShardedCache<String, Decision>,
-    /// Decision keys of texts judged from a known shape once: such a text enters `decisions`
-    /// only when it comes again (most never do: new literal values each time).
-    seen_once: cache::ShardedCache<String, ()>,
+    /// Decision keys of texts judged from a known shape (lossily): such a text enters
+    /// `decisions` only when it comes again (most never do: new literal values each time).
+    seen_once: cache::Doorkeeper,
 }
 
 /// Entries kept in each cache.
@@ -164,7 +164,7 @@ impl Guard {
             analyses: cache::ShardedCache::new(CACHE_CAPACITY),
             shapes: cache::ShardedCache::new(CACHE_CAPACITY),
             decisions: cache::ShardedCache::new(CACHE_CAPACITY),
-            seen_once: cache::ShardedCache::new(CACHE_CAPACITY),
+            seen_once: cache::Doorkeeper::new(CACHE_CAPACITY),
         })
     }
 
@@ -245,10 +245,8 @@ impl Guard {
         }
         let (analysis, from_shape) = self.analyze_cached(sql);
         let d = engine.decide(&analysis, ctx, minute);
-        if !from_shape || self.seen_once.get(&key).is_some() {
+        if !from_shape || self.seen_once.seen_before(&key) {
             self.decisions.insert(key, d.clone());
-        } else {
-            self.seen_once.insert(key, ());
         }
         d
     }
