@@ -259,18 +259,14 @@ mod tests {
     /// A text judged from a known shape enters the decision cache on its second coming only.
     #[test]
     fn texts_of_known_shapes_are_cached_when_they_come_again() {
-        let g = Guard::load(&PolicySource {
-            files: vec![],
+        let source = PolicySource {
             default_pack: true,
-        })
-        .expect("default pack loads");
+            ..PolicySource::default()
+        };
+        let g = Guard::load(&source).expect("default pack loads");
         let ctx = RequestContext {
             user: "alice".into(),
-            groups: vec!["eng".into()],
-            target: "main".into(),
-            environment: "production".into(),
-            client_addr: None,
-            application_name: "test".into(),
+            ..RequestContext::default()
         };
         g.decide("SELECT a FROM t WHERE id = 1", &ctx);
         assert_eq!(
