@@ -84,8 +84,6 @@ enum Message {
 pub(crate) struct Flusher {
     tx: mpsc::Sender<Message>,
     thread: Option<std::thread::JoinHandle<()>>,
-    /// Batches handed over and not yet known to be handled (reset by `drain`).
-    in_flight: bool,
     /// Set by the thread when a sync fails (cleared by `drain`).
     failed: Arc<AtomicBool>,
     /// The acknowledged size and the error builder, shared with the thread.
@@ -93,7 +91,8 @@ pub(crate) struct Flusher {
     error_for: ErrorFor,
     /// A failed sync run on the writer's thread (see [`Flusher::submit`]).
     failure: Option<(u64, LogError)>,
-    /// Batches sent to the thread and not yet answered.
+    /// Batches sent to the thread and not yet answered (lowered by the thread once it has
+    /// answered them).
     outstanding: Arc<AtomicUsize>,
 }
 
@@ -112,7 +111,6 @@ impl Flusher {
         Ok(Flusher {
             tx,
             thread: Some(thread),
-            in_flight: false,
             failed,
             size,
             error_for,
@@ -138,14 +136,11 @@ impl Flusher {
         }
         self.outstanding.fetch_add(1, Ordering::AcqRel);
         let msg = Message::Batch { sync, acks, size };
-        match self.tx.send(msg) {
-            Ok(()) => self.in_flight = true,
-            // The thread is gone (it cannot panic short of a bug): sync here, the same way.
-            Err(mpsc::SendError(msg)) => {
-                self.outstanding.fetch_sub(1, Ordering::AcqRel);
-                if let Message::Batch { sync, acks, size } = msg {
-                    self.flush_here(sync, acks, size);
-                }
+        // The thread is gone (it cannot panic short of a bug): sync here, the same way.
+        if let Err(mpsc::SendError(msg)) = self.tx.send(msg) {
+            self.outstanding.fetch_sub(1, Ordering::AcqRel);
+            if let Message::Batch { sync, acks, size } = msg {
+                self.flush_here(sync, acks, size);
             }
         }
     }
@@ -170,10 +165,11 @@ impl Flusher {
     /// Waits until every batch handed over is durable and acknowledged, or failed. Returns the
     /// first failure since the last drain: the journal mark to withdraw from, and the error.
     pub(crate) fn drain(&mut self) -> Option<(u64, LogError)> {
-        if !self.in_flight && !self.has_failed() {
+        // Nothing outstanding: the thread has answered everything (a failure among it would
+        // have set `failed` first).
+        if self.outstanding.load(Ordering::Acquire) == 0 && !self.has_failed() {
             return None;
         }
-        self.in_flight = false;
         let (reply_tx, reply) = mpsc::sync_channel(1);
         let sent = self.tx.send(Message::Barrier(reply_tx)).is_ok();
         let failure = if sent {

@@ -886,7 +886,7 @@ impl<S: Storage> Writer<S> {
         let mut close = None;
         let mut result = Ok(());
         let first = self.tree.size;
-        let mut record = RecordBuilder::new(self.tree.size, &self.tree.root());
+        let mut record = RecordBuilder::new(first, &self.tree.root());
         for it in items {
             match it {
                 Item::One {
