@@ -650,10 +650,7 @@ async fn a_failed_batch_is_withdrawn_from_the_journal() {
 async fn batches_whose_journal_sync_failed_are_withdrawn() {
     journal_sync_failure_withdraws(|log| {
         (0..20u8)
-            .map(|i| -> Failing {
-                let t = log.submit(vec![b'f', i]);
-                Box::pin(async move { t.await.map(drop) })
-            })
+            .map(|i| failing(log.submit(vec![b'f', i])))
             .collect()
     })
     .await;
@@ -664,14 +661,9 @@ async fn batches_whose_journal_sync_failed_are_withdrawn() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn larger_batches_whose_journal_sync_failed_on_the_flusher_are_withdrawn() {
     journal_sync_failure_withdraws(|log| {
-        let big = (0..3).map(|b| -> Failing {
-            let t = log.submit_batch(batch_of((0..100).map(|i| format!("f{b}-{i}"))));
-            Box::pin(async move { t.await.map(drop) })
-        });
-        let small = (0..5u8).map(|i| -> Failing {
-            let t = log.submit(vec![b'f', i]);
-            Box::pin(async move { t.await.map(drop) })
-        });
+        let big = (0..3)
+            .map(|b| failing(log.submit_batch(batch_of((0..100).map(|i| format!("f{b}-{i}"))))));
+        let small = (0..5u8).map(|i| failing(log.submit(vec![b'f', i])));
         big.chain(small).collect()
     })
     .await;
@@ -679,6 +671,13 @@ async fn larger_batches_whose_journal_sync_failed_on_the_flusher_are_withdrawn()
 
 /// A submission expected to fail.
 type Failing = std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), LogError>> + Send>>;
+
+/// `ticket` as a [`Failing`], whatever it resolves to on success.
+fn failing<T>(
+    ticket: impl std::future::Future<Output = Result<T, LogError>> + Send + 'static,
+) -> Failing {
+    Box::pin(async move { ticket.await.map(drop) })
+}
 
 /// In a log holding five entries whose journal syncs fail from now on, `submit` queues entries
 /// starting with `f`: each must fail with the sync error, none may be kept, and the log goes on.
