@@ -214,12 +214,12 @@ impl Guard {
         if let Some(a) = self.analyses.get(sql) {
             return (a, false);
         }
-        let (a, lexical) = analyze::analyze_shaped(sql, &self.shapes);
+        let (a, from_shape) = analyze::analyze_shaped(sql, &self.shapes);
         let a = std::sync::Arc::new(a);
-        if !lexical {
+        if !from_shape {
             self.analyses.insert(sql.to_string(), a.clone());
         }
-        (a, lexical)
+        (a, from_shape)
     }
 
     /// Judges one message (which may hold several statements).

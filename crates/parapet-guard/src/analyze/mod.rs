@@ -72,7 +72,7 @@ impl Analysis {
 /// Analyses a message that may hold several statements. Never panics: a panic inside the parser
 /// bindings is caught and reported as unparseable.
 pub fn analyze(sql: &str) -> Analysis {
-    guarded(|| analyze_message(sql, None))
+    guarded(|| analyze_message(sql, None)).0
 }
 
 /// What every text of one shape (lexical key) has in common: see [`analyze_with_shapes`].
@@ -99,10 +99,10 @@ pub type Shapes = crate::cache::ShardedCache<String, Arc<Shape>>;
 /// Exact, not a heuristic. Two texts with one lexical key have the same characters but for the
 /// values of plain numeric and string literals, which PostgreSQL's lexer reads as the same
 /// tokens. A shape is remembered only when the key of its first text matches that text's
-/// `pg_query::normalize` output exactly, but for the numbers of the `$n`: so every blanked literal sits where the grammar makes
-/// it a constant (`A_Const`) that `normalize` replaces by `$n`, which the grammar decides by
-/// position, not value; so every text with that key normalises alike and parses to the same
-/// tree but for constant values. (The normalised text alone would not do: `a = -'x'` and
+/// `pg_query::normalize` output exactly, but for the numbers of the `$n`: so every blanked
+/// literal sits where the grammar makes it a constant (`A_Const`) that `normalize` replaces by
+/// `$n`, which the grammar decides by position, not value; so every text with that key
+/// normalises alike and parses to the same tree but for constant values. (The normalised text alone would not do: `a = -'x'` and
 /// `a = -5` both normalise to `a = $1`, and their trees differ.) Only statements whose facts
 /// read no constant value are remembered: plain DML (select/insert/update/delete/merge, nested
 /// or not), no `set_config`, no parameters, no problems, one statement spanning the whole text;
@@ -117,18 +117,20 @@ pub fn analyze_with_shapes(sql: &str, shapes: &Shapes) -> Analysis {
 /// [`analyze_with_shapes`], also saying whether the analysis came from a remembered shape (so
 /// cheap to make again that caching it by text is not worth it).
 pub fn analyze_shaped(sql: &str, shapes: &Shapes) -> (Analysis, bool) {
-    let mut reused = false;
-    let a = guarded(|| analyze_message(sql, Some((shapes, &mut reused))));
-    (a, reused)
+    guarded(|| analyze_message(sql, Some(shapes)))
 }
 
-fn guarded(f: impl FnOnce() -> Analysis) -> Analysis {
+/// Runs an analysis, turning a panic into an unparseable statement (not from a shape).
+fn guarded(f: impl FnOnce() -> (Analysis, bool)) -> (Analysis, bool) {
     match std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)) {
         Ok(a) => a,
-        Err(_) => Analysis::failed(Problem {
-            rule: RULE_UNPARSEABLE,
-            reason: "the statement analyser failed on this text, so it is denied".into(),
-        }),
+        Err(_) => (
+            Analysis::failed(Problem {
+                rule: RULE_UNPARSEABLE,
+                reason: "the statement analyser failed on this text, so it is denied".into(),
+            }),
+            false,
+        ),
     }
 }
 
@@ -150,9 +152,9 @@ fn literal_independent(f: &FactsData) -> bool {
         })
 }
 
-/// The analysis of `sql` from the shape it has (its normalised text).
+/// The analysis of `sql` from the shape it has (its lexical key).
 fn from_shape(sql: &str, known: &Shape) -> Analysis {
-    // The same normalised text: the same tokens after the last literal, so the same `;`.
+    // The same lexical key: the same tokens after the last literal, so the same `;`.
     let text = sql.trim();
     let text = match text.strip_suffix(';') {
         Some(t) if known.terminated => t.trim_end(),
@@ -170,30 +172,24 @@ fn from_shape(sql: &str, known: &Shape) -> Analysis {
     }
 }
 
-/// `shapes`: the shape cache, and a flag set when the text's shape was found there.
-fn analyze_message(sql: &str, shapes: Option<(&Shapes, &mut bool)>) -> Analysis {
+/// The analysis of `sql`, and whether it came from a shape in `shapes` (if given).
+fn analyze_message(sql: &str, shapes: Option<&Shapes>) -> (Analysis, bool) {
     if sql.contains('\0') {
-        return Analysis::failed(Problem {
+        let problem = Problem {
             rule: RULE_UNPARSEABLE,
             reason: "statement text contains a NUL byte and cannot be parsed; denied".into(),
-        });
+        };
+        return (Analysis::failed(problem), false);
     }
-    let (shapes, hit) = match shapes {
-        Some((s, h)) => (Some(s), Some(h)),
-        None => (None, None),
-    };
     let lexical = shapes.and_then(|_| lexical::key(sql));
     if let (Some(shapes), Some(key)) = (shapes, &lexical) {
         if let Some(known) = shapes.get(key.as_str()) {
-            // Stored only once the parser showed that this key rebuilds the normalised text.
-            if let Some(hit) = hit {
-                *hit = true;
-            }
-            return from_shape(sql, &known);
+            // Stored only once the parser showed that this key matches the normalised text.
+            return (from_shape(sql, &known), true);
         }
     }
     let normalized = pg_query::normalize(sql).ok();
-    // Where the shape may be remembered: under the text's lexical key, if that key rebuilds
+    // Where the shape may be remembered: under the text's lexical key, if that key matches
     // the normalised text (every literal it blanks is a constant `normalize` replaces).
     let shape = match (shapes, &lexical, &normalized) {
         (Some(shapes), Some(key), Some(n)) if key.matches_normalized(n) => Some((shapes, key, n)),
@@ -202,13 +198,14 @@ fn analyze_message(sql: &str, shapes: Option<(&Shapes, &mut bool)>) -> Analysis 
     let parsed = match parse::parse(sql) {
         Ok(p) => p,
         Err(e) => {
-            return Analysis::failed(Problem {
+            let problem = Problem {
                 rule: RULE_UNPARSEABLE,
                 reason: format!(
                     "statement does not parse as PostgreSQL ({}); denied",
                     error_text(&e)
                 ),
-            })
+            };
+            return (Analysis::failed(problem), false);
         }
     };
     let fingerprint = pg_query::fingerprint(sql).ok().map(|f| f.hex);
@@ -254,12 +251,13 @@ fn analyze_message(sql: &str, shapes: Option<(&Shapes, &mut bool)>) -> Analysis 
             shapes.insert(key.as_str().to_string(), Arc::new(template));
         }
     }
-    Analysis {
+    let analysis = Analysis {
         statements,
         normalized,
         fingerprint,
         failure: None,
-    }
+    };
+    (analysis, false)
 }
 
 fn error_text(e: &pg_query::Error) -> String {
