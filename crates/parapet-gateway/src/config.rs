@@ -98,11 +98,26 @@ pub struct GatewayConfig {
     pub policy_poll: Option<Duration>,
     /// Whether SIGHUP triggers a policy reload (only one gateway per process should set this).
     pub reload_on_sighup: bool,
+    /// Most client connections open at once, logged in or not; more are refused (FATAL 53300).
+    pub max_connections: usize,
+    /// Most sessions one gateway user may hold at once; more are refused (FATAL 53300).
+    pub max_connections_per_user: usize,
+    /// How long a client may take from connecting to being logged in.
+    pub auth_timeout: Duration,
+    /// A session whose client sends nothing for this long, with nothing outstanding, is closed
+    /// (FATAL 57P05); `None`: never.
+    pub idle_timeout: Option<Duration>,
 }
 
 impl GatewayConfig {
     /// The 1 GiB cap PostgreSQL itself applies to a message.
     pub const MAX_MESSAGE_SIZE: usize = 1 << 30;
+    /// Default `[listen] max_connections`.
+    pub const MAX_CONNECTIONS: usize = 1000;
+    /// Default `[listen] max_connections_per_user`.
+    pub const MAX_CONNECTIONS_PER_USER: usize = 100;
+    /// Default `[listen] auth_timeout_seconds`.
+    pub const AUTH_TIMEOUT: Duration = Duration::from_secs(10);
 
     /// A configuration with defaults for everything but the listen address, targets and users.
     pub fn new(listen: SocketAddr, targets: Vec<TargetConfig>, users: Vec<UserConfig>) -> Self {
@@ -121,6 +136,10 @@ impl GatewayConfig {
             },
             policy_poll: Some(Duration::from_secs(1)),
             reload_on_sighup: true,
+            max_connections: Self::MAX_CONNECTIONS,
+            max_connections_per_user: Self::MAX_CONNECTIONS_PER_USER,
+            auth_timeout: Self::AUTH_TIMEOUT,
+            idle_timeout: None,
         }
     }
 }

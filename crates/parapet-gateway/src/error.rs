@@ -55,4 +55,10 @@ pub(crate) enum SessionError {
     Log(String),
     #[error("gateway shutting down")]
     Shutdown,
+    #[error("idle timeout")]
+    Idle,
+    #[error("protocol violation: unexpected message type 0x{0:02X} during COPY from stdin")]
+    CopyViolation(u8),
+    #[error("not logged in within the authentication timeout")]
+    AuthTimeout,
 }

@@ -62,19 +62,21 @@ pub fn cstr(b: &[u8]) -> Option<(&str, &[u8])> {
 pub mod frontend {
     use super::*;
 
-    /// A Bind of the unnamed portal to a statement that does not exist: the server answers with an
-    /// error (26000) that aborts the current (implicit or explicit) transaction exactly like a
-    /// failed Parse would; the gateway rewrites that error into its own.
-    pub fn bind_missing(stmt: &str, out: &mut BytesMut) {
-        let len = 4 + 1 + stmt.len() + 1 + 2 + 2 + 2;
-        out.put_u8(b'B');
-        out.put_i32(len as i32);
+    /// A Parse of `sql` as statement `name`, with no parameter types.
+    pub fn parse(name: &str, sql: &str, out: &mut BytesMut) {
+        out.put_u8(b'P');
+        out.put_i32((4 + name.len() + 1 + sql.len() + 1 + 2) as i32);
+        out.put_slice(name.as_bytes());
         out.put_u8(0);
-        out.put_slice(stmt.as_bytes());
+        out.put_slice(sql.as_bytes());
         out.put_u8(0);
         out.put_i16(0);
-        out.put_i16(0);
-        out.put_i16(0);
+    }
+
+    /// A Flush: the server sends what it holds; no reply of its own.
+    pub fn flush(out: &mut BytesMut) {
+        out.put_u8(b'H');
+        out.put_i32(4);
     }
 
     /// A simple Query message.

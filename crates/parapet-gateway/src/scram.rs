@@ -1,5 +1,6 @@
-//! Server side of SCRAM-SHA-256 (RFC 5802 / RFC 7677) as PostgreSQL speaks it, and PostgreSQL's
-//! verifier format `SCRAM-SHA-256$<iterations>:<salt>$<StoredKey>:<ServerKey>`.
+//! Server side of SCRAM-SHA-256 (RFC 5802 / RFC 7677) as PostgreSQL speaks it, with
+//! SCRAM-SHA-256-PLUS channel binding (`tls-server-end-point`, RFC 5929) over TLS, and
+//! PostgreSQL's verifier format `SCRAM-SHA-256$<iterations>:<salt>$<StoredKey>:<ServerKey>`.
 //!
 //! Hand-written on `hmac`/`sha2`: no maintained crate implements the *server* side of SCRAM
 //! (`postgres-protocol` only has the client side, which the gateway uses upstream and tests use
@@ -95,7 +96,78 @@ pub struct ServerExchange {
     client_first_bare: String,
     server_first: String,
     nonce: String,
-    gs2_header: String,
+    /// What the client-final message's `c=` must carry: the gs2 header, then the channel
+    /// binding data when bound.
+    cbind_input: Vec<u8>,
+}
+
+/// The SASL mechanisms offered: with TLS, the channel-bound one first (as PostgreSQL does).
+pub fn mechanisms(tls: bool) -> &'static [u8] {
+    if tls {
+        b"SCRAM-SHA-256-PLUS\0SCRAM-SHA-256\0\0"
+    } else {
+        b"SCRAM-SHA-256\0\0"
+    }
+}
+
+/// The `tls-server-end-point` channel binding data of a DER certificate (RFC 5929 §4.1): its
+/// hash under the hash function of its signature algorithm, SHA-256 for MD5 and SHA-1. `None`
+/// when that algorithm names no hash (Ed25519, RSASSA-PSS), as PostgreSQL, which then offers no
+/// channel binding either.
+///
+/// Hand-written: only the signature algorithm's OID is needed, found by walking the certificate's
+/// outer DER TLVs, which does not warrant an X.509 parser dependency.
+pub fn tls_server_end_point(cert_der: &[u8]) -> Option<Vec<u8>> {
+    /// Tag, header length and content length of the DER TLV at the front of `b`.
+    fn tlv(b: &[u8]) -> Option<(u8, usize, usize)> {
+        let (&tag, rest) = b.split_first()?;
+        let (&first, rest) = rest.split_first()?;
+        if first < 0x80 {
+            return Some((tag, 2, first as usize));
+        }
+        let n = (first & 0x7f) as usize;
+        if n == 0 || n > 4 || rest.len() < n {
+            return None;
+        }
+        let len = rest[..n].iter().fold(0usize, |l, &d| (l << 8) | d as usize);
+        Some((tag, 2 + n, len))
+    }
+    // Certificate ::= SEQUENCE { tbsCertificate, signatureAlgorithm AlgorithmIdentifier, ... }
+    let (tag, h, _) = tlv(cert_der)?;
+    if tag != 0x30 {
+        return None;
+    }
+    let body = cert_der.get(h..)?;
+    let (_, th, tl) = tlv(body)?;
+    let alg = body.get(th + tl..)?;
+    let (tag, ah, _) = tlv(alg)?;
+    if tag != 0x30 {
+        return None;
+    }
+    let oid_tlv = alg.get(ah..)?;
+    let (tag, oh, ol) = tlv(oid_tlv)?;
+    if tag != 0x06 {
+        return None;
+    }
+    let oid = oid_tlv.get(oh..oh + ol)?;
+    const RSA: &[u8] = &[0x2a, 0x86, 0x48, 0x86, 0xf7, 0x0d, 0x01, 0x01];
+    const ECDSA: &[u8] = &[0x2a, 0x86, 0x48, 0xce, 0x3d, 0x04];
+    let bits = match oid {
+        // md5WithRSA, sha1WithRSA, sha256WithRSA; ecdsa-with-SHA1, -SHA256
+        [r @ .., 0x04 | 0x05 | 0x0b] if r == RSA => 256,
+        [r @ .., 0x01] if r == ECDSA => 256,
+        [r @ .., 0x03, 0x02] if r == ECDSA => 256,
+        [r @ .., 0x0c] if r == RSA => 384,
+        [r @ .., 0x03, 0x03] if r == ECDSA => 384,
+        [r @ .., 0x0d] if r == RSA => 512,
+        [r @ .., 0x03, 0x04] if r == ECDSA => 512,
+        _ => return None,
+    };
+    Some(match bits {
+        256 => Sha256::digest(cert_der).to_vec(),
+        384 => sha2::Sha384::digest(cert_der).to_vec(),
+        _ => sha2::Sha512::digest(cert_der).to_vec(),
+    })
 }
 
 fn hmac(key: &[u8], data: &[u8]) -> [u8; 32] {
@@ -109,25 +181,50 @@ fn hmac(key: &[u8], data: &[u8]) -> [u8; 32] {
 }
 
 impl ServerExchange {
-    /// Handles the client-first message; returns the exchange and the server-first message.
+    /// Handles the client-first message of `mechanism`; returns the exchange and the
+    /// server-first message. `binding` is the connection's `tls-server-end-point` data when the
+    /// client came over TLS (and channel binding was offered).
     pub fn start(
         verifier: Verifier,
+        mechanism: &str,
+        binding: Option<&[u8]>,
         client_first: &[u8],
     ) -> Result<(ServerExchange, String), String> {
         let s =
             std::str::from_utf8(client_first).map_err(|_| "client-first-message is not UTF-8")?;
-        // gs2-header: "n,," or "y,," (we never advertise channel binding) then client-first-bare.
+        // gs2-header: "p=tls-server-end-point,," (SCRAM-SHA-256-PLUS), or "n,," / "y,,", then
+        // client-first-bare.
         let (cb, rest) = s.split_once(',').ok_or("malformed client-first-message")?;
-        if cb != "n" && cb != "y" {
-            return Err("channel binding is not supported by this gateway".into());
-        }
+        let plus = mechanism == "SCRAM-SHA-256-PLUS";
+        let bound = match (plus, cb, binding) {
+            (true, "p=tls-server-end-point", Some(data)) => Some(data),
+            (true, _, Some(_)) => {
+                return Err("SCRAM-SHA-256-PLUS needs channel binding type tls-server-end-point".into())
+            }
+            (true, _, None) => {
+                return Err("channel binding is only offered over TLS".into())
+            }
+            (false, "n", _) => None,
+            // "y": the client can bind but thinks the server cannot; it can, so a
+            // man in the middle has removed the -PLUS mechanism (RFC 5802 §6).
+            (false, "y", Some(_)) => {
+                return Err("SCRAM channel binding negotiation error: the client supports channel binding, which the gateway offered".into())
+            }
+            (false, "y", None) => None,
+            (false, _, _) => {
+                return Err("channel binding needs the SCRAM-SHA-256-PLUS mechanism".into())
+            }
+        };
         let (authzid, bare) = rest
             .split_once(',')
             .ok_or("malformed client-first-message")?;
         if !authzid.is_empty() {
             return Err("authorization identities are not supported".into());
         }
-        let gs2_header = format!("{cb},{authzid},");
+        let mut cbind_input = format!("{cb},{authzid},").into_bytes();
+        if let Some(data) = bound {
+            cbind_input.extend_from_slice(data);
+        }
         let client_nonce = bare
             .split(',')
             .find_map(|a| a.strip_prefix("r="))
@@ -153,7 +250,7 @@ impl ServerExchange {
                 client_first_bare: bare.to_string(),
                 server_first: server_first.clone(),
                 nonce,
-                gs2_header,
+                cbind_input,
             },
             server_first,
         ))
@@ -175,7 +272,7 @@ impl ServerExchange {
                 nonce = Some(v);
             }
         }
-        if cbind != Some(B64.encode(self.gs2_header.as_bytes()).as_str()) {
+        if cbind != Some(B64.encode(&self.cbind_input).as_str()) {
             return Err("channel binding data does not match".into());
         }
         if nonce != Some(self.nonce.as_str()) {
@@ -216,7 +313,7 @@ mod tests {
     fn run(password_verifier: &str, password: &str) -> Result<(), String> {
         let v = Verifier::parse(password_verifier)?;
         let mut client = ScramSha256::new(password.as_bytes(), ChannelBinding::unsupported());
-        let (ex, server_first) = ServerExchange::start(v, client.message())?;
+        let (ex, server_first) = ServerExchange::start(v, "SCRAM-SHA-256", None, client.message())?;
         client
             .update(server_first.as_bytes())
             .map_err(|e| e.to_string())?;
@@ -256,9 +353,68 @@ mod tests {
     #[test]
     fn channel_binding_and_nonce_tampering_fail() {
         let v = Verifier::parse(&Verifier::generate("pw")).unwrap();
-        let (_, _) = ServerExchange::start(v.clone(), b"n,,n=,r=abc").unwrap();
-        assert!(ServerExchange::start(v.clone(), b"p=tls-server-end-point,,n=,r=abc").is_err());
-        let (ex, _) = ServerExchange::start(v, b"n,,n=,r=abc").unwrap();
+        let plain = "SCRAM-SHA-256";
+        let plus = "SCRAM-SHA-256-PLUS";
+        let (_, _) = ServerExchange::start(v.clone(), plain, None, b"n,,n=,r=abc").unwrap();
+        let p = b"p=tls-server-end-point,,n=,r=abc";
+        assert!(ServerExchange::start(v.clone(), plain, None, p).is_err());
+        assert!(ServerExchange::start(v.clone(), plus, None, p).is_err());
+        // "y" over TLS is a downgrade: refused.
+        assert!(ServerExchange::start(v.clone(), plain, Some(b"h"), b"y,,n=,r=abc").is_err());
+        let (ex, _) = ServerExchange::start(v, plain, None, b"n,,n=,r=abc").unwrap();
         assert!(ex.finish(b"c=biws,r=abcWRONG,p=AAAA").is_err());
+    }
+
+    /// A real client binding to the certificate's hash authenticates; one bound to another
+    /// certificate (a man in the middle's) does not.
+    #[test]
+    fn channel_bound_exchange_checks_the_binding() {
+        let verifier = Verifier::generate("pw");
+        let bound = |server: &[u8], client: &[u8]| -> Result<(), String> {
+            let v = Verifier::parse(&verifier)?;
+            let mut c =
+                ScramSha256::new(b"pw", ChannelBinding::tls_server_end_point(client.to_vec()));
+            let (ex, first) =
+                ServerExchange::start(v, "SCRAM-SHA-256-PLUS", Some(server), c.message())?;
+            c.update(first.as_bytes()).map_err(|e| e.to_string())?;
+            let fin = ex.finish(c.message())?;
+            c.finish(fin.as_bytes()).map_err(|e| e.to_string())
+        };
+        bound(b"cert-hash", b"cert-hash").unwrap();
+        assert_eq!(
+            bound(b"cert-hash", b"other-hash").unwrap_err(),
+            "channel binding data does not match"
+        );
+    }
+
+    #[test]
+    fn end_point_hash_follows_the_signature_algorithm() {
+        let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+        let cert = rcgen::CertificateParams::new(vec!["localhost".into()])
+            .unwrap()
+            .self_signed(&key)
+            .unwrap();
+        let der = cert.der().to_vec();
+        assert_eq!(
+            tls_server_end_point(&der),
+            Some(Sha256::digest(&der).to_vec())
+        );
+        let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P384_SHA384).unwrap();
+        let cert = rcgen::CertificateParams::new(vec!["localhost".into()])
+            .unwrap()
+            .self_signed(&key)
+            .unwrap();
+        let der = cert.der().to_vec();
+        assert_eq!(
+            tls_server_end_point(&der),
+            Some(sha2::Sha384::digest(&der).to_vec())
+        );
+        let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ED25519).unwrap();
+        let cert = rcgen::CertificateParams::new(vec!["localhost".into()])
+            .unwrap()
+            .self_signed(&key)
+            .unwrap();
+        assert_eq!(tls_server_end_point(cert.der()), None);
+        assert_eq!(tls_server_end_point(b"\x30\x03garbage"), None);
     }
 }

@@ -1,5 +1,5 @@
-//! The accept loop, shared gateway state, cancel-key mapping, policy reloads (SIGHUP and file
-//! changes) and graceful shutdown.
+//! The accept loop, shared gateway state, connection limits, cancel-key mapping, policy reloads
+//! (SIGHUP and file changes) and graceful shutdown.
 
 use crate::config::{GatewayConfig, UpstreamConfig};
 use crate::error::GatewayError;
@@ -13,9 +13,11 @@ use serde_json::json;
 use std::collections::HashMap;
 use std::future::Future;
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
-use tokio::net::TcpListener;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, watch};
 use tokio_rustls::TlsAcceptor;
 
@@ -35,10 +37,62 @@ pub(crate) struct Shared {
     pub guard: Arc<Guard>,
     pub log: Log,
     pub tls: Option<TlsAcceptor>,
+    /// The TLS certificate's channel binding data (SCRAM-SHA-256-PLUS), if it has any.
+    pub tls_binding: Option<Vec<u8>>,
     cancels: Mutex<HashMap<(i32, i32), CancelTarget>>,
+    /// Client connections open, logged in or not (`max_connections`).
+    connections: AtomicUsize,
+    /// Connections being refused for being over `max_connections` (bounded too).
+    refusing: AtomicUsize,
+    /// Sessions per gateway user (`max_connections_per_user`).
+    user_sessions: Mutex<HashMap<String, usize>>,
 }
 
+/// One session of a user, counted against `max_connections_per_user` until dropped.
+pub(crate) struct UserSlot {
+    shared: Arc<Shared>,
+    user: String,
+}
+
+impl Drop for UserSlot {
+    fn drop(&mut self) {
+        let mut m = self.shared.user_sessions.lock();
+        if let Some(n) = m.get_mut(&self.user) {
+            *n -= 1;
+            if *n == 0 {
+                m.remove(&self.user);
+            }
+        }
+    }
+}
+
+/// One accepted connection, counted against `max_connections` until dropped.
+struct ConnectionSlot(Arc<Shared>);
+
+impl Drop for ConnectionSlot {
+    fn drop(&mut self) {
+        self.0.connections.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// Most over-limit connections answered at once; past that they are closed without a word.
+const MAX_REFUSING: usize = 64;
+
 impl Shared {
+    /// Counts a session of `user`, or `None` when the user is at `max_connections_per_user`.
+    pub fn user_slot(self: &Arc<Self>, user: &str) -> Option<UserSlot> {
+        let mut m = self.user_sessions.lock();
+        let n = m.entry(user.to_string()).or_insert(0);
+        if *n >= self.config.max_connections_per_user {
+            return None;
+        }
+        *n += 1;
+        Some(UserSlot {
+            shared: self.clone(),
+            user: user.to_string(),
+        })
+    }
+
     /// Appends an event without waiting for it. It is submitted lazily: it rides along with the
     /// next decision's commit instead of starting a commit of its own (that the next decision
     /// would then have to wait behind), and is durable within `parapet_log::LAZY_COMMIT_DELAY`.
@@ -123,7 +177,10 @@ impl Gateway {
                 "require_tls is set but no tls_cert/tls_key are configured".into(),
             ));
         }
-        let tls = config.tls.as_ref().map(tls::acceptor).transpose()?;
+        let (tls, tls_binding) = match config.tls.as_ref().map(tls::server).transpose()? {
+            Some((acceptor, binding)) => (Some(acceptor), binding),
+            None => (None, None),
+        };
         let listener =
             TcpListener::bind(config.listen)
                 .await
@@ -139,7 +196,11 @@ impl Gateway {
                 guard,
                 log,
                 tls,
+                tls_binding,
                 cancels: Mutex::new(HashMap::new()),
+                connections: AtomicUsize::new(0),
+                refusing: AtomicUsize::new(0),
+                user_sessions: Mutex::new(HashMap::new()),
             }),
             listener,
         })
@@ -174,11 +235,19 @@ impl Gateway {
                 _ = &mut shutdown => break,
                 accepted = self.listener.accept() => match accepted {
                     Ok((tcp, peer)) => {
+                        let open = shared.connections.fetch_add(1, Ordering::AcqRel);
+                        let slot = ConnectionSlot(shared.clone());
+                        if open >= shared.config.max_connections {
+                            drop(slot);
+                            refuse(&shared, tcp, peer);
+                            continue;
+                        }
                         let shared = shared.clone();
                         let stop = stop_rx.clone();
                         let alive = alive_tx.clone();
                         tokio::spawn(async move {
                             startup::handle(shared, tcp, peer, stop).await;
+                            drop(slot);
                             drop(alive);
                         });
                     }
@@ -204,6 +273,37 @@ impl Gateway {
         shared.log.close().await?;
         Ok(())
     }
+}
+
+/// Answers a connection over `max_connections` with FATAL 53300, as PostgreSQL does, without
+/// reading what it sent (libpq reports an ErrorResponse even in answer to its SSLRequest). Then
+/// waits up to a second for the client to close, so that the answer is not lost to a reset.
+fn refuse(shared: &Arc<Shared>, mut tcp: TcpStream, peer: SocketAddr) {
+    tracing::warn!(%peer, max = shared.config.max_connections, "connection refused: too many clients");
+    if shared.refusing.fetch_add(1, Ordering::AcqRel) >= MAX_REFUSING {
+        shared.refusing.fetch_sub(1, Ordering::AcqRel);
+        return;
+    }
+    let shared = shared.clone();
+    tokio::spawn(async move {
+        let mut out = bytes::BytesMut::new();
+        crate::protocol::backend::error(
+            "53300",
+            "sorry, too many clients already (parapet: [listen] max_connections)",
+            None,
+            true,
+            &mut out,
+        );
+        let _ = tokio::time::timeout(Duration::from_secs(1), async {
+            tcp.write_all(&out).await?;
+            tcp.shutdown().await?;
+            let mut sink = [0u8; 1024];
+            while tcp.read(&mut sink).await? > 0 {}
+            Ok::<(), std::io::Error>(())
+        })
+        .await;
+        shared.refusing.fetch_sub(1, Ordering::AcqRel);
+    });
 }
 
 fn mtimes(files: &[std::path::PathBuf]) -> Vec<Option<SystemTime>> {

@@ -16,6 +16,13 @@
 //!
 //! The halves talk through an ordered channel of [`Expect`]ations: each is sent before the
 //! message it describes is forwarded, so it is always there when the server's answer arrives.
+//! Every client message the server answers has one, so the backend half follows the server's
+//! own state exactly: which prepared statement and portal each name denotes (the unnamed ones
+//! included), which Syncs the server ignores inside COPY, and which error answers what.
+//!
+//! A refused statement reaches the server as text that fails in its grammar (a lone identifier
+//! holding a fresh random nonce): nothing a client creates, replaces or sets changes how the
+//! parser treats it, and the nonce tells its error apart from every other.
 
 use crate::config::{Durability, StatementText};
 use crate::error::SessionError;
@@ -26,17 +33,26 @@ use crate::upstream::Upstream;
 use bytes::{Buf, BytesMut};
 use parapet_guard::{Decision, Mode, RequestContext, RuleHit, Verdict};
 use parapet_log::AppendTicket;
-use std::collections::{HashMap, VecDeque};
+use parking_lot::Mutex;
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::ops::Range;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::Instant;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadHalf, WriteHalf};
 use tokio::net::{tcp, TcpStream};
-use tokio::sync::{mpsc, watch};
+use tokio::sync::{mpsc, watch, Notify};
 
-/// Sent upstream instead of a refused simple-protocol statement: it fails on the server (aborting
-/// an open transaction block exactly as the refused statement's error would), and the backend
-/// half replaces the server's error with the gateway's.
-const DENY_SQL: &str = "DO $parapet$BEGIN RAISE EXCEPTION USING ERRCODE = '42501', MESSAGE = 'parapet: statement blocked'; END$parapet$";
+/// What the server is sent instead of a refused statement, and the nonce its error will name: a
+/// lone identifier, which PostgreSQL's grammar rejects (SQLSTATE 42601) whatever the session has
+/// created or set. As a simple Query it fails, aborting an open transaction block as the refused
+/// statement's error would. As a Parse under the refused Parse's name it fails the same way, and
+/// first drops the unnamed statement when it is the unnamed one, as the refused Parse would have;
+/// the server then skips to Sync. The nonce is new each time and never shown to the client.
+fn refusal_text() -> (String, String) {
+    let nonce = format!("{:032x}", rand::random::<u128>());
+    (format!("parapet_refused_{nonce}"), nonce)
+}
 
 /// Flush to the client at least this often while relaying a large result.
 const RELAY_CHUNK: usize = 256 * 1024;
@@ -58,28 +74,121 @@ impl DecisionRef {
     }
 }
 
-/// What the server will answer next, in order.
+/// What the server will answer next, in order: one per client message that gets an answer.
 #[derive(Debug)]
 enum Expect {
-    /// A forwarded simple Query; ends at ReadyForQuery.
+    /// A forwarded simple Query; ends at ReadyForQuery. `copies`: the COPY FROM STDIN instances
+    /// its statements may start, in order.
     Query {
         decision: Option<DecisionRef>,
         started: Instant,
+        copies: Range<u64>,
     },
     /// A refused simple Query (or FunctionCall); the first ErrorResponse before ReadyForQuery is replaced.
     DenySimple { error: Vec<u8>, replaced: bool },
-    /// A forwarded Execute; ends at CommandComplete, EmptyQueryResponse, PortalSuspended or ErrorResponse.
-    Exec {
+    /// A forwarded Parse; ends at ParseComplete or ErrorResponse.
+    Parse {
+        name: String,
         decision: Option<DecisionRef>,
-        started: Instant,
     },
-    /// A refused Parse; the server's error naming `deny_stmt` is replaced. Dropped at ReadyForQuery
-    /// if the server was already skipping to Sync.
-    DenyExt { error: Vec<u8> },
+    /// A refused Parse, sent as a failing Parse of the same name: the server's error naming
+    /// `nonce` is replaced by `error`.
+    DenyParse {
+        name: String,
+        error: Vec<u8>,
+        nonce: String,
+    },
+    /// A Bind; ends at BindComplete or ErrorResponse.
+    Bind { portal: String, stmt: String },
+    /// A Describe; ends at RowDescription, NoData or ErrorResponse.
+    Describe,
+    /// A Close; ends at CloseComplete or ErrorResponse.
+    Close { statement: bool, name: String },
+    /// A forwarded Execute; ends at CommandComplete, EmptyQueryResponse, PortalSuspended or
+    /// ErrorResponse. `copies` as for `Query` (at most one instance).
+    Exec {
+        portal: String,
+        started: Instant,
+        copies: Range<u64>,
+    },
     /// A Sync; ends at ReadyForQuery.
     Sync,
     /// `before_reply`: a decision being made durable; reply bytes wait for it.
     Ticket(AppendTicket, Arc<OnceLock<u64>>),
+}
+
+impl Expect {
+    /// The COPY instances this expectation may start (empty for most).
+    fn copies(&self) -> Range<u64> {
+        match self {
+            Expect::Query { copies, .. } | Expect::Exec { copies, .. } => copies.clone(),
+            _ => 0..0,
+        }
+    }
+}
+
+/// What the backend half has seen of COPY FROM STDIN, for the frontend half: which instances
+/// the server entered copy-in mode for (CopyInResponse), and below which instance every one has
+/// ended. PostgreSQL ignores Sync and Flush in copy-in mode, so the frontend may only forward
+/// one sent during a possible COPY once it knows whether that COPY started.
+#[derive(Debug, Default)]
+struct CopyTrack {
+    state: Mutex<CopyState>,
+    changed: Notify,
+}
+
+#[derive(Debug, Default)]
+struct CopyState {
+    /// Instances whose CopyInResponse was seen (pruned by the frontend as its window moves on).
+    started: HashSet<u64>,
+    /// Every instance below this has ended (its statement was answered or skipped).
+    done_below: u64,
+}
+
+impl CopyTrack {
+    fn start(&self, instance: u64) {
+        self.state.lock().started.insert(instance);
+        self.changed.notify_one();
+    }
+
+    fn finish(&self, copies: &Range<u64>) {
+        if copies.is_empty() {
+            return;
+        }
+        let mut s = self.state.lock();
+        s.done_below = s.done_below.max(copies.end);
+        drop(s);
+        self.changed.notify_one();
+    }
+
+    /// Waits until it is known whether the server entered copy-in mode for `instance`.
+    async fn started(&self, instance: u64) -> bool {
+        loop {
+            let wake = self.changed.notified();
+            {
+                let mut s = self.state.lock();
+                if s.started.contains(&instance) {
+                    s.started.retain(|&i| i >= instance);
+                    return true;
+                }
+                if s.done_below > instance {
+                    s.started.retain(|&i| i > instance);
+                    return false;
+                }
+            }
+            wake.await;
+        }
+    }
+}
+
+/// The frontend's view of a COPY FROM STDIN the server may be in: from a forwarded statement
+/// that can start one until the client ends it (CopyDone, CopyFail) or sends anything else.
+#[derive(Debug, Clone)]
+struct CopyWindow {
+    /// The instance the client's copy messages now go to.
+    instance: u64,
+    /// One past the statement's last instance (a simple Query may run several COPYs).
+    end: u64,
 }
 
 /// A client connection that can be split into independently usable read and write halves.
@@ -127,7 +236,8 @@ where
     } = upstream;
     let (mut up_r, mut up_w) = crate::upstream::into_split(stream);
     let (tx, rx) = mpsc::unbounded_channel();
-    let deny_stmt = format!("parapet_blocked_{}", info.session);
+    let copy = Arc::new(CopyTrack::default());
+    let in_flight = Arc::new(AtomicUsize::new(0));
     let mut front = Frontend {
         shared: &shared,
         info,
@@ -140,10 +250,13 @@ where
             application_name: info.application_name.clone(),
         },
         tx,
-        stmts: HashMap::new(),
-        portals: HashMap::new(),
+        copy_stmts: HashSet::new(),
+        copy_portals: HashSet::new(),
         discard: false,
-        deny_stmt: &deny_stmt,
+        window: None,
+        next_copy: 0,
+        copy: copy.clone(),
+        in_flight: in_flight.clone(),
     };
     let mut back = Backend {
         shared: &shared,
@@ -156,7 +269,13 @@ where
         rows: None,
         sqlstate: None,
         error: None,
-        deny_stmt: &deny_stmt,
+        stmts: HashMap::new(),
+        portals: HashMap::new(),
+        copies_seen: 0,
+        copies_started: Vec::new(),
+        skipping: false,
+        copy,
+        in_flight,
     };
     let res = tokio::select! {
         r = front.run(&mut client_r, &mut up_w) => r,
@@ -167,6 +286,14 @@ where
     back.submit_outcomes();
     let fatal = match &res {
         Ok(()) => None,
+        // As PostgreSQL: the COPY fails, then the connection, which can no longer be followed.
+        Err(SessionError::CopyViolation(tag)) => {
+            let mut out = BytesMut::new();
+            let m = format!("unexpected message type 0x{tag:02X} during COPY from stdin");
+            backend::error("08P01", &m, None, false, &mut out);
+            let _ = client_w.write_all(&out).await;
+            Some(("08P01", "terminating connection because protocol synchronization was lost".to_string()))
+        }
         Err(SessionError::Protocol(m)) => Some(("08P01", format!("protocol violation: {m}"))),
         Err(SessionError::Shutdown) => Some(("57P01", "parapet: the gateway is shutting down".to_string())),
         Err(SessionError::Log(m)) => Some((
@@ -174,7 +301,8 @@ where
             format!("parapet: the audit log cannot be written ({m}); the statement's result is withheld and the session is closed"),
         )),
         Err(SessionError::Upstream(m)) => Some(("08006", format!("parapet: lost the database connection: {m}"))),
-        Err(SessionError::Io(_)) => None,
+        Err(SessionError::Idle) => Some(("57P05", "parapet: terminating connection due to idle timeout ([listen] idle_timeout_seconds)".to_string())),
+        Err(SessionError::Io(_)) | Err(SessionError::AuthTimeout) => None,
     };
     if let Some((code, msg)) = fatal {
         let mut out = BytesMut::new();
@@ -184,7 +312,7 @@ where
     }
     let _ = client_w.shutdown().await;
     match res {
-        Err(SessionError::Shutdown) => Ok(()),
+        Err(SessionError::Shutdown) | Err(SessionError::Idle) => Ok(()),
         other => other,
     }
 }
@@ -195,15 +323,25 @@ struct Frontend<'a> {
     info: &'a SessionInfo,
     ctx: RequestContext,
     tx: mpsc::UnboundedSender<Expect>,
-    stmts: HashMap<String, Option<DecisionRef>>,
-    portals: HashMap<String, Option<DecisionRef>>,
+    /// Prepared statements that may be a COPY FROM STDIN (a named one stays so until closed, as
+    /// a second Parse of its name fails on the server): executing one opens a copy window.
+    copy_stmts: HashSet<String>,
+    /// Portals bound to such statements.
+    copy_portals: HashSet<String>,
     /// After a refused Parse: drop messages until Sync, as the server does after an error.
     discard: bool,
-    deny_stmt: &'a str,
+    /// A COPY FROM STDIN the server may be in.
+    window: Option<CopyWindow>,
+    /// The next COPY instance number.
+    next_copy: u64,
+    copy: Arc<CopyTrack>,
+    /// Requests sent that end at ReadyForQuery and have not been answered (idle timeout).
+    in_flight: Arc<AtomicUsize>,
 }
 
 enum Judged {
-    Forward(DecisionRef),
+    /// Forward it; it may start this many COPY FROM STDIN.
+    Forward(DecisionRef, u32),
     Refuse(Vec<u8>),
 }
 
@@ -219,20 +357,25 @@ impl Frontend<'_> {
         // The complete messages of one read: type, length, and the judgment made in phase 1.
         let mut steps: Vec<(u8, usize, Option<Pre>)> = Vec::new();
         loop {
-            if r.read_buf(&mut rbuf).await? == 0 {
+            if self.read(r, &mut rbuf).await? == 0 {
                 return Ok(());
             }
             // Phase 1: frame every complete message of this read and, for each statement, decide
             // and submit its decision event, without waiting. A client that pipelines several
             // statements in one write thus waits for one log commit, not one per statement.
+            // Nothing after a statement that may start a COPY FROM STDIN is judged ahead: whether
+            // what follows it reaches the server depends on whether the COPY started.
             steps.clear();
             let mut pos = 0;
             let mut discard = self.discard;
+            let mut ahead = self.window.is_none();
             while let Some((tag, len)) =
                 frame(&rbuf[pos..], cap).map_err(|e| SessionError::Protocol(e.to_string()))?
             {
                 let msg = &rbuf[pos..pos + len];
-                let pre = if discard {
+                let pre = if !ahead {
+                    None
+                } else if discard {
                     // Skipped like the server skips after an error: not judged, not logged.
                     if tag == b'S' {
                         discard = false;
@@ -242,6 +385,9 @@ impl Frontend<'_> {
                     let pre = self.prejudge(tag, msg)?;
                     if tag == b'P' && pre.as_ref().is_some_and(|p| !p.allowed) {
                         discard = true;
+                    }
+                    if pre.as_ref().is_some_and(|p| p.copies > 0) || self.may_copy(tag, msg) {
+                        ahead = false;
                     }
                     pre
                 };
@@ -255,14 +401,25 @@ impl Frontend<'_> {
             // order — the same bytes and expectations as handling each message on its own.
             let mut off = 0;
             for (tag, len, pre) in steps.drain(..) {
+                let msg = &rbuf[off..off + len];
+                off += len;
+                if self.window.is_some() && !matches!(tag, b'd' | b'c' | b'f' | b'X') {
+                    // The statement that may have started the COPY must reach the server first,
+                    // with a Flush: in the extended protocol the server holds its replies until
+                    // Sync or Flush (errors and CopyInResponse it sends at once). A Flush has no
+                    // reply and no effect on the server's state, in copy-in mode or out of it.
+                    frontend::flush(&mut out);
+                    w.write_all(&out).await?;
+                    out.clear();
+                    if !self.in_copy(tag).await? {
+                        continue;
+                    }
+                }
                 let judged = match pre {
                     Some(p) => Some(self.settle_pre(p).await?),
                     None => None,
                 };
-                let terminate = self
-                    .handle(tag, &rbuf[off..off + len], judged, &mut out)
-                    .await?;
-                off += len;
+                let terminate = self.handle(tag, msg, judged, &mut out).await?;
                 if terminate {
                     w.write_all(&out).await?;
                     return Ok(());
@@ -276,10 +433,81 @@ impl Frontend<'_> {
         }
     }
 
+    /// Reads more client bytes; with `[listen] idle_timeout_seconds`, ends the session when the
+    /// client has sent nothing for that long while nothing it asked for is outstanding.
+    async fn read<R: AsyncRead + Unpin>(
+        &self,
+        r: &mut R,
+        rbuf: &mut BytesMut,
+    ) -> Result<usize, SessionError> {
+        let Some(limit) = self.shared.config.idle_timeout else {
+            return Ok(r.read_buf(rbuf).await?);
+        };
+        loop {
+            // `read_buf` is cancel-safe: a timed-out read has taken nothing.
+            match tokio::time::timeout(limit, r.read_buf(rbuf)).await {
+                Ok(n) => return Ok(n?),
+                Err(_) if self.in_flight.load(Ordering::Acquire) == 0 => {
+                    return Err(SessionError::Idle)
+                }
+                Err(_) => {}
+            }
+        }
+    }
+
+    /// Whether this Bind or Execute may lead to a COPY FROM STDIN (of a statement parsed earlier).
+    fn may_copy(&self, tag: u8, msg: &[u8]) -> bool {
+        let body = &msg[5..];
+        match tag {
+            b'B' => cstr(body)
+                .and_then(|(_, rest)| cstr(rest))
+                .is_some_and(|(stmt, _)| self.copy_stmts.contains(stmt)),
+            b'E' => cstr(body).is_some_and(|(portal, _)| self.copy_portals.contains(portal)),
+            _ => false,
+        }
+    }
+
+    /// A message other than copy data while a COPY FROM STDIN may be running. Waits until the
+    /// backend half knows whether the server entered copy-in mode, then does what the server
+    /// does there: Sync and Flush are ignored (dropped here); any other message is a protocol
+    /// violation that ends the session (the server closes the connection too). When the COPY
+    /// never started, the window closes and the message is handled as usual. Returns whether to
+    /// handle it.
+    async fn in_copy(&mut self, tag: u8) -> Result<bool, SessionError> {
+        let Some(win) = self.window.clone() else {
+            return Ok(true);
+        };
+        if !self.copy.started(win.instance).await {
+            // The statement failed before its COPY (a simple Query stops at its first error).
+            self.window = None;
+            return Ok(true);
+        }
+        if matches!(tag, b'S' | b'H') {
+            return Ok(false);
+        }
+        Err(SessionError::CopyViolation(tag))
+    }
+
     fn expect(&self, e: Expect) -> Result<(), SessionError> {
+        if !matches!(e, Expect::Ticket(..)) {
+            self.in_flight.fetch_add(1, Ordering::AcqRel);
+        }
         self.tx
             .send(e)
             .map_err(|_| SessionError::Upstream("session relay stopped".into()))
+    }
+
+    /// Opens a copy window for a forwarded statement that may start `n` COPY FROM STDIN.
+    fn copies(&mut self, n: u32) -> Range<u64> {
+        let start = self.next_copy;
+        self.next_copy += u64::from(n);
+        if n > 0 {
+            self.window = Some(CopyWindow {
+                instance: start,
+                end: self.next_copy,
+            });
+        }
+        start..self.next_copy
     }
 
     /// Handles one client message; returns true on Terminate. `judged` is the decision phase 1
@@ -318,11 +546,16 @@ impl Frontend<'_> {
                         self.settle_pre(pre).await?
                     }
                 };
+                // A simple Query drops the unnamed statement and portal, as the server does.
+                self.copy_stmts.remove("");
+                self.copy_portals.remove("");
                 match judged {
-                    Judged::Forward(d) => {
+                    Judged::Forward(d, n) => {
+                        let copies = self.copies(n);
                         self.expect(Expect::Query {
                             decision: Some(d),
                             started: Instant::now(),
+                            copies,
                         })?;
                         out.extend_from_slice(msg);
                     }
@@ -331,7 +564,7 @@ impl Frontend<'_> {
                             error,
                             replaced: false,
                         })?;
-                        frontend::query(DENY_SQL, out);
+                        frontend::query(&refusal_text().0, out);
                     }
                 }
             }
@@ -346,17 +579,29 @@ impl Frontend<'_> {
                     }
                 };
                 match judged {
-                    Judged::Forward(d) => {
-                        if let Some(slot) = self.stmts.get_mut(name) {
-                            *slot = Some(d);
-                        } else {
-                            self.stmts.insert(name.to_string(), Some(d));
+                    Judged::Forward(d, n) => {
+                        if n > 0 {
+                            self.copy_stmts.insert(name.to_string());
+                        } else if name.is_empty() {
+                            self.copy_stmts.remove(name);
                         }
+                        self.expect(Expect::Parse {
+                            name: name.to_string(),
+                            decision: Some(d),
+                        })?;
                         out.extend_from_slice(msg);
                     }
                     Judged::Refuse(error) => {
-                        self.expect(Expect::DenyExt { error })?;
-                        frontend::bind_missing(self.deny_stmt, out);
+                        if name.is_empty() {
+                            self.copy_stmts.remove(name);
+                        }
+                        let (text, nonce) = refusal_text();
+                        self.expect(Expect::DenyParse {
+                            name: name.to_string(),
+                            error,
+                            nonce,
+                        })?;
+                        frontend::parse(name, &text, out);
                         self.discard = true;
                     }
                 }
@@ -364,37 +609,51 @@ impl Frontend<'_> {
             b'B' => {
                 let (portal, rest) = cstr(body).ok_or_else(|| bad("Bind"))?;
                 let (stmt, _) = cstr(rest).ok_or_else(|| bad("Bind"))?;
-                let d = self.stmts.get(stmt).cloned().flatten();
-                if let Some(slot) = self.portals.get_mut(portal) {
-                    *slot = d;
-                } else {
-                    self.portals.insert(portal.to_string(), d);
+                if self.copy_stmts.contains(stmt) {
+                    self.copy_portals.insert(portal.to_string());
+                } else if portal.is_empty() {
+                    self.copy_portals.remove(portal);
                 }
+                self.expect(Expect::Bind {
+                    portal: portal.to_string(),
+                    stmt: stmt.to_string(),
+                })?;
                 out.extend_from_slice(msg);
             }
             b'E' => {
                 let (portal, _) = cstr(body).ok_or_else(|| bad("Execute"))?;
-                let decision = self.portals.get(portal).cloned().flatten();
+                let n = u32::from(self.copy_portals.contains(portal));
+                let copies = self.copies(n);
                 self.expect(Expect::Exec {
-                    decision,
+                    portal: portal.to_string(),
                     started: Instant::now(),
+                    copies,
+                })?;
+                out.extend_from_slice(msg);
+            }
+            b'D' => {
+                body.split_first()
+                    .and_then(|(_, rest)| cstr(rest))
+                    .ok_or_else(|| bad("Describe"))?;
+                self.expect(Expect::Describe)?;
+                out.extend_from_slice(msg);
+            }
+            b'C' => {
+                let (&kind, rest) = body.split_first().ok_or_else(|| bad("Close"))?;
+                let (name, _) = cstr(rest).ok_or_else(|| bad("Close"))?;
+                if kind == b'S' {
+                    self.copy_stmts.remove(name);
+                } else {
+                    self.copy_portals.remove(name);
+                }
+                self.expect(Expect::Close {
+                    statement: kind == b'S',
+                    name: name.to_string(),
                 })?;
                 out.extend_from_slice(msg);
             }
             b'S' => {
                 self.expect(Expect::Sync)?;
-                out.extend_from_slice(msg);
-            }
-            b'C' => {
-                if let Some((&kind, rest)) = body.split_first() {
-                    if let Some((name, _)) = cstr(rest) {
-                        if kind == b'S' && !name.is_empty() {
-                            self.stmts.remove(name);
-                        } else if kind == b'P' && !name.is_empty() {
-                            self.portals.remove(name);
-                        }
-                    }
-                }
                 out.extend_from_slice(msg);
             }
             b'X' => {
@@ -405,11 +664,11 @@ impl Frontend<'_> {
                 let error = match judged {
                     Some(Judged::Refuse(e)) => e,
                     // Never allowed; `Forward` cannot come back for a FunctionCall.
-                    Some(Judged::Forward(_)) | None => {
+                    Some(Judged::Forward(..)) | None => {
                         let pre = self.judge_function();
                         match self.settle_pre(pre).await? {
                             Judged::Refuse(e) => e,
-                            Judged::Forward(_) => log_failure("function call not refused"),
+                            Judged::Forward(..) => log_failure("function call not refused"),
                         }
                     }
                 };
@@ -417,9 +676,24 @@ impl Frontend<'_> {
                     error,
                     replaced: false,
                 })?;
-                frontend::query(DENY_SQL, out);
+                frontend::query(&refusal_text().0, out);
             }
-            b'D' | b'H' | b'd' | b'c' | b'f' => out.extend_from_slice(msg),
+            b'c' => {
+                // CopyDone ends this COPY; a simple Query may go on to its next one.
+                if let Some(w) = &mut self.window {
+                    w.instance += 1;
+                    if w.instance >= w.end {
+                        self.window = None;
+                    }
+                }
+                out.extend_from_slice(msg);
+            }
+            b'f' => {
+                self.window = None;
+                out.extend_from_slice(msg);
+            }
+            // Copy data, and Flush (which the server does not answer).
+            b'd' | b'H' => out.extend_from_slice(msg),
             other => {
                 return Err(SessionError::Protocol(format!(
                     "unexpected message type {:?} from the client",
@@ -465,18 +739,21 @@ impl Frontend<'_> {
         let ev = DecisionEvent::new(self.info, protocol, text, &d, stmt);
         let ticket = self.shared.log.submit(to_bytes(&ev));
         let allowed = matches!(d.verdict, Verdict::Allow | Verdict::Monitor);
+        let copies = copies_from_stdin(&d);
         if allowed && self.shared.config.durability == Durability::BeforeReply {
             // Forwarded at once; the backend half holds the reply until the ticket resolves.
             let slot = Arc::new(OnceLock::new());
             self.expect(Expect::Ticket(ticket, slot.clone()))?;
             return Ok(Pre {
                 allowed,
+                copies,
                 wait: PreWait::Ready(DecisionRef::Pending(slot)),
                 decision: None,
             });
         }
         Ok(Pre {
             allowed,
+            copies,
             wait: PreWait::Ticket(ticket),
             decision: (!allowed).then_some(d),
         })
@@ -502,6 +779,7 @@ impl Frontend<'_> {
         let ev = DecisionEvent::new(self.info, "function", None, &d, None);
         Pre {
             allowed: false,
+            copies: 0,
             wait: PreWait::Ticket(self.shared.log.submit(to_bytes(&ev))),
             decision: Some(d),
         }
@@ -512,13 +790,13 @@ impl Frontend<'_> {
     /// refuses its statement (fail closed).
     async fn settle_pre(&self, pre: Pre) -> Result<Judged, SessionError> {
         let ticket = match pre.wait {
-            PreWait::Ready(d) => return Ok(Judged::Forward(d)),
+            PreWait::Ready(d) => return Ok(Judged::Forward(d, pre.copies)),
             PreWait::Ticket(t) => t,
         };
         Ok(match (ticket.await, pre.decision) {
             (Err(e), _) => Judged::Refuse(log_failure(&e.to_string())),
             (Ok(index), Some(d)) => Judged::Refuse(refusal(&d, index)),
-            (Ok(index), None) => Judged::Forward(DecisionRef::Index(index)),
+            (Ok(index), None) => Judged::Forward(DecisionRef::Index(index), pre.copies),
         })
     }
 }
@@ -527,6 +805,8 @@ impl Frontend<'_> {
 struct Pre {
     /// Allow or Monitor (the statement goes to the server once its decision is durable).
     allowed: bool,
+    /// How many COPY FROM STDIN its statements may start.
+    copies: u32,
     wait: PreWait,
     /// The decision of a refused statement, to build its ErrorResponse.
     decision: Option<Decision>,
@@ -537,6 +817,19 @@ enum PreWait {
     Ready(DecisionRef),
     /// Resolves when the decision event is durable.
     Ticket(AppendTicket),
+}
+
+/// How many of a decision's statements are a COPY FROM STDIN (each may put the server in
+/// copy-in mode, where it ignores Sync and Flush).
+fn copies_from_stdin(d: &Decision) -> u32 {
+    let n = d
+        .statements
+        .iter()
+        .filter(|f| {
+            f.kind == "copy" && f.copy_direction == "from" && !f.copy_server_file && !f.copy_program
+        })
+        .count();
+    u32::try_from(n).unwrap_or(u32::MAX)
 }
 
 /// The ErrorResponse for a refused statement: `parapet: blocked by <rule id>: <reason>`.
@@ -611,7 +904,22 @@ struct Backend<'a> {
     rows: Option<u64>,
     sqlstate: Option<String>,
     error: Option<String>,
-    deny_stmt: &'a str,
+    /// The server's prepared statements, by name (`""`: the unnamed one), with the decision
+    /// that let each through: changed only as the server confirms (ParseComplete, CloseComplete)
+    /// or, for the unnamed one, as the server drops it (any Parse of it, any simple Query).
+    stmts: HashMap<String, Option<DecisionRef>>,
+    /// The server's portals with their statement's decision; they end with their transaction.
+    portals: HashMap<String, Option<DecisionRef>>,
+    /// CopyInResponses seen for the Query at the front (a Query may run several COPYs).
+    copies_seen: u64,
+    /// COPY instances whose CopyInResponse is in the reply being relayed: the frontend learns
+    /// of them once it is written (it may end the session on the strength of it).
+    copies_started: Vec<u64>,
+    /// The server is skipping client messages until Sync (after an error in an extended-query
+    /// message): what the queue holds before the next Sync gets no answer.
+    skipping: bool,
+    copy: Arc<CopyTrack>,
+    in_flight: Arc<AtomicUsize>,
 }
 
 impl Backend<'_> {
@@ -628,47 +936,104 @@ impl Backend<'_> {
         let cap = self.shared.config.max_message_size;
         let mut out = BytesMut::with_capacity(64 * 1024);
         rbuf.reserve(64 * 1024);
+        let mut client_open = true;
         loop {
+            self.skip_ahead();
             let complete = frame(&rbuf, cap).ok().flatten().is_some();
-            if !complete && r.read_buf(&mut rbuf).await? == 0 {
-                self.settle().await?;
-                let res = w.write_all(&out).await;
-                self.submit_outcomes();
-                res?;
-                return Ok(());
+            if !complete {
+                // Expectations are taken in as they come, not only with the server's next reply:
+                // the frontend may be waiting to learn that a COPY the server skipped is over.
+                tokio::select! {
+                    n = r.read_buf(&mut rbuf) => {
+                        if n? == 0 {
+                            self.relay(w, &mut out).await?;
+                            return Ok(());
+                        }
+                    }
+                    e = self.rx.recv(), if client_open => {
+                        match e {
+                            Some(e) => self.take(e),
+                            None => client_open = false,
+                        }
+                        self.drain();
+                        self.skip_ahead();
+                        continue;
+                    }
+                }
             }
             self.drain();
+            self.skip_ahead();
             while let Some((tag, len)) =
                 frame(&rbuf, cap).map_err(|e| SessionError::Upstream(e.to_string()))?
             {
                 self.handle(tag, &rbuf[..len], &mut out).await?;
                 rbuf.advance(len);
                 if out.len() >= RELAY_CHUNK {
-                    self.settle().await?;
-                    let res = w.write_all(&out).await;
-                    self.submit_outcomes();
-                    res?;
-                    out.clear();
+                    self.relay(w, &mut out).await?;
                 }
             }
             if !out.is_empty() {
-                self.settle().await?;
-                let res = w.write_all(&out).await;
-                self.submit_outcomes();
-                res?;
-                out.clear();
+                self.relay(w, &mut out).await?;
             }
         }
+    }
+
+    /// Writes a reply to the client (once the decisions it answers are durable), then appends
+    /// the outcomes it carries and tells the frontend of the COPYs it started.
+    async fn relay<W: AsyncWrite + Unpin>(
+        &mut self,
+        w: &mut W,
+        out: &mut BytesMut,
+    ) -> Result<(), SessionError> {
+        self.settle().await?;
+        let res = w.write_all(out).await;
+        self.submit_outcomes();
+        res?;
+        out.clear();
+        for instance in self.copies_started.drain(..) {
+            self.copy.start(instance);
+        }
+        Ok(())
     }
 
     /// Moves expectations from the channel into the queue (tickets aside).
     fn drain(&mut self) {
         while let Ok(e) = self.rx.try_recv() {
-            match e {
-                Expect::Ticket(t, slot) => self.tickets.push((t, slot)),
-                other => self.queue.push_back(other),
-            }
+            self.take(e);
         }
+    }
+
+    fn take(&mut self, e: Expect) {
+        match e {
+            Expect::Ticket(t, slot) => self.tickets.push((t, slot)),
+            other => self.queue.push_back(other),
+        }
+    }
+
+    /// While the server skips to Sync, what comes before the Sync will get no answer: it is
+    /// done with now (so a frontend waiting on a skipped COPY learns that it never started).
+    fn skip_ahead(&mut self) {
+        if !self.skipping {
+            return;
+        }
+        while self
+            .queue
+            .front()
+            .is_some_and(|e| !matches!(e, Expect::Sync))
+        {
+            self.pop();
+        }
+    }
+
+    /// Takes the expectation at the front: it has been answered (or skipped by the server).
+    fn pop(&mut self) -> Option<Expect> {
+        let e = self.queue.pop_front()?;
+        self.in_flight.fetch_sub(1, Ordering::AcqRel);
+        self.copy.finish(&e.copies());
+        if matches!(e, Expect::Query { .. } | Expect::Exec { .. }) {
+            self.copies_seen = 0;
+        }
+        Some(e)
     }
 
     /// Waits until every decision received so far is durable (`before_reply`).
@@ -724,6 +1089,11 @@ impl Backend<'_> {
         }
     }
 
+    /// The decision of the statement a portal runs, if known.
+    fn portal_decision(&self, portal: &str) -> Option<DecisionRef> {
+        self.portals.get(portal).cloned().flatten()
+    }
+
     async fn handle(
         &mut self,
         tag: u8,
@@ -733,9 +1103,15 @@ impl Backend<'_> {
         let body = &msg[5..];
         match tag {
             b'Z' => {
-                while let Some(item) = self.queue.pop_front() {
+                // While skipping to Sync the server ignored everything before it, simple Queries
+                // included; otherwise this answers the first Query or Sync.
+                let skipping = std::mem::take(&mut self.skipping);
+                while let Some(item) = self.pop() {
                     match item {
-                        Expect::Query { decision, started } => {
+                        Expect::Sync => break,
+                        Expect::Query {
+                            decision, started, ..
+                        } if !skipping => {
                             let (t, r, s, e) = (
                                 self.tag.take(),
                                 self.rows.take(),
@@ -743,16 +1119,28 @@ impl Backend<'_> {
                                 self.error.take(),
                             );
                             self.outcome(decision, started, t, r, s, e).await?;
+                            // A simple Query drops the unnamed statement and portal.
+                            self.stmts.remove("");
+                            self.portals.remove("");
                             break;
                         }
-                        Expect::DenySimple { .. } | Expect::Sync => break,
-                        _ => {} // Skipped by the server after an error.
+                        Expect::DenySimple { .. } if !skipping => {
+                            self.stmts.remove("");
+                            self.portals.remove("");
+                            break;
+                        }
+                        // Skipped by the server: no effect on its state.
+                        _ => {}
                     }
                 }
                 self.tag = None;
                 self.rows = None;
                 self.sqlstate = None;
                 self.error = None;
+                // Portals live until the end of their transaction.
+                if body.first() == Some(&b'I') {
+                    self.portals.clear();
+                }
                 out.extend_from_slice(msg);
             }
             b'C' | b'I' | b's' => {
@@ -769,13 +1157,17 @@ impl Backend<'_> {
                         self.tag = t;
                     }
                     Some(Expect::Exec { .. }) => {
-                        if let Some(Expect::Exec { decision, started }) = self.queue.pop_front() {
+                        if let Some(Expect::Exec {
+                            portal, started, ..
+                        }) = self.pop()
+                        {
                             let rows = t.as_deref().and_then(tag_rows);
                             let t = if tag == b's' {
                                 Some("PortalSuspended".to_string())
                             } else {
                                 t
                             };
+                            let decision = self.portal_decision(&portal);
                             self.outcome(decision, started, t, rows, None, None).await?;
                         }
                     }
@@ -783,37 +1175,122 @@ impl Backend<'_> {
                 }
                 out.extend_from_slice(msg);
             }
-            b'E' => match self.queue.front_mut() {
-                Some(Expect::DenySimple { error, replaced }) if !*replaced => {
+            b'1' => {
+                if let Some(Expect::Parse { .. }) = self.queue.front() {
+                    if let Some(Expect::Parse { name, decision }) = self.pop() {
+                        self.stmts.insert(name, decision);
+                    }
+                }
+                out.extend_from_slice(msg);
+            }
+            b'2' => {
+                if let Some(Expect::Bind { .. }) = self.queue.front() {
+                    if let Some(Expect::Bind { portal, stmt }) = self.pop() {
+                        let d = self.stmts.get(&stmt).cloned().flatten();
+                        self.portals.insert(portal, d);
+                    }
+                }
+                out.extend_from_slice(msg);
+            }
+            b'3' => {
+                if let Some(Expect::Close { .. }) = self.queue.front() {
+                    if let Some(Expect::Close { statement, name }) = self.pop() {
+                        if statement {
+                            self.stmts.remove(&name);
+                        } else {
+                            self.portals.remove(&name);
+                        }
+                    }
+                }
+                out.extend_from_slice(msg);
+            }
+            b'T' | b'n' => {
+                if let Some(Expect::Describe) = self.queue.front() {
+                    self.pop();
+                }
+                out.extend_from_slice(msg);
+            }
+            b'G' => {
+                // CopyInResponse: the server is in copy-in mode for the statement at the front.
+                if let Some(front) = self.queue.front() {
+                    let copies = front.copies();
+                    let instance = copies.start + self.copies_seen;
+                    if instance < copies.end {
+                        self.copies_started.push(instance);
+                    }
+                    self.copies_seen += 1;
+                }
+                out.extend_from_slice(msg);
+            }
+            b'E' => self.error_response(body, msg, out).await?,
+            _ => out.extend_from_slice(msg),
+        }
+        Ok(())
+    }
+
+    /// An ErrorResponse: it answers the request at the front of the queue.
+    async fn error_response(
+        &mut self,
+        body: &[u8],
+        msg: &[u8],
+        out: &mut BytesMut,
+    ) -> Result<(), SessionError> {
+        match self.queue.front_mut() {
+            Some(Expect::DenySimple { error, replaced }) => {
+                if *replaced {
+                    out.extend_from_slice(msg);
+                } else {
                     *replaced = true;
                     out.extend_from_slice(error);
                 }
-                Some(Expect::DenyExt { .. }) => {
-                    let f = backend::parse_error(body);
-                    if f.message.contains(self.deny_stmt) {
-                        if let Some(Expect::DenyExt { error }) = self.queue.pop_front() {
-                            out.extend_from_slice(&error);
-                        }
+            }
+            Some(Expect::DenyParse { .. }) => {
+                self.skipping = true;
+                if let Some(Expect::DenyParse { name, error, nonce }) = self.pop() {
+                    if backend::parse_error(body).message.contains(&nonce) {
+                        out.extend_from_slice(&error);
                     } else {
                         out.extend_from_slice(msg);
                     }
-                }
-                Some(Expect::Query { .. }) => {
-                    let f = backend::parse_error(body);
-                    self.sqlstate = Some(f.code);
-                    self.error = Some(f.message);
-                    out.extend_from_slice(msg);
-                }
-                Some(Expect::Exec { .. }) => {
-                    let f = backend::parse_error(body);
-                    if let Some(Expect::Exec { decision, started }) = self.queue.pop_front() {
-                        self.outcome(decision, started, None, None, Some(f.code), Some(f.message))
-                            .await?;
+                    if name.is_empty() {
+                        self.stmts.remove("");
                     }
-                    out.extend_from_slice(msg);
                 }
-                _ => out.extend_from_slice(msg),
-            },
+            }
+            Some(Expect::Parse { .. }) => {
+                self.skipping = true;
+                // Parsing the unnamed statement drops the old one first, even when it fails.
+                if let Some(Expect::Parse { name, .. }) = self.pop() {
+                    if name.is_empty() {
+                        self.stmts.remove("");
+                    }
+                }
+                out.extend_from_slice(msg);
+            }
+            Some(Expect::Bind { .. } | Expect::Describe | Expect::Close { .. }) => {
+                self.skipping = true;
+                self.pop();
+                out.extend_from_slice(msg);
+            }
+            Some(Expect::Query { .. }) => {
+                let f = backend::parse_error(body);
+                self.sqlstate = Some(f.code);
+                self.error = Some(f.message);
+                out.extend_from_slice(msg);
+            }
+            Some(Expect::Exec { .. }) => {
+                self.skipping = true;
+                let f = backend::parse_error(body);
+                if let Some(Expect::Exec {
+                    portal, started, ..
+                }) = self.pop()
+                {
+                    let decision = self.portal_decision(&portal);
+                    self.outcome(decision, started, None, None, Some(f.code), Some(f.message))
+                        .await?;
+                }
+                out.extend_from_slice(msg);
+            }
             _ => out.extend_from_slice(msg),
         }
         Ok(())

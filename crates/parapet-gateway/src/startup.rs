@@ -10,11 +10,27 @@ use crate::session;
 use bytes::{BufMut, BytesMut};
 use rand::Rng;
 use serde_json::json;
+use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::watch;
+use tokio::time::Instant;
+
+/// Runs one step of logging in, failing when the client is past `[listen] auth_timeout_seconds`.
+async fn by<T, E>(
+    deadline: Instant,
+    step: impl Future<Output = Result<T, E>>,
+) -> Result<T, SessionError>
+where
+    SessionError: From<E>,
+{
+    match tokio::time::timeout_at(deadline, step).await {
+        Ok(r) => Ok(r?),
+        Err(_) => Err(SessionError::AuthTimeout),
+    }
+}
 
 /// Reads one untyped startup-phase packet (`int32 len`, `int32 code`, body). `None` on clean EOF.
 async fn read_startup<S: AsyncRead + Unpin>(
@@ -80,25 +96,29 @@ pub(crate) async fn handle(
     shutdown: watch::Receiver<bool>,
 ) {
     let _ = tcp.set_nodelay(true);
+    let deadline = Instant::now() + shared.config.auth_timeout;
     let result = async {
         loop {
-            let Some((code, body)) = read_startup(&mut tcp).await? else {
+            let Some((code, body)) = by(deadline, read_startup(&mut tcp)).await? else {
                 return Ok(());
             };
             match code {
                 protocol::SSL_REQUEST => match &shared.tls {
                     Some(acceptor) => {
                         tcp.write_all(b"S").await?;
-                        let mut tls = acceptor.accept(tcp).await?;
-                        let Some((code, body)) = read_startup(&mut tls).await? else {
+                        let mut tls = by(deadline, acceptor.accept(tcp)).await?;
+                        let Some((code, body)) = by(deadline, read_startup(&mut tls)).await? else {
                             return Ok(());
                         };
-                        return startup(&shared, tls, peer, code, body, true, shutdown).await;
+                        return startup(&shared, tls, peer, code, body, true, deadline, shutdown)
+                            .await;
                     }
                     None => tcp.write_all(b"N").await?,
                 },
                 protocol::GSSENC_REQUEST => tcp.write_all(b"N").await?,
-                _ => return startup(&shared, tcp, peer, code, body, false, shutdown).await,
+                _ => {
+                    return startup(&shared, tcp, peer, code, body, false, deadline, shutdown).await
+                }
             }
         }
     }
@@ -106,10 +126,14 @@ pub(crate) async fn handle(
     match result {
         Ok(()) => {}
         Err(SessionError::Io(e)) => tracing::debug!(%peer, "connection ended: {e}"),
+        Err(SessionError::AuthTimeout) => {
+            tracing::info!(%peer, "connection closed: not logged in within [listen] auth_timeout_seconds")
+        }
         Err(e) => tracing::warn!(%peer, "connection closed: {e}"),
     }
 }
 
+#[allow(clippy::too_many_arguments)]
 async fn startup<S>(
     shared: &Arc<Shared>,
     mut stream: S,
@@ -117,6 +141,7 @@ async fn startup<S>(
     code: i32,
     body: Vec<u8>,
     tls: bool,
+    deadline: Instant,
     shutdown: watch::Receiver<bool>,
 ) -> Result<(), SessionError>
 where
@@ -217,8 +242,14 @@ where
     let verifier = known
         .map(|(_, v)| v.clone())
         .unwrap_or_else(Verifier::impossible);
+    // Channel binding is offered over TLS when the certificate allows it.
+    let binding = if tls {
+        shared.tls_binding.as_deref()
+    } else {
+        None
+    };
     let mut out = BytesMut::new();
-    backend::authentication(10, b"SCRAM-SHA-256\0\0", &mut out);
+    backend::authentication(10, crate::scram::mechanisms(binding.is_some()), &mut out);
     stream.write_all(&out).await?;
     out.clear();
     let fail = |reason: String| {
@@ -227,7 +258,7 @@ where
             "target":database,"tls":tls,"application_name":application_name,"reason":reason}),
         );
     };
-    let Some((tag, msg)) = read_typed(&mut stream).await? else {
+    let Some((tag, msg)) = by(deadline, read_typed(&mut stream)).await? else {
         return Ok(()); // Client went away (e.g. psql asking for the password).
     };
     if tag != b'p' {
@@ -241,7 +272,8 @@ where
             "malformed SASLInitialResponse".into(),
         ));
     };
-    if mech != "SCRAM-SHA-256" || r.len() < 4 {
+    let offered = mech == "SCRAM-SHA-256" || (mech == "SCRAM-SHA-256-PLUS" && binding.is_some());
+    if !offered || r.len() < 4 {
         send_fatal(
             &mut stream,
             "28000",
@@ -251,7 +283,7 @@ where
         fail(format!("unsupported mechanism {mech:?}"));
         return Ok(());
     }
-    let (exchange, server_first) = match ServerExchange::start(verifier, &r[4..]) {
+    let (exchange, server_first) = match ServerExchange::start(verifier, mech, binding, &r[4..]) {
         Ok(x) => x,
         Err(e) => {
             send_fatal(
@@ -267,7 +299,7 @@ where
     backend::authentication(11, server_first.as_bytes(), &mut out);
     stream.write_all(&out).await?;
     out.clear();
-    let Some((tag, msg)) = read_typed(&mut stream).await? else {
+    let Some((tag, msg)) = by(deadline, read_typed(&mut stream)).await? else {
         return Ok(());
     };
     if tag != b'p' {
@@ -317,23 +349,35 @@ where
         .await?;
         return Ok(());
     };
-    let upstream =
-        match crate::upstream::connect(&target.upstream, &params, shared.config.max_message_size)
-            .await
-        {
-            Ok(u) => u,
-            Err(e) => {
-                tracing::error!(target = %target.name, "upstream login failed: {e}");
-                stream.write_all(&out).await?;
-                send_fatal(
-                    &mut stream,
-                    "08006",
-                    &format!("parapet: cannot reach target \"{}\": {e}", target.name),
-                )
-                .await?;
-                return Ok(());
-            }
-        };
+    let Some(user_slot) = shared.user_slot(&user) else {
+        stream.write_all(&out).await?;
+        send_fatal(
+            &mut stream,
+            "53300",
+            &format!(
+                "too many connections for user \"{user}\" (parapet: [listen] max_connections_per_user is {})",
+                shared.config.max_connections_per_user
+            ),
+        )
+        .await?;
+        return Ok(());
+    };
+    let connecting =
+        crate::upstream::connect(&target.upstream, &params, shared.config.max_message_size);
+    let upstream = match by(deadline, async { Ok::<_, SessionError>(connecting.await) }).await? {
+        Ok(u) => u,
+        Err(e) => {
+            tracing::error!(target = %target.name, "upstream login failed: {e}");
+            stream.write_all(&out).await?;
+            send_fatal(
+                &mut stream,
+                "08006",
+                &format!("parapet: cannot reach target \"{}\": {e}", target.name),
+            )
+            .await?;
+            return Ok(());
+        }
+    };
     let (user_cfg, _) = known.ok_or_else(|| SessionError::Protocol("user vanished".into()))?;
     let (key, session_id) = {
         let mut rng = rand::thread_rng();
@@ -363,6 +407,7 @@ where
     let started = std::time::Instant::now();
     let res = session::run(shared.clone(), &info, stream, upstream, shutdown).await;
     shared.unregister_cancel(key);
+    drop(user_slot);
     let mut end = json!({"type":"session_end","time":now_rfc3339(),"session":info.session,
         "duration_ms":started.elapsed().as_millis() as u64});
     if let Err(e) = &res {

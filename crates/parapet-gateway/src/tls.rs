@@ -7,6 +7,12 @@ use tokio_rustls::TlsAcceptor;
 
 /// Builds a TLS acceptor from the configured certificate chain and private key.
 pub fn acceptor(settings: &TlsSettings) -> Result<TlsAcceptor, GatewayError> {
+    Ok(server(settings)?.0)
+}
+
+/// [`acceptor`], with the `tls-server-end-point` channel binding data of the certificate
+/// (SCRAM-SHA-256-PLUS; `None` when its signature algorithm names no hash).
+pub fn server(settings: &TlsSettings) -> Result<(TlsAcceptor, Option<Vec<u8>>), GatewayError> {
     let err = |what: &'static str, path: &std::path::Path, reason: String| GatewayError::Tls {
         what,
         path: path.display().to_string(),
@@ -24,6 +30,9 @@ pub fn acceptor(settings: &TlsSettings) -> Result<TlsAcceptor, GatewayError> {
             "no PEM certificate found".into(),
         ));
     }
+    let binding = certs
+        .first()
+        .and_then(|c| crate::scram::tls_server_end_point(c));
     let key_pem =
         std::fs::read(&settings.key).map_err(|e| err("key", &settings.key, e.to_string()))?;
     let key = rustls_pemfile::private_key(&mut key_pem.as_slice())
@@ -37,5 +46,5 @@ pub fn acceptor(settings: &TlsSettings) -> Result<TlsAcceptor, GatewayError> {
     .with_no_client_auth()
     .with_single_cert(certs, key)
     .map_err(|e| err("key", &settings.key, e.to_string()))?;
-    Ok(TlsAcceptor::from(Arc::new(config)))
+    Ok((TlsAcceptor::from(Arc::new(config)), binding))
 }

@@ -87,6 +87,15 @@ pub struct ListenSection {
     pub require_tls: bool,
     /// Largest message accepted, in bytes (default 1 GiB, PostgreSQL's own cap).
     pub max_message_size: Option<usize>,
+    /// Most client connections at once (default 1000).
+    pub max_connections: Option<usize>,
+    /// Most sessions per gateway user (default 100).
+    pub max_connections_per_user: Option<usize>,
+    /// Seconds a client has to log in (default 10).
+    pub auth_timeout_seconds: Option<u64>,
+    /// Seconds of client silence after which an idle session is closed (default 0: never).
+    #[serde(default)]
+    pub idle_timeout_seconds: u64,
 }
 
 fn default_listen() -> SocketAddr {
@@ -101,6 +110,10 @@ impl Default for ListenSection {
             tls_key: None,
             require_tls: false,
             max_message_size: None,
+            max_connections: None,
+            max_connections_per_user: None,
+            auth_timeout_seconds: None,
+            idle_timeout_seconds: 0,
         }
     }
 }
@@ -246,6 +259,26 @@ impl Config {
             }
             g.max_message_size = m;
         }
+        if let Some(n) = self.listen.max_connections {
+            if n == 0 {
+                bail!("[listen] max_connections must be at least 1");
+            }
+            g.max_connections = n;
+        }
+        if let Some(n) = self.listen.max_connections_per_user {
+            if n == 0 {
+                bail!("[listen] max_connections_per_user must be at least 1");
+            }
+            g.max_connections_per_user = n;
+        }
+        if let Some(s) = self.listen.auth_timeout_seconds {
+            if s == 0 {
+                bail!("[listen] auth_timeout_seconds must be at least 1");
+            }
+            g.auth_timeout = Duration::from_secs(s);
+        }
+        g.idle_timeout = (self.listen.idle_timeout_seconds > 0)
+            .then(|| Duration::from_secs(self.listen.idle_timeout_seconds));
         g.durability = match self.log.durability {
             DurabilityKey::BeforeForward => Durability::BeforeForward,
             DurabilityKey::BeforeReply => Durability::BeforeReply,

@@ -327,6 +327,23 @@ fn tls_offered_and_required() {
         "",
     );
     assert!(ok && out == "strict ok", "{err}");
+    // SCRAM-SHA-256-PLUS: libpq insisting on channel binding logs in over TLS...
+    let (ok, out, err) = e.psql(
+        &format!("host=127.0.0.1 port={strict} user=alice password={ALICE_PW} dbname=main sslmode=require channel_binding=require"),
+        &["-c", "SELECT 'bound'"],
+        "",
+    );
+    assert!(ok && out == "bound", "{err}");
+    // ...and a wrong password still fails with channel binding.
+    let (ok, _, err) = e.psql(
+        &format!("host=127.0.0.1 port={strict} user=alice password=wrong dbname=main sslmode=require channel_binding=require"),
+        &["-c", "SELECT 1"],
+        "",
+    );
+    assert!(
+        !ok && err.contains("password authentication failed"),
+        "{err}"
+    );
 }
 
 #[test]
@@ -531,7 +548,8 @@ async fn verifier_made_by_postgresql_authenticates_through_the_gateway_scram() {
     let parsed = Verifier::parse(v).expect("PostgreSQL's verifier parses");
     for (password, ok) in [("pg-made secret", true), ("pg-made secreT", false)] {
         let mut client = ScramSha256::new(password.as_bytes(), ChannelBinding::unsupported());
-        let (ex, first) = ServerExchange::start(parsed.clone(), client.message()).unwrap();
+        let (ex, first) =
+            ServerExchange::start(parsed.clone(), "SCRAM-SHA-256", None, client.message()).unwrap();
         client.update(first.as_bytes()).unwrap();
         let res = ex.finish(client.message());
         assert_eq!(res.is_ok(), ok, "{password}");
