@@ -34,6 +34,33 @@ pub struct TlsSettings {
     pub key: PathBuf,
 }
 
+/// Whether and how the gateway uses TLS to a server, as libpq's `sslmode`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum SslMode {
+    /// Never.
+    Disable,
+    /// TLS when the server offers it, plain otherwise; the certificate is not checked (libpq's
+    /// default).
+    #[default]
+    Prefer,
+    /// TLS or nothing; the certificate is not checked.
+    Require,
+    /// TLS, with a certificate signed by a trusted CA (`sslrootcert`); any host name.
+    VerifyCa,
+    /// TLS, with a certificate signed by a trusted CA and valid for the host name.
+    VerifyFull,
+}
+
+/// TLS to one upstream server (not used over a Unix-domain socket, as in libpq).
+#[derive(Debug, Clone, Default)]
+pub struct UpstreamTls {
+    /// The mode.
+    pub mode: SslMode,
+    /// PEM file of the CAs trusted for `verify-ca` / `verify-full`; `None` means the system's
+    /// (`/etc/ssl/certs/ca-certificates.crt`), libpq's `sslrootcert=system`.
+    pub root_cert: Option<PathBuf>,
+}
+
 /// How the gateway reaches one upstream PostgreSQL server, with its own credentials.
 #[derive(Debug, Clone)]
 pub struct UpstreamConfig {
@@ -49,6 +76,8 @@ pub struct UpstreamConfig {
     pub password: Option<String>,
     /// Database name on the server.
     pub database: String,
+    /// TLS to the server.
+    pub tls: UpstreamTls,
 }
 
 /// One target: a name clients pick with the database name, and where it lives.

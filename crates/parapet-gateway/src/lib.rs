@@ -22,7 +22,8 @@ pub mod tls;
 mod upstream;
 
 pub use config::{
-    Durability, GatewayConfig, StatementText, TargetConfig, TlsSettings, UpstreamConfig, UserConfig,
+    Durability, GatewayConfig, SslMode, StatementText, TargetConfig, TlsSettings, UpstreamConfig,
+    UpstreamTls, UserConfig,
 };
 pub use error::GatewayError;
 pub use scram::Verifier;

@@ -34,6 +34,8 @@ pub(crate) struct Shared {
     pub config: GatewayConfig,
     pub users: HashMap<String, (crate::config::UserConfig, Verifier)>,
     pub targets: HashMap<String, crate::config::TargetConfig>,
+    /// Each target's TLS connector (`None`: plain), built once.
+    pub upstream_tls: HashMap<String, Option<tokio_rustls::TlsConnector>>,
     pub guard: Arc<Guard>,
     pub log: Log,
     pub tls: Option<TlsAcceptor>,
@@ -164,7 +166,12 @@ impl Gateway {
             }
         }
         let mut targets = HashMap::new();
+        let mut upstream_tls = HashMap::new();
         for t in &config.targets {
+            let connector = tls::upstream_connector(&t.upstream.tls).map_err(|e| {
+                GatewayError::Config(format!("target {:?}: upstream TLS: {e}", t.name))
+            })?;
+            upstream_tls.insert(t.name.clone(), connector);
             if targets.insert(t.name.clone(), t.clone()).is_some() {
                 return Err(GatewayError::Config(format!(
                     "target {:?} is defined twice",
@@ -193,6 +200,7 @@ impl Gateway {
                 config,
                 users,
                 targets,
+                upstream_tls,
                 guard,
                 log,
                 tls,

@@ -362,8 +362,16 @@ where
         .await?;
         return Ok(());
     };
-    let connecting =
-        crate::upstream::connect(&target.upstream, &params, shared.config.max_message_size);
+    let upstream_tls = shared
+        .upstream_tls
+        .get(&target.name)
+        .and_then(Option::as_ref);
+    let connecting = crate::upstream::connect(
+        &target.upstream,
+        upstream_tls,
+        &params,
+        shared.config.max_message_size,
+    );
     let upstream = match by(deadline, async { Ok::<_, SessionError>(connecting.await) }).await? {
         Ok(u) => u,
         Err(e) => {

@@ -1,4 +1,5 @@
-//! TLS for client connections (rustls with the aws-lc-rs provider), from PEM files.
+//! TLS (rustls with the aws-lc-rs provider): for client connections, from PEM files, and to
+//! upstream servers, with libpq's `sslmode` semantics.
 
 use crate::config::TlsSettings;
 use crate::error::GatewayError;
@@ -47,4 +48,163 @@ pub fn server(settings: &TlsSettings) -> Result<(TlsAcceptor, Option<Vec<u8>>), 
     .with_single_cert(certs, key)
     .map_err(|e| err("key", &settings.key, e.to_string()))?;
     Ok((TlsAcceptor::from(Arc::new(config)), binding))
+}
+
+/// The system's trusted CAs (Debian's bundle), for `sslrootcert=system` and the default.
+const SYSTEM_ROOTS: &str = "/etc/ssl/certs/ca-certificates.crt";
+
+/// Builds the TLS connector for an upstream server, as libpq's `sslmode`: `require` and `prefer`
+/// encrypt without checking the certificate; `verify-ca` checks that a trusted CA signed it;
+/// `verify-full` also that it is valid for the host name. `None` for `disable`.
+pub fn upstream_connector(
+    tls: &crate::config::UpstreamTls,
+) -> Result<Option<tokio_rustls::TlsConnector>, String> {
+    use crate::config::SslMode;
+    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let builder = rustls::ClientConfig::builder_with_provider(provider.clone())
+        .with_safe_default_protocol_versions()
+        .map_err(|e| e.to_string())?;
+    let config = match tls.mode {
+        SslMode::Disable => return Ok(None),
+        SslMode::Prefer | SslMode::Require => builder
+            .dangerous()
+            .with_custom_certificate_verifier(Arc::new(NoVerification(provider)))
+            .with_no_client_auth(),
+        SslMode::VerifyCa | SslMode::VerifyFull => {
+            let path = tls
+                .root_cert
+                .clone()
+                .unwrap_or_else(|| std::path::PathBuf::from(SYSTEM_ROOTS));
+            let pem = std::fs::read(&path)
+                .map_err(|e| format!("cannot read sslrootcert {}: {e}", path.display()))?;
+            let mut roots = rustls::RootCertStore::empty();
+            for cert in rustls_pemfile::certs(&mut pem.as_slice()) {
+                let cert = cert.map_err(|e| format!("sslrootcert {}: {e}", path.display()))?;
+                roots
+                    .add(cert)
+                    .map_err(|e| format!("sslrootcert {}: {e}", path.display()))?;
+            }
+            if roots.is_empty() {
+                return Err(format!(
+                    "sslrootcert {}: no PEM certificate found",
+                    path.display()
+                ));
+            }
+            let webpki = rustls::client::WebPkiServerVerifier::builder_with_provider(
+                Arc::new(roots),
+                provider,
+            )
+            .build()
+            .map_err(|e| e.to_string())?;
+            let verifier: Arc<dyn rustls::client::danger::ServerCertVerifier> =
+                if tls.mode == SslMode::VerifyCa {
+                    Arc::new(AnyName(webpki))
+                } else {
+                    webpki
+                };
+            builder
+                .dangerous()
+                .with_custom_certificate_verifier(verifier)
+                .with_no_client_auth()
+        }
+    };
+    Ok(Some(tokio_rustls::TlsConnector::from(Arc::new(config))))
+}
+
+/// `sslmode=require` / `prefer`: encryption without authentication of the server, as in libpq.
+/// The handshake's signatures are still checked, so the session is bound to the key presented.
+#[derive(Debug)]
+struct NoVerification(Arc<rustls::crypto::CryptoProvider>);
+
+impl rustls::client::danger::ServerCertVerifier for NoVerification {
+    fn verify_server_cert(
+        &self,
+        _end_entity: &rustls::pki_types::CertificateDer<'_>,
+        _intermediates: &[rustls::pki_types::CertificateDer<'_>],
+        _server_name: &rustls::pki_types::ServerName<'_>,
+        _ocsp: &[u8],
+        _now: rustls::pki_types::UnixTime,
+    ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
+        Ok(rustls::client::danger::ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &rustls::pki_types::CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &rustls::pki_types::CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        self.0.signature_verification_algorithms.supported_schemes()
+    }
+}
+
+/// `sslmode=verify-ca`: the chain must lead to a trusted CA; the name in it is not checked.
+#[derive(Debug)]
+struct AnyName(Arc<rustls::client::WebPkiServerVerifier>);
+
+impl rustls::client::danger::ServerCertVerifier for AnyName {
+    fn verify_server_cert(
+        &self,
+        end_entity: &rustls::pki_types::CertificateDer<'_>,
+        intermediates: &[rustls::pki_types::CertificateDer<'_>],
+        server_name: &rustls::pki_types::ServerName<'_>,
+        ocsp: &[u8],
+        now: rustls::pki_types::UnixTime,
+    ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
+        match self
+            .0
+            .verify_server_cert(end_entity, intermediates, server_name, ocsp, now)
+        {
+            Err(rustls::Error::InvalidCertificate(rustls::CertificateError::NotValidForName))
+            | Err(rustls::Error::InvalidCertificate(
+                rustls::CertificateError::NotValidForNameContext { .. },
+            )) => Ok(rustls::client::danger::ServerCertVerified::assertion()),
+            other => other,
+        }
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &rustls::pki_types::CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        self.0.verify_tls12_signature(message, cert, dss)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &rustls::pki_types::CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        self.0.verify_tls13_signature(message, cert, dss)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        self.0.supported_verify_schemes()
+    }
 }

@@ -1,6 +1,7 @@
 //! Connecting to a target's PostgreSQL server with the gateway's own credentials (trust,
-//! cleartext, md5 or SCRAM-SHA-256 via `postgres-protocol`), over TCP or, when the host is a
-//! directory, over the server's Unix-domain socket (libpq's convention); forwarding cancel requests.
+//! cleartext, md5 or SCRAM-SHA-256 via `postgres-protocol`), over TCP (with TLS as `sslmode`
+//! says) or, when the host is a directory, over the server's Unix-domain socket (libpq's
+//! convention); forwarding cancel requests.
 
 use crate::config::UpstreamConfig;
 use crate::error::SessionError;
@@ -10,8 +11,10 @@ use postgres_protocol::authentication::sasl::{ChannelBinding, ScramSha256, SCRAM
 use postgres_protocol::message::frontend;
 use std::io;
 use std::path::PathBuf;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncReadExt, AsyncWriteExt, ReadHalf, WriteHalf};
 use tokio::net::{tcp, unix, TcpStream, UnixStream};
+use tokio_rustls::client::TlsStream;
+use tokio_rustls::TlsConnector;
 use tokio_util::either::Either;
 
 /// The Unix-domain socket of `host:port` when `host` names a directory, as libpq reads it: the
@@ -32,31 +35,87 @@ fn percent_decode(s: &str) -> Option<String> {
         .map(|c| c.into_owned())
 }
 
-/// A connection to the server: TCP (Nagle off) or a Unix-domain socket (no TCP stack on either
-/// side, cheaper per message). tokio-util's `Either` forwards reads and writes to whichever it
-/// holds.
-pub(crate) type UpStream = Either<TcpStream, UnixStream>;
+/// A plain connection to the server: TCP (Nagle off) or a Unix-domain socket (no TCP stack on
+/// either side, cheaper per message). tokio-util's `Either` forwards reads and writes to
+/// whichever it holds.
+type Plain = Either<TcpStream, UnixStream>;
+/// A connection to the server: plain, or TLS over TCP.
+pub(crate) type UpStream = Either<Plain, Box<TlsStream<TcpStream>>>;
 /// Read half of an [`UpStream`].
-pub(crate) type UpRead = Either<tcp::OwnedReadHalf, unix::OwnedReadHalf>;
+pub(crate) type UpRead =
+    Either<Either<tcp::OwnedReadHalf, unix::OwnedReadHalf>, ReadHalf<Box<TlsStream<TcpStream>>>>;
 /// Write half of an [`UpStream`].
-pub(crate) type UpWrite = Either<tcp::OwnedWriteHalf, unix::OwnedWriteHalf>;
+pub(crate) type UpWrite =
+    Either<Either<tcp::OwnedWriteHalf, unix::OwnedWriteHalf>, WriteHalf<Box<TlsStream<TcpStream>>>>;
 
-/// Splits a connection into owned halves (no lock between them).
+/// Splits a connection into halves: owned ones with no lock between them when plain; a TLS
+/// session has one state for both directions, so its halves share it.
 pub(crate) fn into_split(s: UpStream) -> (UpRead, UpWrite) {
     match s {
-        Either::Left(s) => {
+        Either::Left(Either::Left(s)) => {
             let (r, w) = s.into_split();
-            (Either::Left(r), Either::Left(w))
+            (Either::Left(Either::Left(r)), Either::Left(Either::Left(w)))
+        }
+        Either::Left(Either::Right(s)) => {
+            let (r, w) = s.into_split();
+            (
+                Either::Left(Either::Right(r)),
+                Either::Left(Either::Right(w)),
+            )
         }
         Either::Right(s) => {
-            let (r, w) = s.into_split();
+            let (r, w) = tokio::io::split(s);
             (Either::Right(r), Either::Right(w))
         }
     }
 }
 
-/// Opens the transport to `host:port` (see [`socket_path`]).
-async fn open(host: &str, port: u16) -> io::Result<UpStream> {
+/// Opens the transport to `host:port`, negotiating TLS over TCP when a connector is given:
+/// SSLRequest, then the handshake if the server accepts; if it declines, plain only with
+/// `sslmode=prefer` (libpq's default).
+async fn open_tls(
+    host: &str,
+    port: u16,
+    tls: Option<&TlsConnector>,
+    mode: crate::config::SslMode,
+) -> Result<UpStream, SessionError> {
+    let plain = open(host, port)
+        .await
+        .map_err(|e| up_err(format!("cannot connect to {host}:{port}: {e}")))?;
+    // No TLS wanted, or a Unix-domain socket (where libpq does not use TLS either).
+    let (connector, mut tcp) = match (tls, plain) {
+        (Some(c), Either::Left(tcp)) => (c, tcp),
+        (_, plain) => return Ok(Either::Left(plain)),
+    };
+    let mut req = BytesMut::new();
+    frontend::ssl_request(&mut req);
+    tcp.write_all(&req).await?;
+    let mut answer = [0u8; 1];
+    tcp.read_exact(&mut answer).await?;
+    match answer[0] {
+        b'S' => {
+            let name = rustls::pki_types::ServerName::try_from(host.to_string())
+                .map_err(|e| up_err(format!("{host} is not a valid TLS server name: {e}")))?;
+            let stream = connector.connect(name, tcp).await.map_err(|e| {
+                up_err(format!(
+                    "TLS to {host}:{port} failed: {e} (check sslmode and sslrootcert)"
+                ))
+            })?;
+            Ok(Either::Right(Box::new(stream)))
+        }
+        b'N' if mode == crate::config::SslMode::Prefer => Ok(Either::Left(Either::Left(tcp))),
+        b'N' => Err(up_err(format!(
+            "server {host}:{port} does not support TLS, which sslmode requires"
+        ))),
+        other => Err(up_err(format!(
+            "server {host}:{port} answered the TLS request with {:?}",
+            other as char
+        ))),
+    }
+}
+
+/// Opens the plain transport to `host:port` (see [`socket_path`]).
+async fn open(host: &str, port: u16) -> io::Result<Plain> {
     match socket_path(host, port) {
         Some(path) => UnixStream::connect(&path)
             .await
@@ -88,14 +147,14 @@ fn up_err(e: impl std::fmt::Display) -> SessionError {
 }
 
 /// Connects and authenticates; `client_params` are forwarded (minus user/database/replication).
+/// `tls`: the target's connector (see [`crate::tls::upstream_connector`]).
 pub(crate) async fn connect(
     cfg: &UpstreamConfig,
+    tls: Option<&TlsConnector>,
     client_params: &[(String, String)],
     cap: usize,
 ) -> Result<Upstream, SessionError> {
-    let mut stream = open(&cfg.host, cfg.port)
-        .await
-        .map_err(|e| up_err(format!("cannot connect to {}:{}: {e}", cfg.host, cfg.port)))?;
+    let mut stream = open_tls(&cfg.host, cfg.port, tls, cfg.tls.mode).await?;
     let mut params: Vec<(&str, &str)> = vec![("user", &cfg.user), ("database", &cfg.database)];
     for (k, v) in client_params {
         if !matches!(k.as_str(), "user" | "database" | "replication") && !k.starts_with("_pq_.") {
@@ -215,7 +274,8 @@ pub(crate) async fn connect(
     }
 }
 
-/// Sends a CancelRequest for `key` to the server at `host:port`.
+/// Sends a CancelRequest for `key` to the server at `host:port` (in plain: PostgreSQL reads a
+/// cancel request before, and regardless of, any TLS).
 pub(crate) async fn cancel(host: &str, port: u16, key: (i32, i32)) -> std::io::Result<()> {
     let mut s = open(host, port).await?;
     let mut out = BytesMut::new();

@@ -3,7 +3,8 @@
 
 use anyhow::{bail, Context};
 use parapet_gateway::{
-    Durability, GatewayConfig, StatementText, TargetConfig, TlsSettings, UpstreamConfig, UserConfig,
+    Durability, GatewayConfig, SslMode, StatementText, TargetConfig, TlsSettings, UpstreamConfig,
+    UpstreamTls, UserConfig,
 };
 use parapet_guard::PolicySource;
 use serde::Deserialize;
@@ -319,18 +320,57 @@ pub fn parse_upstream(s: &str) -> anyhow::Result<UpstreamConfig> {
     if database.is_empty() {
         bail!("missing database name (postgres://user:password@host/DB)");
     }
+    let mut tls = UpstreamTls::default();
+    for (k, v) in u.query_pairs() {
+        match k.as_ref() {
+            "sslmode" => {
+                tls.mode = match v.as_ref() {
+                    "disable" => SslMode::Disable,
+                    "prefer" => SslMode::Prefer,
+                    "require" => SslMode::Require,
+                    "verify-ca" => SslMode::VerifyCa,
+                    "verify-full" => SslMode::VerifyFull,
+                    other => bail!(
+                        "sslmode={other} is not supported (use disable, prefer, require, verify-ca or verify-full)"
+                    ),
+                }
+            }
+            "sslrootcert" => {
+                tls.root_cert = (v != "system").then(|| std::path::PathBuf::from(v.as_ref()))
+            }
+            other => bail!(
+                "unknown upstream URL parameter {other:?} (supported: sslmode, sslrootcert)"
+            ),
+        }
+    }
     Ok(UpstreamConfig {
         host,
         port: u.port().unwrap_or(5432),
         user,
         password: u.password().map(decode).transpose()?,
         database,
+        tls,
     })
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn upstream_urls_carry_sslmode_and_sslrootcert() {
+        let u = parse_upstream("postgres://gw@db/app").unwrap();
+        assert_eq!(u.tls.mode, SslMode::Prefer);
+        let u =
+            parse_upstream("postgres://gw@db/app?sslmode=verify-full&sslrootcert=%2Fetc%2Fca.pem")
+                .unwrap();
+        assert_eq!(u.tls.mode, SslMode::VerifyFull);
+        assert_eq!(u.tls.root_cert, Some(PathBuf::from("/etc/ca.pem")));
+        let u = parse_upstream("postgres://gw@db/app?sslmode=require&sslrootcert=system").unwrap();
+        assert_eq!((u.tls.mode, u.tls.root_cert), (SslMode::Require, None));
+        assert!(parse_upstream("postgres://gw@db/app?sslmode=allow").is_err());
+        assert!(parse_upstream("postgres://gw@db/app?sslcert=x").is_err());
+    }
 
     #[test]
     fn parses_example_and_upstream_urls() {

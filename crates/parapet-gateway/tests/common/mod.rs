@@ -66,6 +66,12 @@ pub fn command(bin: &Path, as_postgres: bool) -> Command {
 }
 
 pub fn start_cluster() -> Cluster {
+    start_cluster_with(|_| {}, &[])
+}
+
+/// A cluster whose data directory `prepare` may change after initdb (files it writes are given
+/// to the server's OS user), started with extra `args`.
+pub fn start_cluster_with(prepare: impl FnOnce(&Path), args: &[&str]) -> Cluster {
     let bin = bindir();
     let dir = tempfile::tempdir().expect("tempdir");
     // PostgreSQL refuses to run as root: run it as the postgres user then.
@@ -81,12 +87,23 @@ pub fn start_cluster() -> Cluster {
         .status()
         .expect("run initdb");
     assert!(st.success(), "initdb failed");
+    prepare(&data);
+    if root {
+        let st = Command::new("chown")
+            .args(["-R", "postgres:postgres"])
+            .arg(&data)
+            .status()
+            .expect("chown");
+        assert!(st.success(), "chown of the data directory failed");
+    }
     let port = free_port();
     let child = command(&bin.join("postgres"), root)
         .arg("-D")
         .arg(&data)
         .args(["-p", &port.to_string(), "-c", "listen_addresses=127.0.0.1"])
-        .args(["-c", "fsync=off", "-k"])
+        .args(["-c", "fsync=off"])
+        .args(args)
+        .arg("-k")
         .arg(dir.path())
         .stdout(Stdio::null())
         .stderr(Stdio::null())
@@ -134,7 +151,16 @@ pub async fn setup_config(
     unix: bool,
     tweak: impl FnOnce(&mut GatewayConfig),
 ) -> Setup {
-    let cluster = start_cluster();
+    setup_on(start_cluster(), durability, unix, tweak).await
+}
+
+/// [`setup_config`] in front of a cluster already started.
+pub async fn setup_on(
+    cluster: Cluster,
+    durability: Durability,
+    unix: bool,
+    tweak: impl FnOnce(&mut GatewayConfig),
+) -> Setup {
     let host = if unix {
         cluster
             .dir
@@ -165,6 +191,7 @@ pub async fn setup_config(
             user: "postgres".into(),
             password: None,
             database: "postgres".into(),
+            tls: Default::default(),
         },
         environment: "production".into(),
     };
