@@ -62,7 +62,7 @@ impl Decimal {
             None => (s, 0),
         };
         let (int, frac) = mantissa.split_once('.').unwrap_or((mantissa, ""));
-        if int.is_empty() && frac.is_empty()
+        if (int.is_empty() && frac.is_empty())
             || !int.bytes().chain(frac.bytes()).all(|b| b.is_ascii_digit())
             || exp.unsigned_abs() > 1_000_000
         {
@@ -294,28 +294,8 @@ impl Folder {
                 [v] => v.map(Truth::not),
                 _ => None,
             },
-            BoolExprType::AndExpr => {
-                if values.contains(&Some(Truth::False)) {
-                    Some(Truth::False)
-                } else if values.contains(&None) {
-                    None
-                } else if values.contains(&Some(Truth::Null)) {
-                    Some(Truth::Null)
-                } else {
-                    Some(Truth::True)
-                }
-            }
-            BoolExprType::OrExpr => {
-                if values.contains(&Some(Truth::True)) {
-                    Some(Truth::True)
-                } else if values.contains(&None) {
-                    None
-                } else if values.contains(&Some(Truth::Null)) {
-                    Some(Truth::Null)
-                } else {
-                    Some(Truth::False)
-                }
-            }
+            BoolExprType::AndExpr => and_values(&values),
+            BoolExprType::OrExpr => or_values(&values),
             BoolExprType::Undefined => None,
         }
     }

@@ -110,7 +110,8 @@ pub type Shapes = crate::cache::ShardedCache<String, Arc<Shape>>;
 /// normalises alike and parses to the same tree but for constant values. (The normalised text alone would not do: `a = -'x'` and
 /// `a = -5` both normalise to `a = $1`, and their trees differ.) Only statements whose facts
 /// read no constant value are remembered: plain DML (select/insert/update/delete/merge, nested
-/// or not), no `set_config`, no parameters, no problems, one statement spanning the whole text;
+/// or not), no `set_config`, no parameters, no problems, no filter folded by reading a literal
+/// (`WHERE 1 = 1`), no SQL given to a built-in as text, one statement spanning the whole text;
 /// and only when the tree has no `DefElem`, so every constant is an `A_Const`, which pg_query's
 /// fingerprint ignores. Everything else (DDL, SET, COPY, function bodies, DO, EXPLAIN, PREPARE,
 /// multi-statement messages, texts the lexical scan refuses) is always analysed in full. The
