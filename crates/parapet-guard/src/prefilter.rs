@@ -30,6 +30,10 @@ pub(crate) enum SetAttr {
     FunctionNames,
     ObjectTypes,
     SetVariables,
+    Extensions,
+    Languages,
+    IntegrityBypass,
+    Egress,
 }
 
 /// A string-valued attribute the prefilter can compare.
@@ -53,6 +57,9 @@ pub(crate) enum BoolAttr {
     Nested,
     DynamicSql,
     HasParameters,
+    OwnershipChange,
+    SecurityDefiner,
+    CatalogWrite,
 }
 
 /// A necessary condition for a rule to fire (or to error).
@@ -107,6 +114,10 @@ impl Prefilter {
                         SetAttr::FunctionNames => &f.function_names,
                         SetAttr::ObjectTypes => &f.object_types,
                         SetAttr::SetVariables => &f.set_variables,
+                        SetAttr::Extensions => &f.extensions,
+                        SetAttr::Languages => &f.languages,
+                        SetAttr::IntegrityBypass => &f.integrity_bypass,
+                        SetAttr::Egress => &f.egress,
                         SetAttr::Schemas => return true,
                     };
                     lits.iter().any(|l| set.contains(l))
@@ -131,6 +142,9 @@ impl Prefilter {
                 BoolAttr::Nested => f.nested,
                 BoolAttr::DynamicSql => f.dynamic_sql,
                 BoolAttr::HasParameters => f.has_parameters,
+                BoolAttr::OwnershipChange => f.ownership_change,
+                BoolAttr::SecurityDefiner => f.security_definer,
+                BoolAttr::CatalogWrite => f.catalog_write,
             },
             Prefilter::InGroup(g) => ctx.groups.iter().any(|x| x == g),
             Prefilter::And(v) => v.iter().all(|p| p.may_match(f, ctx)),
@@ -196,6 +210,10 @@ fn set_attr(e: &Value) -> Option<SetAttr> {
         ("context", "function_names") => Some(SetAttr::FunctionNames),
         ("context", "object_types") => Some(SetAttr::ObjectTypes),
         ("context", "set_variables") => Some(SetAttr::SetVariables),
+        ("context", "extensions") => Some(SetAttr::Extensions),
+        ("context", "languages") => Some(SetAttr::Languages),
+        ("context", "integrity_bypass") => Some(SetAttr::IntegrityBypass),
+        ("context", "egress") => Some(SetAttr::Egress),
         _ => None,
     }
 }
@@ -220,6 +238,9 @@ fn bool_attr(e: &Value) -> Option<BoolAttr> {
         ("context", "nested") => Some(BoolAttr::Nested),
         ("context", "dynamic_sql") => Some(BoolAttr::DynamicSql),
         ("context", "has_parameters") => Some(BoolAttr::HasParameters),
+        ("context", "ownership_change") => Some(BoolAttr::OwnershipChange),
+        ("context", "security_definer") => Some(BoolAttr::SecurityDefiner),
+        ("context", "catalog_write") => Some(BoolAttr::CatalogWrite),
         _ => None,
     }
 }

@@ -213,6 +213,25 @@ fn literal_dependent_facts_are_never_reused() {
             "DO 'BEGIN PERFORM 1; END'",
             "DO 'BEGIN DROP TABLE users; END'",
         ),
+        // A filter folded from literals: the same lexical key, opposite facts.
+        ("DELETE FROM t WHERE 1 = 2", "DELETE FROM t WHERE 1 = 1"),
+        (
+            "UPDATE t SET a = 5 WHERE 'x' = 'y'",
+            "UPDATE t SET a = 5 WHERE 'x' = 'x'",
+        ),
+        (
+            "DELETE FROM t WHERE a = 3 OR 1 > 2",
+            "DELETE FROM t WHERE a = 3 OR 2 > 1",
+        ),
+        (
+            "MERGE INTO t USING u ON 1 = 2 WHEN MATCHED THEN DELETE",
+            "MERGE INTO t USING u ON 1 = 1 WHEN MATCHED THEN DELETE",
+        ),
+        // SQL given to a built-in as text is a nested statement.
+        (
+            "SELECT query_to_xml('SELECT 1', true, false, '')",
+            "SELECT query_to_xml('DROP TABLE users', true, false, '')",
+        ),
     ];
     let shapes = Shapes::new(1024);
     for (harmless, harmful) in pairs {
@@ -273,6 +292,10 @@ mod random {
             Just("SELECT pg_read_file({0}) FROM t LIMIT {1}"),
             Just("WITH d AS (DELETE FROM t WHERE a = {0} RETURNING *) SELECT {1} FROM d"),
             Just("SELECT {0} UNION SELECT {1}"),
+            Just("DELETE FROM t WHERE {0} = {1}"),
+            Just("UPDATE t SET a = 1 WHERE {0} >= {1} OR a = 2"),
+            Just("DELETE FROM t WHERE NOT {0} IS DISTINCT FROM {1}"),
+            Just("SELECT query_to_xml({0}, true, false, {1})"),
             Just("SELECT * FROM t WHERE a = {0}; DELETE FROM t WHERE b = {1}"),
             Just("SELECT {0} -- {1}"),
             Just("SELECT {0} -- {1};"),

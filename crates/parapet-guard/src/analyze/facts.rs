@@ -53,6 +53,27 @@ pub struct FactsData {
     pub object_types: BTreeSet<String>,
     /// Run-time parameters changed by SET / set_config ("?" when not a constant).
     pub set_variables: BTreeSet<String>,
+    /// Extensions created or updated (`CREATE EXTENSION`, `ALTER EXTENSION … UPDATE`).
+    pub extensions: BTreeSet<String>,
+    /// Languages of functions and procedures created and of DO blocks, and languages created
+    /// by `CREATE LANGUAGE` (lower case: `sql`, `plpgsql`, `c`, `internal`, `plpython3u`, …).
+    pub languages: BTreeSet<String>,
+    /// Ways the statement turns integrity checks off: `session_replication_role`,
+    /// `row_security`, `disable_trigger`, `disable_rule`, `disable_event_trigger`,
+    /// `disable_row_level_security`, `no_force_row_level_security`.
+    pub integrity_bypass: BTreeSet<String>,
+    /// Replication and foreign-data objects created or altered: `subscription`, `publication`,
+    /// `foreign_server`, `user_mapping`, `foreign_table`, `import_foreign_schema`,
+    /// `foreign_data_wrapper`.
+    pub egress: BTreeSet<String>,
+    /// Ownership given to a role (`… OWNER TO`, `REASSIGN OWNED`, `CREATE SCHEMA …
+    /// AUTHORIZATION`, `CREATE DATABASE|TABLESPACE … OWNER`).
+    pub ownership_change: bool,
+    /// A function or procedure made `SECURITY DEFINER` (`CREATE` or `ALTER FUNCTION`).
+    pub security_definer: bool,
+    /// A system catalog relation (in `pg_catalog`, unqualified `pg_*` catalog names included)
+    /// is written.
+    pub catalog_write: bool,
     /// Whether anything is nested in the statement.
     pub nested: bool,
     /// Dynamic SQL (non-constant EXECUTE) somewhere in the statement.
@@ -110,6 +131,13 @@ impl FactsData {
         self.copy_program |= other.copy_program;
         self.object_types.extend(other.object_types);
         self.set_variables.extend(other.set_variables);
+        self.extensions.extend(other.extensions);
+        self.languages.extend(other.languages);
+        self.integrity_bypass.extend(other.integrity_bypass);
+        self.egress.extend(other.egress);
+        self.ownership_change |= other.ownership_change;
+        self.security_definer |= other.security_definer;
+        self.catalog_write |= other.catalog_write;
         self.dynamic_sql |= other.dynamic_sql;
         self.has_parameters |= other.has_parameters;
         self.problems.extend(other.problems);

@@ -21,18 +21,23 @@
 //! so a known statement with new literal values costs a short scan instead of a parse, a walk
 //! and a fingerprint; see its documentation for why that is exact.
 
+mod catalog;
 mod children;
 pub mod facts;
+mod fold;
 mod from_json;
 pub mod lexical;
 mod parse;
 mod plpgsql;
 
-use facts::{FactsData, Problem, StatementFacts, RULE_UNANALYSABLE, RULE_UNPARSEABLE};
+use facts::{
+    FactsData, Problem, StatementFacts, RULE_DYNAMIC_SQL, RULE_UNANALYSABLE, RULE_UNPARSEABLE,
+};
 use pg_query::protobuf::node::Node as NodeEnum;
 use pg_query::protobuf::{
-    a_const, AlterTableType, CreateFunctionStmt, DoStmt, ExplainStmt, FuncCall, Node, ObjectType,
-    RangeVar, VariableSetKind, VariableSetStmt,
+    a_const, AlterTableType, CmdType, CreateFunctionStmt, DoStmt, ExplainStmt, FuncCall,
+    MergeMatchKind, MergeStmt, Node, ObjectType, RangeVar, RoleSpec, RoleSpecType, VariableSetKind,
+    VariableSetStmt,
 };
 use pg_query::NodeRef;
 use std::collections::BTreeSet;
@@ -105,7 +110,8 @@ pub type Shapes = crate::cache::ShardedCache<String, Arc<Shape>>;
 /// normalises alike and parses to the same tree but for constant values. (The normalised text alone would not do: `a = -'x'` and
 /// `a = -5` both normalise to `a = $1`, and their trees differ.) Only statements whose facts
 /// read no constant value are remembered: plain DML (select/insert/update/delete/merge, nested
-/// or not), no `set_config`, no parameters, no problems, one statement spanning the whole text;
+/// or not), no `set_config`, no parameters, no problems, no filter folded by reading a literal
+/// (`WHERE 1 = 1`), no SQL given to a built-in as text, one statement spanning the whole text;
 /// and only when the tree has no `DefElem`, so every constant is an `A_Const`, which pg_query's
 /// fingerprint ignores. Everything else (DDL, SET, COPY, function bodies, DO, EXPLAIN, PREPARE,
 /// multi-statement messages, texts the lexical scan refuses) is always analysed in full. The
@@ -143,6 +149,13 @@ fn literal_independent(f: &FactsData) -> bool {
         && f.copy_direction.is_empty()
         && f.set_variables.is_empty()
         && f.object_types.is_empty()
+        && f.extensions.is_empty()
+        && f.languages.is_empty()
+        && f.integrity_bypass.is_empty()
+        && f.egress.is_empty()
+        && !f.ownership_change
+        && !f.security_definer
+        && !f.catalog_write
         && !f.function_names.contains("set_config")
         && f.kinds.iter().all(|k| {
             matches!(
@@ -210,13 +223,13 @@ fn analyze_message(sql: &str, shapes: Option<&Shapes>) -> (Analysis, bool) {
     };
     let fingerprint = pg_query::fingerprint(sql).ok().map(|f| f.hex);
     let mut statements = Vec::with_capacity(parsed.stmts.len());
-    let mut def_elems = false;
+    let mut literal_dependent = false;
     for raw in &parsed.stmts {
         let text = statement_text(sql, raw.stmt_location, raw.stmt_len);
         let facts = match raw.stmt.as_deref() {
             Some(tree) => {
-                let (facts, saw_def_elem) = statement_facts_full(tree, text, 0);
-                def_elems |= saw_def_elem;
+                let (facts, dependent) = statement_facts_full(tree, text, 0);
+                literal_dependent |= dependent;
                 facts
             }
             None => unanalysable_facts(text, "the parse tree could not be read"),
@@ -235,7 +248,7 @@ fn analyze_message(sql: &str, shapes: Option<&Shapes>) -> (Analysis, bool) {
         let terminated = rest.is_some_and(|r| r.trim() == ";");
         if raw.stmt_location == 0
             && (raw.stmt_len == 0 || terminated)
-            && !def_elems
+            && !literal_dependent
             && fingerprint.is_some()
             && literal_independent(facts)
         {
@@ -292,7 +305,8 @@ fn statement_facts(tree: &Node, text: &str, level: usize) -> FactsData {
     statement_facts_full(tree, text, level).0
 }
 
-/// Facts of one statement, and whether its tree holds a `DefElem` (an option list).
+/// Facts of one statement, and whether they may depend on a constant's value: its tree holds a
+/// `DefElem` (an option list), or a filter was folded by reading a literal (`WHERE 1 = 1`).
 fn statement_facts_full(tree: &Node, text: &str, level: usize) -> (FactsData, bool) {
     let Some(node) = tree.node.as_ref() else {
         return (unanalysable_facts(text, "empty statement tree"), false);
@@ -305,10 +319,11 @@ fn statement_facts_full(tree: &Node, text: &str, level: usize) -> (FactsData, bo
         tables: Vec::new(),
         ctes: BTreeSet::new(),
         def_elems: false,
+        reads_literals: false,
     };
     w.visit_stmt(node, true, 0);
-    let def_elems = w.def_elems;
-    (w.finish(), def_elems)
+    let literal_dependent = w.def_elems || w.reads_literals;
+    (w.finish(), literal_dependent)
 }
 
 /// Parses nested SQL text (function body, constant EXECUTE string) into facts per statement.
@@ -369,6 +384,14 @@ fn const_string(v: &Node) -> Option<&str> {
             _ => None,
         },
         _ => None,
+    }
+}
+
+/// A string constant, possibly cast (`'SELECT 1'::text`, `'t'::regclass`).
+fn const_text(v: &Node) -> Option<&str> {
+    match inner(v)? {
+        NodeEnum::TypeCast(c) => const_text(c.arg.as_deref()?),
+        _ => const_string(v),
     }
 }
 
@@ -449,6 +472,8 @@ struct Walker<'t, 'a> {
     ctes: BTreeSet<&'a str>,
     /// Whether a `DefElem` (option) node was seen.
     def_elems: bool,
+    /// Whether a filter's fold read the value of a numeric or string literal.
+    reads_literals: bool,
 }
 
 impl<'a> Walker<'_, 'a> {
@@ -457,8 +482,16 @@ impl<'a> Walker<'_, 'a> {
             if schema.is_empty() && !written && self.ctes.contains(name) {
                 continue;
             }
-            let schema = if schema.is_empty() { "public" } else { schema };
+            // The server looks in pg_catalog before the search path.
+            let schema = match schema {
+                "" if catalog::is_catalog_relation(name) => "pg_catalog",
+                "" => "public",
+                s => s,
+            };
             let full = format!("{schema}.{name}");
+            if written && schema == "pg_catalog" {
+                self.facts.catalog_write = true;
+            }
             if written {
                 self.facts.writes.insert(full);
             } else {
@@ -507,12 +540,14 @@ impl<'a> Walker<'_, 'a> {
             NodeRef::MergeStmt(s) => {
                 self.write_opt(s.relation.as_ref());
                 skip = &["relation"];
+                self.merge_filters(s, top);
             }
             NodeRef::UpdateStmt(s) => {
                 self.write_opt(s.relation.as_ref());
                 skip = &["relation"];
-                // `WHERE CURRENT OF cursor` is a where clause too (CurrentOfExpr).
-                if s.where_clause.is_none() {
+                // `WHERE CURRENT OF cursor` is a where clause too (CurrentOfExpr); a WHERE
+                // that folds to a constant true is none.
+                if !self.filters(s.where_clause.as_deref()) {
                     self.facts.update_without_where = true;
                     if top {
                         self.facts.has_where = false;
@@ -522,7 +557,7 @@ impl<'a> Walker<'_, 'a> {
             NodeRef::DeleteStmt(s) => {
                 self.write_opt(s.relation.as_ref());
                 skip = &["relation"];
-                if s.where_clause.is_none() {
+                if !self.filters(s.where_clause.as_deref()) {
                     self.facts.delete_without_where = true;
                     if top {
                         self.facts.has_where = false;
@@ -569,8 +604,9 @@ impl<'a> Walker<'_, 'a> {
             NodeRef::AlterTableStmt(s) => {
                 self.write_opt(s.relation.as_ref());
                 skip = &["relation"];
-                self.relation_object(object_type_name(s.objtype));
-                self.alter_table_cmds(&s.cmds);
+                let ot = object_type_name(s.objtype);
+                self.alter_table_cmds(&s.cmds, ot == "foreign_table");
+                self.relation_object(ot);
             }
             NodeRef::IndexStmt(s) => {
                 self.write_opt(s.relation.as_ref());
@@ -613,6 +649,12 @@ impl<'a> Walker<'_, 'a> {
             NodeRef::GrantStmt(s) => {
                 self.facts.object_types.insert(object_type_name(s.objtype));
             }
+            NodeRef::AlterDefaultPrivilegesStmt(s) => {
+                if let Some(g) = &s.action {
+                    self.facts.kinds.insert(grant_or_revoke(g.is_grant).into());
+                    self.facts.object_types.insert(object_type_name(g.objtype));
+                }
+            }
             NodeRef::GrantRoleStmt(_) => {
                 self.facts.object_types.insert("role".into());
             }
@@ -626,6 +668,7 @@ impl<'a> Walker<'_, 'a> {
             // Plain EXPLAIN only plans its statement; it does not run it.
             NodeRef::ExplainStmt(s) if !explain_analyzes(s) => skip = &["query"],
             NodeRef::CreateFunctionStmt(s) => {
+                self.security_clause(&s.options);
                 self.facts.object_types.insert(
                     if s.is_procedure {
                         "procedure"
@@ -637,14 +680,89 @@ impl<'a> Walker<'_, 'a> {
                 self.function_body(s, top);
             }
             NodeRef::DoStmt(s) => self.do_block(s),
-            NodeRef::CreatedbStmt(_) => {
+            NodeRef::CreatedbStmt(s) => {
                 self.facts.object_types.insert("database".into());
+                if def_elems(&s.options).any(|(name, arg)| name == "owner" && arg.is_some()) {
+                    self.facts.ownership_change = true;
+                }
             }
-            NodeRef::CreateSchemaStmt(_) => {
+            NodeRef::CreateSchemaStmt(s) => {
                 self.facts.object_types.insert("schema".into());
+                self.owner_given(s.authrole.as_ref());
             }
-            NodeRef::CreateExtensionStmt(_) => {
+            NodeRef::CreateTableSpaceStmt(s) => {
+                self.facts.object_types.insert("tablespace".into());
+                self.owner_given(s.owner.as_ref());
+            }
+            NodeRef::CreateExtensionStmt(s) => {
                 self.facts.object_types.insert("extension".into());
+                self.facts.extensions.insert(s.extname.clone());
+            }
+            NodeRef::AlterExtensionStmt(s) => {
+                self.facts.object_types.insert("extension".into());
+                self.facts.extensions.insert(s.extname.clone());
+            }
+            NodeRef::CreatePlangStmt(s) => {
+                self.facts.object_types.insert("language".into());
+                self.facts.languages.insert(s.plname.to_ascii_lowercase());
+                if !s.plhandler.is_empty() {
+                    self.facts.kinds.insert("language_handler".into());
+                }
+            }
+            NodeRef::LoadStmt(_) => {
+                self.facts.kinds.insert("load".into());
+            }
+            NodeRef::AlterFunctionStmt(s) => self.security_clause(&s.actions),
+            NodeRef::AlterOwnerStmt(_) | NodeRef::ReassignOwnedStmt(_) => {
+                self.facts.ownership_change = true;
+            }
+            NodeRef::AlterEventTrigStmt(s) => {
+                // 'D' disables it; 'R' makes it fire only under session_replication_role =
+                // replica, which disables it for ordinary sessions.
+                if matches!(s.tgenabled.as_str(), "D" | "R") {
+                    self.facts
+                        .integrity_bypass
+                        .insert("disable_event_trigger".into());
+                }
+            }
+            NodeRef::CreateSubscriptionStmt(_) | NodeRef::AlterSubscriptionStmt(_) => {
+                self.facts.egress.insert("subscription".into());
+            }
+            NodeRef::CreatePublicationStmt(_) | NodeRef::AlterPublicationStmt(_) => {
+                self.facts.egress.insert("publication".into());
+            }
+            NodeRef::CreateForeignServerStmt(s) => {
+                self.facts.egress.insert("foreign_server".into());
+                self.foreign_options(&s.options);
+            }
+            NodeRef::AlterForeignServerStmt(s) => {
+                self.facts.egress.insert("foreign_server".into());
+                self.foreign_options(&s.options);
+            }
+            NodeRef::CreateUserMappingStmt(_) | NodeRef::AlterUserMappingStmt(_) => {
+                self.facts.egress.insert("user_mapping".into());
+            }
+            NodeRef::CreateForeignTableStmt(s) => {
+                self.facts.egress.insert("foreign_table".into());
+                self.facts.object_types.insert("foreign_table".into());
+                self.foreign_options(&s.options);
+                skip = &["base_stmt"];
+                if let Some(base) = &s.base_stmt {
+                    // The table is written (created); its columns, constraints and options are
+                    // walked like any CREATE TABLE's.
+                    self.write_opt(base.relation.as_ref());
+                    children::for_each_child(NodeRef::CreateStmt(base), &mut |field, child, i| {
+                        if field != "relation" {
+                            self.visit(child, i, depth + 1);
+                        }
+                    });
+                }
+            }
+            NodeRef::ImportForeignSchemaStmt(_) => {
+                self.facts.egress.insert("import_foreign_schema".into());
+            }
+            NodeRef::CreateFdwStmt(_) | NodeRef::AlterFdwStmt(_) => {
+                self.facts.egress.insert("foreign_data_wrapper".into());
             }
             _ => {}
         }
@@ -668,13 +786,136 @@ impl<'a> Walker<'_, 'a> {
         self.facts.kinds.insert(kind.into());
     }
 
-    fn alter_table_cmds(&mut self, cmds: &[Node]) {
+    fn alter_table_cmds(&mut self, cmds: &[Node], foreign_table: bool) {
         for c in cmds {
-            if let Some(NodeEnum::AlterTableCmd(cmd)) = inner(c) {
-                if AlterTableType::try_from(cmd.subtype) == Ok(AlterTableType::AtDropColumn) {
+            let Some(NodeEnum::AlterTableCmd(cmd)) = inner(c) else {
+                continue;
+            };
+            let Ok(subtype) = AlterTableType::try_from(cmd.subtype) else {
+                continue;
+            };
+            let bypass = match subtype {
+                AlterTableType::AtDropColumn => {
                     self.facts.kinds.insert("drop".into());
                     self.facts.object_types.insert("column".into());
+                    None
                 }
+                AlterTableType::AtChangeOwner => {
+                    self.facts.ownership_change = true;
+                    None
+                }
+                // ENABLE REPLICA makes a trigger (rule) fire only under
+                // session_replication_role = replica: off for ordinary sessions.
+                AlterTableType::AtDisableTrig
+                | AlterTableType::AtDisableTrigAll
+                | AlterTableType::AtDisableTrigUser
+                | AlterTableType::AtEnableReplicaTrig => Some("disable_trigger"),
+                AlterTableType::AtDisableRule | AlterTableType::AtEnableReplicaRule => {
+                    Some("disable_rule")
+                }
+                AlterTableType::AtDisableRowSecurity => Some("disable_row_level_security"),
+                AlterTableType::AtNoForceRowSecurity => Some("no_force_row_level_security"),
+                AlterTableType::AtGenericOptions if foreign_table => {
+                    self.facts.egress.insert("foreign_table".into());
+                    if let Some(NodeEnum::List(l)) = cmd.def.as_deref().and_then(inner) {
+                        self.foreign_options(&l.items);
+                    }
+                    None
+                }
+                _ => None,
+            };
+            if let Some(b) = bypass {
+                self.facts.integrity_bypass.insert(b.into());
+            }
+        }
+    }
+
+    /// Whether a WHERE clause filters: it is present and does not fold to a constant true.
+    fn filters(&mut self, condition: Option<&Node>) -> bool {
+        condition.is_some_and(|c| !self.folds_true(c))
+    }
+
+    /// Whether a condition folds to a constant true (see `fold`).
+    fn folds_true(&mut self, condition: &Node) -> bool {
+        self.fold(condition) == Some(fold::Truth::True)
+    }
+
+    fn fold(&mut self, condition: &Node) -> Option<fold::Truth> {
+        let mut folder = fold::Folder::default();
+        let truth = folder.truth(condition);
+        self.reads_literals |= folder.read_literal;
+        truth
+    }
+
+    /// A MERGE whose join condition folds to true updates / deletes every target row in its
+    /// unconditional `WHEN MATCHED` actions (when the source has a row); one whose condition
+    /// folds to false or NULL does so in its `WHEN NOT MATCHED BY SOURCE` actions.
+    fn merge_filters(&mut self, s: &MergeStmt, top: bool) {
+        let join = s.join_condition.as_deref().and_then(|c| self.fold(c));
+        let Some(join) = join else {
+            return;
+        };
+        for clause in &s.merge_when_clauses {
+            let Some(NodeEnum::MergeWhenClause(w)) = inner(clause) else {
+                continue;
+            };
+            let every_row = match MergeMatchKind::try_from(w.match_kind) {
+                Ok(MergeMatchKind::MergeWhenMatched) => join == fold::Truth::True,
+                Ok(MergeMatchKind::MergeWhenNotMatchedBySource) => join != fold::Truth::True,
+                _ => false,
+            };
+            if !every_row || self.filters(w.condition.as_deref()) {
+                continue;
+            }
+            match CmdType::try_from(w.command_type) {
+                Ok(CmdType::CmdDelete) => self.facts.delete_without_where = true,
+                Ok(CmdType::CmdUpdate) => self.facts.update_without_where = true,
+                _ => continue,
+            }
+            if top {
+                self.facts.has_where = false;
+            }
+        }
+    }
+
+    /// `SECURITY DEFINER` among a function's options (`CREATE`) or actions (`ALTER`).
+    fn security_clause(&mut self, options: &[Node]) {
+        for (name, arg) in def_elems(options) {
+            if name == "security" {
+                if let Some(NodeEnum::Boolean(b)) = arg.and_then(inner) {
+                    self.facts.security_definer |= b.boolval;
+                }
+            }
+        }
+    }
+
+    /// A role given ownership of a new object (`AUTHORIZATION` / `OWNER`): any role but the
+    /// current one.
+    fn owner_given(&mut self, role: Option<&RoleSpec>) {
+        let Some(role) = role else {
+            return;
+        };
+        let current = matches!(
+            RoleSpecType::try_from(role.roletype),
+            Ok(RoleSpecType::RolespecCurrentUser | RoleSpecType::RolespecCurrentRole)
+        );
+        if !current {
+            self.facts.ownership_change = true;
+        }
+    }
+
+    /// Foreign table / server options that read a server file or run a program (file_fdw's
+    /// `filename` and `program`, and any wrapper's options of those names).
+    fn foreign_options(&mut self, options: &[Node]) {
+        for (name, arg) in def_elems(options) {
+            if arg.is_none() {
+                // `OPTIONS (DROP name)`.
+                continue;
+            }
+            match name.to_ascii_lowercase().as_str() {
+                "program" => self.facts.copy_program = true,
+                "filename" => self.facts.copy_server_file = true,
+                _ => {}
             }
         }
     }
@@ -697,24 +938,59 @@ impl<'a> Walker<'_, 'a> {
             }
             _ => {}
         }
+        if is_integrity_setting(&name) {
+            let value = match kind {
+                Ok(VariableSetKind::VarSetDefault) => SettingValue::Default,
+                Ok(VariableSetKind::VarSetValue) => match s.args.as_slice() {
+                    [v] => setting_value(v),
+                    _ => SettingValue::Unknown,
+                },
+                _ => SettingValue::Unknown,
+            };
+            self.integrity_setting(&name, value);
+        }
         if !name.is_empty() {
             self.facts.set_variables.insert(name);
         }
     }
 
+    /// Records `name` (`session_replication_role` or `row_security`) as an integrity bypass
+    /// unless it is set to its harmless value (`origin`; `on`) or its default.
+    fn integrity_setting(&mut self, name: &str, value: SettingValue<'_>) {
+        let harmless = match value {
+            SettingValue::Default => true,
+            SettingValue::Unknown => false,
+            SettingValue::Text(v) => match name {
+                "session_replication_role" => v.trim().eq_ignore_ascii_case("origin"),
+                _ => fold::parse_bool(v) == Some(true),
+            },
+        };
+        if !harmless {
+            self.facts.integrity_bypass.insert(name.to_string());
+        }
+    }
+
     fn function_body(&mut self, s: &CreateFunctionStmt, top: bool) {
+        let language = def_elems(&s.options)
+            .find_map(|(name, arg)| match (name, arg.and_then(string_node)) {
+                ("language", Some(l)) => Some(l.to_ascii_lowercase()),
+                _ => None,
+            })
+            .unwrap_or_else(|| "sql".into());
+        self.facts.languages.insert(language.clone());
         if s.sql_body.is_some() {
             // BEGIN ATOMIC … END: already parsed, the generic walk sees it.
             return;
         }
-        let mut language = String::from("sql");
+        if matches!(language.as_str(), "c" | "internal") {
+            // The body names a symbol in a shared library or in the server: nothing to
+            // analyse; the language itself is the fact (see `parapet.server-code`).
+            return;
+        }
         let mut body: Option<String> = None;
         let mut body_parts = 0;
         for (name, arg) in def_elems(&s.options) {
             match (name, arg.and_then(inner)) {
-                ("language", Some(NodeEnum::String(l))) => {
-                    language = l.sval.to_ascii_lowercase();
-                }
                 ("as", Some(NodeEnum::List(l))) => {
                     body_parts = l.items.len();
                     body = l.items.first().and_then(string_node).map(str::to_string);
@@ -771,6 +1047,7 @@ impl<'a> Walker<'_, 'a> {
                 _ => {}
             }
         }
+        self.facts.languages.insert(language.clone());
         let Some(body) = body else {
             self.problem(RULE_UNANALYSABLE, "DO block without a body; denied".into());
             return;
@@ -849,9 +1126,94 @@ impl<'a> Walker<'_, 'a> {
             if var == "role" {
                 self.facts.kinds.insert("set_role".into());
             }
+            if var == "?" {
+                // Any setting, these included.
+                self.facts
+                    .integrity_bypass
+                    .insert("session_replication_role".into());
+            } else if is_integrity_setting(&var) {
+                let value = f
+                    .args
+                    .get(1)
+                    .and_then(const_string)
+                    .map_or(SettingValue::Unknown, SettingValue::Text);
+                self.integrity_setting(&var, value);
+            }
             self.facts.set_variables.insert(var);
         }
+        for &(name, arity, index, use_) in catalog::SQL_TEXT_FUNCTIONS {
+            if name != bare || (arity != 0 && arity != f.args.len()) {
+                continue;
+            }
+            if f.args
+                .iter()
+                .any(|a| matches!(inner(a), Some(NodeEnum::NamedArgExpr(_))))
+            {
+                self.facts.dynamic_sql = true;
+                self.problem(
+                    RULE_DYNAMIC_SQL,
+                    format!("{bare}() runs SQL given as an argument, and named arguments cannot be matched to it; pass the arguments by position; denied"),
+                );
+            } else if let Some(arg) = f.args.get(index) {
+                self.sql_argument(&bare, arg, use_);
+            }
+        }
         self.facts.function_names.insert(bare);
+    }
+
+    /// The argument of a built-in that runs it as SQL (or reads the relation it names): a
+    /// constant is analysed as a nested statement, anything else is dynamic SQL.
+    fn sql_argument(&mut self, func: &str, arg: &Node, use_: catalog::TextArg) {
+        // The facts depend on the constant's value: never reuse them for another text.
+        self.reads_literals = true;
+        let Some(text) = const_text(arg) else {
+            self.facts.dynamic_sql = true;
+            self.problem(
+                RULE_DYNAMIC_SQL,
+                format!("{func}() runs SQL (or reads a relation) given by a value that is not a constant, which cannot be analysed; denied"),
+            );
+            return;
+        };
+        let sql = match use_ {
+            catalog::TextArg::Query => text.to_string(),
+            catalog::TextArg::Relation => format!("SELECT * FROM {text}"),
+        };
+        match nested_sql_facts(&sql, self.level + 1) {
+            Ok(nested) => self.absorb_all(nested),
+            Err(e) => self.problem(
+                RULE_UNANALYSABLE,
+                format!("the SQL given to {func}() cannot be analysed ({e}); denied"),
+            ),
+        }
+    }
+}
+
+/// The run-time settings that turn integrity checks off at some value.
+fn is_integrity_setting(name: &str) -> bool {
+    matches!(name, "session_replication_role" | "row_security")
+}
+
+/// The value a SET gives a setting.
+enum SettingValue<'a> {
+    /// `TO DEFAULT` (or `RESET`).
+    Default,
+    /// A constant.
+    Text(&'a str),
+    /// Not a single constant (`FROM CURRENT`, a list, a parameter).
+    Unknown,
+}
+
+/// The value of a SET's single argument: a string, a number or a boolean keyword (which the
+/// grammar turns into strings).
+fn setting_value(v: &Node) -> SettingValue<'_> {
+    match inner(v) {
+        Some(NodeEnum::AConst(c)) => match &c.val {
+            Some(a_const::Val::Sval(s)) => SettingValue::Text(&s.sval),
+            Some(a_const::Val::Fval(f)) => SettingValue::Text(&f.fval),
+            Some(a_const::Val::Ival(i)) if i.ival == 1 => SettingValue::Text("1"),
+            _ => SettingValue::Unknown,
+        },
+        _ => SettingValue::Unknown,
     }
 }
 
