@@ -35,6 +35,8 @@ pub(crate) struct Shared {
     pub guard: Arc<Guard>,
     pub log: Log,
     pub tls: Option<TlsAcceptor>,
+    /// Failed logins: what is recorded one by one, what is only counted.
+    pub auth_failures: Arc<crate::authlog::AuthFailureLog>,
     cancels: Mutex<HashMap<(i32, i32), CancelTarget>>,
 }
 
@@ -139,6 +141,7 @@ impl Gateway {
                 guard,
                 log,
                 tls,
+                auth_failures: Arc::default(),
                 cancels: Mutex::new(HashMap::new()),
             }),
             listener,
@@ -195,6 +198,8 @@ impl Gateway {
         drop(alive_tx);
         let _ = tokio::time::timeout(Duration::from_secs(5), alive_rx.recv()).await;
         reloader.abort();
+        // Failed logins only counted so far get their summary before the stop.
+        shared.auth_failures.flush(&shared.log);
         shared
             .log
             .append(to_bytes(

@@ -19,7 +19,9 @@
 
 use crate::config::{Durability, StatementText};
 use crate::error::SessionError;
-use crate::events::{rfc3339_micros, to_bytes, DecisionEvent, OutcomeEvent, SessionInfo};
+use crate::events::{
+    rfc3339_micros, submit_decision, to_bytes, DecisionEvent, OutcomeEvent, SessionInfo,
+};
 use crate::protocol::{backend, cstr, frame, frontend, tag_rows};
 use crate::server::Shared;
 use crate::upstream::Upstream;
@@ -463,7 +465,8 @@ impl Frontend<'_> {
             StatementText::Normalized => None,
         };
         let ev = DecisionEvent::new(self.info, protocol, text, &d, stmt);
-        let ticket = self.shared.log.submit(to_bytes(&ev));
+        // A text too long for one entry goes in parts just before the decision.
+        let ticket = submit_decision(&self.shared.log, ev);
         let allowed = matches!(d.verdict, Verdict::Allow | Verdict::Monitor);
         if allowed && self.shared.config.durability == Durability::BeforeReply {
             // Forwarded at once; the backend half holds the reply until the ticket resolves.
@@ -502,7 +505,7 @@ impl Frontend<'_> {
         let ev = DecisionEvent::new(self.info, "function", None, &d, None);
         Pre {
             allowed: false,
-            wait: PreWait::Ticket(self.shared.log.submit(to_bytes(&ev))),
+            wait: PreWait::Ticket(submit_decision(&self.shared.log, ev)),
             decision: Some(d),
         }
     }
