@@ -268,7 +268,9 @@ mod tests {
         assert_eq!(listed.len(), SUMMARY_ADDRESSES);
         let sum: u64 = listed.iter().map(|a| a["count"].as_u64().unwrap()).sum();
         assert_eq!(sum + s["other_count"].as_u64().unwrap(), w.counted_total);
-        assert!(listed.iter().all(|a| a["count"] == 7));
+        // The busiest first: the 28 addresses with 7, then those with 6.
+        assert_eq!(listed[0]["count"], 7);
+        assert!(listed.iter().all(|a| a["count"].as_u64().unwrap() >= 6));
         assert!(to_bytes(&s).len() < 4096);
         let id = w.id;
         assert!(w.end().is_some());
