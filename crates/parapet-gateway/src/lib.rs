@@ -10,6 +10,7 @@
 //! `upstream` (gateway → server login, cancel), `session` (proxy loop), [`protocol`] (framing and
 //! messages), [`scram`], [`events`], [`config`], [`tls`].
 
+mod authlog;
 pub mod config;
 pub mod error;
 pub mod events;

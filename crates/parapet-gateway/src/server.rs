@@ -41,6 +41,8 @@ pub(crate) struct Shared {
     pub tls: Option<TlsAcceptor>,
     /// The TLS certificate's channel binding data (SCRAM-SHA-256-PLUS), if it has any.
     pub tls_binding: Option<Vec<u8>>,
+    /// Failed logins: what is recorded one by one, what is only counted.
+    pub auth_failures: Arc<crate::authlog::AuthFailureLog>,
     cancels: Mutex<HashMap<(i32, i32), CancelTarget>>,
     /// Client connections open, logged in or not (`max_connections`).
     connections: AtomicUsize,
@@ -205,6 +207,7 @@ impl Gateway {
                 log,
                 tls,
                 tls_binding,
+                auth_failures: Arc::default(),
                 cancels: Mutex::new(HashMap::new()),
                 connections: AtomicUsize::new(0),
                 refusing: AtomicUsize::new(0),
@@ -272,6 +275,8 @@ impl Gateway {
         drop(alive_tx);
         let _ = tokio::time::timeout(Duration::from_secs(5), alive_rx.recv()).await;
         reloader.abort();
+        // Failed logins only counted so far get their summary before the stop.
+        shared.auth_failures.flush(&shared.log);
         shared
             .log
             .append(to_bytes(

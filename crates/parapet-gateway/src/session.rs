@@ -26,7 +26,9 @@
 
 use crate::config::{Durability, StatementText};
 use crate::error::SessionError;
-use crate::events::{rfc3339_micros, to_bytes, DecisionEvent, OutcomeEvent, SessionInfo};
+use crate::events::{
+    rfc3339_micros, submit_decision, to_bytes, DecisionEvent, OutcomeEvent, SessionInfo,
+};
 use crate::protocol::{backend, cstr, frame, frontend, tag_rows};
 use crate::server::Shared;
 use crate::upstream::Upstream;
@@ -737,7 +739,8 @@ impl Frontend<'_> {
             StatementText::Normalized => None,
         };
         let ev = DecisionEvent::new(self.info, protocol, text, &d, stmt);
-        let ticket = self.shared.log.submit(to_bytes(&ev));
+        // A text too long for one entry goes in parts just before the decision.
+        let ticket = submit_decision(&self.shared.log, ev);
         let allowed = matches!(d.verdict, Verdict::Allow | Verdict::Monitor);
         let copies = copies_from_stdin(&d);
         if allowed && self.shared.config.durability == Durability::BeforeReply {
@@ -780,7 +783,7 @@ impl Frontend<'_> {
         Pre {
             allowed: false,
             copies: 0,
-            wait: PreWait::Ticket(self.shared.log.submit(to_bytes(&ev))),
+            wait: PreWait::Ticket(submit_decision(&self.shared.log, ev)),
             decision: Some(d),
         }
     }

@@ -1,8 +1,9 @@
 //! Connection start: SSLRequest/TLS, GSSENCRequest, CancelRequest, StartupMessage, client SCRAM
 //! authentication, target selection and the upstream login; then hands over to the proxy.
 
+use crate::authlog::{AuthFailure, FIELD_LIMIT};
 use crate::error::SessionError;
-use crate::events::{now_rfc3339, SessionInfo};
+use crate::events::{json_prefix, now_rfc3339, SessionInfo};
 use crate::protocol::{self, backend, cstr};
 use crate::scram::{ServerExchange, Verifier};
 use crate::server::Shared;
@@ -224,9 +225,16 @@ where
     let client_addr = peer.ip().to_string();
 
     if shared.config.require_tls && !tls {
-        shared.event(
-            json!({"type":"auth_failure","time":now_rfc3339(),"user":user,"client_addr":client_addr,
-            "target":database,"tls":false,"reason":"TLS required"}),
+        shared.auth_failures.record(
+            &shared.log,
+            &AuthFailure {
+                user: &user,
+                client_addr: peer.ip(),
+                target: &database,
+                tls: false,
+                application_name: &application_name,
+                reason: "TLS required",
+            },
         );
         send_fatal(
             &mut stream,
@@ -252,10 +260,18 @@ where
     backend::authentication(10, crate::scram::mechanisms(binding.is_some()), &mut out);
     stream.write_all(&out).await?;
     out.clear();
+    // Truncated, and counted rather than recorded past a rate (see `authlog`).
     let fail = |reason: String| {
-        shared.event(
-            json!({"type":"auth_failure","time":now_rfc3339(),"user":user,"client_addr":client_addr,
-            "target":database,"tls":tls,"application_name":application_name,"reason":reason}),
+        shared.auth_failures.record(
+            &shared.log,
+            &AuthFailure {
+                user: &user,
+                client_addr: peer.ip(),
+                target: &database,
+                tls,
+                application_name: &application_name,
+                reason: &reason,
+            },
         );
     };
     let Some((tag, msg)) = by(deadline, read_typed(&mut stream)).await? else {
@@ -316,7 +332,12 @@ where
                 (Err(e), _) => e,
                 (Ok(_), _) => "password authentication failed".to_string(),
             };
-            tracing::info!(%peer, user, "authentication failed: {reason}");
+            tracing::info!(
+                %peer,
+                user = json_prefix(&user, FIELD_LIMIT),
+                "authentication failed: {}",
+                json_prefix(&reason, FIELD_LIMIT)
+            );
             fail(reason);
             send_fatal(
                 &mut stream,

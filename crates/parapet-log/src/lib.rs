@@ -17,6 +17,9 @@
 //!   (through the write-ahead journal, from which they are reproduced exactly; the files are
 //!   published within [`PUBLISH_INTERVAL`]).
 //!   Entries are indexed in submission order.
+//! - [`Log::submit_run`] queues several entries as one contiguous run (no other entry lands
+//!   between them) with the same durability and group commit as [`Log::submit`]; its ticket
+//!   resolves to the index of the run's last entry.
 //! - [`Log::append`] is `submit(..).await`.
 //! - [`LogReader`] reads entries of a log on disk (used by `parapet policy replay` and tests).
 
@@ -281,7 +284,34 @@ impl Log {
             lazy,
         }) {
             Ok(()) => AppendTicket {
-                rx: Some(rx),
+                rx: Some(TicketRx::One(rx)),
+                ready: None,
+            },
+            Err(_) => AppendTicket::failed(LogError::Closed),
+        }
+    }
+
+    /// Queues the entries of `run` as one contiguous run: they get consecutive indices, in
+    /// order, with no other entry between them, and are integrated in the same batch (so they
+    /// become durable together). Otherwise like [`Log::submit`]: it asks for a prompt commit,
+    /// shares it with whatever else is queued, and is ordered with every other submission. The
+    /// ticket resolves to the index of the run's **last** entry once the whole run is durable
+    /// (the first is that minus `run.len() - 1`). An empty run, or one of more than
+    /// [`MAX_BATCH_ENTRIES`] entries, is refused.
+    pub fn submit_run(&self, run: Batch) -> AppendTicket {
+        if run.is_empty() || run.len() > MAX_BATCH_ENTRIES {
+            return AppendTicket::failed(LogError::malformed(
+                "run",
+                format!(
+                    "{} entries: a run holds 1 to {MAX_BATCH_ENTRIES} entries",
+                    run.len()
+                ),
+            ));
+        }
+        let (tx, rx) = oneshot::channel();
+        match self.inner.shared.push(Item::Many { batch: run.0, tx }) {
+            Ok(()) => AppendTicket {
+                rx: Some(TicketRx::Last(rx)),
                 ready: None,
             },
             Err(_) => AppendTicket::failed(LogError::Closed),
@@ -360,11 +390,21 @@ pub fn unpublished_entries(dir: &Path, published: u64) -> Result<u64, LogError> 
     Ok(writer::journal_end(&records)?.map_or(0, |end| end.saturating_sub(published)))
 }
 
-/// A queued append: resolves to the entry's index once durable. `Send + 'static`.
+/// A queued append: resolves to the entry's index (for [`Log::submit_run`], the index of the
+/// run's last entry) once durable. `Send + 'static`.
 #[derive(Debug)]
 pub struct AppendTicket {
-    rx: Option<oneshot::Receiver<Result<u64, LogError>>>,
+    rx: Option<TicketRx>,
     ready: Option<LogError>,
+}
+
+/// What an [`AppendTicket`] waits on.
+#[derive(Debug)]
+enum TicketRx {
+    /// One entry: its index.
+    One(oneshot::Receiver<Result<u64, LogError>>),
+    /// A run: its index range, of which the ticket gives the last index.
+    Last(oneshot::Receiver<Result<Range<u64>, LogError>>),
 }
 
 impl AppendTicket {
@@ -385,17 +425,27 @@ impl Future for AppendTicket {
         }
         match this.rx.as_mut() {
             None => Poll::Ready(Err(LogError::WriterGone)),
-            Some(rx) => match Pin::new(rx).poll(cx) {
+            Some(TicketRx::One(rx)) => match Pin::new(rx).poll(cx) {
                 Poll::Pending => Poll::Pending,
                 Poll::Ready(Ok(r)) => Poll::Ready(r),
+                Poll::Ready(Err(_)) => Poll::Ready(Err(LogError::WriterGone)),
+            },
+            Some(TicketRx::Last(rx)) => match Pin::new(rx).poll(cx) {
+                Poll::Pending => Poll::Pending,
+                Poll::Ready(Ok(Ok(r))) => Poll::Ready(match r.end.checked_sub(1) {
+                    Some(last) if !r.is_empty() => Ok(last),
+                    _ => Err(LogError::WriterGone),
+                }),
+                Poll::Ready(Ok(Err(e))) => Poll::Ready(Err(e)),
                 Poll::Ready(Err(_)) => Poll::Ready(Err(LogError::WriterGone)),
             },
         }
     }
 }
 
-/// Entries submitted together with [`Log::submit_batch`] (bulk loading). Leaf hashes are
-/// computed as entries are pushed, i.e. on the caller's thread.
+/// Entries submitted together with [`Log::submit_batch`] (bulk loading) or [`Log::submit_run`]
+/// (a contiguous run). Leaf hashes are computed as entries are pushed, i.e. on the caller's
+/// thread.
 #[derive(Debug, Default)]
 pub struct Batch(BatchData);
 

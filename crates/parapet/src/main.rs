@@ -44,6 +44,8 @@ fn main() -> ExitCode {
     };
     match result {
         Ok(code) => code,
+        // The reader of stdout went away (`| head`): nothing to say, and nobody to say it to.
+        Err(e) if cli::out::is_stdout_closed(&e) => ExitCode::from(cli::out::STDOUT_CLOSED_STATUS),
         Err(e) => {
             eprintln!("parapet: error: {e:#}");
             ExitCode::FAILURE

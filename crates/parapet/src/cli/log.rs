@@ -109,10 +109,10 @@ pub fn run(cmd: LogCommand) -> anyhow::Result<ExitCode> {
     match cmd {
         LogCommand::Init { dir, origin, key } => {
             let vkey = Log::init(&dir, &origin, &key)?;
-            println!("created log {origin} in {}", dir.display());
-            println!("signing key: {} (keep it secret)", key.display());
-            println!("verifier key:");
-            println!("{vkey}");
+            crate::outln!("created log {origin} in {}", dir.display())?;
+            crate::outln!("signing key: {} (keep it secret)", key.display())?;
+            crate::outln!("verifier key:")?;
+            crate::outln!("{vkey}")?;
             Ok(ExitCode::SUCCESS)
         }
         LogCommand::Append { dir, key } => append(dir, key),
@@ -120,21 +120,21 @@ pub fn run(cmd: LogCommand) -> anyhow::Result<ExitCode> {
             let before = LogReader::open(&dir)?.size();
             drop(Log::open(&dir, &key)?);
             let after = LogReader::open(&dir)?.size();
-            println!(
+            crate::outln!(
                 "log {} recovered: {after} entries ({} published from the journal)",
                 dir.display(),
                 after.saturating_sub(before)
-            );
+            )?;
             Ok(ExitCode::SUCCESS)
         }
         LogCommand::Proof(ProofCommand::Inclusion { dir, index }) => {
             let r = LogReader::open(&dir)?;
-            print!("{}", r.inclusion_proof_text(index)?);
+            crate::out!("{}", r.inclusion_proof_text(index)?)?;
             Ok(ExitCode::SUCCESS)
         }
         LogCommand::Proof(ProofCommand::Consistency { dir, old }) => {
             let r = LogReader::open(&dir)?;
-            print!("{}", r.consistency_proof_text(old)?);
+            crate::out!("{}", r.consistency_proof_text(old)?)?;
             Ok(ExitCode::SUCCESS)
         }
         LogCommand::Torture {
@@ -168,13 +168,13 @@ fn append(dir: PathBuf, key: PathBuf) -> anyhow::Result<ExitCode> {
         b.finish_and_clear();
     }
     let summary = result?;
-    println!(
+    crate::outln!(
         "appended {} entries (indices {}..{}); log size {}",
         summary.indices.end - summary.indices.start,
         summary.indices.start,
         summary.indices.end,
         log.size()
-    );
+    )?;
     Ok(ExitCode::SUCCESS)
 }
 
@@ -196,7 +196,7 @@ fn torture(dir: PathBuf, key: PathBuf, tasks: usize, tag: String) -> anyhow::Res
                     let entry = format!("{tag}-{t}-{seq}");
                     let idx = log.append(entry.clone().into_bytes()).await?;
                     let mut out = std::io::stdout().lock();
-                    writeln!(out, "{idx} {entry}")?;
+                    writeln!(out, "{idx} {entry}").map_err(crate::cli::out::stdout_error)?;
                     seq += 1;
                 }
                 #[allow(unreachable_code)]
@@ -264,7 +264,7 @@ pub fn verify(args: VerifyArgs) -> anyhow::Result<ExitCode> {
     }
     match result {
         Ok(report) => {
-            println!("{report}");
+            crate::outln!("{report}")?;
             // The summary stays one line on stdout; what the journal adds goes to stderr.
             match parapet_log::unpublished_entries(&args.dir, report.checkpoint.size) {
                 Ok(0) => {}

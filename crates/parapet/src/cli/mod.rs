@@ -2,6 +2,7 @@
 //! returning the process exit code.
 
 pub mod log;
+pub mod out;
 pub mod policy;
 pub mod quickstart;
 pub mod serve;

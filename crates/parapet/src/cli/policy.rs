@@ -2,6 +2,7 @@
 //! lines, and replay an audit log under a proposed policy set.
 
 use anyhow::Context as _;
+use parapet_gateway::events::{Fed, TextReassembler};
 use parapet_guard::{Guard, GuardError, PolicySource, RequestContext, Verdict};
 use serde::Deserialize;
 use serde_json::{json, Value};
@@ -75,11 +76,11 @@ pub fn run(cmd: PolicyCommand) -> anyhow::Result<ExitCode> {
             examples,
         } => replay(&log, &policies, json, examples),
         PolicyCommand::Schema {} => {
-            print!("{}", parapet_guard::SCHEMA);
+            crate::out!("{}", parapet_guard::SCHEMA)?;
             Ok(ExitCode::SUCCESS)
         }
         PolicyCommand::DefaultPack {} => {
-            print!("{}", parapet_guard::DEFAULT_PACK);
+            crate::out!("{}", parapet_guard::DEFAULT_PACK)?;
             Ok(ExitCode::SUCCESS)
         }
     }
@@ -109,7 +110,7 @@ fn check(policies: &PolicyArgs) -> anyhow::Result<ExitCode> {
         Err(code) => return Ok(code),
     };
     let rules = guard.rules();
-    println!(
+    crate::outln!(
         "ok: {} rule(s) valid against the Parapet schema{}; policy hash {}",
         rules.len(),
         if policies.no_default_pack {
@@ -118,7 +119,7 @@ fn check(policies: &PolicyArgs) -> anyhow::Result<ExitCode> {
             " (default pack included)"
         },
         guard.policy_hash()
-    );
+    )?;
     Ok(ExitCode::SUCCESS)
 }
 
@@ -193,9 +194,11 @@ fn eval(policies: &PolicyArgs) -> anyhow::Result<ExitCode> {
                 })
             }
         };
-        serde_json::to_writer(&mut out, &value)?;
-        out.write_all(b"\n")?;
-        out.flush()?;
+        serde_json::to_writer(&mut out, &value)
+            .map_err(std::io::Error::from)
+            .and_then(|()| out.write_all(b"\n"))
+            .and_then(|()| out.flush())
+            .map_err(crate::cli::out::stdout_error)?;
     }
     if bad > 0 {
         eprintln!(
@@ -223,6 +226,8 @@ struct ReplayReport {
     entries: u64,
     decisions: u64,
     skipped_other_events: u64,
+    /// `statement_text` entries: parts of long statements, replayed with their decisions.
+    statement_text_parts: u64,
     unreadable_entries: u64,
     unchanged: u64,
     newly_blocked: u64,
@@ -239,8 +244,13 @@ struct ReplayReport {
 fn note(map: &mut BTreeMap<String, RuleChange>, rule: &str, sql: &str, max: usize) {
     let c = map.entry(rule.to_string()).or_default();
     c.count += 1;
-    if c.examples.len() < max && !c.examples.iter().any(|e| e == sql) {
-        c.examples.push(sql.to_string());
+    // Examples are for reading: a long statement is shown by its first 200 characters.
+    let example = match sql.char_indices().nth(200) {
+        Some((cut, _)) => format!("{}… ({} bytes)", &sql[..cut], sql.len()),
+        None => sql.to_string(),
+    };
+    if c.examples.len() < max && !c.examples.contains(&example) {
+        c.examples.push(example);
     }
 }
 
@@ -270,26 +280,40 @@ fn replay(
         policy_hash: guard.policy_hash(),
         ..ReplayReport::default()
     };
+    // Statement texts stored in parts are put back together before their decisions.
+    let mut texts = TextReassembler::new();
     for entry in reader.entries(0, size) {
-        let (_index, bytes) =
+        let (index, bytes) =
             entry.with_context(|| format!("reading entries of {}", dir.display()))?;
         rep.entries += 1;
         let Ok(event) = serde_json::from_slice::<Value>(&bytes) else {
             rep.unreadable_entries += 1;
             continue;
         };
-        if event.get("type").and_then(Value::as_str) != Some("decision") {
-            rep.skipped_other_events += 1;
+        let whole = match texts.feed(&event) {
+            Ok(Fed::Decision(whole)) => whole,
+            Ok(Fed::Part) => {
+                rep.statement_text_parts += 1;
+                continue;
+            }
+            Ok(Fed::Other) => {
+                rep.skipped_other_events += 1;
+                continue;
+            }
+            Err(e) => {
+                eprintln!("parapet: entry {index}: {e}; the decision is not replayed");
+                rep.unreadable_entries += 1;
+                continue;
+            }
+        };
+        let Some(sql) = whole.sql.as_deref().or(whole.normalized.as_deref()) else {
+            rep.unreadable_entries += 1;
             continue;
-        }
-        let sql = event
-            .get("sql")
-            .and_then(Value::as_str)
-            .or_else(|| event.get("normalized").and_then(Value::as_str));
+        };
         let old: Option<Verdict> = event
             .get("decision")
             .and_then(|d| serde_json::from_value(d.clone()).ok());
-        let (Some(sql), Some(old)) = (sql, old) else {
+        let Some(old) = old else {
             rep.unreadable_entries += 1;
             continue;
         };
@@ -338,23 +362,30 @@ fn replay(
         }
     }
     if as_json {
-        println!("{}", serde_json::to_string_pretty(&rep)?);
+        crate::outln!("{}", serde_json::to_string_pretty(&rep)?)?;
         return Ok(ExitCode::SUCCESS);
     }
-    println!("Replayed {} under policy set {}", rep.log, rep.policy_hash);
-    println!(
-        "  {} entries: {} decisions, {} other events skipped, {} unreadable",
-        rep.entries, rep.decisions, rep.skipped_other_events, rep.unreadable_entries
-    );
-    println!(
+    crate::outln!("Replayed {} under policy set {}", rep.log, rep.policy_hash)?;
+    crate::outln!(
+        "  {} entries: {} decisions, {} parts of long statements, {} other events skipped, {} unreadable",
+        rep.entries,
+        rep.decisions,
+        rep.statement_text_parts,
+        rep.skipped_other_events,
+        rep.unreadable_entries
+    )?;
+    crate::outln!(
         "  unchanged {}, newly blocked {}, newly allowed {}, other changes {}",
-        rep.unchanged, rep.newly_blocked, rep.newly_allowed, rep.changed_otherwise
-    );
+        rep.unchanged,
+        rep.newly_blocked,
+        rep.newly_allowed,
+        rep.changed_otherwise
+    )?;
     if rep.judged_at_current_time > 0 {
-        println!(
+        crate::outln!(
             "  {} decisions had no readable time and were judged at the current time",
             rep.judged_at_current_time
-        );
+        )?;
     }
     for (title, map) in [
         ("Newly blocked, by rule", &rep.newly_blocked_by_rule),
@@ -366,11 +397,11 @@ fn replay(
         if map.is_empty() {
             continue;
         }
-        println!("\n{title}:");
+        crate::outln!("\n{title}:")?;
         for (rule, c) in map {
-            println!("  {rule}: {}", c.count);
+            crate::outln!("  {rule}: {}", c.count)?;
             for e in &c.examples {
-                println!("      e.g. {}", e.replace('\n', " "));
+                crate::outln!("      e.g. {}", e.replace('\n', " "))?;
             }
         }
     }

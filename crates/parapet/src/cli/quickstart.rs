@@ -91,17 +91,17 @@ pub fn run(args: QuickstartArgs) -> anyhow::Result<ExitCode> {
     let result = rt.block_on(async {
         let gw = Gateway::bind(config.gateway()?, Arc::new(guard), log).await?;
         let addr = gw.local_addr()?;
-        println!();
-        println!("Parapet is running (default guardrail pack, durable audit log).");
-        println!();
-        println!("  connect:      PGPASSWORD='{password}' psql \"host={} port={} user=alice dbname=main\"", addr.ip(), addr.port());
-        println!("  password:     {password}   (user alice, group eng)");
-        println!("  config:       {}", config_path.display());
-        println!("  audit log:    {}", log_dir.display());
-        println!("  verifier key: {vkey}");
-        println!("  verify with:  parapet verify --dir {} --vkey {}", log_dir.display(), dir.join("log.vkey").display());
-        println!();
-        println!("Press Ctrl-C to stop{}.", if args.keep { "" } else { " and remove everything" });
+        crate::outln!()?;
+        crate::outln!("Parapet is running (default guardrail pack, durable audit log).")?;
+        crate::outln!()?;
+        crate::outln!("  connect:      PGPASSWORD='{password}' psql \"host={} port={} user=alice dbname=main\"", addr.ip(), addr.port())?;
+        crate::outln!("  password:     {password}   (user alice, group eng)")?;
+        crate::outln!("  config:       {}", config_path.display())?;
+        crate::outln!("  audit log:    {}", log_dir.display())?;
+        crate::outln!("  verifier key: {vkey}")?;
+        crate::outln!("  verify with:  parapet verify --dir {} --vkey {}", log_dir.display(), dir.join("log.vkey").display())?;
+        crate::outln!()?;
+        crate::outln!("Press Ctrl-C to stop{}.", if args.keep { "" } else { " and remove everything" })?;
         gw.run(stop_signal()).await?;
         anyhow::Ok(())
     });

@@ -78,7 +78,7 @@ pub fn run(cmd: UserCommand) -> anyhow::Result<ExitCode> {
             }
             let groups: Vec<String> = groups.into_iter().filter(|g| !g.is_empty()).collect();
             let verifier = parapet_gateway::Verifier::generate(&password);
-            print!("{}", snippet(&name, &verifier, &groups));
+            crate::out!("{}", snippet(&name, &verifier, &groups))?;
             Ok(ExitCode::SUCCESS)
         }
     }
