@@ -380,8 +380,13 @@ fn du(dir: &Path) -> u64 {
 }
 
 /// A pipe whose read end is already closed: every write to the other end fails with EPIPE.
-fn closed_pipe() -> std::io::PipeWriter {
-    let (r, w) = std::io::pipe().unwrap();
+fn closed_pipe() -> std::os::fd::OwnedFd {
+    use std::os::fd::{FromRawFd, OwnedFd};
+    let mut fds = [0; 2];
+    // SAFETY: pipe(2) writes two new descriptors into the array.
+    assert_eq!(unsafe { libc::pipe(fds.as_mut_ptr()) }, 0, "pipe(2) failed");
+    // SAFETY: both descriptors are fresh from pipe(2) and owned exactly once here.
+    let (r, w) = unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
     drop(r);
     w
 }
