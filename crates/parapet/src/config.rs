@@ -87,6 +87,9 @@ pub struct ListenSection {
     pub require_tls: bool,
     /// Largest message accepted, in bytes (default 1 GiB, PostgreSQL's own cap).
     pub max_message_size: Option<usize>,
+    /// Largest statement text analysed, in bytes (default 64 MiB); a longer statement is
+    /// refused with rule `parapet.too-large`.
+    pub max_statement_size: Option<usize>,
 }
 
 fn default_listen() -> SocketAddr {
@@ -101,6 +104,7 @@ impl Default for ListenSection {
             tls_key: None,
             require_tls: false,
             max_message_size: None,
+            max_statement_size: None,
         }
     }
 }
@@ -245,6 +249,12 @@ impl Config {
                 );
             }
             g.max_message_size = m;
+        }
+        if let Some(m) = self.listen.max_statement_size {
+            if m < 1024 {
+                bail!("[listen] max_statement_size must be at least 1024 (bytes)");
+            }
+            g.max_statement_size = m;
         }
         g.durability = match self.log.durability {
             DurabilityKey::BeforeForward => Durability::BeforeForward,
