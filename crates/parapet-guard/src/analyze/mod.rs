@@ -870,6 +870,11 @@ impl<'a> Walker<'_, 'a> {
     /// a generic `Node` (statements are only judged as nested statements from there; a typed
     /// field such as `SelectStmt.larg` is part of its parent statement).
     fn visit(&mut self, n: NodeRef<'a>, in_node: bool, depth: usize) {
+        // Debug builds spend kilobytes of stack per level here: grow it whenever it runs low.
+        limits::grow(|| self.visit_node(n, in_node, depth));
+    }
+
+    fn visit_node(&mut self, n: NodeRef<'a>, in_node: bool, depth: usize) {
         if depth > MAX_TREE_DEPTH {
             self.problem(
                 RULE_UNANALYSABLE,

@@ -360,7 +360,7 @@ impl<'de, T: Slot> DeserializeSeed<'de> for MessageSeed<T> {
                 super::limits::MAX_NODES
             )));
         }
-        d.deserialize_map(self)
+        super::limits::grow(|| d.deserialize_map(self))
     }
 }
 

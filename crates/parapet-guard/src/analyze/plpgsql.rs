@@ -45,6 +45,10 @@ impl Walker<'_, '_> {
     }
 
     fn plpgsql_value(&mut self, v: &Value, depth: usize) {
+        super::limits::grow(|| self.plpgsql_value_step(v, depth));
+    }
+
+    fn plpgsql_value_step(&mut self, v: &Value, depth: usize) {
         if depth > super::MAX_TREE_DEPTH {
             self.problem(
                 RULE_UNANALYSABLE,
