@@ -239,7 +239,11 @@ mod tests {
         assert!(c.bytes() <= budget, "cache weighs {}", c.bytes());
         assert!(c.len() > 100, "{}", c.len());
         c.insert(u64::MAX, vec![0; 100_000], 100_000);
-        assert_eq!(c.get(&u64::MAX), None, "an entry over max_weight is not cached");
+        assert_eq!(
+            c.get(&u64::MAX),
+            None,
+            "an entry over max_weight is not cached"
+        );
         // Replacing an entry does not count it twice.
         for _ in 0..100 {
             c.insert(7, vec![0; 1000], 1000);

@@ -191,7 +191,10 @@ fn facts_weight(f: &FactsData) -> usize {
         + f.kind.len()
         + f.copy_direction.len()
         + strings
-        + f.problems.iter().map(|p| p.reason.len() + 48).sum::<usize>()
+        + f.problems
+            .iter()
+            .map(|p| p.reason.len() + 48)
+            .sum::<usize>()
 }
 
 /// Estimated bytes held by an analysis.
@@ -333,7 +336,9 @@ impl Guard {
         }
         let (analysis, from_shape) = self.analyze_cached(sql);
         let d = engine.decide(&analysis, ctx, minute);
-        if (!from_shape || self.seen_once.seen_before(&key)) && key.len() <= self.decisions.max_weight() {
+        if (!from_shape || self.seen_once.seen_before(&key))
+            && key.len() <= self.decisions.max_weight()
+        {
             let weight = key.len() + decision_weight(&d);
             self.decisions.insert(key, d.clone(), weight);
         }

@@ -49,7 +49,10 @@ fn what_postgresql_runs_is_judged_normally() {
         format!("SELECT {}", vec!["1"; 4_080].join("+")),
         format!("SELECT {}", vec!["'a'"; 4_080].join("||")),
         format!("SELECT {}", nest(2_104, "(SELECT ", "1", ")")),
-        format!("SELECT {}", nest(1_992, "CASE WHEN true THEN ", "1", " END")),
+        format!(
+            "SELECT {}",
+            nest(1_992, "CASE WHEN true THEN ", "1", " END")
+        ),
         format!("SELECT {}", nest(4_080, "abs(", "1", ")")),
         format!("SELECT '{{}}'::jsonb{}", "->'a'".repeat(4_080)),
         format!("SELECT {}true", "NOT ".repeat(7_680)),
@@ -71,7 +74,10 @@ fn what_postgresql_runs_is_judged_normally() {
     let d = decide_small_stack(&g, &sql);
     for id in rule_ids(&d) {
         assert!(
-            !matches!(id, "parapet.unanalysable" | "parapet.too-large" | "parapet.unparseable"),
+            !matches!(
+                id,
+                "parapet.unanalysable" | "parapet.too-large" | "parapet.unparseable"
+            ),
             "{id}: {}",
             d.reason
         );

@@ -34,7 +34,11 @@ impl Raw {
         let mut scram = ScramSha256::new(ALICE_PW.as_bytes(), ChannelBinding::unsupported());
         loop {
             let (tag, body) = raw.read().await.expect("auth reply");
-            match (tag, body.get(..4).map(|b| i32::from_be_bytes([b[0], b[1], b[2], b[3]]))) {
+            match (
+                tag,
+                body.get(..4)
+                    .map(|b| i32::from_be_bytes([b[0], b[1], b[2], b[3]])),
+            ) {
                 (b'R', Some(10)) => {
                     let mut m = SCRAM_SHA_256.as_bytes().to_vec();
                     m.push(0);
@@ -111,7 +115,12 @@ async fn serve() -> Served {
     let e = env();
     let dir = e.dir.join("pathological");
     std::fs::create_dir_all(&dir).unwrap();
-    Log::init(&dir.join("log"), "parapet.test/pathological", &dir.join("log.key")).unwrap();
+    Log::init(
+        &dir.join("log"),
+        "parapet.test/pathological",
+        &dir.join("log.key"),
+    )
+    .unwrap();
     let port = parapet::pgcluster::free_port().unwrap();
     let config = format!(
         "[log]\ndir = \"log\"\nkey = \"log.key\"\n\
@@ -159,9 +168,18 @@ fn nest(n: usize, open: &str, inner: &str, close: &str) -> String {
 fn deep_statements() -> Vec<(String, String)> {
     let mut v = Vec::new();
     for n in [2_000, 5_000, 20_000, 100_000] {
-        v.push((format!("{n}-term + chain"), format!("SELECT {}", chain(n, "+", "1"))));
-        v.push((format!("{n}-term || chain"), format!("SELECT {}", chain(n, "||", "'a'"))));
-        v.push((format!("{n} parentheses"), format!("SELECT {}", nest(n, "(", "1", ")"))));
+        v.push((
+            format!("{n}-term + chain"),
+            format!("SELECT {}", chain(n, "+", "1")),
+        ));
+        v.push((
+            format!("{n}-term || chain"),
+            format!("SELECT {}", chain(n, "||", "'a'")),
+        ));
+        v.push((
+            format!("{n} parentheses"),
+            format!("SELECT {}", nest(n, "(", "1", ")")),
+        ));
         v.push((
             format!("{n} nested calls"),
             format!("SELECT {}", nest(n, "abs(", "1", ")")),
@@ -217,7 +235,10 @@ async fn huge_texts_identifiers_and_bad_bytes_never_stop_the_gateway() {
     let mut gw = serve().await;
     let in_list = format!(
         "SELECT 1 WHERE 1 IN ({})",
-        (0..300_000).map(|i| i.to_string()).collect::<Vec<_>>().join(",")
+        (0..300_000)
+            .map(|i| i.to_string())
+            .collect::<Vec<_>>()
+            .join(",")
     );
     let many = "SELECT 1;".repeat(150_000);
     let values = format!(
@@ -238,7 +259,10 @@ async fn huge_texts_identifiers_and_bad_bytes_never_stop_the_gateway() {
         ("a 1 MB bare identifier", bare_ident.into_bytes()),
         ("a 4 MB string literal", string.into_bytes()),
         ("invalid UTF-8", b"SELECT '\xff\xfe\xc3('".to_vec()),
-        ("invalid UTF-8 in an identifier", b"SELECT 1 AS \xc0\xaf".to_vec()),
+        (
+            "invalid UTF-8 in an identifier",
+            b"SELECT 1 AS \xc0\xaf".to_vec(),
+        ),
         ("a lone continuation byte", b"SELECT \x80".to_vec()),
     ];
     for (what, sql) in cases {

@@ -150,9 +150,8 @@ pub fn scan(sql: &str) -> Scan {
             }
             b'\'' => {
                 // `E'…'` (the word just before, with no space) takes backslash escapes.
-                let escapes = i >= 1
-                    && matches!(b[i - 1], b'e' | b'E')
-                    && (i < 2 || !ident_char(b[i - 2]));
+                let escapes =
+                    i >= 1 && matches!(b[i - 1], b'e' | b'E') && (i < 2 || !ident_char(b[i - 2]));
                 i += 1;
                 while i < n {
                     if escapes && b[i] == b'\\' {
