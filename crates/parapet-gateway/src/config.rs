@@ -121,6 +121,10 @@ pub struct GatewayConfig {
     pub statement_text: StatementText,
     /// Largest message accepted from a client or server, in bytes (PostgreSQL's own cap is 1 GiB).
     pub max_message_size: usize,
+    /// Largest statement text analysed, in bytes; a longer one is refused (`parapet.too-large`).
+    /// `max_message_size` still bounds everything else (COPY data). Applied to the guard when
+    /// the gateway binds.
+    pub max_statement_size: usize,
     /// Where policies come from (re-read on SIGHUP and when a file changes).
     pub policy: PolicySource,
     /// How often policy files are checked for changes; `None` disables polling.
@@ -159,6 +163,7 @@ impl GatewayConfig {
             durability: Durability::BeforeForward,
             statement_text: StatementText::Full,
             max_message_size: Self::MAX_MESSAGE_SIZE,
+            max_statement_size: parapet_guard::DEFAULT_MAX_STATEMENT_SIZE,
             policy: PolicySource {
                 files: Vec::new(),
                 default_pack: true,

@@ -7,13 +7,15 @@
 //! index in DETAIL. Everything else passes through unchanged.
 //!
 //! Layout: [`server`] (accept loop, shutdown, reloads), `startup` (TLS, startup, auth),
-//! `upstream` (gateway → server login, cancel), `session` (proxy loop), [`protocol`] (framing and
+//! `upstream` (gateway → server login, cancel), `session` (proxy loop), `judge` (where
+//! statements are judged: inline or on a bounded thread pool), [`protocol`] (framing and
 //! messages), [`scram`], [`events`], [`config`], [`tls`].
 
 mod authlog;
 pub mod config;
 pub mod error;
 pub mod events;
+mod judge;
 pub mod protocol;
 pub mod scram;
 pub mod server;

@@ -197,6 +197,7 @@ impl Gateway {
                     addr: config.listen,
                     source,
                 })?;
+        guard.set_max_statement_size(config.max_statement_size);
         Ok(Gateway {
             shared: Arc::new(Shared {
                 config,

@@ -384,7 +384,7 @@ impl Frontend<'_> {
                     }
                     None
                 } else {
-                    let pre = self.prejudge(tag, msg)?;
+                    let pre = self.prejudge(tag, msg).await?;
                     if tag == b'P' && pre.as_ref().is_some_and(|p| !p.allowed) {
                         discard = true;
                     }
@@ -544,7 +544,7 @@ impl Frontend<'_> {
                     Some(j) => j,
                     None => {
                         let (sql, _) = cstr(body).ok_or_else(|| bad("Query"))?;
-                        let pre = self.judge_sql(sql, "simple", None)?;
+                        let pre = self.judge_sql(sql, "simple", None).await?;
                         self.settle_pre(pre).await?
                     }
                 };
@@ -576,7 +576,7 @@ impl Frontend<'_> {
                     Some(j) => j,
                     None => {
                         let (sql, _) = cstr(rest).ok_or_else(|| bad("Parse"))?;
-                        let pre = self.judge_sql(sql, "extended", Some(name))?;
+                        let pre = self.judge_sql(sql, "extended", Some(name)).await?;
                         self.settle_pre(pre).await?
                     }
                 };
@@ -708,32 +708,33 @@ impl Frontend<'_> {
 
     /// Phase 1 for one message: decides a Query, Parse or FunctionCall and submits its decision
     /// event without waiting. `None` for messages that carry no statement.
-    fn prejudge(&self, tag: u8, msg: &[u8]) -> Result<Option<Pre>, SessionError> {
+    async fn prejudge(&self, tag: u8, msg: &[u8]) -> Result<Option<Pre>, SessionError> {
         let body = &msg[5..];
         let bad = |what: &str| SessionError::Protocol(format!("malformed {what} message"));
         match tag {
             b'Q' => {
                 let (sql, _) = cstr(body).ok_or_else(|| bad("Query"))?;
-                self.judge_sql(sql, "simple", None).map(Some)
+                self.judge_sql(sql, "simple", None).await.map(Some)
             }
             b'P' => {
                 let (name, rest) = cstr(body).ok_or_else(|| bad("Parse"))?;
                 let (sql, _) = cstr(rest).ok_or_else(|| bad("Parse"))?;
-                self.judge_sql(sql, "extended", Some(name)).map(Some)
+                self.judge_sql(sql, "extended", Some(name)).await.map(Some)
             }
             b'F' => Ok(Some(self.judge_function())),
             _ => Ok(None),
         }
     }
 
-    /// Judges `sql` and submits the decision event (not yet waited for).
-    fn judge_sql(
+    /// Judges `sql` (inline or on the judging pool, see `judge`) and submits the decision event
+    /// (not yet waited for).
+    async fn judge_sql(
         &self,
         sql: &str,
         protocol: &'static str,
         stmt: Option<&str>,
     ) -> Result<Pre, SessionError> {
-        let d = self.shared.guard.decide(sql, &self.ctx);
+        let d = crate::judge::decide(&self.shared.guard, sql, &self.ctx).await;
         let text = match self.shared.config.statement_text {
             StatementText::Full => Some(sql),
             StatementText::Normalized => None,

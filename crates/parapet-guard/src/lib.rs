@@ -13,6 +13,7 @@ pub mod policy;
 mod prefilter;
 
 pub use analyze::facts::{FactsData, Problem, StatementFacts};
+pub use analyze::limits::DEFAULT_MAX_STATEMENT_SIZE;
 pub use analyze::{analyze, Analysis};
 pub use policy::{PolicyDiagnostic, RuleMeta, DEFAULT_PACK, SCHEMA};
 
@@ -137,10 +138,16 @@ pub struct PolicyReload {
 /// The guardrail engine. `Send + Sync`; share it behind an `Arc`.
 ///
 /// Holds the policy set in force behind an atomic pointer (a statement is judged by exactly one
-/// whole set, old or new), a bounded cache of analyses by statement text, a bounded cache of
+/// whole set, old or new), a cache of analyses by statement text, a cache of
 /// literal-independent statement facts by lexical key (so a known statement with new literal
 /// values is not parsed again; see [`analyze::analyze_with_shapes`]), and a bounded cache of
-/// decisions keyed by everything a policy can see.
+/// decisions keyed by everything a policy can see. Each cache is bounded by bytes (see
+/// [`cache`]): large texts are analysed every time they come, never kept.
+///
+/// Analysis is bounded too (see [`analyze::limits`]): a text over the largest statement size
+/// ([`Guard::set_max_statement_size`]), over the token, node or depth caps is refused with rule
+/// `parapet.too-large`, and deep statements are analysed on a stack grown to fit, so `decide`
+/// may be called on any thread, whatever the text.
 #[derive(Debug)]
 pub struct Guard {
     engine: arc_swap::ArcSwap<engine::Engine>,
@@ -150,10 +157,78 @@ pub struct Guard {
     /// Decision keys of texts judged from a known shape (lossily): such a text enters
     /// `decisions` only when it comes again (most never do: new literal values each time).
     seen_once: cache::Doorkeeper,
+    /// Largest statement text analysed, in bytes.
+    max_statement_size: std::sync::atomic::AtomicUsize,
 }
 
-/// Entries kept in each cache.
-const CACHE_CAPACITY: usize = 16_384;
+/// Bytes the analysis cache may hold.
+const ANALYSES_BYTES: usize = 64 << 20;
+/// Bytes the shape cache may hold.
+const SHAPES_BYTES: usize = 32 << 20;
+/// Bytes the decision cache may hold.
+const DECISIONS_BYTES: usize = 64 << 20;
+/// Slots of the doorkeeper (8 bytes each).
+const DOORKEEPER_SLOTS: usize = 16_384;
+
+/// Estimated bytes held by a statement's facts.
+fn facts_weight(f: &FactsData) -> usize {
+    let sets = [
+        &f.kinds,
+        &f.reads,
+        &f.writes,
+        &f.functions,
+        &f.function_names,
+        &f.object_types,
+        &f.set_variables,
+    ];
+    let strings: usize = sets
+        .iter()
+        .flat_map(|s| s.iter())
+        .map(|x| x.len() + 48)
+        .sum();
+    std::mem::size_of::<FactsData>()
+        + f.text.len()
+        + f.kind.len()
+        + f.copy_direction.len()
+        + strings
+        + f.problems
+            .iter()
+            .map(|p| p.reason.len() + 48)
+            .sum::<usize>()
+}
+
+/// Estimated bytes held by an analysis.
+fn analysis_weight(a: &Analysis) -> usize {
+    std::mem::size_of::<Analysis>()
+        + a.statements.iter().map(|s| facts_weight(s)).sum::<usize>()
+        + a.normalized.as_ref().map_or(0, String::len)
+        + a.fingerprint.as_ref().map_or(0, String::len)
+}
+
+/// Estimated bytes held by a decision.
+fn decision_weight(d: &Decision) -> usize {
+    std::mem::size_of::<Decision>()
+        + d.statements.iter().map(|s| facts_weight(s)).sum::<usize>()
+        + d.normalized.as_ref().map_or(0, String::len)
+        + d.reason.len()
+        + d.policy_hash.len()
+        + d.rules
+            .iter()
+            .map(|r| r.id.len() + r.reason.len() + 64)
+            .sum::<usize>()
+}
+
+/// Returns freed heap memory to the operating system (glibc's `malloc_trim`), after a large
+/// analysis: glibc keeps freed memory of its thread arenas mapped otherwise, so one burst of
+/// large statements would leave the process's resident size high for good. Takes time in
+/// proportion to the heap; call it after large work, not per statement. A no-op elsewhere.
+pub fn release_memory() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: malloc_trim has no preconditions; it only returns free pages to the kernel.
+    unsafe {
+        libc::malloc_trim(0);
+    }
+}
 
 impl Guard {
     /// Loads and validates a policy set.
@@ -161,11 +236,26 @@ impl Guard {
         let compiled = policy::compile(source)?;
         Ok(Guard {
             engine: arc_swap::ArcSwap::from_pointee(engine::Engine::new(compiled, 0)),
-            analyses: cache::ShardedCache::new(CACHE_CAPACITY),
-            shapes: cache::ShardedCache::new(CACHE_CAPACITY),
-            decisions: cache::ShardedCache::new(CACHE_CAPACITY),
-            seen_once: cache::Doorkeeper::new(CACHE_CAPACITY),
+            analyses: cache::ShardedCache::new(ANALYSES_BYTES),
+            shapes: cache::ShardedCache::new(SHAPES_BYTES),
+            decisions: cache::ShardedCache::new(DECISIONS_BYTES),
+            seen_once: cache::Doorkeeper::new(DOORKEEPER_SLOTS),
+            max_statement_size: DEFAULT_MAX_STATEMENT_SIZE.into(),
         })
+    }
+
+    /// Sets the largest statement text analysed, in bytes (`[listen] max_statement_size`;
+    /// default [`DEFAULT_MAX_STATEMENT_SIZE`]): a longer text is refused with rule
+    /// `parapet.too-large`, unparsed.
+    pub fn set_max_statement_size(&self, bytes: usize) {
+        self.max_statement_size
+            .store(bytes, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// The largest statement text analysed, in bytes.
+    pub fn max_statement_size(&self) -> usize {
+        self.max_statement_size
+            .load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// Atomically replaces the policy set; on error the old set stays in force.
@@ -214,10 +304,11 @@ impl Guard {
         if let Some(a) = self.analyses.get(sql) {
             return (a, false);
         }
-        let (a, from_shape) = analyze::analyze_shaped(sql, &self.shapes);
+        let (a, from_shape) = analyze::analyze_shaped(sql, &self.shapes, self.max_statement_size());
         let a = std::sync::Arc::new(a);
-        if !from_shape {
-            self.analyses.insert(sql.to_string(), a.clone());
+        if !from_shape && sql.len() <= self.analyses.max_weight() {
+            let weight = sql.len() + analysis_weight(&a);
+            self.analyses.insert(sql.to_string(), a.clone(), weight);
         }
         (a, from_shape)
     }
@@ -245,10 +336,30 @@ impl Guard {
         }
         let (analysis, from_shape) = self.analyze_cached(sql);
         let d = engine.decide(&analysis, ctx, minute);
-        if !from_shape || self.seen_once.seen_before(&key) {
-            self.decisions.insert(key, d.clone());
+        if (!from_shape || self.seen_once.seen_before(&key))
+            && key.len() <= self.decisions.max_weight()
+        {
+            let weight = key.len() + decision_weight(&d);
+            self.decisions.insert(key, d.clone(), weight);
         }
         d
+    }
+
+    /// The decision on `sql` if it is in the decision cache (the same text, context, policy set
+    /// and minute were judged before), without analysing anything: for callers that judge
+    /// texts not in the cache elsewhere (on a thread pool) and known ones inline.
+    pub fn cached_decision(&self, sql: &str, ctx: &RequestContext) -> Option<Decision> {
+        if sql.len() > self.decisions.max_weight() {
+            // Never cached (see `decide_at`).
+            return None;
+        }
+        let engine = self.engine.load();
+        let minute = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs() / 60)
+            .unwrap_or(0);
+        let key = engine::cache_key(engine.generation, minute, ctx, sql);
+        self.decisions.get(&key)
     }
 }
 

@@ -85,7 +85,7 @@ fn literal_variants_of_plain_dml_are_reused_and_exact() {
         "UPDATE pgbench_tellers SET tbalance = tbalance + 17 WHERE tid = 4 ;\n",
         "SELECT * FROM XMLTABLE('/r' PASSING '<r><a>1</a></r>' COLUMNS a int PATH 'a' DEFAULT 'x')",
     ];
-    let shapes = Shapes::new(1024);
+    let shapes = Shapes::new(1 << 20);
     for sql in cases {
         let first = g.analyze(sql);
         assert_same(sql, &first, &analyze(sql));
@@ -162,9 +162,13 @@ fn lexical_keys_find_shapes_only_where_they_are_exact() {
         ),
     ];
     for (first, second, lexical) in cases {
-        let shapes = Shapes::new(1024);
+        let shapes = Shapes::new(1 << 20);
         assert_same(first, &analyze_with_shapes(first, &shapes), &analyze(first));
-        let (got, hit) = parapet_guard::analyze::analyze_shaped(second, &shapes);
+        let (got, hit) = parapet_guard::analyze::analyze_shaped(
+            second,
+            &shapes,
+            parapet_guard::analyze::limits::DEFAULT_MAX_STATEMENT_SIZE,
+        );
         assert_same(second, &got, &analyze(second));
         assert_eq!(hit, lexical, "{second:?} found by its lexical key");
         assert_eq!(
@@ -233,7 +237,7 @@ fn literal_dependent_facts_are_never_reused() {
             "SELECT query_to_xml('DROP TABLE users', true, false, '')",
         ),
     ];
-    let shapes = Shapes::new(1024);
+    let shapes = Shapes::new(1 << 20);
     for (harmless, harmful) in pairs {
         analyze_with_shapes(harmless, &shapes);
         assert!(

@@ -97,6 +97,9 @@ pub struct ListenSection {
     /// Seconds of client silence after which an idle session is closed (default 0: never).
     #[serde(default)]
     pub idle_timeout_seconds: u64,
+    /// Largest statement text analysed, in bytes (default 64 MiB); a longer statement is
+    /// refused with rule `parapet.too-large`.
+    pub max_statement_size: Option<usize>,
 }
 
 fn default_listen() -> SocketAddr {
@@ -115,6 +118,7 @@ impl Default for ListenSection {
             max_connections_per_user: None,
             auth_timeout_seconds: None,
             idle_timeout_seconds: 0,
+            max_statement_size: None,
         }
     }
 }
@@ -280,6 +284,12 @@ impl Config {
         }
         g.idle_timeout = (self.listen.idle_timeout_seconds > 0)
             .then(|| Duration::from_secs(self.listen.idle_timeout_seconds));
+        if let Some(m) = self.listen.max_statement_size {
+            if m < 1024 {
+                bail!("[listen] max_statement_size must be at least 1024 (bytes)");
+            }
+            g.max_statement_size = m;
+        }
         g.durability = match self.log.durability {
             DurabilityKey::BeforeForward => Durability::BeforeForward,
             DurabilityKey::BeforeReply => Durability::BeforeReply,

@@ -7,7 +7,8 @@ use std::sync::Arc;
 /// Why a statement could not be analysed; the engine denies it whatever the policies say.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Problem {
-    /// Engine rule id: `parapet.unparseable`, `parapet.unanalysable` or `parapet.dynamic-sql`.
+    /// Engine rule id: `parapet.unparseable`, `parapet.unanalysable`, `parapet.dynamic-sql` or
+    /// `parapet.too-large`.
     pub rule: &'static str,
     /// What could not be analysed, for the user.
     pub reason: String,
@@ -19,6 +20,9 @@ pub const RULE_UNPARSEABLE: &str = "parapet.unparseable";
 pub const RULE_UNANALYSABLE: &str = "parapet.unanalysable";
 /// Rule id for `EXECUTE` of SQL text that is not a constant.
 pub const RULE_DYNAMIC_SQL: &str = "parapet.dynamic-sql";
+/// Rule id for text over an analysis limit (size, tokens, parse nodes, nesting depth; see
+/// `analyze::limits`).
+pub const RULE_TOO_LARGE: &str = "parapet.too-large";
 
 /// Facts of one statement, merged with the facts of everything nested in it.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]

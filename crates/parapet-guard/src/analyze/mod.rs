@@ -27,11 +27,13 @@ pub mod facts;
 mod fold;
 mod from_json;
 pub mod lexical;
+pub mod limits;
 mod parse;
 mod plpgsql;
 
 use facts::{
-    FactsData, Problem, StatementFacts, RULE_DYNAMIC_SQL, RULE_UNANALYSABLE, RULE_UNPARSEABLE,
+    FactsData, Problem, StatementFacts, RULE_DYNAMIC_SQL, RULE_TOO_LARGE, RULE_UNANALYSABLE,
+    RULE_UNPARSEABLE,
 };
 use pg_query::protobuf::node::Node as NodeEnum;
 use pg_query::protobuf::{
@@ -46,9 +48,9 @@ use std::sync::Arc;
 /// How deep SQL text may nest inside SQL text (function bodies, constant EXECUTE strings, DO).
 const MAX_TEXT_NESTING: usize = 8;
 /// How deep the parse tree walk may go (in nodes) before giving up (fail closed). The parse
-/// tree decoder (`parse`) already refuses trees deeper than 100 messages, as prost's does
-/// (reported as unparseable); this bounds the walk's recursion on its own.
-const MAX_TREE_DEPTH: usize = 1_000;
+/// tree decoder (`parse`) already refuses trees deeper than `limits::MAX_DEPTH` messages; this
+/// bounds the walk's recursion on its own (a node is at least one message).
+const MAX_TREE_DEPTH: usize = limits::MAX_DEPTH as usize;
 
 /// The analysis of one message.
 #[derive(Debug, Clone)]
@@ -76,8 +78,14 @@ impl Analysis {
 
 /// Analyses a message that may hold several statements. Never panics: a panic inside the parser
 /// bindings is caught and reported as unparseable.
+/// Texts over [`limits::DEFAULT_MAX_STATEMENT_SIZE`] are refused (see [`analyze_limited`]).
 pub fn analyze(sql: &str) -> Analysis {
-    guarded(|| analyze_message(sql, None)).0
+    analyze_limited(sql, limits::DEFAULT_MAX_STATEMENT_SIZE)
+}
+
+/// [`analyze`] with a given largest text size (`[listen] max_statement_size`).
+pub fn analyze_limited(sql: &str, max_statement_size: usize) -> Analysis {
+    guarded(|| analyze_message(sql, None, max_statement_size)).0
 }
 
 /// What every text of one shape (lexical key) has in common: see [`analyze_with_shapes`].
@@ -117,13 +125,14 @@ pub type Shapes = crate::cache::ShardedCache<String, Arc<Shape>>;
 /// multi-statement messages, texts the lexical scan refuses) is always analysed in full. The
 /// facts' text is the text's own.
 pub fn analyze_with_shapes(sql: &str, shapes: &Shapes) -> Analysis {
-    analyze_shaped(sql, shapes).0
+    analyze_shaped(sql, shapes, limits::DEFAULT_MAX_STATEMENT_SIZE).0
 }
 
 /// [`analyze_with_shapes`], also saying whether the analysis came from a remembered shape (so
-/// cheap to make again that caching it by text is not worth it).
-pub fn analyze_shaped(sql: &str, shapes: &Shapes) -> (Analysis, bool) {
-    guarded(|| analyze_message(sql, Some(shapes)))
+/// cheap to make again that caching it by text is not worth it); texts over
+/// `max_statement_size` bytes are refused.
+pub fn analyze_shaped(sql: &str, shapes: &Shapes, max_statement_size: usize) -> (Analysis, bool) {
+    guarded(|| analyze_message(sql, Some(shapes), max_statement_size))
 }
 
 /// Runs an analysis, turning a panic into an unparseable statement (not from a shape).
@@ -186,13 +195,26 @@ fn from_shape(sql: &str, known: &Shape) -> Analysis {
 }
 
 /// The analysis of `sql`, and whether it came from a shape in `shapes` (if given).
-fn analyze_message(sql: &str, shapes: Option<&Shapes>) -> (Analysis, bool) {
+///
+/// Size caps first (bytes), then the shape cache (a known shape costs a lexical scan), then the
+/// token and depth caps of [`limits::check`]; the parse and everything after it run on a stack
+/// sized for the text's depth bound.
+fn analyze_message(
+    sql: &str,
+    shapes: Option<&Shapes>,
+    max_statement_size: usize,
+) -> (Analysis, bool) {
     if sql.contains('\0') {
         let problem = Problem {
             rule: RULE_UNPARSEABLE,
             reason: "statement text contains a NUL byte and cannot be parsed; denied".into(),
         };
         return (Analysis::failed(problem), false);
+    }
+    if sql.len() > max_statement_size {
+        if let Err(problem) = limits::check(sql, max_statement_size) {
+            return (Analysis::failed(problem), false);
+        }
     }
     let lexical = shapes.and_then(|_| lexical::key(sql));
     if let (Some(shapes), Some(key)) = (shapes, &lexical) {
@@ -201,25 +223,64 @@ fn analyze_message(sql: &str, shapes: Option<&Shapes>) -> (Analysis, bool) {
             return (from_shape(sql, &known), true);
         }
     }
+    let scan = match limits::check(sql, max_statement_size) {
+        Ok(s) => s,
+        Err(problem) => return (Analysis::failed(problem), false),
+    };
+    parse::reset_budget();
+    limits::with_stack(scan.nesting, || {
+        parse_message(sql, shapes.zip(lexical.as_ref()))
+    })
+}
+
+/// The problem for a parse that failed: an analysis limit, or PostgreSQL's syntax error.
+fn parse_problem(e: &pg_query::Error) -> Problem {
+    match parse::limit_hit() {
+        Some(parse::LimitHit::Depth) => Problem {
+            rule: RULE_TOO_LARGE,
+            reason: format!(
+                "statement nests more than {} parse-tree levels deep, more than the analyser \
+                 accepts (PostgreSQL itself refuses such depth with its default max_stack_depth); \
+                 denied",
+                limits::MAX_DEPTH
+            ),
+        },
+        Some(parse::LimitHit::Nodes) => Problem {
+            rule: RULE_TOO_LARGE,
+            reason: format!(
+                "statement has more than {} parse-tree nodes, over the analysis limit; split it \
+                 into smaller statements; denied",
+                limits::MAX_NODES
+            ),
+        },
+        None => Problem {
+            rule: RULE_UNPARSEABLE,
+            reason: format!(
+                "statement does not parse as PostgreSQL ({}); denied",
+                error_text(e)
+            ),
+        },
+    }
+}
+
+/// Parses, walks, normalises and fingerprints a message that passed the caps, remembering its
+/// shape under its lexical key when given and exact.
+fn parse_message(
+    sql: &str,
+    shape_slot: Option<(&Shapes, &lexical::LexicalKey)>,
+) -> (Analysis, bool) {
+    // Parsed first: `normalize` and `fingerprint` recurse in C once per tree level, so they run
+    // only on trees whose depth the decoder has checked.
+    let parsed = match parse::parse(sql) {
+        Ok(p) => p,
+        Err(e) => return (Analysis::failed(parse_problem(&e)), false),
+    };
     let normalized = pg_query::normalize(sql).ok();
     // Where the shape may be remembered: under the text's lexical key, if that key matches
     // the normalised text (every literal it blanks is a constant `normalize` replaces).
-    let shape = match (shapes, &lexical, &normalized) {
-        (Some(shapes), Some(key), Some(n)) if key.matches_normalized(n) => Some((shapes, key, n)),
+    let shape = match (shape_slot, &normalized) {
+        (Some((shapes, key)), Some(n)) if key.matches_normalized(n) => Some((shapes, key, n)),
         _ => None,
-    };
-    let parsed = match parse::parse(sql) {
-        Ok(p) => p,
-        Err(e) => {
-            let problem = Problem {
-                rule: RULE_UNPARSEABLE,
-                reason: format!(
-                    "statement does not parse as PostgreSQL ({}); denied",
-                    error_text(&e)
-                ),
-            };
-            return (Analysis::failed(problem), false);
-        }
     };
     let fingerprint = pg_query::fingerprint(sql).ok().map(|f| f.hex);
     let mut statements = Vec::with_capacity(parsed.stmts.len());
@@ -261,7 +322,10 @@ fn analyze_message(sql: &str, shapes: Option<&Shapes>) -> (Analysis, bool) {
                 terminated,
                 normalized: n.clone(),
             };
-            shapes.insert(key.as_str().to_string(), Arc::new(template));
+            // Weighed by its texts; the facts of one DML statement are a few hundred bytes
+            // besides its table and function names.
+            let weight = key.as_str().len() + n.len() + 1024;
+            shapes.insert(key.as_str().to_string(), Arc::new(template), weight);
         }
     }
     let analysis = Analysis {
@@ -331,7 +395,13 @@ fn nested_sql_facts(sql: &str, level: usize) -> Result<Vec<FactsData>, String> {
     if level > MAX_TEXT_NESTING {
         return Err("SQL text nested too deeply".into());
     }
-    let parsed = parse::parse(sql).map_err(|e| error_text(&e))?;
+    let scan = limits::check(sql, usize::MAX).map_err(|p| p.reason)?;
+    limits::with_stack(scan.nesting, || nested_parse(sql, level))
+}
+
+/// [`nested_sql_facts`] once the text passed the caps.
+fn nested_parse(sql: &str, level: usize) -> Result<Vec<FactsData>, String> {
+    let parsed = parse::parse(sql).map_err(|e| parse_problem(&e).reason)?;
     let mut out = Vec::new();
     for raw in &parsed.stmts {
         let text = statement_text(sql, raw.stmt_location, raw.stmt_len);
@@ -1076,6 +1146,11 @@ impl<'a> Walker<'_, 'a> {
     /// a generic `Node` (statements are only judged as nested statements from there; a typed
     /// field such as `SelectStmt.larg` is part of its parent statement).
     fn visit(&mut self, n: NodeRef<'a>, in_node: bool, depth: usize) {
+        // Debug builds spend kilobytes of stack per level here: grow it whenever it runs low.
+        limits::grow(|| self.visit_node(n, in_node, depth));
+    }
+
+    fn visit_node(&mut self, n: NodeRef<'a>, in_node: bool, depth: usize) {
         if depth > MAX_TREE_DEPTH {
             self.problem(
                 RULE_UNANALYSABLE,

@@ -18,8 +18,9 @@
 //! `pg_query::parse(sql).protobuf` exactly, and that both fail on the same texts.
 //!
 //! Fail closed: a parse error, a JSON key that is not a field of its message, a value of the
-//! wrong type, an unknown enum name or a tree nested deeper than prost's decoder accepts (100
-//! messages) is an error, never a partly read tree.
+//! wrong type, an unknown enum name, a tree nested deeper than `limits::MAX_DEPTH` messages or
+//! holding more than `limits::MAX_NODES` (with the message's earlier parses) is an error, never a
+//! partly read tree. The depth is checked before every recursive step of the decoder.
 
 use pg_query::protobuf::ParseResult;
 use serde::de::{self, DeserializeSeed, Deserializer, MapAccess, SeqAccess, Visitor};
@@ -53,7 +54,19 @@ mod ffi {
         pub error: *mut PgQueryError,
     }
 
+    /// `PgQueryPlpgsqlParseResult`: a malloc'd JSON text and an error.
+    #[repr(C)]
+    pub struct PgQueryPlpgsqlParseResult {
+        pub plpgsql_funcs: *mut c_char,
+        pub error: *mut PgQueryError,
+    }
+
     extern "C" {
+        /// Parses a `CREATE FUNCTION … LANGUAGE plpgsql` text (NUL-terminated) into JSON; free
+        /// the result with `pg_query_free_plpgsql_parse_result`.
+        pub fn pg_query_parse_plpgsql(input: *const c_char) -> PgQueryPlpgsqlParseResult;
+        /// Frees everything a `pg_query_parse_plpgsql` result holds.
+        pub fn pg_query_free_plpgsql_parse_result(result: PgQueryPlpgsqlParseResult);
         /// Parses `input` (NUL-terminated) into JSON; free the result with
         /// `pg_query_free_parse_result`, whatever it holds.
         pub fn pg_query_parse(input: *const c_char) -> PgQueryParseResult;
@@ -62,14 +75,42 @@ mod ffi {
     }
 }
 
-/// Deepest message nesting accepted, as prost's decoder (`pg_query::parse`) accepts it: the
-/// `ParseResult` is at depth 0, its statements at depth 1, …
-const RECURSION_LIMIT: u32 = 100;
+/// Deepest message nesting accepted: the `ParseResult` is at depth 0, its statements at depth 1,
+/// … (prost's own decoder, behind `pg_query::parse`, stops at 100, far below what PostgreSQL
+/// runs; see `limits::MAX_DEPTH`).
+const RECURSION_LIMIT: u32 = super::limits::MAX_DEPTH;
+
+/// Which analysis limit a failed decode hit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum LimitHit {
+    /// Nested deeper than `RECURSION_LIMIT` messages.
+    Depth,
+    /// More than `limits::MAX_NODES` messages.
+    Nodes,
+}
+
+thread_local! {
+    /// Messages decoded by the current analysis on this thread (see [`reset_budget`]).
+    static NODES: std::cell::Cell<u64> = const { std::cell::Cell::new(0) };
+    /// The limit the last failed decode on this thread hit, if any.
+    static HIT: std::cell::Cell<Option<LimitHit>> = const { std::cell::Cell::new(None) };
+}
+
+/// Starts a new analysis's node budget on this thread.
+pub(crate) fn reset_budget() {
+    NODES.with(|n| n.set(0));
+}
+
+/// The limit the last [`parse`] on this thread failed on, if it failed on one.
+pub(crate) fn limit_hit() -> Option<LimitHit> {
+    HIT.with(std::cell::Cell::get)
+}
 
 /// Parses SQL text into pg_query's typed tree; the errors are those `pg_query::parse` gives
 /// (`Parse` with PostgreSQL's message for a syntax error, `Conversion` for a NUL byte), plus
 /// `InvalidJson` when libpg_query's output cannot be read (which then denies the statement).
 pub(crate) fn parse(sql: &str) -> Result<ParseResult, pg_query::Error> {
+    HIT.with(|h| h.set(None));
     let input = CString::new(sql)?;
     // SAFETY: `input` is a valid NUL-terminated string that outlives the call; the result is
     // read only through pointers libpg_query documents as NULL or valid NUL-terminated strings,
@@ -77,6 +118,38 @@ pub(crate) fn parse(sql: &str) -> Result<ParseResult, pg_query::Error> {
     let result = unsafe { ffi::pg_query_parse(input.as_ptr()) };
     let parsed = unsafe { read_result(&result) };
     unsafe { ffi::pg_query_free_parse_result(result) };
+    parsed
+}
+
+/// Parses a PL/pgSQL function definition like `pg_query::parse_plpgsql`, but without
+/// serde_json's limit of 128 JSON levels (which refuses PL/pgSQL that PostgreSQL runs, such as
+/// 100 nested `IF`s): libpg_query's PL/pgSQL grammar already bounds the nesting (its parser
+/// stack holds 10,000 entries), and the walk bounds its own recursion. Run it on a stack sized
+/// by `limits::PLPGSQL_STACK`.
+pub(crate) fn parse_plpgsql(text: &str) -> Result<serde_json::Value, pg_query::Error> {
+    let input = CString::new(text)?;
+    // SAFETY: as in `parse`: valid input, pointers read only when non-NULL, freed once.
+    let result = unsafe { ffi::pg_query_parse_plpgsql(input.as_ptr()) };
+    let parsed = unsafe {
+        if !result.error.is_null() {
+            let message = (*result.error).message;
+            Err(pg_query::Error::Parse(if message.is_null() {
+                "unknown parse error".to_string()
+            } else {
+                CStr::from_ptr(message).to_string_lossy().into_owned()
+            }))
+        } else if result.plpgsql_funcs.is_null() {
+            Err(pg_query::Error::InvalidPointer)
+        } else {
+            let json = CStr::from_ptr(result.plpgsql_funcs).to_string_lossy();
+            let mut de = serde_json::Deserializer::from_str(&json);
+            de.disable_recursion_limit();
+            de::Deserialize::deserialize(&mut de)
+                .and_then(|v| de.end().map(|()| v))
+                .map_err(|e| pg_query::Error::InvalidJson(e.to_string()))
+        }
+    };
+    unsafe { ffi::pg_query_free_plpgsql_parse_result(result) };
     parsed
 }
 
@@ -270,11 +343,24 @@ impl<'de, T: Slot> DeserializeSeed<'de> for MessageSeed<T> {
     type Value = T;
     fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<T, D::Error> {
         if self.0 > RECURSION_LIMIT {
-            return Err(de::Error::custom(
-                "the parse tree is nested more than 100 levels deep",
-            ));
+            HIT.with(|h| h.set(Some(LimitHit::Depth)));
+            return Err(de::Error::custom(format_args!(
+                "the parse tree is nested more than {RECURSION_LIMIT} levels deep"
+            )));
         }
-        d.deserialize_map(self)
+        let nodes = NODES.with(|n| {
+            let v = n.get() + 1;
+            n.set(v);
+            v
+        });
+        if nodes > super::limits::MAX_NODES {
+            HIT.with(|h| h.set(Some(LimitHit::Nodes)));
+            return Err(de::Error::custom(format_args!(
+                "the parse tree has more than {} nodes",
+                super::limits::MAX_NODES
+            )));
+        }
+        super::limits::grow(|| d.deserialize_map(self))
     }
 }
 
@@ -504,22 +590,26 @@ mod tests {
     }
 
     #[test]
-    fn depth_limit_as_prost() {
-        // `SELECT 1 + (1 + (…))`: every level is an A_Expr in a Node; find where prost stops and
-        // check that the JSON decoder stops at exactly the same nesting.
-        let mut boundary = None;
-        for n in 20..80 {
+    fn deeper_than_prost_and_up_to_the_depth_limit() {
+        // `SELECT 1 + (1 + (…))`: the same tree as prost's where prost decodes it, and deeper
+        // trees (which prost refuses beyond 100 messages) decoded too.
+        let mut prost_stopped = false;
+        for n in [20, 40, 60, 80, 1_000] {
             let sql = format!("SELECT {}1{}", "1 + (".repeat(n), ")".repeat(n));
-            let theirs = pg_query::parse(&sql).map(|p| p.protobuf);
-            let ours = parse(&sql);
-            assert_eq!(ours.is_ok(), theirs.is_ok(), "nesting {n}");
-            if let (Ok(a), Ok(b)) = (&ours, &theirs) {
-                assert_eq!(a, b);
-            }
-            if theirs.is_err() && boundary.is_none() {
-                boundary = Some(n);
+            let ours = super::super::limits::with_stack(n * 4, || parse(&sql).map(|_| ()));
+            assert!(ours.is_ok(), "nesting {n}");
+            match pg_query::parse(&sql) {
+                Ok(p) => assert_eq!(parse(&sql).unwrap(), p.protobuf),
+                Err(_) => prost_stopped = true,
             }
         }
-        assert!(boundary.is_some(), "prost's limit was not reached");
+        assert!(prost_stopped, "prost's limit was not reached");
+        // Past the limit: refused, and the limit named.
+        let n = RECURSION_LIMIT as usize;
+        let sql = format!("SELECT {}", vec!["1"; n].join("+"));
+        let scan = super::super::limits::scan(&sql);
+        let err = super::super::limits::with_stack(scan.nesting, || parse(&sql).unwrap_err());
+        assert!(matches!(err, pg_query::Error::InvalidJson(_)), "{err:?}");
+        assert_eq!(limit_hit(), Some(LimitHit::Depth));
     }
 }

@@ -26,22 +26,29 @@ impl Walker<'_, '_> {
             );
             return;
         }
-        match pg_query::parse_plpgsql(create_function) {
-            Ok(tree) => {
-                self.facts.nested = true;
-                self.plpgsql_value(&tree, 0);
-            }
-            Err(e) => self.problem(
-                RULE_UNANALYSABLE,
-                format!(
-                    "the PL/pgSQL body cannot be analysed ({}); denied",
-                    error_text(&e)
+        // The parse, the walk and the tree's drop all recurse once per level.
+        super::limits::with_stack(super::limits::PLPGSQL_NESTING, || {
+            match super::parse::parse_plpgsql(create_function) {
+                Ok(tree) => {
+                    self.facts.nested = true;
+                    self.plpgsql_value(&tree, 0);
+                }
+                Err(e) => self.problem(
+                    RULE_UNANALYSABLE,
+                    format!(
+                        "the PL/pgSQL body cannot be analysed ({}); denied",
+                        error_text(&e)
+                    ),
                 ),
-            ),
-        }
+            }
+        });
     }
 
     fn plpgsql_value(&mut self, v: &Value, depth: usize) {
+        super::limits::grow(|| self.plpgsql_value_step(v, depth));
+    }
+
+    fn plpgsql_value_step(&mut self, v: &Value, depth: usize) {
         if depth > super::MAX_TREE_DEPTH {
             self.problem(
                 RULE_UNANALYSABLE,
