@@ -111,9 +111,9 @@ impl Drop for Served {
     }
 }
 
-async fn serve() -> Served {
+async fn serve(name: &str) -> Served {
     let e = env();
-    let dir = e.dir.join("pathological");
+    let dir = e.dir.join(name);
     std::fs::create_dir_all(&dir).unwrap();
     Log::init(
         &dir.join("log"),
@@ -219,7 +219,7 @@ fn deep_statements() -> Vec<(String, String)> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn deep_statements_never_stop_the_gateway() {
-    let mut gw = serve().await;
+    let mut gw = serve("pathological-deep").await;
     let mut raw = Raw::connect(gw.addr).await;
     for (what, sql) in deep_statements() {
         // Allowed and run, refused by the guard or failed on the server: any answer will do,
@@ -232,7 +232,7 @@ async fn deep_statements_never_stop_the_gateway() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn huge_texts_identifiers_and_bad_bytes_never_stop_the_gateway() {
-    let mut gw = serve().await;
+    let mut gw = serve("pathological-huge").await;
     let in_list = format!(
         "SELECT 1 WHERE 1 IN ({})",
         (0..300_000)
