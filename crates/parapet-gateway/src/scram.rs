@@ -389,32 +389,22 @@ mod tests {
 
     #[test]
     fn end_point_hash_follows_the_signature_algorithm() {
-        let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
-        let cert = rcgen::CertificateParams::new(vec!["localhost".into()])
-            .unwrap()
-            .self_signed(&key)
-            .unwrap();
-        let der = cert.der().to_vec();
+        let der = |alg: &'static rcgen::SignatureAlgorithm| {
+            let key = rcgen::KeyPair::generate_for(alg).unwrap();
+            let params = rcgen::CertificateParams::new(vec!["localhost".into()]).unwrap();
+            params.self_signed(&key).unwrap().der().to_vec()
+        };
+        let p256 = der(&rcgen::PKCS_ECDSA_P256_SHA256);
         assert_eq!(
-            tls_server_end_point(&der),
-            Some(Sha256::digest(&der).to_vec())
+            tls_server_end_point(&p256),
+            Some(Sha256::digest(&p256).to_vec())
         );
-        let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P384_SHA384).unwrap();
-        let cert = rcgen::CertificateParams::new(vec!["localhost".into()])
-            .unwrap()
-            .self_signed(&key)
-            .unwrap();
-        let der = cert.der().to_vec();
+        let p384 = der(&rcgen::PKCS_ECDSA_P384_SHA384);
         assert_eq!(
-            tls_server_end_point(&der),
-            Some(sha2::Sha384::digest(&der).to_vec())
+            tls_server_end_point(&p384),
+            Some(sha2::Sha384::digest(&p384).to_vec())
         );
-        let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ED25519).unwrap();
-        let cert = rcgen::CertificateParams::new(vec!["localhost".into()])
-            .unwrap()
-            .self_signed(&key)
-            .unwrap();
-        assert_eq!(tls_server_end_point(cert.der()), None);
+        assert_eq!(tls_server_end_point(&der(&rcgen::PKCS_ED25519)), None);
         assert_eq!(tls_server_end_point(b"\x30\x03garbage"), None);
     }
 }

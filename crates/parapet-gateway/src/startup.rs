@@ -224,18 +224,23 @@ where
     let application_name = get("application_name").unwrap_or_default();
     let client_addr = peer.ip().to_string();
 
-    if shared.config.require_tls && !tls {
+    // Truncated, and counted rather than recorded past a rate (see `authlog`).
+    let fail = |reason: String| {
         shared.auth_failures.record(
             &shared.log,
             &AuthFailure {
                 user: &user,
                 client_addr: peer.ip(),
                 target: &database,
-                tls: false,
+                tls,
                 application_name: &application_name,
-                reason: "TLS required",
+                reason: &reason,
             },
         );
+    };
+
+    if shared.config.require_tls && !tls {
+        fail("TLS required".into());
         send_fatal(
             &mut stream,
             "28000",
@@ -260,20 +265,6 @@ where
     backend::authentication(10, crate::scram::mechanisms(binding.is_some()), &mut out);
     stream.write_all(&out).await?;
     out.clear();
-    // Truncated, and counted rather than recorded past a rate (see `authlog`).
-    let fail = |reason: String| {
-        shared.auth_failures.record(
-            &shared.log,
-            &AuthFailure {
-                user: &user,
-                client_addr: peer.ip(),
-                target: &database,
-                tls,
-                application_name: &application_name,
-                reason: &reason,
-            },
-        );
-    };
     let Some((tag, msg)) = by(deadline, read_typed(&mut stream)).await? else {
         return Ok(()); // Client went away (e.g. psql asking for the password).
     };

@@ -21,18 +21,6 @@ use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-/// Bind of the unnamed portal to `stmt` (no parameters, text results).
-fn bind(stmt: &str, out: &mut BytesMut) {
-    out.put_u8(b'B');
-    out.put_i32((4 + 1 + stmt.len() + 1 + 2 + 2 + 2) as i32);
-    out.put_u8(0);
-    out.put_slice(stmt.as_bytes());
-    out.put_u8(0);
-    out.put_i16(0);
-    out.put_i16(0);
-    out.put_i16(0);
-}
-
 fn execute(out: &mut BytesMut) {
     frontend::execute("", 0, out).expect("execute");
 }

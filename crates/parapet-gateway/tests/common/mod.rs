@@ -347,8 +347,8 @@ pub fn parse(name: &str, sql: &str, out: &mut BytesMut) {
     frontend::parse(name, sql, std::iter::empty(), out).expect("parse");
 }
 
-/// Bind (unnamed portal, no parameters, text results), Execute, Sync.
-pub fn bind_exec_sync(stmt: &str, out: &mut BytesMut) {
+/// Bind of the unnamed portal to `stmt` (no parameters, text results).
+pub fn bind(stmt: &str, out: &mut BytesMut) {
     out.put_u8(b'B');
     out.put_i32((4 + 1 + stmt.len() + 1 + 2 + 2 + 2) as i32);
     out.put_u8(0);
@@ -357,6 +357,11 @@ pub fn bind_exec_sync(stmt: &str, out: &mut BytesMut) {
     out.put_i16(0);
     out.put_i16(0);
     out.put_i16(0);
+}
+
+/// Bind (unnamed portal, no parameters, text results), Execute, Sync.
+pub fn bind_exec_sync(stmt: &str, out: &mut BytesMut) {
+    bind(stmt, out);
     frontend::execute("", 0, out).expect("execute");
     frontend::sync(out);
 }
