@@ -20,6 +20,7 @@ pub mod protocol;
 pub mod scram;
 pub mod server;
 mod session;
+mod shared;
 mod startup;
 pub mod tls;
 mod upstream;

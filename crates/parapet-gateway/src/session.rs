@@ -30,7 +30,7 @@ use crate::events::{
     rfc3339_micros, submit_decision, to_bytes, DecisionEvent, OutcomeEvent, SessionInfo,
 };
 use crate::protocol::{backend, cstr, frame, frontend, tag_rows};
-use crate::server::Shared;
+use crate::shared::Shared;
 use crate::upstream::Upstream;
 use bytes::{Buf, BytesMut};
 use parapet_guard::{Decision, Mode, RequestContext, RuleHit, Verdict};

@@ -6,8 +6,9 @@ use crate::error::SessionError;
 use crate::events::{json_prefix, now_rfc3339, SessionInfo};
 use crate::protocol::{self, backend, cstr};
 use crate::scram::{ServerExchange, Verifier};
-use crate::server::Shared;
 use crate::session;
+use crate::shared::{Shared, UserSlot};
+use crate::upstream::Upstream;
 use bytes::{BufMut, BytesMut};
 use rand::Rng;
 use serde_json::json;
@@ -156,9 +157,86 @@ where
         }
         return Ok(());
     }
+    let Some(start) = negotiate(&mut stream, code, &body).await? else {
+        return Ok(());
+    };
+    let Some((user_cfg, mut out)) =
+        authenticate(shared, &mut stream, peer, tls, deadline, &start).await?
+    else {
+        return Ok(());
+    };
+    let Some((target, user_slot, upstream)) =
+        connect_target(shared, &mut stream, deadline, &start, &mut out).await?
+    else {
+        return Ok(());
+    };
+    let Startup {
+        user,
+        application_name,
+        ..
+    } = start;
+    let client_addr = peer.ip().to_string();
+    let (key, session_id) = {
+        let mut rng = rand::thread_rng();
+        let key: (i32, i32) = (rng.gen_range(1..i32::MAX), rng.gen());
+        (key, format!("{:016x}", rng.gen::<u64>()))
+    };
+    backend::authentication(0, b"", &mut out);
+    out.extend_from_slice(&upstream.parameter_status);
+    backend::backend_key_data(key.0, key.1, &mut out);
+    backend::ready_for_query(b'I', &mut out);
+    stream.write_all(&out).await?;
+    stream.flush().await?;
+
+    let info = SessionInfo {
+        session: session_id,
+        user: user.clone(),
+        groups: user_cfg.groups.clone(),
+        target: target.name.clone(),
+        environment: target.environment.clone(),
+        client_addr,
+        application_name,
+    };
+    shared.event(json!({"type":"session_start","time":now_rfc3339(),"session":info.session,"user":info.user,
+        "groups":info.groups,"target":info.target,"environment":info.environment,"client_addr":info.client_addr,
+        "client_port":peer.port(),"application_name":info.application_name,"tls":tls}));
+    shared.register_cancel(key, &target.upstream, upstream.key);
+    let started = std::time::Instant::now();
+    let res = session::run(shared.clone(), &info, stream, upstream, shutdown).await;
+    shared.unregister_cancel(key);
+    drop(user_slot);
+    let mut end = json!({"type":"session_end","time":now_rfc3339(),"session":info.session,
+        "duration_ms":started.elapsed().as_millis() as u64});
+    if let Err(e) = &res {
+        end["error"] = json!(e.to_string());
+    }
+    shared.event(end);
+    res
+}
+
+/// What the client asked for in its StartupMessage.
+struct Startup {
+    /// Every parameter, in order (forwarded upstream but for user, database and replication).
+    params: Vec<(String, String)>,
+    user: String,
+    /// The target's name (the database name; the user name when none is given).
+    database: String,
+    application_name: String,
+}
+
+/// Negotiation: the protocol version and the startup parameters, with NegotiateProtocolVersion
+/// for a newer minor version or protocol options. `None` when the client was answered already.
+async fn negotiate<S>(
+    stream: &mut S,
+    code: i32,
+    body: &[u8],
+) -> Result<Option<Startup>, SessionError>
+where
+    S: AsyncWrite + Unpin,
+{
     if code >> 16 != 3 {
         send_fatal(
-            &mut stream,
+            stream,
             "08P01",
             &format!(
                 "unsupported frontend protocol {}.{}: the gateway speaks 3.0",
@@ -173,7 +251,7 @@ where
     }
     // Startup parameters.
     let mut params: Vec<(String, String)> = Vec::new();
-    let mut rest = body.as_slice();
+    let mut rest = body;
     while let Some((k, r)) = cstr(rest) {
         if k.is_empty() {
             break;
@@ -211,29 +289,57 @@ where
     };
     let Some(user) = get("user") else {
         send_fatal(
-            &mut stream,
+            stream,
             "28000",
             "no PostgreSQL user name specified in startup packet",
         )
         .await?;
-        return Ok(());
+        return Ok(None);
     };
     let database = get("database")
         .filter(|d| !d.is_empty())
         .unwrap_or_else(|| user.clone());
     let application_name = get("application_name").unwrap_or_default();
-    let client_addr = peer.ip().to_string();
 
+    Ok(Some(Startup {
+        params,
+        user,
+        database,
+        application_name,
+    }))
+}
+
+/// Authentication: TLS if required, then SCRAM-SHA-256 (SCRAM-SHA-256-PLUS over TLS) against the
+/// user's verifier. On success, the user and the reply so far (AuthenticationSASLFinal), which is
+/// sent with AuthenticationOk once the target is reached. `None` when the login was refused (the
+/// client was told, the failure recorded).
+async fn authenticate<'a, S>(
+    shared: &'a Arc<Shared>,
+    stream: &mut S,
+    peer: SocketAddr,
+    tls: bool,
+    deadline: Instant,
+    start: &Startup,
+) -> Result<Option<(&'a crate::config::UserConfig, BytesMut)>, SessionError>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    let Startup {
+        user,
+        database,
+        application_name,
+        ..
+    } = start;
     // Truncated, and counted rather than recorded past a rate (see `authlog`).
     let fail = |reason: String| {
         shared.auth_failures.record(
             &shared.log,
             &AuthFailure {
-                user: &user,
+                user,
                 client_addr: peer.ip(),
-                target: &database,
+                target: database,
                 tls,
-                application_name: &application_name,
+                application_name,
                 reason: &reason,
             },
         );
@@ -242,16 +348,16 @@ where
     if shared.config.require_tls && !tls {
         fail("TLS required".into());
         send_fatal(
-            &mut stream,
+            stream,
             "28000",
             "parapet: this gateway requires TLS (connect with sslmode=require)",
         )
         .await?;
-        return Ok(());
+        return Ok(None);
     }
 
     // SCRAM-SHA-256.
-    let known = shared.users.get(&user);
+    let known = shared.users.get(user.as_str());
     let verifier = known
         .map(|(_, v)| v.clone())
         .unwrap_or_else(Verifier::impossible);
@@ -265,8 +371,8 @@ where
     backend::authentication(10, crate::scram::mechanisms(binding.is_some()), &mut out);
     stream.write_all(&out).await?;
     out.clear();
-    let Some((tag, msg)) = by(deadline, read_typed(&mut stream)).await? else {
-        return Ok(()); // Client went away (e.g. psql asking for the password).
+    let Some((tag, msg)) = by(deadline, read_typed(stream)).await? else {
+        return Ok(None); // Client went away (e.g. psql asking for the password).
     };
     if tag != b'p' {
         return Err(SessionError::Protocol(format!(
@@ -282,32 +388,27 @@ where
     let offered = mech == "SCRAM-SHA-256" || (mech == "SCRAM-SHA-256-PLUS" && binding.is_some());
     if !offered || r.len() < 4 {
         send_fatal(
-            &mut stream,
+            stream,
             "28000",
             "parapet: only SCRAM-SHA-256 authentication is supported",
         )
         .await?;
         fail(format!("unsupported mechanism {mech:?}"));
-        return Ok(());
+        return Ok(None);
     }
     let (exchange, server_first) = match ServerExchange::start(verifier, mech, binding, &r[4..]) {
         Ok(x) => x,
         Err(e) => {
-            send_fatal(
-                &mut stream,
-                "08P01",
-                &format!("invalid SCRAM exchange: {e}"),
-            )
-            .await?;
+            send_fatal(stream, "08P01", &format!("invalid SCRAM exchange: {e}")).await?;
             fail(e);
-            return Ok(());
+            return Ok(None);
         }
     };
     backend::authentication(11, server_first.as_bytes(), &mut out);
     stream.write_all(&out).await?;
     out.clear();
-    let Some((tag, msg)) = by(deadline, read_typed(&mut stream)).await? else {
-        return Ok(());
+    let Some((tag, msg)) = by(deadline, read_typed(stream)).await? else {
+        return Ok(None);
     };
     if tag != b'p' {
         return Err(SessionError::Protocol(format!(
@@ -325,33 +426,55 @@ where
             };
             tracing::info!(
                 %peer,
-                user = json_prefix(&user, FIELD_LIMIT),
+                user = json_prefix(user, FIELD_LIMIT),
                 "authentication failed: {}",
                 json_prefix(&reason, FIELD_LIMIT)
             );
             fail(reason);
             send_fatal(
-                &mut stream,
+                stream,
                 "28P01",
                 &format!("password authentication failed for user \"{user}\""),
             )
             .await?;
-            return Ok(());
+            return Ok(None);
         }
     };
     backend::authentication(12, server_final.as_bytes(), &mut out);
 
+    let (user_cfg, _) = known.ok_or_else(|| SessionError::Protocol("user vanished".into()))?;
+    Ok(Some((user_cfg, out)))
+}
+
+/// Connecting to the target: the target named, a session slot of the user's, and the upstream
+/// login with the gateway's own credentials. `None` when refused (the client was told).
+async fn connect_target<'a, S>(
+    shared: &'a Arc<Shared>,
+    stream: &mut S,
+    deadline: Instant,
+    start: &Startup,
+    out: &mut BytesMut,
+) -> Result<Option<(&'a crate::config::TargetConfig, UserSlot, Upstream)>, SessionError>
+where
+    S: AsyncWrite + Unpin,
+{
+    let Startup {
+        params,
+        user,
+        database,
+        ..
+    } = start;
     // Target.
-    let Some(target) = shared.targets.get(&database) else {
+    let Some(target) = shared.targets.get(database) else {
         let names: Vec<&str> = shared
             .config
             .targets
             .iter()
             .map(|t| t.name.as_str())
             .collect();
-        stream.write_all(&out).await?;
+        stream.write_all(out).await?;
         send_fatal(
-            &mut stream,
+            stream,
             "3D000",
             &format!(
                 "parapet: no target named \"{database}\" (known targets: {})",
@@ -359,12 +482,12 @@ where
             ),
         )
         .await?;
-        return Ok(());
+        return Ok(None);
     };
-    let Some(user_slot) = shared.user_slot(&user) else {
-        stream.write_all(&out).await?;
+    let Some(user_slot) = shared.user_slot(user) else {
+        stream.write_all(out).await?;
         send_fatal(
-            &mut stream,
+            stream,
             "53300",
             &format!(
                 "too many connections for user \"{user}\" (parapet: [listen] max_connections_per_user is {})",
@@ -372,7 +495,7 @@ where
             ),
         )
         .await?;
-        return Ok(());
+        return Ok(None);
     };
     let upstream_tls = shared
         .upstream_tls
@@ -381,58 +504,22 @@ where
     let connecting = crate::upstream::connect(
         &target.upstream,
         upstream_tls,
-        &params,
+        params,
         shared.config.max_message_size,
     );
     let upstream = match by(deadline, async { Ok::<_, SessionError>(connecting.await) }).await? {
         Ok(u) => u,
         Err(e) => {
             tracing::error!(target = %target.name, "upstream login failed: {e}");
-            stream.write_all(&out).await?;
+            stream.write_all(out).await?;
             send_fatal(
-                &mut stream,
+                stream,
                 "08006",
                 &format!("parapet: cannot reach target \"{}\": {e}", target.name),
             )
             .await?;
-            return Ok(());
+            return Ok(None);
         }
     };
-    let (user_cfg, _) = known.ok_or_else(|| SessionError::Protocol("user vanished".into()))?;
-    let (key, session_id) = {
-        let mut rng = rand::thread_rng();
-        let key: (i32, i32) = (rng.gen_range(1..i32::MAX), rng.gen());
-        (key, format!("{:016x}", rng.gen::<u64>()))
-    };
-    backend::authentication(0, b"", &mut out);
-    out.extend_from_slice(&upstream.parameter_status);
-    backend::backend_key_data(key.0, key.1, &mut out);
-    backend::ready_for_query(b'I', &mut out);
-    stream.write_all(&out).await?;
-    stream.flush().await?;
-
-    let info = SessionInfo {
-        session: session_id,
-        user: user.clone(),
-        groups: user_cfg.groups.clone(),
-        target: target.name.clone(),
-        environment: target.environment.clone(),
-        client_addr,
-        application_name,
-    };
-    shared.event(json!({"type":"session_start","time":now_rfc3339(),"session":info.session,"user":info.user,
-        "groups":info.groups,"target":info.target,"environment":info.environment,"client_addr":info.client_addr,
-        "client_port":peer.port(),"application_name":info.application_name,"tls":tls}));
-    shared.register_cancel(key, &target.upstream, upstream.key);
-    let started = std::time::Instant::now();
-    let res = session::run(shared.clone(), &info, stream, upstream, shutdown).await;
-    shared.unregister_cancel(key);
-    drop(user_slot);
-    let mut end = json!({"type":"session_end","time":now_rfc3339(),"session":info.session,
-        "duration_ms":started.elapsed().as_millis() as u64});
-    if let Err(e) = &res {
-        end["error"] = json!(e.to_string());
-    }
-    shared.event(end);
-    res
+    Ok(Some((target, user_slot, upstream)))
 }
