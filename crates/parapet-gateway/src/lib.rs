@@ -16,6 +16,7 @@ pub mod config;
 pub mod error;
 pub mod events;
 mod judge;
+mod messages;
 pub mod protocol;
 pub mod scram;
 pub mod server;

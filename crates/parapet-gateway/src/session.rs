@@ -29,6 +29,7 @@ use crate::error::SessionError;
 use crate::events::{
     rfc3339_micros, submit_decision, to_bytes, DecisionEvent, OutcomeEvent, SessionInfo,
 };
+use crate::messages::FrontendMessage;
 use crate::protocol::{backend, cstr, frame, frontend, tag_rows};
 use crate::shared::Shared;
 use crate::upstream::Upstream;
@@ -356,25 +357,25 @@ impl Frontend<'_> {
         let cap = self.shared.config.max_message_size;
         let mut rbuf = BytesMut::with_capacity(16 * 1024);
         let mut out = BytesMut::with_capacity(16 * 1024);
-        // The complete messages of one read: type, length, and the judgment made in phase 1.
-        let mut steps: Vec<(u8, usize, Option<Pre>)> = Vec::new();
         loop {
             if self.read(r, &mut rbuf).await? == 0 {
                 return Ok(());
             }
+            // The complete messages of this read, each decoded once: type, length, message, and
+            // the judgment made in phase 1.
+            let mut steps: Vec<(u8, usize, FrontendMessage<'_>, Option<Pre>)> = Vec::new();
             // Phase 1: frame every complete message of this read and, for each statement, decide
             // and submit its decision event, without waiting. A client that pipelines several
             // statements in one write thus waits for one log commit, not one per statement.
             // Nothing after a statement that may start a COPY FROM STDIN is judged ahead: whether
             // what follows it reaches the server depends on whether the COPY started.
-            steps.clear();
             let mut pos = 0;
             let mut discard = self.discard;
             let mut ahead = self.window.is_none();
             while let Some((tag, len)) =
                 frame(&rbuf[pos..], cap).map_err(|e| SessionError::Protocol(e.to_string()))?
             {
-                let msg = &rbuf[pos..pos + len];
+                let m = FrontendMessage::decode(tag, &rbuf[pos..pos + len]);
                 let pre = if !ahead {
                     None
                 } else if discard {
@@ -384,16 +385,16 @@ impl Frontend<'_> {
                     }
                     None
                 } else {
-                    let pre = self.prejudge(tag, msg).await?;
+                    let pre = self.prejudge(&m).await?;
                     if tag == b'P' && pre.as_ref().is_some_and(|p| !p.allowed) {
                         discard = true;
                     }
-                    if pre.as_ref().is_some_and(|p| p.copies > 0) || self.may_copy(tag, msg) {
+                    if pre.as_ref().is_some_and(|p| p.copies > 0) || self.may_copy(&m) {
                         ahead = false;
                     }
                     pre
                 };
-                steps.push((tag, len, pre));
+                steps.push((tag, len, m, pre));
                 pos += len;
                 if tag == b'X' {
                     break;
@@ -402,10 +403,10 @@ impl Frontend<'_> {
             // Phase 2: wait for the decisions to be durable (before_forward), then forward in
             // order — the same bytes and expectations as handling each message on its own.
             let mut off = 0;
-            for (tag, len, pre) in steps.drain(..) {
+            for (tag, len, m, pre) in steps {
                 let msg = &rbuf[off..off + len];
                 off += len;
-                if self.window.is_some() && !matches!(tag, b'd' | b'c' | b'f' | b'X') {
+                if self.window.is_some() && !m.is_copy() && m != FrontendMessage::Terminate {
                     // The statement that may have started the COPY must reach the server first,
                     // with a Flush: in the extended protocol the server holds its replies until
                     // Sync or Flush (errors and CopyInResponse it sends at once). A Flush has no
@@ -421,7 +422,7 @@ impl Frontend<'_> {
                     Some(p) => Some(self.settle_pre(p).await?),
                     None => None,
                 };
-                let terminate = self.handle(tag, msg, judged, &mut out).await?;
+                let terminate = self.handle(msg, m, judged, &mut out).await?;
                 if terminate {
                     w.write_all(&out).await?;
                     return Ok(());
@@ -458,13 +459,10 @@ impl Frontend<'_> {
     }
 
     /// Whether this Bind or Execute may lead to a COPY FROM STDIN (of a statement parsed earlier).
-    fn may_copy(&self, tag: u8, msg: &[u8]) -> bool {
-        let body = &msg[5..];
-        match tag {
-            b'B' => cstr(body)
-                .and_then(|(_, rest)| cstr(rest))
-                .is_some_and(|(stmt, _)| self.copy_stmts.contains(stmt)),
-            b'E' => cstr(body).is_some_and(|(portal, _)| self.copy_portals.contains(portal)),
+    fn may_copy(&self, m: &FrontendMessage<'_>) -> bool {
+        match m {
+            FrontendMessage::Bind { statement, .. } => self.copy_stmts.contains(*statement),
+            FrontendMessage::Execute { portal } => self.copy_portals.contains(*portal),
             _ => false,
         }
     }
@@ -512,25 +510,25 @@ impl Frontend<'_> {
         start..self.next_copy
     }
 
-    /// Handles one client message; returns true on Terminate. `judged` is the decision phase 1
-    /// made for a Query, Parse or FunctionCall (when absent, the statement is judged here).
+    /// Handles one client message (`msg`, decoded as `m`); returns true on Terminate. `judged` is
+    /// the decision phase 1 made for a Query, Parse or FunctionCall (when absent, the statement
+    /// is judged here).
     async fn handle(
         &mut self,
-        tag: u8,
         msg: &[u8],
+        m: FrontendMessage<'_>,
         judged: Option<Judged>,
         out: &mut BytesMut,
     ) -> Result<bool, SessionError> {
-        let body = &msg[5..];
-        let bad = |what: &str| SessionError::Protocol(format!("malformed {what} message"));
         if self.discard {
-            match tag {
-                b'S' => {
+            // Skipped like the server skips after an error, unread.
+            match m {
+                FrontendMessage::Sync => {
                     self.discard = false;
                     self.expect(Expect::Sync)?;
                     out.extend_from_slice(msg);
                 }
-                b'X' => {
+                FrontendMessage::Terminate => {
                     out.extend_from_slice(msg);
                     return Ok(true);
                 }
@@ -538,12 +536,11 @@ impl Frontend<'_> {
             }
             return Ok(false);
         }
-        match tag {
-            b'Q' => {
+        match m {
+            FrontendMessage::Query { sql } => {
                 let judged = match judged {
                     Some(j) => j,
                     None => {
-                        let (sql, _) = cstr(body).ok_or_else(|| bad("Query"))?;
                         let pre = self.judge_sql(sql, "simple", None).await?;
                         self.settle_pre(pre).await?
                     }
@@ -570,12 +567,10 @@ impl Frontend<'_> {
                     }
                 }
             }
-            b'P' => {
-                let (name, rest) = cstr(body).ok_or_else(|| bad("Parse"))?;
+            FrontendMessage::Parse { name, sql } => {
                 let judged = match judged {
                     Some(j) => j,
                     None => {
-                        let (sql, _) = cstr(rest).ok_or_else(|| bad("Parse"))?;
                         let pre = self.judge_sql(sql, "extended", Some(name)).await?;
                         self.settle_pre(pre).await?
                     }
@@ -608,22 +603,19 @@ impl Frontend<'_> {
                     }
                 }
             }
-            b'B' => {
-                let (portal, rest) = cstr(body).ok_or_else(|| bad("Bind"))?;
-                let (stmt, _) = cstr(rest).ok_or_else(|| bad("Bind"))?;
-                if self.copy_stmts.contains(stmt) {
+            FrontendMessage::Bind { portal, statement } => {
+                if self.copy_stmts.contains(statement) {
                     self.copy_portals.insert(portal.to_string());
                 } else if portal.is_empty() {
                     self.copy_portals.remove(portal);
                 }
                 self.expect(Expect::Bind {
                     portal: portal.to_string(),
-                    stmt: stmt.to_string(),
+                    stmt: statement.to_string(),
                 })?;
                 out.extend_from_slice(msg);
             }
-            b'E' => {
-                let (portal, _) = cstr(body).ok_or_else(|| bad("Execute"))?;
+            FrontendMessage::Execute { portal } => {
                 let n = u32::from(self.copy_portals.contains(portal));
                 let copies = self.copies(n);
                 self.expect(Expect::Exec {
@@ -633,36 +625,31 @@ impl Frontend<'_> {
                 })?;
                 out.extend_from_slice(msg);
             }
-            b'D' => {
-                body.split_first()
-                    .and_then(|(_, rest)| cstr(rest))
-                    .ok_or_else(|| bad("Describe"))?;
+            FrontendMessage::Describe => {
                 self.expect(Expect::Describe)?;
                 out.extend_from_slice(msg);
             }
-            b'C' => {
-                let (&kind, rest) = body.split_first().ok_or_else(|| bad("Close"))?;
-                let (name, _) = cstr(rest).ok_or_else(|| bad("Close"))?;
-                if kind == b'S' {
+            FrontendMessage::Close { statement, name } => {
+                if statement {
                     self.copy_stmts.remove(name);
                 } else {
                     self.copy_portals.remove(name);
                 }
                 self.expect(Expect::Close {
-                    statement: kind == b'S',
+                    statement,
                     name: name.to_string(),
                 })?;
                 out.extend_from_slice(msg);
             }
-            b'S' => {
+            FrontendMessage::Sync => {
                 self.expect(Expect::Sync)?;
                 out.extend_from_slice(msg);
             }
-            b'X' => {
+            FrontendMessage::Terminate => {
                 out.extend_from_slice(msg);
                 return Ok(true);
             }
-            b'F' => {
+            FrontendMessage::FunctionCall => {
                 let error = match judged {
                     Some(Judged::Refuse(e)) => e,
                     // Never allowed; `Forward` cannot come back for a FunctionCall.
@@ -680,7 +667,7 @@ impl Frontend<'_> {
                 })?;
                 frontend::query(&refusal_text().0, out);
             }
-            b'c' => {
+            FrontendMessage::CopyDone => {
                 // CopyDone ends this COPY; a simple Query may go on to its next one.
                 if let Some(w) = &mut self.window {
                     w.instance += 1;
@@ -690,13 +677,14 @@ impl Frontend<'_> {
                 }
                 out.extend_from_slice(msg);
             }
-            b'f' => {
+            FrontendMessage::CopyFail => {
                 self.window = None;
                 out.extend_from_slice(msg);
             }
             // Copy data, and Flush (which the server does not answer).
-            b'd' | b'H' => out.extend_from_slice(msg),
-            other => {
+            FrontendMessage::CopyData | FrontendMessage::Flush => out.extend_from_slice(msg),
+            FrontendMessage::Malformed(what) => return Err(malformed(what)),
+            FrontendMessage::Unknown(other) => {
                 return Err(SessionError::Protocol(format!(
                     "unexpected message type {:?} from the client",
                     other as char
@@ -708,20 +696,14 @@ impl Frontend<'_> {
 
     /// Phase 1 for one message: decides a Query, Parse or FunctionCall and submits its decision
     /// event without waiting. `None` for messages that carry no statement.
-    async fn prejudge(&self, tag: u8, msg: &[u8]) -> Result<Option<Pre>, SessionError> {
-        let body = &msg[5..];
-        let bad = |what: &str| SessionError::Protocol(format!("malformed {what} message"));
-        match tag {
-            b'Q' => {
-                let (sql, _) = cstr(body).ok_or_else(|| bad("Query"))?;
-                self.judge_sql(sql, "simple", None).await.map(Some)
-            }
-            b'P' => {
-                let (name, rest) = cstr(body).ok_or_else(|| bad("Parse"))?;
-                let (sql, _) = cstr(rest).ok_or_else(|| bad("Parse"))?;
+    async fn prejudge(&self, m: &FrontendMessage<'_>) -> Result<Option<Pre>, SessionError> {
+        match *m {
+            FrontendMessage::Query { sql } => self.judge_sql(sql, "simple", None).await.map(Some),
+            FrontendMessage::Parse { name, sql } => {
                 self.judge_sql(sql, "extended", Some(name)).await.map(Some)
             }
-            b'F' => Ok(Some(self.judge_function())),
+            FrontendMessage::FunctionCall => Ok(Some(self.judge_function())),
+            FrontendMessage::Malformed(what) => Err(malformed(what)),
             _ => Ok(None),
         }
     }
@@ -821,6 +803,11 @@ enum PreWait {
     Ready(DecisionRef),
     /// Resolves when the decision event is durable.
     Ticket(AppendTicket),
+}
+
+/// The error for a message whose body does not decode.
+fn malformed(what: &str) -> SessionError {
+    SessionError::Protocol(format!("malformed {what} message"))
 }
 
 /// How many of a decision's statements are a COPY FROM STDIN (each may put the server in
