@@ -165,6 +165,30 @@ where
     else {
         return Ok(());
     };
+    let (key, session_id) = {
+        let mut rng = rand::thread_rng();
+        let key: (i32, i32) = (rng.gen_range(1..i32::MAX), rng.gen());
+        (key, format!("{:016x}", rng.gen::<u64>()))
+    };
+    let client_addr = peer.ip().to_string();
+    // Startup parameters are settings on the server: judged before they reach it.
+    if let Some(t) = shared.targets.get(&start.database) {
+        let info = SessionInfo {
+            session: session_id.clone(),
+            user: start.user.clone(),
+            groups: user_cfg.groups.clone(),
+            target: t.name.clone(),
+            environment: t.environment.clone(),
+            client_addr: client_addr.clone(),
+            application_name: start.application_name.clone(),
+        };
+        if let Some(refusal) = judge_parameters(shared, &info, &start.params).await {
+            stream.write_all(&out).await?;
+            stream.write_all(&refusal).await?;
+            stream.flush().await?;
+            return Ok(());
+        }
+    }
     let Some((target, user_slot, upstream)) =
         connect_target(shared, &mut stream, deadline, &start, &mut out).await?
     else {
@@ -175,12 +199,6 @@ where
         application_name,
         ..
     } = start;
-    let client_addr = peer.ip().to_string();
-    let (key, session_id) = {
-        let mut rng = rand::thread_rng();
-        let key: (i32, i32) = (rng.gen_range(1..i32::MAX), rng.gen());
-        (key, format!("{:016x}", rng.gen::<u64>()))
-    };
     backend::authentication(0, b"", &mut out);
     out.extend_from_slice(&upstream.parameter_status);
     backend::backend_key_data(key.0, key.1, &mut out);
@@ -522,4 +540,178 @@ where
         }
     };
     Ok(Some((target, user_slot, upstream)))
+}
+
+/// The client encodings whose text the guard reads exactly as the server does: UTF-8, and
+/// SQL_ASCII, which the server does not convert (the gateway accepts only UTF-8 text anyway).
+fn readable_encoding(name: &str) -> bool {
+    let n: String = name
+        .chars()
+        .filter(|c| c.is_ascii_alphanumeric())
+        .collect::<String>()
+        .to_ascii_lowercase();
+    matches!(n.as_str(), "utf8" | "unicode" | "sqlascii")
+}
+
+/// The startup parameters the server applies as settings, as the SQL `SET`s they amount to:
+/// every forwarded parameter but the protocol's own, and each setting in `options` (in the forms
+/// the server accepts: `-c name=value`, `-cname=value`, `--name=value`, split on white space
+/// with backslash escapes). Setting names are folded to lower case and `-` to `_`, as the server
+/// does. `Err` names an `options` switch that is not a setting (the server takes others too, such
+/// as `-d` or `-B`; none is let through unjudged).
+fn parameter_sets(params: &[(String, String)]) -> Result<Vec<String>, String> {
+    fn quote_name(name: &str) -> String {
+        name.split('.')
+            .map(|part| format!("\"{}\"", part.replace('"', "\"\"")))
+            .collect::<Vec<_>>()
+            .join(".")
+    }
+    fn set(name: &str, value: &str) -> String {
+        let name = name.to_ascii_lowercase().replace('-', "_");
+        format!(
+            "SET {} = '{}'",
+            quote_name(&name),
+            value.replace('\'', "''")
+        )
+    }
+    let mut sets = Vec::new();
+    for (k, v) in params {
+        if matches!(k.as_str(), "user" | "database" | "replication") || k.starts_with("_pq_.") {
+            continue;
+        }
+        if k != "options" {
+            sets.push(set(k, v));
+            continue;
+        }
+        // pg_split_opts: white space separates, a backslash takes the next character as is.
+        let mut words = Vec::new();
+        let mut word = String::new();
+        let mut chars = v.chars();
+        while let Some(c) = chars.next() {
+            match c {
+                '\\' => word.extend(chars.next()),
+                c if c.is_whitespace() => {
+                    if !word.is_empty() {
+                        words.push(std::mem::take(&mut word));
+                    }
+                }
+                c => word.push(c),
+            }
+        }
+        if !word.is_empty() {
+            words.push(word);
+        }
+        let mut words = words.into_iter();
+        while let Some(w) = words.next() {
+            let setting = if w == "-c" {
+                words.next().ok_or_else(|| w.clone())?
+            } else if let Some(rest) = w.strip_prefix("--").or_else(|| w.strip_prefix("-c")) {
+                rest.to_string()
+            } else {
+                return Err(w);
+            };
+            let (name, value) = setting.split_once('=').ok_or_else(|| setting.clone())?;
+            sets.push(set(name, value));
+        }
+    }
+    Ok(sets)
+}
+
+/// Judges the startup parameters as the `SET`s they are and logs the decision (durably) before
+/// the upstream login, as for any statement. Returns the FATAL ErrorResponse that refuses the
+/// login when the policies refuse them, when a setting would make the server read statements
+/// otherwise than the guard does (a client encoding other than UTF-8 or SQL_ASCII,
+/// `standard_conforming_strings` off), when `options` holds a switch that is not a setting, or
+/// when the decision cannot be logged.
+async fn judge_parameters(
+    shared: &Shared,
+    info: &SessionInfo,
+    params: &[(String, String)],
+) -> Option<Vec<u8>> {
+    let fatal = |code: &str, msg: &str, detail: Option<&str>| {
+        let mut out = BytesMut::new();
+        backend::error(code, msg, detail, true, &mut out);
+        Some(out.to_vec())
+    };
+    let sets = match parameter_sets(params) {
+        Ok(s) => s,
+        Err(word) => {
+            return fatal(
+                "42501",
+                &format!(
+                    "parapet: startup option {:?} is not a setting the gateway can judge; pass settings as -c name=value",
+                    json_prefix(&word, FIELD_LIMIT)
+                ),
+                None,
+            )
+        }
+    };
+    if sets.is_empty() {
+        return None;
+    }
+    for set in &sets {
+        let lower = set.to_ascii_lowercase();
+        let value = lower
+            .split_once(" = ")
+            .map(|(_, v)| v.trim_matches('\''))
+            .unwrap_or("");
+        if lower.starts_with("set \"client_encoding\"") && !readable_encoding(value) {
+            return fatal(
+                "0A000",
+                &format!("parapet: client_encoding {value} is not supported: the gateway reads statements as UTF-8; use client_encoding=UTF8"),
+                None,
+            );
+        }
+        if lower.starts_with("set \"standard_conforming_strings\"")
+            && !matches!(value, "on" | "true" | "yes" | "1")
+        {
+            return fatal(
+                "0A000",
+                "parapet: standard_conforming_strings must stay on: the gateway reads string literals as the server does only with it on",
+                None,
+            );
+        }
+    }
+    let sql = sets.join("; ");
+    let ctx = parapet_guard::RequestContext {
+        user: info.user.clone(),
+        groups: info.groups.clone(),
+        target: info.target.clone(),
+        environment: info.environment.clone(),
+        client_addr: Some(info.client_addr.clone()),
+        application_name: info.application_name.clone(),
+    };
+    let d = shared.guard.decide(&sql, &ctx);
+    let text = match shared.config.statement_text {
+        crate::config::StatementText::Full => Some(sql.as_str()),
+        crate::config::StatementText::Normalized => None,
+    };
+    let ev = crate::events::DecisionEvent::new(info, "startup", text, &d, None);
+    let index = match crate::events::submit_decision(&shared.log, ev).await {
+        Ok(i) => i,
+        Err(e) => {
+            tracing::error!("audit log write failed, refusing a login: {e}");
+            return fatal(
+                "58030",
+                &format!("parapet: login refused: the audit log cannot be written ({e})"),
+                None,
+            );
+        }
+    };
+    if matches!(
+        d.verdict,
+        parapet_guard::Verdict::Allow | parapet_guard::Verdict::Monitor
+    ) {
+        return None;
+    }
+    let rule = d.rules.first();
+    fatal(
+        "42501",
+        &format!(
+            "parapet: startup parameters refused: blocked by {}: {}",
+            rule.map(|r| r.id.as_str()).unwrap_or("parapet"),
+            rule.map(|r| r.reason.as_str()).unwrap_or(d.reason.as_str())
+        ),
+        Some(&format!("parapet audit entry {index}")),
+    )
 }

@@ -304,6 +304,97 @@ async fn prepared_statements_as_the_server_keeps_them() {
     }
 }
 
+/// Startup parameters take effect on the server as settings: they are judged (and logged) as the
+/// SETs they are, and a refused one refuses the login before anything reaches the server.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn startup_parameters_are_judged_as_settings() {
+    let s = setup(Durability::BeforeForward).await;
+    let login = |extra: &'static [(&'static str, &'static str)]| {
+        let mut params = vec![("user", "alice"), ("database", "main")];
+        params.extend_from_slice(extra);
+        let gw = s.gw;
+        async move { Client::try_connect_with(gw, &params).await }
+    };
+    for (extra, code, rule) in [
+        (
+            &[("options", "-c role=pg_read_server_files")][..],
+            "42501",
+            "parapet.set-role",
+        ),
+        (
+            &[("options", "-c ROLE=pg_read_server_files")][..],
+            "42501",
+            "parapet.set-role",
+        ),
+        (
+            &[("options", "--session-replication-role=replica")][..],
+            "42501",
+            "parapet.integrity-bypass",
+        ),
+        (
+            &[("options", "-csession_replication_role=replica")][..],
+            "42501",
+            "parapet.integrity-bypass",
+        ),
+        (&[("options", "-d 5")][..], "42501", "not a setting"),
+        (
+            &[("client_encoding", "GBK")][..],
+            "0A000",
+            "client_encoding",
+        ),
+        (
+            &[("standard_conforming_strings", "off")][..],
+            "0A000",
+            "standard_conforming_strings",
+        ),
+    ] {
+        let err = login(extra)
+            .await
+            .err()
+            .unwrap_or_else(|| panic!("{extra:?} must refuse the login"));
+        assert!(
+            err.starts_with(code) && err.contains(rule),
+            "{extra:?}: {err}"
+        );
+    }
+    // Harmless settings pass, and take effect.
+    let mut c = login(&[
+        ("options", "-c search_path=public --statement-timeout=5min"),
+        ("application_name", "it's me"),
+        ("client_encoding", "UTF8"),
+    ])
+    .await
+    .expect("harmless settings log in");
+    let r = c
+        .simple("SELECT current_setting('statement_timeout')")
+        .await;
+    assert_eq!(first_value(&r).as_deref(), Some("5min"));
+    // Each login's settings are a decision in the log, refused or not.
+    let startups: Vec<_> = entries(&s)
+        .into_iter()
+        .filter(|(_, e)| e["type"] == "decision" && e["protocol"] == "startup")
+        .map(|(_, e)| {
+            (
+                e["decision"].clone(),
+                e["sql"].as_str().unwrap_or("").to_string(),
+            )
+        })
+        .collect();
+    assert!(
+        startups.contains(&(
+            serde_json::json!("deny"),
+            "SET \"role\" = 'pg_read_server_files'".to_string()
+        )),
+        "{startups:?}"
+    );
+    assert!(
+        startups
+            .iter()
+            .any(|(d, sql)| d == "allow" && sql.contains("SET \"statement_timeout\" = '5min'")),
+        "{startups:?}"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn connection_limits_and_login_timeout() {
     let s = setup_config(Durability::BeforeForward, false, |c| {

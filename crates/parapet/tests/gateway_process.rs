@@ -24,7 +24,8 @@ async fn wait_event(log_dir: &Path, skip: usize, ty: &str) -> serde_json::Value 
         if let Some(v) = events(log_dir)
             .into_iter()
             .skip(skip)
-            .find(|v| v["type"] == ty)
+            // Decisions on statements: a login's startup parameters are a decision too.
+            .find(|v| v["type"] == ty && v["protocol"] != "startup")
         {
             return v;
         }

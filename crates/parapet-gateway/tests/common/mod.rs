@@ -285,6 +285,14 @@ impl Client {
         user: &str,
         database: &str,
     ) -> Result<Client, String> {
+        Self::try_connect_with(addr, &[("user", user), ("database", database)]).await
+    }
+
+    /// [`Client::try_connect`] with these startup parameters (`user` and `database` among them).
+    pub async fn try_connect_with(
+        addr: SocketAddr,
+        params: &[(&str, &str)],
+    ) -> Result<Client, String> {
         let s = TcpStream::connect(addr).await.expect("connect");
         let mut c = Client {
             s,
@@ -292,8 +300,7 @@ impl Client {
             key: (0, 0),
         };
         let mut out = BytesMut::new();
-        frontend::startup_message([("user", user), ("database", database)], &mut out)
-            .expect("startup");
+        frontend::startup_message(params.iter().copied(), &mut out).expect("startup");
         c.s.write_all(&out).await.expect("write");
         let mut scram = ScramSha256::new(PW.as_bytes(), ChannelBinding::unsupported());
         loop {
