@@ -69,6 +69,21 @@ pub struct SessionInfo {
     pub application_name: String,
 }
 
+impl SessionInfo {
+    /// What the policies see of the session: its user, groups, target, environment, client
+    /// address and application_name.
+    pub fn request_context(&self) -> parapet_guard::RequestContext {
+        parapet_guard::RequestContext {
+            user: self.user.clone(),
+            groups: self.groups.clone(),
+            target: self.target.clone(),
+            environment: self.environment.clone(),
+            client_addr: Some(self.client_addr.clone()),
+            application_name: self.application_name.clone(),
+        }
+    }
+}
+
 /// A decision event.
 #[derive(Debug, Serialize)]
 pub struct DecisionEvent<'a> {

@@ -24,7 +24,7 @@
 //! holding a fresh random nonce): nothing a client creates, replaces or sets changes how the
 //! parser treats it, and the nonce tells its error apart from every other.
 
-use crate::config::{Durability, StatementText};
+use crate::config::Durability;
 use crate::error::SessionError;
 use crate::events::{
     rfc3339_micros, submit_decision, to_bytes, DecisionEvent, OutcomeEvent, SessionInfo,
@@ -244,14 +244,7 @@ where
     let mut front = Frontend {
         shared: &shared,
         info,
-        ctx: RequestContext {
-            user: info.user.clone(),
-            groups: info.groups.clone(),
-            target: info.target.clone(),
-            environment: info.environment.clone(),
-            client_addr: Some(info.client_addr.clone()),
-            application_name: info.application_name.clone(),
-        },
+        ctx: info.request_context(),
         tx,
         copy_stmts: HashSet::new(),
         copy_portals: HashSet::new(),
@@ -717,11 +710,13 @@ impl Frontend<'_> {
         stmt: Option<&str>,
     ) -> Result<Pre, SessionError> {
         let d = crate::judge::decide(&self.shared.guard, sql, &self.ctx).await;
-        let text = match self.shared.config.statement_text {
-            StatementText::Full => Some(sql),
-            StatementText::Normalized => None,
-        };
-        let ev = DecisionEvent::new(self.info, protocol, text, &d, stmt);
+        let ev = DecisionEvent::new(
+            self.info,
+            protocol,
+            self.shared.recorded_text(sql),
+            &d,
+            stmt,
+        );
         // A text too long for one entry goes in parts just before the decision.
         let ticket = submit_decision(&self.shared.log, ev);
         let allowed = matches!(d.verdict, Verdict::Allow | Verdict::Monitor);
@@ -825,6 +820,20 @@ fn copies_from_stdin(d: &Decision) -> u32 {
 
 /// The ErrorResponse for a refused statement: `parapet: blocked by <rule id>: <reason>`.
 fn refusal(d: &Decision, index: u64) -> Vec<u8> {
+    let mut out = BytesMut::new();
+    backend::error(
+        "42501",
+        &format!("parapet: {}", blocked_by(d)),
+        Some(&format!("parapet audit entry {index}")),
+        false,
+        &mut out,
+    );
+    out.to_vec()
+}
+
+/// Why a decision refuses: `blocked by <rule id>: <reason>` (for review, the reason says that
+/// approval is required).
+pub(crate) fn blocked_by(d: &Decision) -> String {
     let wanted = if d.verdict == Verdict::Review {
         Mode::Review
     } else {
@@ -844,15 +853,7 @@ fn refusal(d: &Decision, index: u64) -> Vec<u8> {
     if d.verdict == Verdict::Review {
         reason = format!("approval required: {reason}");
     }
-    let mut out = BytesMut::new();
-    backend::error(
-        "42501",
-        &format!("parapet: blocked by {id}: {reason}"),
-        Some(&format!("parapet audit entry {index}")),
-        false,
-        &mut out,
-    );
-    out.to_vec()
+    format!("blocked by {id}: {reason}")
 }
 
 /// The ErrorResponse for a statement refused because its decision could not be logged.

@@ -63,6 +63,15 @@ impl Drop for UserSlot {
 }
 
 impl Shared {
+    /// The statement text a decision event records: the text itself, or none with
+    /// `statement_text = "normalized"` (the normalised form is recorded either way).
+    pub fn recorded_text<'a>(&self, sql: &'a str) -> Option<&'a str> {
+        match self.config.statement_text {
+            crate::config::StatementText::Full => Some(sql),
+            crate::config::StatementText::Normalized => None,
+        }
+    }
+
     /// Counts a session of `user`, or `None` when the user is at `max_connections_per_user`.
     pub fn user_slot(self: &Arc<Self>, user: &str) -> Option<UserSlot> {
         let mut m = self.user_sessions.lock();

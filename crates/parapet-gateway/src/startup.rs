@@ -553,27 +553,19 @@ fn readable_encoding(name: &str) -> bool {
     matches!(n.as_str(), "utf8" | "unicode" | "sqlascii")
 }
 
-/// The startup parameters the server applies as settings, as the SQL `SET`s they amount to:
-/// every forwarded parameter but the protocol's own, and each setting in `options` (in the forms
-/// the server accepts: `-c name=value`, `-cname=value`, `--name=value`, split on white space
-/// with backslash escapes). Setting names are folded to lower case and `-` to `_`, as the server
-/// does. `Err` names an `options` switch that is not a setting (the server takes others too, such
-/// as `-d` or `-B`; none is let through unjudged).
-fn parameter_sets(params: &[(String, String)]) -> Result<Vec<String>, String> {
-    fn quote_name(name: &str) -> String {
-        name.split('.')
-            .map(|part| format!("\"{}\"", part.replace('"', "\"\"")))
-            .collect::<Vec<_>>()
-            .join(".")
-    }
-    fn set(name: &str, value: &str) -> String {
-        let name = name.to_ascii_lowercase().replace('-', "_");
-        format!(
-            "SET {} = '{}'",
-            quote_name(&name),
-            value.replace('\'', "''")
+/// The startup parameters the server applies as settings, as (name, value): every forwarded
+/// parameter but the protocol's own, and each setting in `options` (in the forms the server
+/// accepts: `-c name=value`, `-cname=value`, `--name=value`, split on white space with
+/// backslash escapes). Names are folded to lower case and `-` to `_`, as the server does. `Err`
+/// names an `options` switch that is not a setting (the server takes others too, such as `-d`
+/// or `-B`; none is let through unjudged).
+fn parameter_settings(params: &[(String, String)]) -> Result<Vec<(String, String)>, String> {
+    let set = |name: &str, value: &str| {
+        (
+            name.to_ascii_lowercase().replace('-', "_"),
+            value.to_string(),
         )
-    }
+    };
     let mut sets = Vec::new();
     for (k, v) in params {
         if matches!(k.as_str(), "user" | "database" | "replication") || k.starts_with("_pq_.") {
@@ -633,7 +625,7 @@ async fn judge_parameters(
         backend::error(code, msg, detail, true, &mut out);
         Some(out.to_vec())
     };
-    let sets = match parameter_sets(params) {
+    let settings = match parameter_settings(params) {
         Ok(s) => s,
         Err(word) => {
             return fatal(
@@ -646,24 +638,20 @@ async fn judge_parameters(
             )
         }
     };
-    if sets.is_empty() {
+    if settings.is_empty() {
         return None;
     }
-    for set in &sets {
-        let lower = set.to_ascii_lowercase();
-        let value = lower
-            .split_once(" = ")
-            .map(|(_, v)| v.trim_matches('\''))
-            .unwrap_or("");
-        if lower.starts_with("set \"client_encoding\"") && !readable_encoding(value) {
+    for (name, value) in &settings {
+        let value = value.to_ascii_lowercase();
+        if name == "client_encoding" && !readable_encoding(&value) {
             return fatal(
                 "0A000",
                 &format!("parapet: client_encoding {value} is not supported: the gateway reads statements as UTF-8; use client_encoding=UTF8"),
                 None,
             );
         }
-        if lower.starts_with("set \"standard_conforming_strings\"")
-            && !matches!(value, "on" | "true" | "yes" | "1")
+        if name == "standard_conforming_strings"
+            && !matches!(value.as_str(), "on" | "true" | "yes" | "1")
         {
             return fatal(
                 "0A000",
@@ -672,20 +660,20 @@ async fn judge_parameters(
             );
         }
     }
-    let sql = sets.join("; ");
-    let ctx = parapet_guard::RequestContext {
-        user: info.user.clone(),
-        groups: info.groups.clone(),
-        target: info.target.clone(),
-        environment: info.environment.clone(),
-        client_addr: Some(info.client_addr.clone()),
-        application_name: info.application_name.clone(),
-    };
-    let d = shared.guard.decide(&sql, &ctx);
-    let text = match shared.config.statement_text {
-        crate::config::StatementText::Full => Some(sql.as_str()),
-        crate::config::StatementText::Normalized => None,
-    };
+    // As SQL: `SET "name" = 'value'`, each part of a dotted name quoted.
+    let sql = settings
+        .iter()
+        .map(|(name, value)| {
+            let name: Vec<String> = name
+                .split('.')
+                .map(|part| format!("\"{}\"", part.replace('"', "\"\"")))
+                .collect();
+            format!("SET {} = '{}'", name.join("."), value.replace('\'', "''"))
+        })
+        .collect::<Vec<_>>()
+        .join("; ");
+    let d = crate::judge::decide(&shared.guard, &sql, &info.request_context()).await;
+    let text = shared.recorded_text(&sql);
     let ev = crate::events::DecisionEvent::new(info, "startup", text, &d, None);
     let index = match crate::events::submit_decision(&shared.log, ev).await {
         Ok(i) => i,
@@ -704,13 +692,11 @@ async fn judge_parameters(
     ) {
         return None;
     }
-    let rule = d.rules.first();
     fatal(
         "42501",
         &format!(
-            "parapet: startup parameters refused: blocked by {}: {}",
-            rule.map(|r| r.id.as_str()).unwrap_or("parapet"),
-            rule.map(|r| r.reason.as_str()).unwrap_or(d.reason.as_str())
+            "parapet: startup parameters refused: {}",
+            crate::session::blocked_by(&d)
         ),
         Some(&format!("parapet audit entry {index}")),
     )
