@@ -57,6 +57,8 @@ pub(crate) enum SessionError {
     Shutdown,
     #[error("idle timeout")]
     Idle,
+    #[error("{0}")]
+    Unreadable(String),
     #[error("protocol violation: unexpected message type 0x{0:02X} during COPY from stdin")]
     CopyViolation(u8),
     #[error("not logged in within the authentication timeout")]

@@ -297,6 +297,7 @@ where
             format!("parapet: the audit log cannot be written ({m}); the statement's result is withheld and the session is closed"),
         )),
         Err(SessionError::Upstream(m)) => Some(("08006", format!("parapet: lost the database connection: {m}"))),
+        Err(SessionError::Unreadable(m)) => Some(("0A000", m.clone())),
         Err(SessionError::Idle) => Some(("57P05", "parapet: terminating connection due to idle timeout ([listen] idle_timeout_seconds)".to_string())),
         Err(SessionError::Io(_)) | Err(SessionError::AuthTimeout) => None,
     };
@@ -1215,6 +1216,17 @@ impl Backend<'_> {
                 out.extend_from_slice(msg);
             }
             b'E' => self.error_response(body, msg, out).await?,
+            b'S' => {
+                // ParameterStatus: a setting changed. If the guard can no longer read statements
+                // as the server will, the session ends before anything else is relayed (fail
+                // closed; statements the client pipelined behind the change were already judged).
+                if let Some(why) = cstr(body).and_then(|(name, r)| {
+                    cstr(r).and_then(|(value, _)| crate::startup::unreadable_setting(name, value))
+                }) {
+                    return Err(SessionError::Unreadable(why));
+                }
+                out.extend_from_slice(msg);
+            }
             _ => out.extend_from_slice(msg),
         }
         Ok(())

@@ -194,6 +194,12 @@ where
     else {
         return Ok(());
     };
+    // The server's own defaults (a role's or database's settings) count as much as the client's.
+    if let Some(why) = upstream_unreadable(&upstream.parameter_status) {
+        stream.write_all(&out).await?;
+        send_fatal(&mut stream, "0A000", &why).await?;
+        return Ok(());
+    }
     let Startup {
         user,
         application_name,
@@ -542,15 +548,24 @@ where
     Ok(Some((target, user_slot, upstream)))
 }
 
-/// The client encodings whose text the guard reads exactly as the server does: UTF-8, and
-/// SQL_ASCII, which the server does not convert (the gateway accepts only UTF-8 text anyway).
-fn readable_encoding(name: &str) -> bool {
-    let n: String = name
-        .chars()
-        .filter(|c| c.is_ascii_alphanumeric())
-        .collect::<String>()
-        .to_ascii_lowercase();
-    matches!(n.as_str(), "utf8" | "unicode" | "sqlascii")
+/// Why a session with setting `name` at `value` cannot be guarded, if it cannot: the guard reads
+/// statements as UTF-8 text (SQL_ASCII, which the server does not convert, reads the same) with
+/// standard-conforming strings, and must read exactly what the server will run. Checked on the
+/// client's startup parameters, on the server's settings at login, and on every change the server
+/// reports during the session (ParameterStatus).
+pub(crate) fn unreadable_setting(name: &str, value: &str) -> Option<String> {
+    let value = value.to_ascii_lowercase();
+    match name.to_ascii_lowercase().as_str() {
+        "client_encoding" => {
+            let n: String = value.chars().filter(|c| c.is_ascii_alphanumeric()).collect();
+            (!matches!(n.as_str(), "utf8" | "unicode" | "sqlascii")).then(|| {
+                format!("parapet: client_encoding {value} is not supported: the gateway reads statements as UTF-8; use client_encoding=UTF8")
+            })
+        }
+        "standard_conforming_strings" => (!matches!(value.as_str(), "on" | "true" | "yes" | "1"))
+            .then(|| "parapet: standard_conforming_strings must stay on: the gateway reads string literals as the server does only with it on".to_string()),
+        _ => None,
+    }
 }
 
 /// The startup parameters the server applies as settings, as (name, value): every forwarded
@@ -641,24 +656,11 @@ async fn judge_parameters(
     if settings.is_empty() {
         return None;
     }
-    for (name, value) in &settings {
-        let value = value.to_ascii_lowercase();
-        if name == "client_encoding" && !readable_encoding(&value) {
-            return fatal(
-                "0A000",
-                &format!("parapet: client_encoding {value} is not supported: the gateway reads statements as UTF-8; use client_encoding=UTF8"),
-                None,
-            );
-        }
-        if name == "standard_conforming_strings"
-            && !matches!(value.as_str(), "on" | "true" | "yes" | "1")
-        {
-            return fatal(
-                "0A000",
-                "parapet: standard_conforming_strings must stay on: the gateway reads string literals as the server does only with it on",
-                None,
-            );
-        }
+    if let Some(why) = settings
+        .iter()
+        .find_map(|(name, value)| unreadable_setting(name, value))
+    {
+        return fatal("0A000", &why, None);
     }
     // As SQL: `SET "name" = 'value'`, each part of a dotted name quoted.
     let sql = settings
@@ -700,4 +702,22 @@ async fn judge_parameters(
         ),
         Some(&format!("parapet audit entry {index}")),
     )
+}
+
+/// The first setting among the server's ParameterStatus messages (as received at login) that
+/// the guard cannot read statements under (see [`unreadable_setting`]).
+fn upstream_unreadable(parameter_status: &[u8]) -> Option<String> {
+    let mut rest = parameter_status;
+    while let Ok(Some((tag, len))) = protocol::frame(rest, rest.len().max(5)) {
+        if tag == b'S' {
+            let body = &rest[5..len];
+            if let Some((name, r)) = cstr(body) {
+                if let Some(why) = cstr(r).and_then(|(value, _)| unreadable_setting(name, value)) {
+                    return Some(why);
+                }
+            }
+        }
+        rest = &rest[len..];
+    }
+    None
 }

@@ -369,6 +369,35 @@ async fn startup_parameters_are_judged_as_settings() {
         .simple("SELECT current_setting('statement_timeout')")
         .await;
     assert_eq!(first_value(&r).as_deref(), Some("5min"));
+    // Changing them later ends the session before anything else is relayed: the guard would no
+    // longer read statements as the server does.
+    for set in [
+        "SET client_encoding = 'SJIS'",
+        "SET standard_conforming_strings = off",
+        "SELECT set_config('client_encoding', 'BIG5', false)",
+    ] {
+        let mut c = Client::connect(s.gw).await;
+        let mut out = BytesMut::new();
+        query(set, &mut out);
+        query("SELECT 'after'", &mut out);
+        c.send(&out).await;
+        let mut got = Vec::new();
+        while let Some(m) = bounded(c.try_read_msg()).await {
+            got.push(m);
+        }
+        assert_eq!(
+            first_error(&got).map(|e| e.0).as_deref(),
+            Some("0A000"),
+            "{set}: {got:?}"
+        );
+        let after = got
+            .iter()
+            .any(|m| m.0 == b'D' && String::from_utf8_lossy(&m.1).contains("after"));
+        assert!(
+            !after,
+            "{set}: a reply after the change was relayed: {got:?}"
+        );
+    }
     // Each login's settings are a decision in the log, refused or not.
     let startups: Vec<_> = entries(&s)
         .into_iter()
