@@ -18,6 +18,7 @@ pub mod events;
 mod judge;
 mod messages;
 pub mod protocol;
+mod reading;
 pub mod scram;
 pub mod server;
 mod session;

@@ -39,7 +39,7 @@ use parapet_log::AppendTicket;
 use parking_lot::Mutex;
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::ops::Range;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::Instant;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadHalf, WriteHalf};
@@ -56,6 +56,12 @@ fn refusal_text() -> (String, String) {
     let nonce = format!("{:032x}", rand::random::<u128>());
     (format!("parapet_refused_{nonce}"), nonce)
 }
+
+/// Rule id of a statement refused because it came after one that may change how the server
+/// reads statements, before the server could report the change (see [`Barrier::UntilSync`]).
+pub(crate) const RULE_SETTING_PENDING: &str = "parapet.setting-pending";
+/// Its reason.
+const RULE_SETTING_PENDING_REASON: &str = "an earlier statement in this pipeline may change client_encoding or standard_conforming_strings, which the server reports only at Sync; send Sync after it before sending more statements";
 
 /// Flush to the client at least this often while relaying a large result.
 const RELAY_CHUNK: usize = 256 * 1024;
@@ -194,6 +200,52 @@ struct CopyWindow {
     end: u64,
 }
 
+/// How far the backend half has got: how many expectations (tickets aside) have been answered
+/// or skipped. The frontend counts the ones it sent, so it can wait for the answer to one
+/// (a barrier, see [`Barrier`]) and knows when nothing it asked for is outstanding (idle timeout).
+#[derive(Debug, Default)]
+struct Progress {
+    answered: AtomicU64,
+    changed: Notify,
+}
+
+impl Progress {
+    fn advance(&self) {
+        self.answered.fetch_add(1, Ordering::AcqRel);
+        self.changed.notify_one();
+    }
+
+    fn answered(&self) -> u64 {
+        self.answered.load(Ordering::Acquire)
+    }
+
+    /// Waits until `n` expectations have been answered.
+    async fn reach(&self, n: u64) {
+        loop {
+            let wake = self.changed.notified();
+            if self.answered() >= n {
+                return;
+            }
+            wake.await;
+        }
+    }
+}
+
+/// A statement that may change how the server reads what follows it (`client_encoding`,
+/// `standard_conforming_strings`; see [`crate::reading`]) was forwarded: nothing after it may be
+/// judged until the server has run it and reported the settings in force, which it does just
+/// before ReadyForQuery.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Barrier {
+    None,
+    /// An Execute of such a statement was forwarded and the client has not sent Sync yet: the
+    /// server will not report until then, so a statement before the Sync is refused.
+    UntilSync,
+    /// Once this many expectations are answered (up to the Query or Sync that ends at the
+    /// report), judging goes on.
+    Answered(u64),
+}
+
 /// A client connection that can be split into independently usable read and write halves.
 pub(crate) trait ClientStream: AsyncRead + AsyncWrite + Unpin + Send + 'static {
     /// The read half.
@@ -240,7 +292,7 @@ where
     let (mut up_r, mut up_w) = crate::upstream::into_split(stream);
     let (tx, rx) = mpsc::unbounded_channel();
     let copy = Arc::new(CopyTrack::default());
-    let in_flight = Arc::new(AtomicUsize::new(0));
+    let progress = Arc::new(Progress::default());
     let mut front = Frontend {
         shared: &shared,
         info,
@@ -252,7 +304,11 @@ where
         window: None,
         next_copy: 0,
         copy: copy.clone(),
-        in_flight: in_flight.clone(),
+        progress: progress.clone(),
+        sent: AtomicU64::new(0),
+        reading_stmts: HashSet::new(),
+        reading_portals: HashSet::new(),
+        barrier: Barrier::None,
     };
     let mut back = Backend {
         shared: &shared,
@@ -271,7 +327,7 @@ where
         copies_started: Vec::new(),
         skipping: false,
         copy,
-        in_flight,
+        progress,
     };
     let res = tokio::select! {
         r = front.run(&mut client_r, &mut up_w) => r,
@@ -332,13 +388,22 @@ struct Frontend<'a> {
     /// The next COPY instance number.
     next_copy: u64,
     copy: Arc<CopyTrack>,
-    /// Requests sent that end at ReadyForQuery and have not been answered (idle timeout).
-    in_flight: Arc<AtomicUsize>,
+    /// What the backend half has answered.
+    progress: Arc<Progress>,
+    /// Expectations sent (tickets aside).
+    sent: AtomicU64,
+    /// Prepared statements that may change how the server reads statements (see
+    /// [`crate::reading`]); executing one is a barrier. Kept like `copy_stmts`.
+    reading_stmts: HashSet<String>,
+    /// Portals bound to such statements.
+    reading_portals: HashSet<String>,
+    barrier: Barrier,
 }
 
 enum Judged {
-    /// Forward it; it may start this many COPY FROM STDIN.
-    Forward(DecisionRef, u32),
+    /// Forward it; it may start this many COPY FROM STDIN; whether it may change how the server
+    /// reads what follows (a barrier).
+    Forward(DecisionRef, u32, bool),
     Refuse(Vec<u8>),
 }
 
@@ -365,7 +430,7 @@ impl Frontend<'_> {
             // what follows it reaches the server depends on whether the COPY started.
             let mut pos = 0;
             let mut discard = self.discard;
-            let mut ahead = self.window.is_none();
+            let mut ahead = self.window.is_none() && self.barrier == Barrier::None;
             while let Some((tag, len)) =
                 frame(&rbuf[pos..], cap).map_err(|e| SessionError::Protocol(e.to_string()))?
             {
@@ -383,7 +448,10 @@ impl Frontend<'_> {
                     if tag == b'P' && pre.as_ref().is_some_and(|p| !p.allowed) {
                         discard = true;
                     }
-                    if pre.as_ref().is_some_and(|p| p.copies > 0) || self.may_copy(&m) {
+                    if pre.as_ref().is_some_and(|p| p.copies > 0 || p.reading)
+                        || self.may_copy(&m)
+                        || self.may_change_reading(&m)
+                    {
                         ahead = false;
                     }
                     pre
@@ -414,7 +482,7 @@ impl Frontend<'_> {
                 }
                 let judged = match pre {
                     Some(p) => Some(self.settle_pre(p).await?),
-                    None => None,
+                    None => self.cross_barrier(&m, &mut out, w).await?,
                 };
                 let terminate = self.handle(msg, m, judged, &mut out).await?;
                 if terminate {
@@ -444,10 +512,65 @@ impl Frontend<'_> {
             // `read_buf` is cancel-safe: a timed-out read has taken nothing.
             match tokio::time::timeout(limit, r.read_buf(rbuf)).await {
                 Ok(n) => return Ok(n?),
-                Err(_) if self.in_flight.load(Ordering::Acquire) == 0 => {
+                Err(_) if self.sent.load(Ordering::Relaxed) == self.progress.answered() => {
                     return Err(SessionError::Idle)
                 }
                 Err(_) => {}
+            }
+        }
+    }
+
+    /// Whether this Bind or Execute may run a statement, parsed earlier, that may change how the
+    /// server reads what follows.
+    fn may_change_reading(&self, m: &FrontendMessage<'_>) -> bool {
+        match m {
+            FrontendMessage::Bind { statement, .. } => self.reading_stmts.contains(*statement),
+            FrontendMessage::Execute { portal } => self.reading_portals.contains(*portal),
+            _ => false,
+        }
+    }
+
+    /// Before a statement is judged in phase 2: if a barrier is up, sends what is pending and
+    /// waits for the server's answer to the statement that raised it (`Answered`), or refuses
+    /// the statement (`UntilSync`: the answer cannot come before the client's Sync). `None`:
+    /// judge it as usual.
+    async fn cross_barrier<W: AsyncWrite + Unpin>(
+        &mut self,
+        m: &FrontendMessage<'_>,
+        out: &mut BytesMut,
+        w: &mut W,
+    ) -> Result<Option<Judged>, SessionError> {
+        let (sql, protocol, stmt) = match *m {
+            FrontendMessage::Query { sql } => (sql, "simple", None),
+            FrontendMessage::Parse { name, sql } => (sql, "extended", Some(name)),
+            _ => return Ok(None),
+        };
+        if self.discard {
+            return Ok(None);
+        }
+        match self.barrier {
+            Barrier::None => Ok(None),
+            Barrier::Answered(n) => {
+                w.write_all(out).await?;
+                out.clear();
+                self.progress.reach(n).await;
+                self.barrier = Barrier::None;
+                Ok(None)
+            }
+            Barrier::UntilSync => {
+                let mut d = crate::judge::decide(&self.shared.guard, sql, &self.ctx).await;
+                d.verdict = Verdict::Deny;
+                d.reason = RULE_SETTING_PENDING_REASON.to_string();
+                d.rules.insert(
+                    0,
+                    RuleHit {
+                        id: RULE_SETTING_PENDING.into(),
+                        mode: Mode::Enforce,
+                        reason: d.reason.clone(),
+                    },
+                );
+                let pre = self.submit(d, sql, protocol, stmt)?;
+                Ok(Some(self.settle_pre(pre).await?))
             }
         }
     }
@@ -484,7 +607,7 @@ impl Frontend<'_> {
 
     fn expect(&self, e: Expect) -> Result<(), SessionError> {
         if !matches!(e, Expect::Ticket(..)) {
-            self.in_flight.fetch_add(1, Ordering::AcqRel);
+            self.sent.fetch_add(1, Ordering::Relaxed);
         }
         self.tx
             .send(e)
@@ -542,8 +665,10 @@ impl Frontend<'_> {
                 // A simple Query drops the unnamed statement and portal, as the server does.
                 self.copy_stmts.remove("");
                 self.copy_portals.remove("");
+                self.reading_stmts.remove("");
+                self.reading_portals.remove("");
                 match judged {
-                    Judged::Forward(d, n) => {
+                    Judged::Forward(d, n, reading) => {
                         let copies = self.copies(n);
                         self.expect(Expect::Query {
                             decision: Some(d),
@@ -551,6 +676,9 @@ impl Frontend<'_> {
                             copies,
                         })?;
                         out.extend_from_slice(msg);
+                        if reading {
+                            self.barrier = Barrier::Answered(self.sent.load(Ordering::Relaxed));
+                        }
                     }
                     Judged::Refuse(error) => {
                         self.expect(Expect::DenySimple {
@@ -570,11 +698,16 @@ impl Frontend<'_> {
                     }
                 };
                 match judged {
-                    Judged::Forward(d, n) => {
+                    Judged::Forward(d, n, reading) => {
                         if n > 0 {
                             self.copy_stmts.insert(name.to_string());
                         } else if name.is_empty() {
                             self.copy_stmts.remove(name);
+                        }
+                        if reading {
+                            self.reading_stmts.insert(name.to_string());
+                        } else if name.is_empty() {
+                            self.reading_stmts.remove(name);
                         }
                         self.expect(Expect::Parse {
                             name: name.to_string(),
@@ -585,6 +718,7 @@ impl Frontend<'_> {
                     Judged::Refuse(error) => {
                         if name.is_empty() {
                             self.copy_stmts.remove(name);
+                            self.reading_stmts.remove(name);
                         }
                         let (text, nonce) = refusal_text();
                         self.expect(Expect::DenyParse {
@@ -603,6 +737,11 @@ impl Frontend<'_> {
                 } else if portal.is_empty() {
                     self.copy_portals.remove(portal);
                 }
+                if self.reading_stmts.contains(statement) {
+                    self.reading_portals.insert(portal.to_string());
+                } else if portal.is_empty() {
+                    self.reading_portals.remove(portal);
+                }
                 self.expect(Expect::Bind {
                     portal: portal.to_string(),
                     stmt: statement.to_string(),
@@ -618,6 +757,9 @@ impl Frontend<'_> {
                     copies,
                 })?;
                 out.extend_from_slice(msg);
+                if self.reading_portals.contains(portal) {
+                    self.barrier = Barrier::UntilSync;
+                }
             }
             FrontendMessage::Describe => {
                 self.expect(Expect::Describe)?;
@@ -626,8 +768,10 @@ impl Frontend<'_> {
             FrontendMessage::Close { statement, name } => {
                 if statement {
                     self.copy_stmts.remove(name);
+                    self.reading_stmts.remove(name);
                 } else {
                     self.copy_portals.remove(name);
+                    self.reading_portals.remove(name);
                 }
                 self.expect(Expect::Close {
                     statement,
@@ -638,6 +782,9 @@ impl Frontend<'_> {
             FrontendMessage::Sync => {
                 self.expect(Expect::Sync)?;
                 out.extend_from_slice(msg);
+                if self.barrier == Barrier::UntilSync {
+                    self.barrier = Barrier::Answered(self.sent.load(Ordering::Relaxed));
+                }
             }
             FrontendMessage::Terminate => {
                 out.extend_from_slice(msg);
@@ -711,6 +858,17 @@ impl Frontend<'_> {
         stmt: Option<&str>,
     ) -> Result<Pre, SessionError> {
         let d = crate::judge::decide(&self.shared.guard, sql, &self.ctx).await;
+        self.submit(d, sql, protocol, stmt)
+    }
+
+    /// Submits the decision event of `sql` (not yet waited for).
+    fn submit(
+        &self,
+        d: Decision,
+        sql: &str,
+        protocol: &'static str,
+        stmt: Option<&str>,
+    ) -> Result<Pre, SessionError> {
         let ev = DecisionEvent::new(
             self.info,
             protocol,
@@ -722,6 +880,7 @@ impl Frontend<'_> {
         let ticket = submit_decision(&self.shared.log, ev);
         let allowed = matches!(d.verdict, Verdict::Allow | Verdict::Monitor);
         let copies = copies_from_stdin(&d);
+        let reading = allowed && crate::reading::may_change_reading(&d, |_| false);
         if allowed && self.shared.config.durability == Durability::BeforeReply {
             // Forwarded at once; the backend half holds the reply until the ticket resolves.
             let slot = Arc::new(OnceLock::new());
@@ -729,6 +888,7 @@ impl Frontend<'_> {
             return Ok(Pre {
                 allowed,
                 copies,
+                reading,
                 wait: PreWait::Ready(DecisionRef::Pending(slot)),
                 decision: None,
             });
@@ -736,6 +896,7 @@ impl Frontend<'_> {
         Ok(Pre {
             allowed,
             copies,
+            reading,
             wait: PreWait::Ticket(ticket),
             decision: (!allowed).then_some(d),
         })
@@ -762,6 +923,7 @@ impl Frontend<'_> {
         Pre {
             allowed: false,
             copies: 0,
+            reading: false,
             wait: PreWait::Ticket(submit_decision(&self.shared.log, ev)),
             decision: Some(d),
         }
@@ -772,13 +934,15 @@ impl Frontend<'_> {
     /// refuses its statement (fail closed).
     async fn settle_pre(&self, pre: Pre) -> Result<Judged, SessionError> {
         let ticket = match pre.wait {
-            PreWait::Ready(d) => return Ok(Judged::Forward(d, pre.copies)),
+            PreWait::Ready(d) => return Ok(Judged::Forward(d, pre.copies, pre.reading)),
             PreWait::Ticket(t) => t,
         };
         Ok(match (ticket.await, pre.decision) {
             (Err(e), _) => Judged::Refuse(log_failure(&e.to_string())),
             (Ok(index), Some(d)) => Judged::Refuse(refusal(&d, index)),
-            (Ok(index), None) => Judged::Forward(DecisionRef::Index(index), pre.copies),
+            (Ok(index), None) => {
+                Judged::Forward(DecisionRef::Index(index), pre.copies, pre.reading)
+            }
         })
     }
 }
@@ -789,6 +953,8 @@ struct Pre {
     allowed: bool,
     /// How many COPY FROM STDIN its statements may start.
     copies: u32,
+    /// Whether it may change how the server reads what follows (see [`crate::reading`]).
+    reading: bool,
     wait: PreWait,
     /// The decision of a refused statement, to build its ErrorResponse.
     decision: Option<Decision>,
@@ -912,7 +1078,7 @@ struct Backend<'a> {
     /// message): what the queue holds before the next Sync gets no answer.
     skipping: bool,
     copy: Arc<CopyTrack>,
-    in_flight: Arc<AtomicUsize>,
+    progress: Arc<Progress>,
 }
 
 impl Backend<'_> {
@@ -1021,7 +1187,7 @@ impl Backend<'_> {
     /// Takes the expectation at the front: it has been answered (or skipped by the server).
     fn pop(&mut self) -> Option<Expect> {
         let e = self.queue.pop_front()?;
-        self.in_flight.fetch_sub(1, Ordering::AcqRel);
+        self.progress.advance();
         self.copy.finish(&e.copies());
         if matches!(e, Expect::Query { .. } | Expect::Exec { .. }) {
             self.copies_seen = 0;
@@ -1219,9 +1385,10 @@ impl Backend<'_> {
             b'S' => {
                 // ParameterStatus: a setting changed. If the guard can no longer read statements
                 // as the server will, the session ends before anything else is relayed (fail
-                // closed; statements the client pipelined behind the change were already judged).
+                // closed; nothing after the statement that changed it has been judged: it was a
+                // barrier).
                 if let Some(why) = cstr(body).and_then(|(name, r)| {
-                    cstr(r).and_then(|(value, _)| crate::startup::unreadable_setting(name, value))
+                    cstr(r).and_then(|(value, _)| crate::reading::unreadable_setting(name, value))
                 }) {
                     return Err(SessionError::Unreadable(why));
                 }

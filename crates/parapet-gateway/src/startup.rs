@@ -548,26 +548,6 @@ where
     Ok(Some((target, user_slot, upstream)))
 }
 
-/// Why a session with setting `name` at `value` cannot be guarded, if it cannot: the guard reads
-/// statements as UTF-8 text (SQL_ASCII, which the server does not convert, reads the same) with
-/// standard-conforming strings, and must read exactly what the server will run. Checked on the
-/// client's startup parameters, on the server's settings at login, and on every change the server
-/// reports during the session (ParameterStatus).
-pub(crate) fn unreadable_setting(name: &str, value: &str) -> Option<String> {
-    let value = value.to_ascii_lowercase();
-    match name.to_ascii_lowercase().as_str() {
-        "client_encoding" => {
-            let n: String = value.chars().filter(|c| c.is_ascii_alphanumeric()).collect();
-            (!matches!(n.as_str(), "utf8" | "unicode" | "sqlascii")).then(|| {
-                format!("parapet: client_encoding {value} is not supported: the gateway reads statements as UTF-8; use client_encoding=UTF8")
-            })
-        }
-        "standard_conforming_strings" => (!matches!(value.as_str(), "on" | "true" | "yes" | "1"))
-            .then(|| "parapet: standard_conforming_strings must stay on: the gateway reads string literals as the server does only with it on".to_string()),
-        _ => None,
-    }
-}
-
 /// The startup parameters the server applies as settings, as (name, value): every forwarded
 /// parameter but the protocol's own, and each setting in `options` (in the forms the server
 /// accepts: `-c name=value`, `-cname=value`, `--name=value`, split on white space with
@@ -658,7 +638,7 @@ async fn judge_parameters(
     }
     if let Some(why) = settings
         .iter()
-        .find_map(|(name, value)| unreadable_setting(name, value))
+        .find_map(|(name, value)| crate::reading::unreadable_setting(name, value))
     {
         return fatal("0A000", &why, None);
     }
@@ -705,14 +685,16 @@ async fn judge_parameters(
 }
 
 /// The first setting among the server's ParameterStatus messages (as received at login) that
-/// the guard cannot read statements under (see [`unreadable_setting`]).
+/// the guard cannot read statements under (see [`crate::reading::unreadable_setting`]).
 fn upstream_unreadable(parameter_status: &[u8]) -> Option<String> {
     let mut rest = parameter_status;
     while let Ok(Some((tag, len))) = protocol::frame(rest, rest.len().max(5)) {
         if tag == b'S' {
             let body = &rest[5..len];
             if let Some((name, r)) = cstr(body) {
-                if let Some(why) = cstr(r).and_then(|(value, _)| unreadable_setting(name, value)) {
+                if let Some(why) =
+                    cstr(r).and_then(|(value, _)| crate::reading::unreadable_setting(name, value))
+                {
                     return Some(why);
                 }
             }

@@ -424,6 +424,104 @@ async fn startup_parameters_are_judged_as_settings() {
     );
 }
 
+/// The rows of table `hits`, as `1,2,…`.
+async fn hits(admin: &mut Client) -> String {
+    let r = admin
+        .simple("SELECT coalesce(string_agg(n::text, ',' ORDER BY n), '') FROM hits")
+        .await;
+    first_value(&r).unwrap_or_default()
+}
+
+/// A statement that may change how the server reads text (`client_encoding`,
+/// `standard_conforming_strings`) is a barrier: what the client pipelines behind it is judged only
+/// once the server has reported the settings in force, or is refused when that report cannot
+/// come first. The attacks of issue 13: a string that hides an INSERT once
+/// standard_conforming_strings is off, sent in the same write as the SET, never runs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn statements_behind_a_reading_change_wait_for_its_report() {
+    let s = setup(Durability::BeforeForward).await;
+    let mut admin = Client::connect_to(server(&s), "postgres", "postgres").await;
+    admin.simple("CREATE TABLE hits (n int)").await;
+    let hidden = r"SELECT 'x\', ' ; INSERT INTO hits VALUES (1); SELECT 1 -- '";
+    // The guard reads one SELECT of two literals; the server, with the setting off, would run
+    // the INSERT. In one write, and in two writes sent without waiting for the first answer.
+    for split in [false, true] {
+        let mut c = Client::connect(s.gw).await;
+        let mut out = BytesMut::new();
+        query("SET standard_conforming_strings = off", &mut out);
+        if split {
+            c.send(&out).await;
+            out.clear();
+        }
+        query(hidden, &mut out);
+        c.send(&out).await;
+        let mut got = Vec::new();
+        while let Some(m) = bounded(c.try_read_msg()).await {
+            got.push(m);
+        }
+        assert_eq!(
+            first_error(&got).map(|e| e.0).as_deref(),
+            Some("0A000"),
+            "split {split}: the session ends at the server's report: {got:?}"
+        );
+        assert_eq!(
+            hits(&mut admin).await,
+            "",
+            "split {split}: the hidden INSERT ran"
+        );
+    }
+    // In one extended-protocol batch the server reports only at Sync, so a statement between
+    // the change and the Sync is refused, and never reaches the server.
+    let mut c = Client::connect(s.gw).await;
+    let mut out = BytesMut::new();
+    parse("", "SET client_encoding = 'GBK'", &mut out);
+    bind("", &mut out);
+    execute(&mut out);
+    parse("", "INSERT INTO hits VALUES (2)", &mut out);
+    bind_exec_sync("", &mut out);
+    c.send(&out).await;
+    let mut got = Vec::new();
+    while let Some(m) = bounded(c.try_read_msg()).await {
+        let ready = m.0 == b'Z';
+        got.push(m);
+        if ready {
+            break;
+        }
+    }
+    let (code, msg) = first_error(&got).expect("the pipelined INSERT is refused");
+    assert_eq!(code, "42501", "{msg}");
+    assert!(msg.contains("parapet.setting-pending"), "{msg}");
+    assert_eq!(hits(&mut admin).await, "", "the pipelined INSERT ran");
+    // Harmless changes cost nothing but the wait: everything pipelined behind them runs.
+    let mut c = Client::connect(s.gw).await;
+    let mut out = BytesMut::new();
+    query("SET client_encoding = 'UTF8'", &mut out);
+    query("INSERT INTO hits VALUES (3)", &mut out);
+    parse("", "SET standard_conforming_strings = on", &mut out);
+    bind_exec_sync("", &mut out);
+    parse("", "INSERT INTO hits VALUES (4)", &mut out);
+    bind_exec_sync("", &mut out);
+    query("RESET client_encoding", &mut out);
+    query("INSERT INTO hits VALUES (5)", &mut out);
+    c.send(&out).await;
+    for _ in 0..6 {
+        let r = bounded(c.until_ready()).await;
+        assert!(first_error(&r).is_none(), "{r:?}");
+    }
+    assert_eq!(hits(&mut admin).await, "3,4,5");
+    let pending: Vec<_> = entries(&s)
+        .into_iter()
+        .filter(|(_, e)| {
+            e["type"] == "decision"
+                && e["rules"]
+                    .as_array()
+                    .is_some_and(|r| r.iter().any(|r| r["id"] == "parapet.setting-pending"))
+        })
+        .map(|(_, e)| e["sql"].as_str().unwrap_or("").to_string())
+        .collect();
+    assert_eq!(pending, vec!["INSERT INTO hits VALUES (2)".to_string()]);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn connection_limits_and_login_timeout() {
     let s = setup_config(Durability::BeforeForward, false, |c| {

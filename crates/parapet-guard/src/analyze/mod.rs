@@ -782,6 +782,9 @@ impl<'a> Walker<'_, 'a> {
             NodeRef::LoadStmt(_) => {
                 self.facts.kinds.insert("load".into());
             }
+            NodeRef::DiscardStmt(_) => {
+                self.facts.kinds.insert("discard".into());
+            }
             NodeRef::AlterFunctionStmt(s) => self.security_clause(&s.actions),
             NodeRef::AlterOwnerStmt(_) | NodeRef::ReassignOwnedStmt(_) => {
                 self.facts.ownership_change = true;
