@@ -472,6 +472,12 @@ pub struct OutcomeEvent<'a> {
     pub error: Option<String>,
     /// Duration in microseconds, from forwarding to completion.
     pub duration_us: u64,
+    /// Values bound to the executed portal (extended protocol; see `params` in docs/events.md).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub params: Option<Vec<crate::params::ParamJson>>,
+    /// Values past the recorded ones: how many and their SHA-256.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub params_omitted: Option<crate::params::Omitted>,
 }
 
 /// Serialises an event; serialising these plain structs cannot fail, but stay total anyway.

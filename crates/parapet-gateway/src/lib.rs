@@ -17,6 +17,7 @@ pub mod error;
 pub mod events;
 mod judge;
 mod messages;
+pub mod params;
 pub mod protocol;
 mod reading;
 pub mod scram;

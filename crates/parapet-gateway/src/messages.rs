@@ -11,14 +11,24 @@ use crate::protocol::cstr;
 pub(crate) enum FrontendMessage<'a> {
     /// `Q`: a simple query.
     Query { sql: &'a str },
-    /// `P`: a statement to prepare under `name` (`""`: the unnamed statement).
-    Parse { name: &'a str, sql: &'a str },
-    /// `B`: binding `portal` to `statement`.
-    Bind { portal: &'a str, statement: &'a str },
+    /// `P`: a statement to prepare under `name` (`""`: the unnamed statement); `types`: the
+    /// rest of the body (the declared parameter types, see `params::declared_types`).
+    Parse {
+        name: &'a str,
+        sql: &'a str,
+        types: &'a [u8],
+    },
+    /// `B`: binding `portal` to `statement`; `params`: the rest of the body (formats, values and
+    /// result formats, see `params::capture`).
+    Bind {
+        portal: &'a str,
+        statement: &'a str,
+        params: &'a [u8],
+    },
     /// `E`: running `portal`.
     Execute { portal: &'a str },
-    /// `D`: describing a statement or portal.
-    Describe,
+    /// `D`: describing a statement (`Some(name)`) or a portal (`None`).
+    Describe { statement: Option<&'a str> },
     /// `C`: closing a statement (`statement`) or a portal.
     Close { statement: bool, name: &'a str },
     /// `S`.
@@ -48,16 +58,21 @@ impl<'a> FrontendMessage<'a> {
         let decoded = match tag {
             b'Q' => cstr(body).map(|(sql, _)| FrontendMessage::Query { sql }),
             b'P' => cstr(body).and_then(|(name, rest)| {
-                cstr(rest).map(|(sql, _)| FrontendMessage::Parse { name, sql })
+                cstr(rest).map(|(sql, types)| FrontendMessage::Parse { name, sql, types })
             }),
             b'B' => cstr(body).and_then(|(portal, rest)| {
-                cstr(rest).map(|(statement, _)| FrontendMessage::Bind { portal, statement })
+                cstr(rest).map(|(statement, params)| FrontendMessage::Bind {
+                    portal,
+                    statement,
+                    params,
+                })
             }),
             b'E' => cstr(body).map(|(portal, _)| FrontendMessage::Execute { portal }),
-            b'D' => body
-                .split_first()
-                .and_then(|(_, rest)| cstr(rest))
-                .map(|_| FrontendMessage::Describe),
+            b'D' => body.split_first().and_then(|(&kind, rest)| {
+                cstr(rest).map(|(name, _)| FrontendMessage::Describe {
+                    statement: (kind == b'S').then_some(name),
+                })
+            }),
             b'C' => body.split_first().and_then(|(&kind, rest)| {
                 cstr(rest).map(|(name, _)| FrontendMessage::Close {
                     statement: kind == b'S',
@@ -111,7 +126,8 @@ mod tests {
             FrontendMessage::decode(t, m),
             FrontendMessage::Parse {
                 name: "s1",
-                sql: "SELECT $1"
+                sql: "SELECT $1",
+                types: &[0, 0][..]
             }
         );
         let mut b = BytesMut::new();

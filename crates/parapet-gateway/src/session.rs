@@ -30,6 +30,7 @@ use crate::events::{
     rfc3339_micros, submit_decision, to_bytes, DecisionEvent, OutcomeEvent, SessionInfo,
 };
 use crate::messages::FrontendMessage;
+use crate::params::{BoundParams, PortalParams};
 use crate::protocol::{backend, cstr, frame, frontend, tag_rows};
 use crate::shared::Shared;
 use crate::upstream::Upstream;
@@ -95,10 +96,12 @@ enum Expect {
     },
     /// A refused simple Query (or FunctionCall); the first ErrorResponse before ReadyForQuery is replaced.
     DenySimple { error: Vec<u8>, replaced: bool },
-    /// A forwarded Parse; ends at ParseComplete or ErrorResponse.
+    /// A forwarded Parse; ends at ParseComplete or ErrorResponse. `types`: its declared
+    /// parameter types (when bound values are recorded).
     Parse {
         name: String,
         decision: Option<DecisionRef>,
+        types: Arc<[u32]>,
     },
     /// A refused Parse, sent as a failing Parse of the same name: the server's error naming
     /// `nonce` is replaced by `error`.
@@ -107,10 +110,15 @@ enum Expect {
         error: Vec<u8>,
         nonce: String,
     },
-    /// A Bind; ends at BindComplete or ErrorResponse.
-    Bind { portal: String, stmt: String },
-    /// A Describe; ends at RowDescription, NoData or ErrorResponse.
-    Describe,
+    /// A Bind; ends at BindComplete or ErrorResponse. `params`: its values, when recorded.
+    Bind {
+        portal: String,
+        stmt: String,
+        params: Option<Arc<BoundParams>>,
+    },
+    /// A Describe; ends at RowDescription, NoData or ErrorResponse. `statement`: the statement
+    /// described, when bound values are recorded (its ParameterDescription gives their types).
+    Describe { statement: Option<String> },
     /// A Close; ends at CloseComplete or ErrorResponse.
     Close { statement: bool, name: String },
     /// A forwarded Execute; ends at CommandComplete, EmptyQueryResponse, PortalSuspended or
@@ -309,6 +317,7 @@ where
         reading_stmts: HashSet::new(),
         reading_portals: HashSet::new(),
         barrier: Barrier::None,
+        record_params: shared.config.statement_text == crate::config::StatementText::Full,
     };
     let mut back = Backend {
         shared: &shared,
@@ -398,6 +407,8 @@ struct Frontend<'a> {
     /// Portals bound to such statements.
     reading_portals: HashSet<String>,
     barrier: Barrier,
+    /// Whether bound values are recorded in outcomes (not with `statement_text = "normalized"`).
+    record_params: bool,
 }
 
 enum Judged {
@@ -542,7 +553,7 @@ impl Frontend<'_> {
     ) -> Result<Option<Judged>, SessionError> {
         let (sql, protocol, stmt) = match *m {
             FrontendMessage::Query { sql } => (sql, "simple", None),
-            FrontendMessage::Parse { name, sql } => (sql, "extended", Some(name)),
+            FrontendMessage::Parse { name, sql, .. } => (sql, "extended", Some(name)),
             _ => return Ok(None),
         };
         if self.discard {
@@ -689,7 +700,7 @@ impl Frontend<'_> {
                     }
                 }
             }
-            FrontendMessage::Parse { name, sql } => {
+            FrontendMessage::Parse { name, sql, types } => {
                 let judged = match judged {
                     Some(j) => j,
                     None => {
@@ -709,9 +720,15 @@ impl Frontend<'_> {
                         } else if name.is_empty() {
                             self.reading_stmts.remove(name);
                         }
+                        let types = if self.record_params {
+                            crate::params::declared_types(types).into()
+                        } else {
+                            Arc::from([])
+                        };
                         self.expect(Expect::Parse {
                             name: name.to_string(),
                             decision: Some(d),
+                            types,
                         })?;
                         out.extend_from_slice(msg);
                     }
@@ -731,7 +748,11 @@ impl Frontend<'_> {
                     }
                 }
             }
-            FrontendMessage::Bind { portal, statement } => {
+            FrontendMessage::Bind {
+                portal,
+                statement,
+                params,
+            } => {
                 if self.copy_stmts.contains(statement) {
                     self.copy_portals.insert(portal.to_string());
                 } else if portal.is_empty() {
@@ -742,9 +763,15 @@ impl Frontend<'_> {
                 } else if portal.is_empty() {
                     self.reading_portals.remove(portal);
                 }
+                let params = if self.record_params {
+                    crate::params::capture(params).map(Arc::new)
+                } else {
+                    None
+                };
                 self.expect(Expect::Bind {
                     portal: portal.to_string(),
                     stmt: statement.to_string(),
+                    params,
                 })?;
                 out.extend_from_slice(msg);
             }
@@ -761,8 +788,9 @@ impl Frontend<'_> {
                     self.barrier = Barrier::UntilSync;
                 }
             }
-            FrontendMessage::Describe => {
-                self.expect(Expect::Describe)?;
+            FrontendMessage::Describe { statement } => {
+                let statement = statement.filter(|_| self.record_params).map(str::to_string);
+                self.expect(Expect::Describe { statement })?;
                 out.extend_from_slice(msg);
             }
             FrontendMessage::Close { statement, name } => {
@@ -840,7 +868,7 @@ impl Frontend<'_> {
     async fn prejudge(&self, m: &FrontendMessage<'_>) -> Result<Option<Pre>, SessionError> {
         match *m {
             FrontendMessage::Query { sql } => self.judge_sql(sql, "simple", None).await.map(Some),
-            FrontendMessage::Parse { name, sql } => {
+            FrontendMessage::Parse { name, sql, .. } => {
                 self.judge_sql(sql, "extended", Some(name)).await.map(Some)
             }
             FrontendMessage::FunctionCall => Ok(Some(self.judge_function())),
@@ -1046,6 +1074,23 @@ struct Outcome {
     sqlstate: Option<String>,
     error: Option<String>,
     duration_us: u64,
+    /// The values bound to the portal executed.
+    params: Option<Arc<PortalParams>>,
+}
+
+/// A prepared statement on the server: the decision that let it through, and its parameter
+/// types (declared, or described by the server) when bound values are recorded.
+#[derive(Debug)]
+struct Prepared {
+    decision: Option<DecisionRef>,
+    types: Arc<[u32]>,
+}
+
+/// A portal on the server: its statement's decision, and its bound values when recorded.
+#[derive(Debug)]
+struct Portal {
+    decision: Option<DecisionRef>,
+    params: Option<Arc<PortalParams>>,
 }
 
 /// Server → client half.
@@ -1066,9 +1111,10 @@ struct Backend<'a> {
     /// The server's prepared statements, by name (`""`: the unnamed one), with the decision
     /// that let each through: changed only as the server confirms (ParseComplete, CloseComplete)
     /// or, for the unnamed one, as the server drops it (any Parse of it, any simple Query).
-    stmts: HashMap<String, Option<DecisionRef>>,
-    /// The server's portals with their statement's decision; they end with their transaction.
-    portals: HashMap<String, Option<DecisionRef>>,
+    stmts: HashMap<String, Prepared>,
+    /// The server's portals with their statement's decision and bound values; they end with
+    /// their transaction.
+    portals: HashMap<String, Portal>,
     /// CopyInResponses seen for the Query at the front (a Query may run several COPYs).
     copies_seen: u64,
     /// COPY instances whose CopyInResponse is in the reply being relayed: the frontend learns
@@ -1208,7 +1254,7 @@ impl Backend<'_> {
     /// reply carrying it has been written.
     async fn outcome(
         &mut self,
-        decision: Option<DecisionRef>,
+        (decision, params): (Option<DecisionRef>, Option<Arc<PortalParams>>),
         started: Instant,
         tag: Option<String>,
         rows: Option<u64>,
@@ -1226,6 +1272,7 @@ impl Backend<'_> {
             sqlstate,
             error,
             duration_us: started.elapsed().as_micros() as u64,
+            params,
         });
         Ok(())
     }
@@ -1233,6 +1280,10 @@ impl Backend<'_> {
     /// Appends the noted outcomes without waiting, lazily: they share the next decision's commit.
     fn submit_outcomes(&mut self) {
         for o in self.outcomes.drain(..) {
+            let (params, params_omitted) = match o.params.as_deref().map(PortalParams::render) {
+                Some((values, omitted)) => (Some(values), omitted),
+                None => (None, None),
+            };
             let ev = OutcomeEvent {
                 kind: "outcome",
                 time: rfc3339_micros(o.time),
@@ -1243,14 +1294,18 @@ impl Backend<'_> {
                 sqlstate: o.sqlstate,
                 error: o.error,
                 duration_us: o.duration_us,
+                params,
+                params_omitted,
             };
             drop(self.shared.log.submit_lazy(to_bytes(&ev)));
         }
     }
 
     /// The decision of the statement a portal runs, if known.
-    fn portal_decision(&self, portal: &str) -> Option<DecisionRef> {
-        self.portals.get(portal).cloned().flatten()
+    fn portal_decision(&self, portal: &str) -> (Option<DecisionRef>, Option<Arc<PortalParams>>) {
+        self.portals
+            .get(portal)
+            .map_or((None, None), |p| (p.decision.clone(), p.params.clone()))
     }
 
     async fn handle(
@@ -1277,7 +1332,7 @@ impl Backend<'_> {
                                 self.sqlstate.take(),
                                 self.error.take(),
                             );
-                            self.outcome(decision, started, t, r, s, e).await?;
+                            self.outcome((decision, None), started, t, r, s, e).await?;
                             // A simple Query drops the unnamed statement and portal.
                             self.stmts.remove("");
                             self.portals.remove("");
@@ -1336,17 +1391,36 @@ impl Backend<'_> {
             }
             b'1' => {
                 if let Some(Expect::Parse { .. }) = self.queue.front() {
-                    if let Some(Expect::Parse { name, decision }) = self.pop() {
-                        self.stmts.insert(name, decision);
+                    if let Some(Expect::Parse {
+                        name,
+                        decision,
+                        types,
+                    }) = self.pop()
+                    {
+                        self.stmts.insert(name, Prepared { decision, types });
                     }
                 }
                 out.extend_from_slice(msg);
             }
             b'2' => {
                 if let Some(Expect::Bind { .. }) = self.queue.front() {
-                    if let Some(Expect::Bind { portal, stmt }) = self.pop() {
-                        let d = self.stmts.get(&stmt).cloned().flatten();
-                        self.portals.insert(portal, d);
+                    if let Some(Expect::Bind {
+                        portal,
+                        stmt,
+                        params,
+                    }) = self.pop()
+                    {
+                        let p = self.stmts.get(&stmt);
+                        let portal_state = Portal {
+                            decision: p.and_then(|p| p.decision.clone()),
+                            params: params.map(|params| {
+                                Arc::new(PortalParams {
+                                    params,
+                                    types: p.map_or_else(|| Arc::from([]), |p| p.types.clone()),
+                                })
+                            }),
+                        };
+                        self.portals.insert(portal, portal_state);
                     }
                 }
                 out.extend_from_slice(msg);
@@ -1364,8 +1438,23 @@ impl Backend<'_> {
                 out.extend_from_slice(msg);
             }
             b'T' | b'n' => {
-                if let Some(Expect::Describe) = self.queue.front() {
+                if let Some(Expect::Describe { .. }) = self.queue.front() {
                     self.pop();
+                }
+                out.extend_from_slice(msg);
+            }
+            b't' => {
+                // ParameterDescription of a described statement: the types its values bind to.
+                if let Some(Expect::Describe {
+                    statement: Some(name),
+                }) = self.queue.front()
+                {
+                    if let (Some(p), Some(types)) = (
+                        self.stmts.get_mut(name),
+                        crate::params::described_types(body),
+                    ) {
+                        p.types = types.into();
+                    }
                 }
                 out.extend_from_slice(msg);
             }
@@ -1438,7 +1527,7 @@ impl Backend<'_> {
                 }
                 out.extend_from_slice(msg);
             }
-            Some(Expect::Bind { .. } | Expect::Describe | Expect::Close { .. }) => {
+            Some(Expect::Bind { .. } | Expect::Describe { .. } | Expect::Close { .. }) => {
                 self.skipping = true;
                 self.pop();
                 out.extend_from_slice(msg);

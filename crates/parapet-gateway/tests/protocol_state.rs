@@ -522,6 +522,64 @@ async fn statements_behind_a_reading_change_wait_for_its_report() {
     assert_eq!(pending, vec!["INSERT INTO hits VALUES (2)".to_string()]);
 }
 
+/// A Bind whose values are sent as text records them as sent; with `statement_text =
+/// "normalized"` no value is recorded.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn text_bound_values_are_recorded_unless_texts_are_normalised() {
+    for normalized in [false, true] {
+        let s = setup_config(Durability::BeforeForward, false, |c| {
+            if normalized {
+                c.statement_text = parapet_gateway::StatementText::Normalized;
+            }
+        })
+        .await;
+        let mut c = Client::connect(s.gw).await;
+        let mut out = BytesMut::new();
+        parse("", "SELECT $1::text, $2::int4", &mut out);
+        // Bind: unnamed portal and statement, no format codes (all text), two values.
+        let values: [&[u8]; 2] = [b"caf\xc3\xa9 'x'", b"17"];
+        let body_len = 1 + 1 + 2 + 2 + values.iter().map(|v| 4 + v.len()).sum::<usize>() + 2;
+        out.put_u8(b'B');
+        out.put_i32((4 + body_len) as i32);
+        out.put_u8(0);
+        out.put_u8(0);
+        out.put_i16(0);
+        out.put_i16(2);
+        for v in values {
+            out.put_i32(v.len() as i32);
+            out.put_slice(v);
+        }
+        out.put_i16(0);
+        execute(&mut out);
+        frontend::sync(&mut out);
+        c.send(&out).await;
+        let r = bounded(c.until_ready()).await;
+        assert_eq!(first_value(&r).as_deref(), Some("café 'x'"));
+        drop(c);
+        let mut outcome = None;
+        for _ in 0..100 {
+            outcome = entries(&s)
+                .into_iter()
+                .map(|(_, e)| e)
+                .find(|e| e["type"] == "outcome" && e["tag"] == "SELECT 1");
+            if outcome.is_some() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let outcome = outcome.expect("the execution's outcome");
+        if normalized {
+            assert!(outcome.get("params").is_none(), "{outcome}");
+        } else {
+            assert_eq!(
+                outcome["params"],
+                serde_json::json!(["café 'x'", "17"]),
+                "{outcome}"
+            );
+        }
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn connection_limits_and_login_timeout() {
     let s = setup_config(Durability::BeforeForward, false, |c| {

@@ -268,6 +268,69 @@ async fn decisions_and_outcomes_are_logged() {
     assert!(evs.iter().any(|(_, v)| v["type"] == "gateway_start"));
 }
 
+/// Each execution's outcome records the values bound to it: binary values of built-in types
+/// (tokio-postgres sends every value in binary) as their text, NULL as null, long values as a
+/// prefix with the SHA-256 and length of the whole.
+#[tokio::test]
+async fn bound_values_are_recorded_in_outcomes() {
+    let e = env();
+    let c = e.client(e.gw).await;
+    let tag = format!("params-probe-{}", std::process::id());
+    let sql = format!(
+        "SELECT '{tag}', $1::int8, $2::text, $3::bytea, $4::float8, $5::bool, $6::int4, $7::text"
+    );
+    let long = "y".repeat(3000);
+    let row = c
+        .query_one(
+            sql.as_str(),
+            &[
+                &-9_000_000_000i64,
+                &"it's \"quoted\"",
+                &vec![0u8, 1, 255],
+                &2.5f64,
+                &true,
+                &None::<i32>,
+                &long,
+            ],
+        )
+        .await
+        .unwrap();
+    assert_eq!(row.get::<_, i64>(1), -9_000_000_000);
+    let mut outcome = None;
+    for _ in 0..50 {
+        let evs = e.events(0);
+        let idx = evs
+            .iter()
+            .find(|(_, v)| {
+                v["type"] == "decision" && v["sql"].as_str().is_some_and(|s| s.contains(&tag))
+            })
+            .map(|(i, _)| *i);
+        outcome = idx.and_then(|idx| {
+            evs.into_iter()
+                .find(|(_, v)| v["type"] == "outcome" && v["decision"] == idx)
+        });
+        if outcome.is_some() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let (_, out) = outcome.expect("outcome of the execution");
+    let long_sha = parapet_gateway::events::sha256_hex(long.as_bytes());
+    assert_eq!(
+        out["params"],
+        serde_json::json!([
+            "-9000000000",
+            "it's \"quoted\"",
+            "\\x0001ff",
+            "2.5",
+            "t",
+            null,
+            {"prefix": "y".repeat(1024), "sha256": long_sha, "bytes": 3000}
+        ]),
+        "{out}"
+    );
+}
+
 #[tokio::test]
 async fn wrong_password_and_unknown_user_are_refused_and_logged() {
     let e = env();
