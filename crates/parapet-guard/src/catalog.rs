@@ -611,6 +611,38 @@ mod tests {
     }
 
     #[test]
+    fn statements_that_may_change_the_catalog() {
+        for sql in [
+            "CREATE FUNCTION f() RETURNS int LANGUAGE sql AS 'SELECT 1'",
+            "ALTER FUNCTION f() RENAME TO g",
+            "DROP FUNCTION f()",
+            "CREATE OPERATOR <<< (FUNCTION = f, RIGHTARG = text)",
+            "CREATE AGGREGATE a(int) (SFUNC = int4pl, STYPE = int)",
+            "CREATE CAST (int AS text) WITH FUNCTION f(int)",
+            "CREATE TYPE t AS (a int)",
+            "CREATE EXTENSION hstore",
+            "ALTER FUNCTION f() SET SCHEMA s",
+            "DROP OWNED BY bob",
+            "CREATE SCHEMA s",
+            "ROLLBACK",
+            "ROLLBACK TO SAVEPOINT x",
+            "DO $$ BEGIN CREATE FUNCTION f() RETURNS int LANGUAGE sql AS 'SELECT 1'; END $$",
+        ] {
+            assert!(facts(sql).may_change_catalog(), "{sql}");
+        }
+        for sql in [
+            "SELECT 1",
+            "INSERT INTO t VALUES (1)",
+            "COMMIT",
+            "BEGIN",
+            "CREATE INDEX i ON t (a)",
+            "COMMENT ON FUNCTION f() IS 'x'",
+        ] {
+            assert!(!facts(sql).may_change_catalog(), "{sql}");
+        }
+    }
+
+    #[test]
     fn builtin_aliases_share_facts() {
         let c = Catalog::builtin();
         assert!(c.function_count() > 2500, "{c:?}");
