@@ -80,6 +80,7 @@ impl SessionInfo {
             environment: self.environment.clone(),
             client_addr: Some(self.client_addr.clone()),
             application_name: self.application_name.clone(),
+            catalog: None,
         }
     }
 }

@@ -74,7 +74,11 @@ impl Types {
 pub(crate) fn cache_key(generation: u64, minute: u64, ctx: &RequestContext, sql: &str) -> String {
     let mut k = String::with_capacity(sql.len() + 96);
     use std::fmt::Write;
-    let _ = write!(k, "{generation}\u{1f}{minute}\u{1f}");
+    let catalog = ctx
+        .catalog
+        .as_ref()
+        .map_or_else(|| crate::catalog::Catalog::builtin().id(), |c| c.id());
+    let _ = write!(k, "{generation}\u{1f}{minute}\u{1f}{catalog:x}\u{1f}");
     for part in [
         ctx.user.as_str(),
         ctx.target.as_str(),
@@ -557,6 +561,7 @@ mod tests {
             environment: "production".into(),
             client_addr: Some("127.0.0.1".into()),
             application_name: "psql".into(),
+            catalog: None,
         };
         let mut ctxs = vec![base.clone()];
         let mut c = base.clone();

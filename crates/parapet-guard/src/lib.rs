@@ -8,6 +8,7 @@
 
 pub mod analyze;
 pub mod cache;
+pub mod catalog;
 mod engine;
 pub mod policy;
 mod prefilter;
@@ -67,6 +68,18 @@ pub struct RequestContext {
     pub client_addr: Option<String>,
     /// The client's `application_name`.
     pub application_name: String,
+    /// The target's catalog (functions, operators, aggregates, casts, types; see [`catalog`]),
+    /// loaded by the gateway; `None` means the built-in catalog ([`catalog::Catalog::builtin`]).
+    pub catalog: Option<std::sync::Arc<catalog::Catalog>>,
+}
+
+impl RequestContext {
+    /// The catalog calls are resolved in: the target's, else the built-in one.
+    pub fn catalog(&self) -> std::sync::Arc<catalog::Catalog> {
+        self.catalog
+            .clone()
+            .unwrap_or_else(catalog::Catalog::builtin)
+    }
 }
 
 /// The outcome of judging one message (the strictest of its statements).
@@ -178,6 +191,8 @@ fn facts_weight(f: &FactsData) -> usize {
         &f.writes,
         &f.functions,
         &f.function_names,
+        &f.operators,
+        &f.casts,
         &f.object_types,
         &f.set_variables,
     ];
@@ -335,6 +350,8 @@ impl Guard {
             return d;
         }
         let (analysis, from_shape) = self.analyze_cached(sql);
+        // Analyses are catalog-independent (cached by text); what calls reach is added here.
+        let analysis = ctx.catalog().expand_analysis(&analysis);
         let d = engine.decide(&analysis, ctx, minute);
         if (!from_shape || self.seen_once.seen_before(&key))
             && key.len() <= self.decisions.max_weight()

@@ -373,6 +373,7 @@ mod tests {
             environment: "production".into(),
             client_addr: None,
             application_name: "psql".into(),
+            catalog: None,
         }
     }
 

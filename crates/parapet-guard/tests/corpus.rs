@@ -27,6 +27,7 @@ fn corpus_decisions() {
         environment: "production".into(),
         client_addr: Some("10.0.0.1".into()),
         application_name: "psql".into(),
+        catalog: None,
     };
     let data = include_str!("data/corpus.tsv");
     let mut failures = Vec::new();

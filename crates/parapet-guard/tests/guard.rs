@@ -13,6 +13,7 @@ fn ctx(user: &str, groups: &[&str], env: &str) -> RequestContext {
         environment: env.into(),
         client_addr: Some("10.1.2.3".into()),
         application_name: "psql".into(),
+        catalog: None,
     }
 }
 

@@ -201,6 +201,7 @@ fn literal_dependent_facts_are_never_reused() {
         environment: "production".into(),
         client_addr: Some("10.0.0.1".into()),
         application_name: "psql".into(),
+        catalog: None,
     };
     let pairs = [
         // set_config's first argument names the setting.

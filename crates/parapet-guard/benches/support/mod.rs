@@ -60,6 +60,7 @@ impl Setup {
             environment: "production".into(),
             client_addr: Some("10.0.0.1".into()),
             application_name: "app".into(),
+            catalog: None,
         };
         Setup { dir, guard, ctx }
     }

@@ -41,6 +41,16 @@ pub struct FactsData {
     pub functions: BTreeSet<String>,
     /// Functions called, bare names.
     pub function_names: BTreeSet<String>,
+    /// Operators used in expressions (`+`, `~~`; `schema.op` for `OPERATOR(schema.op)`), and
+    /// named by `ORDER BY … USING` and operator classes. Analysis records them as written;
+    /// deciding adds the functions they reach to `functions` (see [`crate::catalog`]).
+    pub operators: BTreeSet<String>,
+    /// Types values are cast to (`x::t`, `CAST(x AS t)`, `t 'x'`), `pg_catalog.` dropped: the
+    /// cast functions into them and their I/O functions are reached (see [`crate::catalog`]).
+    pub casts: BTreeSet<String>,
+    /// The statement (or anything nested) may change what the catalog says about functions,
+    /// operators, aggregates, casts or types (see [`FactsData::may_change_catalog`]).
+    pub catalog_change: bool,
     /// False only when the statement itself is an UPDATE/DELETE without WHERE.
     pub has_where: bool,
     /// An UPDATE without WHERE anywhere.
@@ -126,6 +136,9 @@ impl FactsData {
         self.writes.extend(other.writes);
         self.functions.extend(other.functions);
         self.function_names.extend(other.function_names);
+        self.operators.extend(other.operators);
+        self.casts.extend(other.casts);
+        self.catalog_change |= other.catalog_change;
         self.update_without_where |= other.update_without_where;
         self.delete_without_where |= other.delete_without_where;
         if self.copy_direction.is_empty() {
@@ -145,6 +158,17 @@ impl FactsData {
         self.dynamic_sql |= other.dynamic_sql;
         self.has_parameters |= other.has_parameters;
         self.problems.extend(other.problems);
+    }
+
+    /// Whether the statement (or anything nested in it) may change what the catalog says about
+    /// functions, operators, aggregates, casts or types: CREATE / ALTER / DROP / RENAME of
+    /// functions, procedures, operators (classes, families), aggregates, casts, types, domains,
+    /// extensions, schemas, languages, transforms and conversions, `ALTER … SET SCHEMA`, any
+    /// DROP, `DROP OWNED`, and a ROLLBACK (which may undo such a change). The gateway reloads the
+    /// target's catalog ([`crate::catalog::LOAD_QUERY`]) after such a statement. DDL run later
+    /// by a function or procedure that a statement calls is not seen here.
+    pub fn may_change_catalog(&self) -> bool {
+        self.catalog_change
     }
 
     /// Schemas of every table read or written.

@@ -21,13 +21,13 @@
 //! so a known statement with new literal values costs a short scan instead of a parse, a walk
 //! and a fingerprint; see its documentation for why that is exact.
 
-mod catalog;
 mod children;
 pub mod facts;
 mod fold;
 mod from_json;
 pub mod lexical;
 pub mod limits;
+mod names;
 mod parse;
 mod plpgsql;
 
@@ -554,7 +554,7 @@ impl<'a> Walker<'_, 'a> {
             }
             // The server looks in pg_catalog before the search path.
             let schema = match schema {
-                "" if catalog::is_catalog_relation(name) => "pg_catalog",
+                "" if names::is_catalog_relation(name) => "pg_catalog",
                 "" => "public",
                 s => s,
             };
@@ -601,6 +601,9 @@ impl<'a> Walker<'_, 'a> {
             self.facts.nested = true;
         }
         self.facts.kinds.insert(kind.to_string());
+        if changes_catalog(n) {
+            self.facts.catalog_change = true;
+        }
         let mut skip: &[&str] = &[];
         match n {
             NodeRef::InsertStmt(s) => {
@@ -834,10 +837,40 @@ impl<'a> Walker<'_, 'a> {
             NodeRef::ImportForeignSchemaStmt(_) => {
                 self.facts.egress.insert("import_foreign_schema".into());
             }
-            NodeRef::CreateFdwStmt(_) | NodeRef::AlterFdwStmt(_) => {
+            NodeRef::CreateFdwStmt(s) => {
                 self.facts.egress.insert("foreign_data_wrapper".into());
+                self.function_options(&s.func_options);
             }
+            NodeRef::AlterFdwStmt(s) => {
+                self.facts.egress.insert("foreign_data_wrapper".into());
+                self.function_options(&s.func_options);
+            }
+            // DDL that wires a function into another object: the function is called whenever
+            // the object is used, so it is a call fact of the statement that wires it.
+            NodeRef::DefineStmt(s) => self.function_options(&s.definition),
+            NodeRef::AlterOperatorStmt(s) => self.function_options(&s.options),
+            NodeRef::AlterTypeStmt(s) => self.function_options(&s.options),
+            NodeRef::CreateRangeStmt(s) => self.function_options(&s.params),
+            NodeRef::CreateCastStmt(s) => {
+                if let Some(f) = &s.func {
+                    self.function_named(&f.objname);
+                }
+            }
+            NodeRef::CreateTransformStmt(s) => {
+                for f in [&s.fromsql, &s.tosql].into_iter().flatten() {
+                    self.function_named(&f.objname);
+                }
+            }
+            NodeRef::CreateConversionStmt(s) => self.function_named(&s.func_name),
+            NodeRef::CreateAmStmt(s) => self.function_named(&s.handler_name),
+            NodeRef::CreateTrigStmt(s) => self.function_named(&s.funcname),
+            NodeRef::CreateEventTrigStmt(s) => self.function_named(&s.funcname),
             _ => {}
+        }
+        if let NodeRef::CreatePlangStmt(s) = n {
+            for f in [&s.plhandler, &s.plinline, &s.plvalidator] {
+                self.function_named(f);
+            }
         }
         children::for_each_child(n, &mut |field, child, in_node| {
             if !skip.contains(&field) {
@@ -1176,6 +1209,23 @@ impl<'a> Walker<'_, 'a> {
             }
             NodeRef::ParamRef(_) if in_node => self.facts.has_parameters = true,
             NodeRef::DefElem(_) => self.def_elems = true,
+            NodeRef::AExpr(a) => self.operator_use(&a.name),
+            NodeRef::SubLink(l) => self.operator_use(&l.oper_name),
+            NodeRef::SortBy(b) => self.operator_use(&b.use_op),
+            NodeRef::TypeCast(c) => {
+                if let Some(t) = &c.type_name {
+                    self.cast_to(&t.names);
+                }
+            }
+            NodeRef::CreateOpClassItem(i) => {
+                if let Some(name) = &i.name {
+                    match i.itemtype {
+                        OPCLASS_ITEM_OPERATOR => self.operator_use(&name.objname),
+                        OPCLASS_ITEM_FUNCTION => self.function_named(&name.objname),
+                        _ => {}
+                    }
+                }
+            }
             // `ALTER DATABASE|ROLE … SET name` and `ALTER SYSTEM SET name` hold their SET as a
             // typed field: it changes `name` for later sessions, so it counts as setting it.
             NodeRef::VariableSetStmt(s) => self.variable_set(s),
@@ -1187,6 +1237,76 @@ impl<'a> Walker<'_, 'a> {
                 self.visit(child, in_node, depth + 1);
             }
         });
+    }
+
+    /// A function named by DDL that wires it into another object (`FUNCTION = f`, `SFUNC = f`,
+    /// `WITH FUNCTION f(…)`, `EXECUTE FUNCTION f()`, `HANDLER f`): recorded as called.
+    fn function_named(&mut self, name: &[Node]) {
+        let mut names: Vec<&str> = name.iter().filter_map(string_node).collect();
+        if names.len() > 1 && names[0] == "pg_catalog" {
+            names.remove(0);
+        }
+        if let Some(bare) = names.last() {
+            self.facts.function_names.insert(bare.to_string());
+            self.facts.functions.insert(names.join("."));
+        }
+    }
+
+    /// The options of DDL that name functions (`CREATE OPERATOR`, `CREATE AGGREGATE`,
+    /// `CREATE TYPE`, `ALTER OPERATOR|TYPE … SET`, `CREATE TYPE … AS RANGE`, text search parsers
+    /// and templates, foreign-data wrapper handlers and validators): each function is recorded
+    /// as called. Other options (types, operators, constants) are not functions.
+    fn function_options(&mut self, options: &[Node]) {
+        for (name, arg) in def_elems(options) {
+            if !FUNCTION_OPTIONS.contains(&name.to_ascii_lowercase().as_str()) {
+                continue;
+            }
+            match arg.and_then(inner) {
+                Some(NodeEnum::TypeName(t)) => self.function_named(&t.names),
+                Some(NodeEnum::List(l)) => self.function_named(&l.items),
+                Some(NodeEnum::String(s)) => self.facts_function(&s.sval),
+                Some(NodeEnum::ObjectWithArgs(o)) => self.function_named(&o.objname),
+                _ => {}
+            }
+        }
+    }
+
+    /// A single-part function name.
+    fn facts_function(&mut self, name: &str) {
+        self.facts.function_names.insert(name.to_string());
+        self.facts.functions.insert(name.to_string());
+    }
+
+    /// An operator used or named (`+`, `OPERATOR(schema.op)`); `BETWEEN` is `>=` and `<=`.
+    fn operator_use(&mut self, name: &[Node]) {
+        let mut names: Vec<&str> = name.iter().filter_map(string_node).collect();
+        if names.len() > 1 && names[0] == "pg_catalog" {
+            names.remove(0);
+        }
+        let Some(bare) = names.last() else {
+            return;
+        };
+        if bare
+            .chars()
+            .all(|c| c.is_ascii_alphabetic() || c == '_' || c == ' ')
+        {
+            // `BETWEEN [SYMMETRIC]` and its negation compare with `>=` and `<=`.
+            self.facts.operators.insert(">=".into());
+            self.facts.operators.insert("<=".into());
+            return;
+        }
+        self.facts.operators.insert(names.join("."));
+    }
+
+    /// A type a value is cast to.
+    fn cast_to(&mut self, name: &[Node]) {
+        let mut names: Vec<&str> = name.iter().filter_map(string_node).collect();
+        if names.len() > 1 && names[0] == "pg_catalog" {
+            names.remove(0);
+        }
+        if !names.is_empty() {
+            self.facts.casts.insert(names.join("."));
+        }
     }
 
     fn function_call(&mut self, f: &FuncCall) {
@@ -1219,7 +1339,7 @@ impl<'a> Walker<'_, 'a> {
             }
             self.facts.set_variables.insert(var);
         }
-        for &(name, arity, index, use_) in catalog::SQL_TEXT_FUNCTIONS {
+        for &(name, arity, index, use_) in names::SQL_TEXT_FUNCTIONS {
             if name != bare || (arity != 0 && arity != f.args.len()) {
                 continue;
             }
@@ -1241,7 +1361,7 @@ impl<'a> Walker<'_, 'a> {
 
     /// The argument of a built-in that runs it as SQL (or reads the relation it names): a
     /// constant is analysed as a nested statement, anything else is dynamic SQL.
-    fn sql_argument(&mut self, func: &str, arg: &Node, use_: catalog::TextArg) {
+    fn sql_argument(&mut self, func: &str, arg: &Node, use_: names::TextArg) {
         // The facts depend on the constant's value: never reuse them for another text.
         self.reads_literals = true;
         let Some(text) = const_text(arg) else {
@@ -1253,8 +1373,8 @@ impl<'a> Walker<'_, 'a> {
             return;
         };
         let sql = match use_ {
-            catalog::TextArg::Query => text.to_string(),
-            catalog::TextArg::Relation => format!("SELECT * FROM {text}"),
+            names::TextArg::Query => text.to_string(),
+            names::TextArg::Relation => format!("SELECT * FROM {text}"),
         };
         match nested_sql_facts(&sql, self.level + 1) {
             Ok(nested) => self.absorb_all(nested),
@@ -1264,6 +1384,94 @@ impl<'a> Walker<'_, 'a> {
             ),
         }
     }
+}
+
+/// `CreateOpClassItem.itemtype` of an `OPERATOR n op` item.
+const OPCLASS_ITEM_OPERATOR: i32 = 1;
+/// `CreateOpClassItem.itemtype` of a `FUNCTION n f(…)` item.
+const OPCLASS_ITEM_FUNCTION: i32 = 2;
+
+/// Options of DDL statements whose value is a function (lower case): operators (`function`,
+/// `procedure`, `restrict`, `join`), aggregates (old and new syntax), base types, ranges, text
+/// search parsers and templates, foreign-data wrappers.
+const FUNCTION_OPTIONS: &[&str] = &[
+    "function",
+    "procedure",
+    "restrict",
+    "join",
+    "sfunc",
+    "sfunc1",
+    "finalfunc",
+    "finalfunc1",
+    "combinefunc",
+    "serialfunc",
+    "deserialfunc",
+    "msfunc",
+    "minvfunc",
+    "mfinalfunc",
+    "input",
+    "output",
+    "receive",
+    "send",
+    "typmod_in",
+    "typmod_out",
+    "analyze",
+    "subscript",
+    "canonical",
+    "subtype_diff",
+    "start",
+    "gettoken",
+    "end",
+    "lextypes",
+    "headline",
+    "init",
+    "lexize",
+    "handler",
+    "validator",
+];
+
+/// Whether a statement node may change what the catalog says about functions, operators,
+/// aggregates, casts or types (see [`FactsData::may_change_catalog`]).
+fn changes_catalog(n: NodeRef<'_>) -> bool {
+    if let NodeRef::TransactionStmt(t) = n {
+        // A rollback may undo DDL the catalog was reloaded after.
+        return matches!(
+            pg_query::protobuf::TransactionStmtKind::try_from(t.kind),
+            Ok(pg_query::protobuf::TransactionStmtKind::TransStmtRollback
+                | pg_query::protobuf::TransactionStmtKind::TransStmtRollbackTo
+                | pg_query::protobuf::TransactionStmtKind::TransStmtRollbackPrepared
+                | pg_query::protobuf::TransactionStmtKind::TransStmtCommitPrepared)
+        );
+    }
+    matches!(
+        children::name(n),
+        "CreateFunctionStmt"
+            | "AlterFunctionStmt"
+            | "DefineStmt"
+            | "CreateCastStmt"
+            | "CompositeTypeStmt"
+            | "CreateEnumStmt"
+            | "CreateRangeStmt"
+            | "AlterEnumStmt"
+            | "AlterTypeStmt"
+            | "CreateDomainStmt"
+            | "AlterDomainStmt"
+            | "CreateExtensionStmt"
+            | "AlterExtensionStmt"
+            | "AlterExtensionContentsStmt"
+            | "CreateSchemaStmt"
+            | "CreatePlangStmt"
+            | "CreateTransformStmt"
+            | "CreateOpClassStmt"
+            | "CreateOpFamilyStmt"
+            | "AlterOpFamilyStmt"
+            | "AlterOperatorStmt"
+            | "CreateConversionStmt"
+            | "RenameStmt"
+            | "AlterObjectSchemaStmt"
+            | "DropStmt"
+            | "DropOwnedStmt"
+    )
 }
 
 /// The run-time settings that turn integrity checks off at some value.

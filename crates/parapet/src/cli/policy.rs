@@ -150,6 +150,7 @@ impl EvalInput {
             environment: self.environment.clone().unwrap_or_default(),
             client_addr: self.client_addr.clone().filter(|a| !a.is_empty()),
             application_name: self.application_name.clone().unwrap_or_default(),
+            catalog: None,
         }
     }
 }

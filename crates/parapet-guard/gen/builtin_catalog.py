@@ -1,0 +1,127 @@
+#!/usr/bin/env python3
+"""Generates data/builtin_catalog.tsv: the built-in functions of PostgreSQL, by oid, with their
+language, kind and implementation symbol (prosrc for internal functions; probin and prosrc for C
+functions), the union over every server given.
+
+Usage: gen/builtin_catalog.py OUT.tsv CONNINFO [CONNINFO ...]
+  Each CONNINFO is a libpq connection string of a freshly initdb'ed cluster (nothing created in
+  it); psql runs the query below there. Only the derived facts are stored, not PostgreSQL code.
+
+Sources of the data in the repository (see the header of data/builtin_catalog.tsv):
+  PostgreSQL 15.18 (Debian 15.18-0+deb12u1), a cluster made with initdb on the development
+  machine. The 13, 14, 16 and 17 catalogs were not reachable from the machine that generated
+  the file (only 15 is packaged for it); run this script against clusters of those versions
+  and commit the result to extend the union (docs/policies.md, "Function identity").
+
+It also checks that no built-in operator, cast, aggregate or type I/O function reaches a
+function of the default pack's block lists (the guard skips those built-in links for speed;
+see src/catalog.rs), and prints the built-in aliases of the blocked functions.
+"""
+import os
+import re
+import subprocess
+import sys
+
+QUERY = r"""
+SELECT p.oid::text, n.nspname, p.proname, l.lanname, p.prokind::text,
+       CASE WHEN l.lanname = 'internal' THEN p.prosrc
+            WHEN l.lanname = 'c' THEN coalesce(p.probin, '') || '|' || p.prosrc
+            ELSE '' END
+FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace
+JOIN pg_language l ON l.oid = p.prolang
+WHERE p.oid < 16384
+ORDER BY p.oid
+"""
+
+# Built-in links the guard does not follow: each must reach no blocked symbol.
+LINKS = r"""
+SELECT 'operator ' || o.oprname, o.oprcode::oid FROM pg_operator o WHERE o.oprcode <> 0
+UNION ALL SELECT 'operator rest ' || o.oprname, o.oprrest::oid FROM pg_operator o WHERE o.oprrest <> 0
+UNION ALL SELECT 'operator join ' || o.oprname, o.oprjoin::oid FROM pg_operator o WHERE o.oprjoin <> 0
+UNION ALL SELECT 'cast', c.castfunc FROM pg_cast c WHERE c.castfunc <> 0
+UNION ALL SELECT 'aggregate ' || a.aggfnoid::regproc::text, f FROM pg_aggregate a,
+  unnest(ARRAY[a.aggtransfn, a.aggfinalfn, a.aggcombinefn, a.aggserialfn, a.aggdeserialfn,
+               a.aggmtransfn, a.aggminvtransfn, a.aggmfinalfn]::oid[]) f WHERE f <> 0
+UNION ALL SELECT 'type ' || t.typname, f FROM pg_type t,
+  unnest(ARRAY[t.typinput, t.typoutput, t.typreceive, t.typsend, t.typmodin, t.typmodout,
+               t.typanalyze]::oid[]) f WHERE f <> 0
+"""
+
+
+def psql(conninfo, sql):
+    out = subprocess.run(
+        ["psql", "-X", "-A", "-t", "-F", "\t", "-d", conninfo, "-c", sql],
+        check=True, capture_output=True, text=True).stdout
+    return [line.split("\t") for line in out.splitlines() if line]
+
+
+def blocked_names():
+    text = open(DEFAULT_PACK).read()
+    names = set()
+    for m in re.finditer(r'function_names\.containsAny\(\[(.*?)\]\)', text, re.S):
+        names.update(re.findall(r'"([^"]+)"', m.group(1)))
+    return names
+
+
+DEFAULT_PACK = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "..",
+                            "policies", "default.cedar")
+
+
+def main():
+    out, conninfos = sys.argv[1], sys.argv[2:]
+    rows = {}
+    versions = []
+    links = []
+    for ci in conninfos:
+        versions.append(psql(ci, "SELECT version()")[0][0])
+        for oid, schema, name, lang, kind, symbol in psql(ci, QUERY):
+            rows[(int(oid), schema, name, lang, kind, symbol)] = True
+        links.extend(psql(ci, LINKS))
+    by_name, by_symbol, sym_of = {}, {}, {}
+    for (oid, schema, name, lang, kind, symbol) in rows:
+        by_name.setdefault(name, set()).add(oid)
+        if symbol and kind not in ("a", "w"):
+            by_symbol.setdefault((lang, symbol), set()).add(name)
+            sym_of.setdefault(oid, set()).add((lang, symbol))
+    names_of = {}
+    for (oid, schema, name, lang, kind, symbol) in rows:
+        names_of.setdefault(oid, set()).add(name)
+
+    def aliases(name):
+        found = set()
+        for oid in by_name.get(name, ()):
+            for (lang, symbol) in sym_of.get(oid, ()):
+                found |= by_symbol.get((lang, symbol), set())
+                if lang == "internal" and symbol in by_name:
+                    found.add(symbol)
+        for (lang, symbol), names in by_symbol.items():
+            if lang == "internal" and symbol == name:
+                found |= names
+        return found - {name}
+
+    blocked = blocked_names()
+    reach_blocked = set()
+    for name in blocked:
+        reach_blocked |= {name} | aliases(name)
+    bad = [(what, f) for what, f in links
+           if names_of.get(int(f), set()) & reach_blocked]
+    if bad:
+        sys.exit(f"built-in links reach blocked functions: {bad[:10]}")
+    with open(out, "w") as f:
+        f.write("# Built-in functions of PostgreSQL (generated by gen/builtin_catalog.py; do not edit).\n")
+        for v in versions:
+            f.write(f"# source: {v}\n")
+        f.write("# oid <TAB> schema (empty: pg_catalog) <TAB> name <TAB> language <TAB> prokind <TAB> symbol ('=': the name)\n")
+        for (oid, schema, name, lang, kind, symbol) in sorted(rows):
+            s = "" if schema == "pg_catalog" else schema
+            sym = "=" if symbol == name else symbol
+            f.write(f"{oid}\t{s}\t{name}\t{lang}\t{kind}\t{sym}\n")
+    print(f"{len(rows)} functions from {len(versions)} server(s); {len(links)} built-in links checked")
+    for name in sorted(blocked):
+        a = aliases(name)
+        if a:
+            print(f"  {name}: {', '.join(sorted(a))}")
+
+
+if __name__ == "__main__":
+    main()
