@@ -12,6 +12,7 @@
 //! messages), [`scram`], [`events`], [`config`], [`tls`].
 
 mod authlog;
+mod catalog;
 pub mod config;
 pub mod error;
 pub mod events;

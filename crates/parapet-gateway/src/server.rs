@@ -98,6 +98,10 @@ impl Gateway {
                     source,
                 })?;
         guard.set_max_statement_size(config.max_statement_size);
+        let catalogs = targets
+            .keys()
+            .map(|name| (name.clone(), Arc::default()))
+            .collect();
         Ok(Gateway {
             shared: Arc::new(Shared {
                 config,
@@ -113,6 +117,7 @@ impl Gateway {
                 connections: AtomicUsize::new(0),
                 refusing: AtomicUsize::new(0),
                 user_sessions: Mutex::new(HashMap::new()),
+                catalogs,
             }),
             listener,
         })

@@ -24,6 +24,7 @@
 //! holding a fresh random nonce): nothing a client creates, replaces or sets changes how the
 //! parser treats it, and the nonce tells its error apart from every other.
 
+use crate::catalog::CatalogSlot;
 use crate::config::Durability;
 use crate::error::SessionError;
 use crate::events::{
@@ -35,6 +36,7 @@ use crate::protocol::{backend, cstr, frame, frontend, tag_rows};
 use crate::shared::Shared;
 use crate::upstream::Upstream;
 use bytes::{Buf, BytesMut};
+use parapet_guard::catalog::{Catalog, LOAD_QUERY};
 use parapet_guard::{Decision, Mode, RequestContext, RuleHit, Verdict};
 use parapet_log::AppendTicket;
 use parking_lot::Mutex;
@@ -42,7 +44,7 @@ use std::collections::{HashMap, HashSet, VecDeque};
 use std::ops::Range;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadHalf, WriteHalf};
 use tokio::net::{tcp, TcpStream};
 use tokio::sync::{mpsc, watch, Notify};
@@ -62,7 +64,10 @@ fn refusal_text() -> (String, String) {
 /// reads statements, before the server could report the change (see [`Barrier::UntilSync`]).
 pub(crate) const RULE_SETTING_PENDING: &str = "parapet.setting-pending";
 /// Its reason.
-const RULE_SETTING_PENDING_REASON: &str = "an earlier statement in this pipeline may change client_encoding or standard_conforming_strings, which the server reports only at Sync; send Sync after it before sending more statements";
+const RULE_SETTING_PENDING_REASON: &str = "an earlier statement in this pipeline may change how statements are read (client_encoding, standard_conforming_strings) or what their functions are (the catalog), which the gateway learns only after a Sync; send Sync after it before sending more statements";
+
+/// The longest a session waits for another to read the catalog again after its DDL.
+const REREAD_WAIT: Duration = Duration::from_secs(5);
 
 /// Flush to the client at least this often while relaying a large result.
 const RELAY_CHUNK: usize = 256 * 1024;
@@ -132,6 +137,9 @@ enum Expect {
     Sync,
     /// `before_reply`: a decision being made durable; reply bytes wait for it.
     Ticket(AppendTicket, Arc<OnceLock<u64>>),
+    /// The gateway's own query of the catalog ([`crate::catalog`]); ends at ReadyForQuery.
+    /// Its reply goes to the frontend half, not to the client.
+    Catalog(tokio::sync::oneshot::Sender<crate::catalog::Reply>),
 }
 
 impl Expect {
@@ -215,6 +223,13 @@ struct CopyWindow {
 struct Progress {
     answered: AtomicU64,
     changed: Notify,
+    /// The number of the expectation (counted from 1) whose ReadyForQuery ends a statement
+    /// that may change the catalog (0: none): when it comes with the session out of any
+    /// transaction, the backend half marks the target's catalog as being read again
+    /// ([`CatalogSlot::begin_reread`]) before the client sees the answer, and sets `owed`.
+    catalog_at: AtomicU64,
+    /// The frontend half owes [`CatalogSlot::end_reread`].
+    owed: std::sync::atomic::AtomicBool,
 }
 
 impl Progress {
@@ -288,6 +303,7 @@ pub(crate) async fn run<S>(
     info: &SessionInfo,
     client: S,
     upstream: Upstream,
+    (catalog_slot, (catalog, catalog_version)): (Arc<CatalogSlot>, (Arc<Catalog>, u64)),
     mut shutdown: watch::Receiver<bool>,
 ) -> Result<(), SessionError>
 where
@@ -301,10 +317,12 @@ where
     let (tx, rx) = mpsc::unbounded_channel();
     let copy = Arc::new(CopyTrack::default());
     let progress = Arc::new(Progress::default());
+    let mut ctx = info.request_context();
+    ctx.catalog = Some(catalog);
     let mut front = Frontend {
         shared: &shared,
         info,
-        ctx: info.request_context(),
+        ctx,
         tx,
         copy_stmts: HashSet::new(),
         copy_portals: HashSet::new(),
@@ -314,9 +332,13 @@ where
         copy: copy.clone(),
         progress: progress.clone(),
         sent: AtomicU64::new(0),
-        reading_stmts: HashSet::new(),
-        reading_portals: HashSet::new(),
+        barrier_stmts: HashMap::new(),
+        barrier_portals: HashMap::new(),
         barrier: Barrier::None,
+        catalog_slot,
+        catalog_version,
+        private_catalog: false,
+        reload_catalog: false,
         record_params: shared.config.statement_text == crate::config::StatementText::Full,
     };
     let mut back = Backend {
@@ -337,6 +359,8 @@ where
         skipping: false,
         copy,
         progress,
+        catalog_reply: None,
+        catalog_slot: front.catalog_slot.clone(),
     };
     let res = tokio::select! {
         r = front.run(&mut client_r, &mut up_w) => r,
@@ -345,6 +369,8 @@ where
     };
     // Whichever half ended the session, no outcome already seen is left out of the log.
     back.submit_outcomes();
+    // Other sessions never wait for a catalog this one will not read.
+    front.settle_reread();
     let fatal = match &res {
         Ok(()) => None,
         // As PostgreSQL: the COPY fails, then the connection, which can no longer be followed.
@@ -401,21 +427,43 @@ struct Frontend<'a> {
     progress: Arc<Progress>,
     /// Expectations sent (tickets aside).
     sent: AtomicU64,
-    /// Prepared statements that may change how the server reads statements (see
-    /// [`crate::reading`]); executing one is a barrier. Kept like `copy_stmts`.
-    reading_stmts: HashSet<String>,
+    /// Prepared statements whose execution is a barrier (they may change how the server reads
+    /// statements, see [`crate::reading`], or the catalog). Kept like `copy_stmts`.
+    barrier_stmts: HashMap<String, Raise>,
     /// Portals bound to such statements.
-    reading_portals: HashSet<String>,
+    barrier_portals: HashMap<String, Raise>,
     barrier: Barrier,
+    /// The target's catalog, shared by its sessions, and the version of it in `ctx`.
+    catalog_slot: Arc<CatalogSlot>,
+    catalog_version: u64,
+    /// `ctx` holds a catalog read inside a transaction (it sees the transaction's own DDL).
+    private_catalog: bool,
+    /// The catalog is read again when the barrier is crossed.
+    reload_catalog: bool,
     /// Whether bound values are recorded in outcomes (not with `statement_text = "normalized"`).
     record_params: bool,
 }
 
 enum Judged {
-    /// Forward it; it may start this many COPY FROM STDIN; whether it may change how the server
-    /// reads what follows (a barrier).
-    Forward(DecisionRef, u32, bool),
+    /// Forward it; it may start this many COPY FROM STDIN; the barrier it raises.
+    Forward(DecisionRef, u32, Raise),
     Refuse(Vec<u8>),
+}
+
+/// Why running a statement is a barrier (see [`Barrier`]): nothing behind it is judged until the
+/// server has run it.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+struct Raise {
+    /// It may change how the server reads statements (`crate::reading`).
+    reading: bool,
+    /// It may change the catalog: read it again before judging more.
+    catalog: bool,
+}
+
+impl Raise {
+    fn any(self) -> bool {
+        self.reading || self.catalog
+    }
 }
 
 impl Frontend<'_> {
@@ -428,7 +476,7 @@ impl Frontend<'_> {
         let mut rbuf = BytesMut::with_capacity(16 * 1024);
         let mut out = BytesMut::with_capacity(16 * 1024);
         loop {
-            if self.read(r, &mut rbuf).await? == 0 {
+            if self.wait_input(r, w, &mut rbuf).await? == 0 {
                 return Ok(());
             }
             // The complete messages of this read, each decoded once: type, length, message, and
@@ -441,6 +489,7 @@ impl Frontend<'_> {
             // what follows it reaches the server depends on whether the COPY started.
             let mut pos = 0;
             let mut discard = self.discard;
+            self.follow_catalog().await;
             let mut ahead = self.window.is_none() && self.barrier == Barrier::None;
             while let Some((tag, len)) =
                 frame(&rbuf[pos..], cap).map_err(|e| SessionError::Protocol(e.to_string()))?
@@ -459,9 +508,9 @@ impl Frontend<'_> {
                     if tag == b'P' && pre.as_ref().is_some_and(|p| !p.allowed) {
                         discard = true;
                     }
-                    if pre.as_ref().is_some_and(|p| p.copies > 0 || p.reading)
+                    if pre.as_ref().is_some_and(|p| p.copies > 0 || p.raise.any())
                         || self.may_copy(&m)
-                        || self.may_change_reading(&m)
+                        || self.raises(&m)
                     {
                         ahead = false;
                     }
@@ -531,14 +580,138 @@ impl Frontend<'_> {
         }
     }
 
-    /// Whether this Bind or Execute may run a statement, parsed earlier, that may change how the
-    /// server reads what follows.
-    fn may_change_reading(&self, m: &FrontendMessage<'_>) -> bool {
+    /// Whether this Bind or Execute may run a statement, parsed earlier, that is a barrier.
+    fn raises(&self, m: &FrontendMessage<'_>) -> bool {
         match m {
-            FrontendMessage::Bind { statement, .. } => self.reading_stmts.contains(*statement),
-            FrontendMessage::Execute { portal } => self.reading_portals.contains(*portal),
+            FrontendMessage::Bind { statement, .. } => self.barrier_stmts.contains_key(*statement),
+            FrontendMessage::Execute { portal } => self.barrier_portals.contains_key(*portal),
             _ => false,
         }
+    }
+
+    /// Once the barrier's statement is answered (`progress` has reached it), reads the catalog
+    /// again if the server is idle; returns false when it is not (extended-protocol messages
+    /// sent after the statement await a Sync). Either way the re-read the backend half may have
+    /// announced is over.
+    async fn reread_catalog<W: AsyncWrite + Unpin>(
+        &mut self,
+        w: &mut W,
+    ) -> Result<bool, SessionError> {
+        let idle = self.sent.load(Ordering::Relaxed) == self.progress.answered();
+        let res = if idle {
+            self.read_catalog(w).await.map(|()| true)
+        } else {
+            Ok(false)
+        };
+        if idle {
+            self.reload_catalog = false;
+            self.barrier = Barrier::None;
+        }
+        self.settle_reread();
+        res
+    }
+
+    /// Ends the re-read the backend half announced, if it did.
+    fn settle_reread(&self) {
+        if self.progress.owed.swap(false, Ordering::SeqCst) {
+            self.catalog_slot.end_reread();
+        }
+    }
+
+    /// Reads more client bytes; but when a statement that may change the catalog is answered
+    /// first, reads the catalog again at once (other sessions wait for it).
+    async fn wait_input<R, W>(
+        &mut self,
+        r: &mut R,
+        w: &mut W,
+        rbuf: &mut BytesMut,
+    ) -> Result<usize, SessionError>
+    where
+        R: AsyncRead + Unpin,
+        W: AsyncWrite + Unpin,
+    {
+        if let (Barrier::Answered(n), true) = (self.barrier, self.reload_catalog) {
+            let progress = self.progress.clone();
+            tokio::select! {
+                got = self.read(r, rbuf) => return got,
+                _ = progress.reach(n) => {}
+            }
+            self.reread_catalog(w).await?;
+        }
+        self.read(r, rbuf).await
+    }
+
+    /// Takes up the target's newer catalog, if another session read one (a session's own
+    /// catalog, read inside its transaction, stays until the transaction ends). While another
+    /// session reads the catalog again after its DDL, waits for it.
+    async fn follow_catalog(&mut self) {
+        if self.private_catalog {
+            return;
+        }
+        if self.catalog_slot.rereading() && !self.progress.owed.load(Ordering::SeqCst) {
+            self.catalog_slot.settled(REREAD_WAIT).await;
+        }
+        if self.catalog_slot.version() == self.catalog_version {
+            return;
+        }
+        if let Some((c, v)) = self.catalog_slot.current() {
+            self.ctx.catalog = Some(c);
+            self.catalog_version = v;
+        }
+    }
+
+    /// Reads the catalog again over the session's own connection (idle: everything sent has
+    /// been answered). Read in a transaction, it sees the transaction's own DDL and stays this
+    /// session's; read outside one, it becomes the target's. If it cannot be read (the
+    /// transaction has failed, so nothing runs until it ends), the catalog in use stays.
+    async fn read_catalog<W: AsyncWrite + Unpin>(&mut self, w: &mut W) -> Result<(), SessionError> {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        self.expect(Expect::Catalog(tx))?;
+        let mut q = BytesMut::new();
+        frontend::query(LOAD_QUERY, &mut q);
+        w.write_all(&q).await?;
+        let reply = rx
+            .await
+            .map_err(|_| SessionError::Upstream("session relay stopped".into()))?;
+        let status = reply.status;
+        match crate::catalog::build(reply).await {
+            Ok(c) if status == b'I' => {
+                self.ctx.catalog = Some(c.clone());
+                self.catalog_version = self.catalog_slot.publish(c);
+                self.private_catalog = false;
+            }
+            Ok(c) => {
+                self.ctx.catalog = Some(c);
+                self.private_catalog = true;
+            }
+            Err(e) if status == b'E' => {
+                tracing::debug!("catalog not read in a failed transaction: {e}");
+            }
+            Err(e) => tracing::warn!("cannot read the target's catalog again: {e}"),
+        }
+        Ok(())
+    }
+
+    /// Refuses a statement that came behind a barrier the server cannot have answered yet.
+    async fn refuse_pending(
+        &self,
+        sql: &str,
+        protocol: &'static str,
+        stmt: Option<&str>,
+    ) -> Result<Option<Judged>, SessionError> {
+        let mut d = crate::judge::decide(&self.shared.guard, sql, &self.ctx).await;
+        d.verdict = Verdict::Deny;
+        d.reason = RULE_SETTING_PENDING_REASON.to_string();
+        d.rules.insert(
+            0,
+            RuleHit {
+                id: RULE_SETTING_PENDING.into(),
+                mode: Mode::Enforce,
+                reason: d.reason.clone(),
+            },
+        );
+        let pre = self.submit(d, sql, protocol, stmt)?;
+        Ok(Some(self.settle_pre(pre).await?))
     }
 
     /// Before a statement is judged in phase 2: if a barrier is up, sends what is pending and
@@ -565,24 +738,15 @@ impl Frontend<'_> {
                 w.write_all(out).await?;
                 out.clear();
                 self.progress.reach(n).await;
+                if self.reload_catalog && !self.reread_catalog(w).await? {
+                    // Extended-protocol messages after it await a Sync: a query of the
+                    // gateway's own cannot go in between.
+                    return self.refuse_pending(sql, protocol, stmt).await;
+                }
                 self.barrier = Barrier::None;
                 Ok(None)
             }
-            Barrier::UntilSync => {
-                let mut d = crate::judge::decide(&self.shared.guard, sql, &self.ctx).await;
-                d.verdict = Verdict::Deny;
-                d.reason = RULE_SETTING_PENDING_REASON.to_string();
-                d.rules.insert(
-                    0,
-                    RuleHit {
-                        id: RULE_SETTING_PENDING.into(),
-                        mode: Mode::Enforce,
-                        reason: d.reason.clone(),
-                    },
-                );
-                let pre = self.submit(d, sql, protocol, stmt)?;
-                Ok(Some(self.settle_pre(pre).await?))
-            }
+            Barrier::UntilSync => self.refuse_pending(sql, protocol, stmt).await,
         }
     }
 
@@ -676,10 +840,10 @@ impl Frontend<'_> {
                 // A simple Query drops the unnamed statement and portal, as the server does.
                 self.copy_stmts.remove("");
                 self.copy_portals.remove("");
-                self.reading_stmts.remove("");
-                self.reading_portals.remove("");
+                self.barrier_stmts.remove("");
+                self.barrier_portals.remove("");
                 match judged {
-                    Judged::Forward(d, n, reading) => {
+                    Judged::Forward(d, n, raise) => {
                         let copies = self.copies(n);
                         self.expect(Expect::Query {
                             decision: Some(d),
@@ -687,8 +851,13 @@ impl Frontend<'_> {
                             copies,
                         })?;
                         out.extend_from_slice(msg);
-                        if reading {
-                            self.barrier = Barrier::Answered(self.sent.load(Ordering::Relaxed));
+                        if raise.any() {
+                            let n = self.sent.load(Ordering::Relaxed);
+                            self.barrier = Barrier::Answered(n);
+                            if raise.catalog {
+                                self.reload_catalog = true;
+                                self.progress.catalog_at.store(n, Ordering::SeqCst);
+                            }
                         }
                     }
                     Judged::Refuse(error) => {
@@ -709,16 +878,16 @@ impl Frontend<'_> {
                     }
                 };
                 match judged {
-                    Judged::Forward(d, n, reading) => {
+                    Judged::Forward(d, n, raise) => {
                         if n > 0 {
                             self.copy_stmts.insert(name.to_string());
                         } else if name.is_empty() {
                             self.copy_stmts.remove(name);
                         }
-                        if reading {
-                            self.reading_stmts.insert(name.to_string());
+                        if raise.any() {
+                            self.barrier_stmts.insert(name.to_string(), raise);
                         } else if name.is_empty() {
-                            self.reading_stmts.remove(name);
+                            self.barrier_stmts.remove(name);
                         }
                         let types = if self.record_params {
                             crate::params::declared_types(types).into()
@@ -735,7 +904,7 @@ impl Frontend<'_> {
                     Judged::Refuse(error) => {
                         if name.is_empty() {
                             self.copy_stmts.remove(name);
-                            self.reading_stmts.remove(name);
+                            self.barrier_stmts.remove(name);
                         }
                         let (text, nonce) = refusal_text();
                         self.expect(Expect::DenyParse {
@@ -758,10 +927,10 @@ impl Frontend<'_> {
                 } else if portal.is_empty() {
                     self.copy_portals.remove(portal);
                 }
-                if self.reading_stmts.contains(statement) {
-                    self.reading_portals.insert(portal.to_string());
+                if let Some(raise) = self.barrier_stmts.get(statement).copied() {
+                    self.barrier_portals.insert(portal.to_string(), raise);
                 } else if portal.is_empty() {
-                    self.reading_portals.remove(portal);
+                    self.barrier_portals.remove(portal);
                 }
                 let params = if self.record_params {
                     crate::params::capture(params).map(Arc::new)
@@ -784,8 +953,9 @@ impl Frontend<'_> {
                     copies,
                 })?;
                 out.extend_from_slice(msg);
-                if self.reading_portals.contains(portal) {
+                if let Some(raise) = self.barrier_portals.get(portal) {
                     self.barrier = Barrier::UntilSync;
+                    self.reload_catalog |= raise.catalog;
                 }
             }
             FrontendMessage::Describe { statement } => {
@@ -796,10 +966,10 @@ impl Frontend<'_> {
             FrontendMessage::Close { statement, name } => {
                 if statement {
                     self.copy_stmts.remove(name);
-                    self.reading_stmts.remove(name);
+                    self.barrier_stmts.remove(name);
                 } else {
                     self.copy_portals.remove(name);
-                    self.reading_portals.remove(name);
+                    self.barrier_portals.remove(name);
                 }
                 self.expect(Expect::Close {
                     statement,
@@ -811,7 +981,11 @@ impl Frontend<'_> {
                 self.expect(Expect::Sync)?;
                 out.extend_from_slice(msg);
                 if self.barrier == Barrier::UntilSync {
-                    self.barrier = Barrier::Answered(self.sent.load(Ordering::Relaxed));
+                    let n = self.sent.load(Ordering::Relaxed);
+                    self.barrier = Barrier::Answered(n);
+                    if self.reload_catalog {
+                        self.progress.catalog_at.store(n, Ordering::SeqCst);
+                    }
                 }
             }
             FrontendMessage::Terminate => {
@@ -889,6 +1063,26 @@ impl Frontend<'_> {
         self.submit(d, sql, protocol, stmt)
     }
 
+    /// The barrier an allowed statement raises: it may change how the server reads statements
+    /// (a setting, or code that may set one: a function not built in), or the catalog (DDL;
+    /// and the end of a transaction in which this session read its own catalog).
+    fn raise(&self, d: &Decision) -> Raise {
+        let builtin = Catalog::builtin();
+        Raise {
+            reading: crate::reading::may_change_reading(d, |f| {
+                let bare = f.rsplit('.').next().unwrap_or(f);
+                f.contains('.') || !builtin.knows_function(bare)
+            }),
+            catalog: d.statements.iter().any(|s| {
+                if s.kind == "transaction" {
+                    self.private_catalog
+                } else {
+                    s.may_change_catalog()
+                }
+            }),
+        }
+    }
+
     /// Submits the decision event of `sql` (not yet waited for).
     fn submit(
         &self,
@@ -908,7 +1102,11 @@ impl Frontend<'_> {
         let ticket = submit_decision(&self.shared.log, ev);
         let allowed = matches!(d.verdict, Verdict::Allow | Verdict::Monitor);
         let copies = copies_from_stdin(&d);
-        let reading = allowed && crate::reading::may_change_reading(&d, |_| false);
+        let raise = if allowed {
+            self.raise(&d)
+        } else {
+            Raise::default()
+        };
         if allowed && self.shared.config.durability == Durability::BeforeReply {
             // Forwarded at once; the backend half holds the reply until the ticket resolves.
             let slot = Arc::new(OnceLock::new());
@@ -916,7 +1114,7 @@ impl Frontend<'_> {
             return Ok(Pre {
                 allowed,
                 copies,
-                reading,
+                raise,
                 wait: PreWait::Ready(DecisionRef::Pending(slot)),
                 decision: None,
             });
@@ -924,7 +1122,7 @@ impl Frontend<'_> {
         Ok(Pre {
             allowed,
             copies,
-            reading,
+            raise,
             wait: PreWait::Ticket(ticket),
             decision: (!allowed).then_some(d),
         })
@@ -951,7 +1149,7 @@ impl Frontend<'_> {
         Pre {
             allowed: false,
             copies: 0,
-            reading: false,
+            raise: Raise::default(),
             wait: PreWait::Ticket(submit_decision(&self.shared.log, ev)),
             decision: Some(d),
         }
@@ -962,15 +1160,13 @@ impl Frontend<'_> {
     /// refuses its statement (fail closed).
     async fn settle_pre(&self, pre: Pre) -> Result<Judged, SessionError> {
         let ticket = match pre.wait {
-            PreWait::Ready(d) => return Ok(Judged::Forward(d, pre.copies, pre.reading)),
+            PreWait::Ready(d) => return Ok(Judged::Forward(d, pre.copies, pre.raise)),
             PreWait::Ticket(t) => t,
         };
         Ok(match (ticket.await, pre.decision) {
             (Err(e), _) => Judged::Refuse(log_failure(&e.to_string())),
             (Ok(index), Some(d)) => Judged::Refuse(refusal(&d, index)),
-            (Ok(index), None) => {
-                Judged::Forward(DecisionRef::Index(index), pre.copies, pre.reading)
-            }
+            (Ok(index), None) => Judged::Forward(DecisionRef::Index(index), pre.copies, pre.raise),
         })
     }
 }
@@ -981,8 +1177,8 @@ struct Pre {
     allowed: bool,
     /// How many COPY FROM STDIN its statements may start.
     copies: u32,
-    /// Whether it may change how the server reads what follows (see [`crate::reading`]).
-    reading: bool,
+    /// The barrier it raises.
+    raise: Raise,
     wait: PreWait,
     /// The decision of a refused statement, to build its ErrorResponse.
     decision: Option<Decision>,
@@ -1125,6 +1321,9 @@ struct Backend<'a> {
     skipping: bool,
     copy: Arc<CopyTrack>,
     progress: Arc<Progress>,
+    /// The reply to an [`Expect::Catalog`] being read.
+    catalog_reply: Option<crate::catalog::Reply>,
+    catalog_slot: Arc<CatalogSlot>,
 }
 
 impl Backend<'_> {
@@ -1315,6 +1514,18 @@ impl Backend<'_> {
         out: &mut BytesMut,
     ) -> Result<(), SessionError> {
         let body = &msg[5..];
+        if matches!(self.queue.front(), Some(Expect::Catalog(_))) && !matches!(tag, b'S' | b'A') {
+            // The reply to the gateway's own catalog query, ParameterStatus and notifications
+            // aside (those are the session's).
+            let reply = self.catalog_reply.get_or_insert_with(Default::default);
+            if reply.take(tag, body) {
+                let reply = self.catalog_reply.take().unwrap_or_default();
+                if let Some(Expect::Catalog(tx)) = self.pop() {
+                    let _ = tx.send(reply);
+                }
+            }
+            return Ok(());
+        }
         match tag {
             b'Z' => {
                 // While skipping to Sync the server ignored everything before it, simple Queries
@@ -1354,6 +1565,17 @@ impl Backend<'_> {
                 // Portals live until the end of their transaction.
                 if body.first() == Some(&b'I') {
                     self.portals.clear();
+                }
+                // A statement that may change the catalog is answered: other sessions wait for
+                // the frontend half to read it again (announced before the client sees the answer).
+                let at = self.progress.catalog_at.load(Ordering::SeqCst);
+                if at != 0 && self.progress.answered() >= at {
+                    self.progress.catalog_at.store(0, Ordering::SeqCst);
+                    if body.first() == Some(&b'I')
+                        && !self.progress.owed.swap(true, Ordering::SeqCst)
+                    {
+                        self.catalog_slot.begin_reread();
+                    }
                 }
                 out.extend_from_slice(msg);
             }

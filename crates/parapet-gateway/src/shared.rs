@@ -42,6 +42,8 @@ pub(crate) struct Shared {
     pub refusing: AtomicUsize,
     /// Sessions per gateway user (`max_connections_per_user`).
     pub user_sessions: Mutex<HashMap<String, usize>>,
+    /// Each target's catalog (see [`crate::catalog`]).
+    pub catalogs: HashMap<String, Arc<crate::catalog::CatalogSlot>>,
 }
 
 /// One session of a user, counted against `max_connections_per_user` until dropped.

@@ -189,7 +189,7 @@ where
             return Ok(());
         }
     }
-    let Some((target, user_slot, upstream)) =
+    let Some((target, user_slot, mut upstream)) =
         connect_target(shared, &mut stream, deadline, &start, &mut out).await?
     else {
         return Ok(());
@@ -200,6 +200,31 @@ where
         send_fatal(&mut stream, "0A000", &why).await?;
         return Ok(());
     }
+    // The target's catalog, before the client may send anything to judge.
+    let slot = shared
+        .catalogs
+        .get(&target.name)
+        .cloned()
+        .unwrap_or_default();
+    let catalog = match slot
+        .for_login(
+            &mut upstream.stream,
+            &mut upstream.leftover,
+            shared.config.max_message_size,
+        )
+        .await
+    {
+        Ok(c) => c,
+        Err(e) => {
+            stream.write_all(&out).await?;
+            let msg = format!(
+                "parapet: cannot read the catalog of target \"{}\" ({e}); the gateway judges no statement without it. Check that the upstream role can read pg_catalog",
+                target.name
+            );
+            send_fatal(&mut stream, "08006", &msg).await?;
+            return Ok(());
+        }
+    };
     let Startup {
         user,
         application_name,
@@ -226,7 +251,15 @@ where
         "client_port":peer.port(),"application_name":info.application_name,"tls":tls}));
     shared.register_cancel(key, &target.upstream, upstream.key);
     let started = std::time::Instant::now();
-    let res = session::run(shared.clone(), &info, stream, upstream, shutdown).await;
+    let res = session::run(
+        shared.clone(),
+        &info,
+        stream,
+        upstream,
+        (slot, catalog),
+        shutdown,
+    )
+    .await;
     shared.unregister_cancel(key);
     drop(user_slot);
     let mut end = json!({"type":"session_end","time":now_rfc3339(),"session":info.session,
