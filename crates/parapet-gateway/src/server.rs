@@ -118,6 +118,7 @@ impl Gateway {
                 refusing: AtomicUsize::new(0),
                 user_sessions: Mutex::new(HashMap::new()),
                 catalogs,
+                superuser_warned: Mutex::default(),
             }),
             listener,
         })

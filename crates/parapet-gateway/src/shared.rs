@@ -44,6 +44,8 @@ pub(crate) struct Shared {
     pub user_sessions: Mutex<HashMap<String, usize>>,
     /// Each target's catalog (see [`crate::catalog`]).
     pub catalogs: HashMap<String, Arc<crate::catalog::CatalogSlot>>,
+    /// Targets whose superuser upstream role has been warned about.
+    pub superuser_warned: Mutex<std::collections::HashSet<String>>,
 }
 
 /// One session of a user, counted against `max_connections_per_user` until dropped.

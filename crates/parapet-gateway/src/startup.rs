@@ -200,6 +200,16 @@ where
         send_fatal(&mut stream, "0A000", &why).await?;
         return Ok(());
     }
+    // A superuser upstream turns any gap in the guardrails into a takeover: say so, once.
+    if reported(&upstream.parameter_status).any(|(n, v)| n == "is_superuser" && v == "on")
+        && shared.superuser_warned.lock().insert(target.name.clone())
+    {
+        tracing::warn!(
+            target = %target.name,
+            "the upstream role of target {:?} is a superuser: whatever gets past the guardrails can take over the server; use a role without SUPERUSER (docs/config.md, \"The upstream role\")",
+            target.name
+        );
+    }
     // The target's catalog, before the client may send anything to judge.
     let slot = shared
         .catalogs
@@ -720,19 +730,23 @@ async fn judge_parameters(
 /// The first setting among the server's ParameterStatus messages (as received at login) that
 /// the guard cannot read statements under (see [`crate::reading::unreadable_setting`]).
 fn upstream_unreadable(parameter_status: &[u8]) -> Option<String> {
+    reported(parameter_status)
+        .find_map(|(name, value)| crate::reading::unreadable_setting(name, value))
+}
+
+/// The (name, value) pairs of the server's ParameterStatus messages.
+fn reported(parameter_status: &[u8]) -> impl Iterator<Item = (&str, &str)> {
     let mut rest = parameter_status;
-    while let Ok(Some((tag, len))) = protocol::frame(rest, rest.len().max(5)) {
+    std::iter::from_fn(move || loop {
+        let Ok(Some((tag, len))) = protocol::frame(rest, rest.len().max(5)) else {
+            return None;
+        };
+        let body = &rest[5..len];
+        rest = &rest[len..];
         if tag == b'S' {
-            let body = &rest[5..len];
-            if let Some((name, r)) = cstr(body) {
-                if let Some(why) =
-                    cstr(r).and_then(|(value, _)| crate::reading::unreadable_setting(name, value))
-                {
-                    return Some(why);
-                }
+            if let Some((name, (value, _))) = cstr(body).and_then(|(n, r)| Some((n, cstr(r)?))) {
+                return Some((name, value));
             }
         }
-        rest = &rest[len..];
-    }
-    None
+    })
 }

@@ -243,6 +243,12 @@ impl PgCluster {
         )
     }
 
+    /// `postgres://<user>:<password>@127.0.0.1:<port>/<db>` (`user` and `password` must not need
+    /// percent-encoding).
+    pub fn url_as(&self, user: &str, password: &str, db: &str) -> String {
+        format!("postgres://{user}:{password}@127.0.0.1:{}/{db}", self.port)
+    }
+
     /// libpq connection string for direct access as the superuser.
     pub fn conninfo(&self, db: &str) -> String {
         format!(

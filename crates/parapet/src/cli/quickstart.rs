@@ -1,6 +1,11 @@
 //! `parapet quickstart`: a throw-away PostgreSQL cluster, a fresh log, a config with one target
 //! and one user, and the gateway with the default pack — nothing to configure. Ctrl-C stops
 //! everything and removes the directory (unless `--keep`).
+//!
+//! The gateway reaches the cluster as [`UPSTREAM_ROLE`], which is not a superuser: it owns the
+//! target's database ([`UPSTREAM_DB`]) and may create databases, nothing more. Whatever gets past
+//! the guardrails then still meets the server's own privileges (docs/config.md, "The upstream
+//! role").
 
 use crate::cli::serve::{init_tracing, stop_signal};
 use crate::config::Config;
@@ -26,6 +31,11 @@ pub struct QuickstartArgs {
     #[arg(long)]
     pub keep: bool,
 }
+
+/// The role the gateway logs in to the cluster as.
+pub const UPSTREAM_ROLE: &str = "parapet_app";
+/// The target's database, owned by [`UPSTREAM_ROLE`].
+pub const UPSTREAM_DB: &str = "app";
 
 fn random(n: usize) -> String {
     rand::thread_rng()
@@ -60,6 +70,16 @@ pub fn run(args: QuickstartArgs) -> anyhow::Result<ExitCode> {
             max_connections: 100,
         },
     )?;
+    // Least privilege: the gateway's role owns its database and may create databases.
+    let app_password = random(24);
+    cluster.psql(
+        "postgres",
+        &format!("CREATE ROLE {UPSTREAM_ROLE} LOGIN CREATEDB PASSWORD '{app_password}'"),
+    )?;
+    cluster.psql(
+        "postgres",
+        &format!("CREATE DATABASE {UPSTREAM_DB} OWNER {UPSTREAM_ROLE}"),
+    )?;
     let log_dir = dir.join("log");
     let key_file = dir.join("log.key");
     let origin = format!("parapet.quickstart/{}", random(8).to_lowercase());
@@ -77,7 +97,7 @@ pub fn run(args: QuickstartArgs) -> anyhow::Result<ExitCode> {
          [listen]\npostgres = \"{}\"\n\n[[targets]]\nname = \"main\"\nupstream = \"{}\"\nenvironment = \"production\"\n\n\
          {user}\n[policy]\nfiles = []\ndefault_pack = true\n",
         args.listen,
-        cluster.url("postgres"),
+        cluster.url_as(UPSTREAM_ROLE, &app_password, UPSTREAM_DB),
     );
     std::fs::write(&config_path, config_text)?;
     std::fs::set_permissions(&config_path, std::fs::Permissions::from_mode(0o600))?;
@@ -96,6 +116,7 @@ pub fn run(args: QuickstartArgs) -> anyhow::Result<ExitCode> {
         crate::outln!()?;
         crate::outln!("  connect:      PGPASSWORD='{password}' psql \"host={} port={} user=alice dbname=main\"", addr.ip(), addr.port())?;
         crate::outln!("  password:     {password}   (user alice, group eng)")?;
+        crate::outln!("  upstream:     role {UPSTREAM_ROLE} on database {UPSTREAM_DB} (not a superuser: owns its database, may create databases)")?;
         crate::outln!("  config:       {}", config_path.display())?;
         crate::outln!("  audit log:    {}", log_dir.display())?;
         crate::outln!("  verifier key: {vkey}")?;
