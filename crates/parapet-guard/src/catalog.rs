@@ -440,6 +440,11 @@ impl Catalog {
         hasher_parts.append(&mut sorted);
         let mut bodies: Vec<(usize, String)> = Vec::new();
         let mut aggregates: Vec<(u32, Vec<Target>)> = Vec::new();
+        // The built-in functions the target itself reports, by oid: the built-in data is the
+        // union of several PostgreSQL versions, which reuse a few oids for other functions
+        // (3813: `pg_is_in_backup` in 13 and 14, `xmltext` in 17), so the target's row
+        // says which one its objects use.
+        let mut own_builtins: HashMap<u32, Vec<usize>> = HashMap::new();
         for (n, row) in rows.iter().enumerate() {
             let col = |i: usize| row.get(i).and_then(|c| c.as_deref());
             let bad = |why: &str| CatalogError::Row {
@@ -464,6 +469,9 @@ impl Catalog {
                         kind: col(5).and_then(|k| k.chars().next()).unwrap_or('f'),
                         symbol: col(6).unwrap_or("").to_string(),
                     });
+                    if oid < FIRST_NORMAL_OID {
+                        own_builtins.entry(oid).or_default().push(i);
+                    }
                     if let Some(def) = col(7) {
                         bodies.push((i, def.to_string()));
                     }
@@ -506,6 +514,11 @@ impl Catalog {
                 }
                 other => return Err(bad(&format!("unknown tag {other:?}"))),
             }
+        }
+        for (oid, mut own) in own_builtins {
+            own.sort_unstable();
+            own.dedup();
+            b.by_oid.insert(oid, own);
         }
         for (oid, support) in aggregates {
             for i in b.oids(oid).to_vec() {
@@ -667,6 +680,82 @@ mod tests {
     }
 
     #[test]
+    fn builtin_catalog_is_the_union_of_13_to_17() {
+        let c = Catalog::builtin();
+        for v in ["13.", "14.", "15.", "16.", "17."] {
+            assert!(
+                BUILTIN_DATA
+                    .lines()
+                    .any(|l| l.starts_with(&format!("# source: PostgreSQL {v}"))),
+                "no PostgreSQL {v} source in the data header"
+            );
+        }
+        for name in [
+            // 13 only (removed in 14).
+            "numeric_fac",
+            // 13 and 14 only (renamed pg_backup_start / pg_backup_stop in 15).
+            "pg_start_backup",
+            "pg_stop_backup",
+            "pg_is_in_backup",
+            // 13 to 16 (replaced by pg_stat_get_checkpointer_* in 17).
+            "pg_stat_get_bgwriter_timed_checkpoints",
+            // 15 and later.
+            "pg_backup_start",
+            // 16 and later.
+            "pg_input_is_valid",
+            // 17 only.
+            "pg_sync_replication_slots",
+            "pg_available_wal_summaries",
+        ] {
+            assert!(c.knows_function(name), "{name}");
+        }
+        // pg_rotate_logfile_old (13 to 16) runs pg_rotate_logfile.
+        let f = c
+            .expand(&facts("SELECT pg_rotate_logfile_old()"))
+            .expect("pg_rotate_logfile_old reaches pg_rotate_logfile");
+        assert!(f.function_names.contains("pg_rotate_logfile"), "{f:?}");
+    }
+
+    #[test]
+    fn target_rows_decide_reused_builtin_oids() {
+        // Oid 3813 is pg_is_in_backup in PostgreSQL 13 and 14 and xmltext in 17; the
+        // built-in data has both. A 17 target's operator on 3813 reaches only its xmltext.
+        let row = |v: &[&str]| -> Vec<Option<String>> {
+            let mut r: Vec<Option<String>> = v.iter().map(|s| Some(s.to_string())).collect();
+            r.resize(11, None);
+            r
+        };
+        let rows = vec![
+            row(&[
+                "function",
+                "3813",
+                "pg_catalog",
+                "xmltext",
+                "internal",
+                "f",
+                "xmltext",
+            ]),
+            row(&["operator", "20000", "public", "<<<", "3813", "0", "0"]),
+        ];
+        let c = Catalog::from_rows(rows).expect("rows");
+        let f = c
+            .expand(&facts("SELECT <<< 'x'"))
+            .expect("<<< reaches xmltext");
+        assert!(f.function_names.contains("xmltext"), "{f:?}");
+        assert!(!f.function_names.contains("pg_is_in_backup"), "{f:?}");
+        // Without the target's row, both are possible.
+        let c = Catalog::from_rows(vec![row(&[
+            "operator", "20000", "public", "<<<", "3813", "0", "0",
+        ])])
+        .expect("rows");
+        let f = c
+            .expand(&facts("SELECT <<< 'x'"))
+            .expect("<<< reaches 3813");
+        assert!(f.function_names.contains("xmltext"), "{f:?}");
+        assert!(f.function_names.contains("pg_is_in_backup"), "{f:?}");
+    }
+
+    #[test]
     fn target_rows_link_operators_aggregates_casts_and_bodies() {
         let row = |v: &[&str]| -> Vec<Option<String>> {
             let mut r: Vec<Option<String>> = v
@@ -676,7 +765,7 @@ mod tests {
             r.resize(11, None);
             r
         };
-        // 3826 is pg_read_file(text) in PostgreSQL 15 (symbol pg_read_file_all).
+        // 3826 is pg_read_file(text) in PostgreSQL 13 to 17 (symbol pg_read_file_all).
         let rows = vec![
             row(&["function", "3826", "pg_catalog", "pg_read_file", "internal", "f", "pg_read_file_all"]),
             row(&["operator", "20000", "public", "<<<", "3826", "0", "0"]),
