@@ -342,3 +342,140 @@ async fn catalog_writes_sql_in_text_merge_privileges_and_foreign_tables() {
         Some("0")
     );
 }
+
+/// Literals and comments that read differently under another string syntax or encoding; each is
+/// one value under UTF-8 with standard-conforming strings.
+const TRICKY: &[&str] = &[
+    r"'a\'",
+    r"'it''s'",
+    r"E'\\x'",
+    r"E'\''",
+    r"$q$ ' ; DELETE FROM seen; $q$",
+    r"U&'\0041'",
+    r"'é\' || '/* not a comment */'",
+    r"'--'",
+    "/* c /* nested ' */ */ 'x'",
+    "'x' -- trailing ' comment\n",
+    r"'漢\'",
+    r"'\' || ' ; DELETE FROM seen; SELECT '",
+    r#"'"'"#,
+    r"e'\\\\'",
+];
+
+/// The differential test of issue 13: under every client encoding PostgreSQL knows and both
+/// string syntaxes, either the gateway refuses the session (the guard could not read what the
+/// server will run) or, for generated texts of tricky literals, the statements the guard sees are
+/// exactly the statements the server runs (each statement records itself in table `seen`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_client_encoding_and_both_string_syntaxes() {
+    use rand::{Rng, SeedableRng};
+    let s = setup(Durability::BeforeForward).await;
+    let mut admin = Client::connect_to(server(&s), "postgres", "postgres").await;
+    runs(&mut admin, "CREATE TABLE seen (k int, v text)").await;
+    let names = runs(
+        &mut admin,
+        "SELECT string_agg(pg_encoding_to_char(i), ',' ORDER BY i) FROM generate_series(0, 127) i \
+         WHERE pg_encoding_to_char(i) <> ''",
+    )
+    .await
+    .expect("encodings");
+    let mut readable = Vec::new();
+    let mut refused_logins = 0;
+    for enc in names.split(',') {
+        for scs in ["on", "off"] {
+            let params = |user: &'static str, db: &'static str| {
+                vec![
+                    ("user", user),
+                    ("database", db),
+                    ("client_encoding", enc),
+                    ("standard_conforming_strings", scs),
+                ]
+            };
+            let direct =
+                Client::try_connect_with(server(&s), &params("postgres", "postgres")).await;
+            let via = Client::try_connect_with(s.gw, &params("alice", "main")).await;
+            let guardable = matches!(enc, "UTF8" | "SQL_ASCII") && scs == "on";
+            match (direct.is_ok(), via) {
+                (_, Ok(c)) => {
+                    assert!(guardable, "{enc}/{scs}: the gateway let the session in");
+                    readable.push((enc, c));
+                }
+                (true, Err(e)) => {
+                    assert!(!guardable, "{enc}/{scs}: refused: {e}");
+                    assert!(e.starts_with("0A000"), "{enc}/{scs}: {e}");
+                    refused_logins += 1;
+                }
+                // The server itself refuses it (an encoding only a server may use).
+                (false, Err(_)) => assert!(!guardable, "{enc}/{scs}"),
+            }
+        }
+    }
+    assert_eq!(
+        readable.len(),
+        2,
+        "UTF8 and SQL_ASCII with standard strings"
+    );
+    assert!(
+        refused_logins > 30,
+        "only {refused_logins} settings refused"
+    );
+    let mut rng = rand::rngs::StdRng::seed_from_u64(13);
+    let mut k = 0;
+    let mut texts = Vec::new();
+    for (enc, c) in &mut readable {
+        for _ in 0..40 {
+            let n = rng.gen_range(1..=4);
+            let mut stmts = Vec::new();
+            let mut ks = Vec::new();
+            for _ in 0..n {
+                k += 1;
+                ks.push(k);
+                let lit = TRICKY[rng.gen_range(0..TRICKY.len())];
+                stmts.push(format!("INSERT INTO seen VALUES ({k}, {lit}\n)"));
+            }
+            let text = stmts.join(";\n");
+            run(c, &text)
+                .await
+                .unwrap_or_else(|e| panic!("{enc}: {text}: {e:?}"));
+            texts.push((text, ks));
+        }
+    }
+    // The guard's reading of each text: the analysis the gateway's guard made of it.
+    let guard = parapet_guard::Guard::load(&parapet_guard::PolicySource {
+        files: vec![],
+        default_pack: true,
+    })
+    .expect("default pack");
+    let decisions = decisions(&s);
+    for (text, ks) in texts {
+        let d = decisions
+            .iter()
+            .find(|d| d["sql"].as_str() == Some(text.trim()))
+            .unwrap_or_else(|| panic!("no decision for {text}"));
+        assert_eq!(d["decision"], "allow", "{text}");
+        let seen_by_guard: Vec<String> = guard
+            .analyze(&text)
+            .statements
+            .iter()
+            .map(|s| s.kind.clone())
+            .collect();
+        let list = ks
+            .iter()
+            .map(|k| k.to_string())
+            .collect::<Vec<_>>()
+            .join(",");
+        let ran = runs(
+            &mut admin,
+            &format!("SELECT count(*) FROM seen WHERE k IN ({list})"),
+        )
+        .await;
+        assert_eq!(
+            (seen_by_guard.len(), ran),
+            (ks.len(), Some(ks.len().to_string())),
+            "{text}: the guard saw {seen_by_guard:?}"
+        );
+        assert!(seen_by_guard.iter().all(|k| k == "insert"), "{text}");
+    }
+    let total = runs(&mut admin, "SELECT count(*) FROM seen").await;
+    assert_eq!(total, Some(k.to_string()), "a hidden statement ran");
+}
