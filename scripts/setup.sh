@@ -3,10 +3,11 @@
 #   libclang-dev, clang  - pg_query's build (bindgen + the PostgreSQL parser in C)
 #   postgresql(-contrib) - initdb/pg_ctl/postgres/pgbench/psql for the tests' throw-away clusters
 #   pgbouncer            - the baseline in bench/gateway.sh
+#   systemd              - systemd-analyze, to check the packaged unit (tests/package.rs)
 # Idempotent and quiet when everything is present (no apt-get update then).
 set -euo pipefail
 
-packages=(libclang-dev clang postgresql postgresql-contrib postgresql-client pgbouncer)
+packages=(libclang-dev clang postgresql postgresql-contrib postgresql-client pgbouncer systemd)
 missing=()
 for p in "${packages[@]}"; do
     dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p")

@@ -7,15 +7,13 @@
 //! stays the session's own; one read outside a transaction is the target's for every session.
 
 use crate::error::SessionError;
-use crate::protocol::{backend::parse_error, frame, frontend};
-use crate::upstream::UpStream;
+use crate::upstream::{Reply, UpStream};
 use bytes::BytesMut;
 use parapet_guard::catalog::{Catalog, LOAD_QUERY};
 use parking_lot::Mutex;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 /// A target's catalog is read again at the next login once it is this old (it may have changed
 /// outside the gateway).
@@ -136,93 +134,20 @@ async fn read(
     leftover: &mut BytesMut,
     cap: usize,
 ) -> Result<Arc<Catalog>, SessionError> {
-    let mut out = BytesMut::new();
-    frontend::query(LOAD_QUERY, &mut out);
-    stream.write_all(&out).await?;
-    let mut reply = Reply::default();
-    loop {
-        while let Some((tag, len)) =
-            frame(leftover, cap).map_err(|e| SessionError::Upstream(e.to_string()))?
-        {
-            let msg = leftover.split_to(len);
-            if reply.take(tag, &msg[5..]) {
-                return build(reply).await;
-            }
-        }
-        if stream.read_buf(leftover).await? == 0 {
-            return Err(SessionError::Upstream(
-                "server closed the connection while the gateway read its catalog".into(),
-            ));
-        }
-    }
-}
-
-/// The server's reply to [`LOAD_QUERY`], as it comes.
-#[derive(Debug, Default)]
-pub(crate) struct Reply {
-    rows: Vec<Vec<Option<String>>>,
-    error: Option<String>,
-    /// The transaction status of its ReadyForQuery.
-    pub(crate) status: u8,
-}
-
-impl Reply {
-    /// Takes one message of the reply; true at its ReadyForQuery.
-    pub(crate) fn take(&mut self, tag: u8, body: &[u8]) -> bool {
-        match tag {
-            b'D' => match data_row(body) {
-                Some(row) => self.rows.push(row),
-                None => {
-                    self.error
-                        .get_or_insert_with(|| "malformed DataRow in the catalog reply".into());
-                }
-            },
-            b'E' => {
-                let f = parse_error(body);
-                self.error = Some(format!("{} ({})", f.message, f.code));
-            }
-            b'Z' => {
-                self.status = body.first().copied().unwrap_or(b'I');
-                return true;
-            }
-            // RowDescription, CommandComplete, notices.
-            _ => {}
-        }
-        false
-    }
+    build(crate::upstream::simple_query(stream, leftover, LOAD_QUERY, cap).await?).await
 }
 
 /// Builds the catalog of a complete reply (analysing function bodies: off the async threads).
 pub(crate) async fn build(reply: Reply) -> Result<Arc<Catalog>, SessionError> {
-    if let Some(e) = reply.error {
+    let (rows, error) = (reply.rows, reply.error);
+    if let Some(e) = error {
         return Err(SessionError::Upstream(format!(
             "cannot read the target's catalog: {e}"
         )));
     }
-    let rows = reply.rows;
     tokio::task::spawn_blocking(move || Catalog::from_rows(rows))
         .await
         .map_err(|e| SessionError::Upstream(format!("reading the catalog failed: {e}")))?
         .map(Arc::new)
         .map_err(|e| SessionError::Upstream(e.to_string()))
-}
-
-/// The columns of a DataRow as text (`None`: NULL).
-fn data_row(body: &[u8]) -> Option<Vec<Option<String>>> {
-    let n = u16::from_be_bytes(body.get(..2)?.try_into().ok()?);
-    let mut at = 2;
-    let mut row = Vec::with_capacity(usize::from(n));
-    for _ in 0..n {
-        let len = i32::from_be_bytes(body.get(at..at + 4)?.try_into().ok()?);
-        at += 4;
-        if len < 0 {
-            row.push(None);
-            continue;
-        }
-        let len = usize::try_from(len).ok()?;
-        let v = body.get(at..at + len)?;
-        at += len;
-        row.push(Some(String::from_utf8_lossy(v).into_owned()));
-    }
-    Some(row)
 }

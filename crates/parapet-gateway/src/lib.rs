@@ -8,8 +8,10 @@
 //!
 //! Layout: [`server`] (accept loop, shutdown, reloads), `startup` (TLS, startup, auth),
 //! `upstream` (gateway → server login, cancel), `session` (proxy loop), `judge` (where
-//! statements are judged: inline or on a bounded thread pool), [`protocol`] (framing and
-//! messages), [`scram`], [`events`], [`config`], [`tls`].
+//! statements are judged: inline or on a bounded thread pool), `reading` (the settings that
+//! decide how the server reads text), `catalog` (each target's function catalog), [`params`]
+//! (bound values in outcomes), [`probe`] (what the upstream role may do), [`protocol`] (framing
+//! and messages), [`scram`], [`events`], [`config`], [`tls`].
 
 mod authlog;
 mod catalog;
@@ -19,6 +21,7 @@ pub mod events;
 mod judge;
 mod messages;
 pub mod params;
+pub mod probe;
 pub mod protocol;
 mod reading;
 pub mod scram;

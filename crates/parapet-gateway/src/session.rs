@@ -139,7 +139,7 @@ enum Expect {
     Ticket(AppendTicket, Arc<OnceLock<u64>>),
     /// The gateway's own query of the catalog ([`crate::catalog`]); ends at ReadyForQuery.
     /// Its reply goes to the frontend half, not to the client.
-    Catalog(tokio::sync::oneshot::Sender<crate::catalog::Reply>),
+    Catalog(tokio::sync::oneshot::Sender<crate::upstream::Reply>),
 }
 
 impl Expect {
@@ -1322,7 +1322,7 @@ struct Backend<'a> {
     copy: Arc<CopyTrack>,
     progress: Arc<Progress>,
     /// The reply to an [`Expect::Catalog`] being read.
-    catalog_reply: Option<crate::catalog::Reply>,
+    catalog_reply: Option<crate::upstream::Reply>,
     catalog_slot: Arc<CatalogSlot>,
 }
 

@@ -308,3 +308,85 @@ mod tests {
         assert_eq!(socket_path("%zz", 5432), None);
     }
 }
+
+/// The server's reply to one simple Query, as it comes.
+#[derive(Debug, Default)]
+pub(crate) struct Reply {
+    /// Its rows, every column as text (`None`: NULL).
+    pub(crate) rows: Vec<Vec<Option<String>>>,
+    /// The server's error, if the query failed.
+    pub(crate) error: Option<String>,
+    /// The transaction status of its ReadyForQuery.
+    pub(crate) status: u8,
+}
+
+impl Reply {
+    /// Takes one message of the reply; true at its ReadyForQuery.
+    pub(crate) fn take(&mut self, tag: u8, body: &[u8]) -> bool {
+        match tag {
+            b'D' => match data_row(body) {
+                Some(row) => self.rows.push(row),
+                None => {
+                    self.error
+                        .get_or_insert_with(|| "malformed DataRow from the server".into());
+                }
+            },
+            b'E' => {
+                let f = parse_error(body);
+                self.error = Some(format!("{} ({})", f.message, f.code));
+            }
+            b'Z' => {
+                self.status = body.first().copied().unwrap_or(b'I');
+                return true;
+            }
+            // RowDescription, CommandComplete, notices.
+            _ => {}
+        }
+        false
+    }
+}
+
+/// The columns of a DataRow as text (`None`: NULL).
+fn data_row(body: &[u8]) -> Option<Vec<Option<String>>> {
+    let n = u16::from_be_bytes(body.get(..2)?.try_into().ok()?);
+    let mut at = 2;
+    let mut row = Vec::with_capacity(usize::from(n));
+    for _ in 0..n {
+        let len = i32::from_be_bytes(body.get(at..at + 4)?.try_into().ok()?);
+        at += 4;
+        if len < 0 {
+            row.push(None);
+            continue;
+        }
+        let len = usize::try_from(len).ok()?;
+        let v = body.get(at..at + len)?;
+        at += len;
+        row.push(Some(String::from_utf8_lossy(v).into_owned()));
+    }
+    Some(row)
+}
+
+/// Runs `sql` as one simple Query over an idle connection and reads its reply up to
+/// ReadyForQuery; bytes past it stay in `leftover`.
+pub(crate) async fn simple_query(
+    stream: &mut UpStream,
+    leftover: &mut BytesMut,
+    sql: &str,
+    cap: usize,
+) -> Result<Reply, SessionError> {
+    let mut out = BytesMut::new();
+    crate::protocol::frontend::query(sql, &mut out);
+    stream.write_all(&out).await?;
+    let mut reply = Reply::default();
+    loop {
+        while let Some((tag, len)) = frame(leftover, cap).map_err(up_err)? {
+            let msg = leftover.split_to(len);
+            if reply.take(tag, &msg[5..]) {
+                return Ok(reply);
+            }
+        }
+        if stream.read_buf(leftover).await? == 0 {
+            return Err(up_err("server closed the connection during a query"));
+        }
+    }
+}

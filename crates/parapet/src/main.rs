@@ -1,7 +1,7 @@
 //! The `parapet` command. Thin glue: parses the command line and hands each subcommand to its
 //! module in `parapet::cli`.
 
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, Parser, Subcommand};
 use parapet::cli;
 use std::process::ExitCode;
 
@@ -9,6 +9,10 @@ use std::process::ExitCode;
 #[derive(Parser, Debug)]
 #[command(name = "parapet", version, about, long_about = None)]
 struct Cli {
+    /// Format of the gateway's own logging on stderr: `text`, or `json` (one object per line,
+    /// for journald and log shippers). Default: text on a terminal, json otherwise.
+    #[arg(long, global = true, value_enum)]
+    log_format: Option<cli::serve::LogFormat>,
     #[command(subcommand)]
     command: Command,
 }
@@ -19,6 +23,14 @@ enum Command {
     Serve(cli::serve::ServeArgs),
     /// Start a throw-away PostgreSQL cluster, a log and the gateway in front of it; nothing to configure.
     Quickstart(cli::quickstart::QuickstartArgs),
+    /// Set up the gateway in front of a real database: log, key, first user, parapet.toml.
+    Init(cli::init::InitArgs),
+    /// Check a set-up: config, upstreams and their roles, log, key mode, TLS certificate, policies.
+    Doctor(cli::doctor::DoctorArgs),
+    /// Write man pages (one per command) into a directory.
+    Man(cli::docs::ManArgs),
+    /// Print a shell completion script (bash, zsh, fish, elvish, powershell).
+    Completions(cli::docs::CompletionsArgs),
     /// Manage gateway users (e.g. print a SCRAM verifier).
     #[command(subcommand)]
     User(cli::user::UserCommand),
@@ -34,9 +46,14 @@ enum Command {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    cli::serve::set_log_format(cli.log_format);
     let result = match cli.command {
         Command::Serve(a) => cli::serve::run(a),
         Command::Quickstart(a) => cli::quickstart::run(a),
+        Command::Init(a) => cli::init::run(a),
+        Command::Doctor(a) => cli::doctor::run(a),
+        Command::Man(a) => cli::docs::man(Cli::command(), a),
+        Command::Completions(a) => cli::docs::completions(Cli::command(), a),
         Command::User(c) => cli::user::run(c),
         Command::Log(c) => cli::log::run(c),
         Command::Verify(a) => cli::log::verify(a),

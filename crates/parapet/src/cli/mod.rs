@@ -1,6 +1,9 @@
 //! One module per subcommand. Each exposes its clap argument type(s) and a `run` function
 //! returning the process exit code.
 
+pub mod docs;
+pub mod doctor;
+pub mod init;
 pub mod log;
 pub mod out;
 pub mod policy;

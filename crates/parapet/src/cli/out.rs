@@ -42,6 +42,12 @@ pub fn write(args: std::fmt::Arguments<'_>) -> anyhow::Result<()> {
     out.write_fmt(args).map_err(stdout_error)
 }
 
+/// Writes raw bytes to standard output.
+pub fn write_all(bytes: &[u8]) -> anyhow::Result<()> {
+    let mut out = std::io::stdout().lock();
+    out.write_all(bytes).map_err(stdout_error)
+}
+
 /// `print!` that returns an error instead of panicking (see [`crate::cli::out`]).
 #[macro_export]
 macro_rules! out {

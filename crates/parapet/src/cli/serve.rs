@@ -18,14 +18,45 @@ pub struct ServeArgs {
     pub config: PathBuf,
 }
 
-/// Installs a tracing subscriber (RUST_LOG, default `info`) once.
+/// Format of the process's own logging (`--log-format`).
+#[derive(clap::ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line (journald, log shippers).
+    Json,
+}
+
+static LOG_FORMAT: std::sync::OnceLock<Option<LogFormat>> = std::sync::OnceLock::new();
+
+/// Sets the `--log-format` given on the command line (before [`init_tracing`]).
+pub fn set_log_format(f: Option<LogFormat>) {
+    let _ = LOG_FORMAT.set(f);
+}
+
+/// Installs a tracing subscriber (RUST_LOG, default `info`) once, writing to stderr as text on
+/// a terminal and as JSON lines otherwise, unless `--log-format` says which.
 pub fn init_tracing() {
+    use std::io::IsTerminal;
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let _ = tracing_subscriber::fmt()
+    let format =
+        LOG_FORMAT
+            .get()
+            .copied()
+            .flatten()
+            .unwrap_or(if std::io::stderr().is_terminal() {
+                LogFormat::Text
+            } else {
+                LogFormat::Json
+            });
+    let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .try_init();
+        .with_writer(std::io::stderr);
+    let _ = match format {
+        LogFormat::Text => builder.try_init(),
+        LogFormat::Json => builder.json().flatten_event(true).try_init(),
+    };
 }
 
 /// Resolves on Ctrl-C or SIGTERM.

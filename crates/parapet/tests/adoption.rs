@@ -1,0 +1,219 @@
+//! From nothing to guarding a real database: `parapet init` against a real cluster with an
+//! ordinary role, `parapet serve` with the config it wrote, psql through the gateway with the line
+//! it printed (a statement that runs, one that is blocked), `parapet verify`; `parapet doctor`
+//! passes on that set-up and fails, saying why, once the key's mode is loosened and once the
+//! upstream is stopped. Also: init refuses to overwrite, and warns about a superuser upstream.
+
+use parapet::pgcluster::{PgCluster, PgOptions};
+use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+fn parapet(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_parapet"))
+        .args(args)
+        .output()
+        .expect("run parapet")
+}
+
+fn text(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).into_owned()
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("free port")
+}
+
+/// The value after `label:` on the line that has it.
+fn field<'a>(out: &'a str, label: &str) -> &'a str {
+    out.lines()
+        .find_map(|l| l.trim().strip_prefix(label))
+        .map(str::trim)
+        .unwrap_or_else(|| panic!("no {label:?} line in:\n{out}"))
+}
+
+fn doctor(config: &Path) -> (bool, String) {
+    let o = parapet(&["doctor", "--config", config.to_str().expect("utf-8")]);
+    (o.status.success(), text(&o.stdout))
+}
+
+#[test]
+fn init_serve_psql_verify_and_doctor() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    std::fs::set_permissions(tmp.path(), std::fs::Permissions::from_mode(0o711)).expect("chmod");
+    let pg_dir = tmp.path().join("pg");
+    std::fs::create_dir(&pg_dir).expect("mkdir");
+    let mut cluster = PgCluster::start(
+        &pg_dir,
+        &PgOptions {
+            password: "su-pw".into(),
+            no_fsync: true,
+            max_connections: 50,
+        },
+    )
+    .unwrap_or_else(|e| panic!("{e:#} (apt-get install postgresql)"));
+    cluster
+        .psql("postgres", "CREATE ROLE ordinary LOGIN PASSWORD 'ord-pw'")
+        .expect("role");
+    cluster
+        .psql("postgres", "CREATE DATABASE shop OWNER ordinary")
+        .expect("database");
+
+    let dir = tmp.path().join("setup");
+    let upstream = cluster.url_as("ordinary", "ord-pw", "shop");
+    let gw_port = free_port();
+    let listen = format!("127.0.0.1:{gw_port}");
+    let d = dir.to_str().expect("utf-8");
+    let o = parapet(&[
+        "init",
+        "--upstream",
+        &upstream,
+        "--dir",
+        d,
+        "--listen",
+        &listen,
+    ]);
+    let (out, err) = (text(&o.stdout), text(&o.stderr));
+    assert!(o.status.success(), "init failed: {out}{err}");
+    assert!(err.contains("role \"ordinary\""), "{err}");
+    assert!(!err.contains("SUPERUSER"), "{err}");
+    let config = dir.join("parapet.toml");
+    assert_eq!(
+        field(&out, "start:"),
+        format!("parapet serve --config {}", config.display())
+    );
+    for f in ["parapet.toml", "log.key"] {
+        let mode = std::fs::metadata(dir.join(f))
+            .expect(f)
+            .permissions()
+            .mode()
+            & 0o777;
+        assert_eq!(mode, 0o600, "{f}");
+    }
+    // It never overwrites a set-up.
+    let again = parapet(&["init", "--upstream", &upstream, "--dir", d]);
+    assert!(!again.status.success());
+    assert!(
+        text(&again.stderr).contains("already exists"),
+        "{}",
+        text(&again.stderr)
+    );
+    // A superuser upstream is named as such, with what to do.
+    let su_dir = tmp.path().join("su");
+    let su = parapet(&[
+        "init",
+        "--upstream",
+        &cluster.url_as("postgres", "su-pw", "postgres"),
+        "--dir",
+        su_dir.to_str().expect("utf-8"),
+    ]);
+    assert!(su.status.success(), "{}", text(&su.stderr));
+    assert!(
+        text(&su.stderr).contains("is a SUPERUSER") && text(&su.stderr).contains("CREATE ROLE"),
+        "{}",
+        text(&su.stderr)
+    );
+    let (ok, report) = doctor(&su_dir.join("parapet.toml"));
+    assert!(!ok && report.contains("✗ target \"main\""), "{report}");
+
+    // Doctor passes on the fresh set-up.
+    let (ok, report) = doctor(&config);
+    assert!(ok, "{report}");
+    assert!(report.lines().all(|l| l.starts_with('✓')), "{report}");
+
+    // The gateway, started as printed.
+    let mut serve = Command::new(env!("CARGO_BIN_EXE_parapet"))
+        .args(["serve", "--config", config.to_str().expect("utf-8")])
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("serve");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while std::net::TcpStream::connect(("127.0.0.1", gw_port)).is_err() {
+        assert!(Instant::now() < deadline, "the gateway did not listen");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    // psql with the printed line: `PGPASSWORD='…' psql "…"`.
+    let connect = field(&out, "connect:");
+    let password = connect
+        .strip_prefix("PGPASSWORD='")
+        .and_then(|r| r.split_once('\''))
+        .map(|(p, _)| p)
+        .expect("PGPASSWORD in the connect line");
+    let conninfo = connect
+        .split_once("psql \"")
+        .and_then(|(_, r)| r.strip_suffix('"'))
+        .expect("psql \"…\" in the connect line");
+    let psql = |sql: &str| {
+        Command::new(cluster.bindir().join("psql"))
+            .args([
+                "-X",
+                "-A",
+                "-t",
+                "-v",
+                "ON_ERROR_STOP=1",
+                conninfo,
+                "-c",
+                sql,
+            ])
+            .env("PGPASSWORD", password)
+            .output()
+            .expect("psql")
+    };
+    let o = psql("CREATE TABLE items (id int)");
+    assert!(o.status.success(), "{}", text(&o.stderr));
+    let o = psql("INSERT INTO items VALUES (1), (2)");
+    assert!(o.status.success(), "{}", text(&o.stderr));
+    let o = psql("SELECT count(*) FROM items");
+    assert_eq!(text(&o.stdout).trim(), "2", "{}", text(&o.stderr));
+    let o = psql("DELETE FROM items");
+    assert!(!o.status.success());
+    assert!(
+        text(&o.stderr).contains("blocked by parapet.delete-without-where"),
+        "{}",
+        text(&o.stderr)
+    );
+    // SAFETY: kill(2) on the child started here.
+    assert_eq!(
+        unsafe { libc::kill(serve.id() as libc::pid_t, libc::SIGTERM) },
+        0
+    );
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        if let Some(status) = serve.try_wait().expect("wait") {
+            assert!(status.success(), "serve exited with {status}");
+            break;
+        }
+        assert!(Instant::now() < deadline, "serve did not stop");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    // The printed verify command.
+    let verify: Vec<&str> = field(&out, "verify:").split_whitespace().collect();
+    assert_eq!(verify[..2], ["parapet", "verify"]);
+    let o = parapet(&verify[1..]);
+    assert!(o.status.success(), "{}", text(&o.stderr));
+
+    // Doctor: still fine; then a loose key mode; then the upstream down.
+    let (ok, report) = doctor(&config);
+    assert!(ok, "{report}");
+    let key = dir.join("log.key");
+    std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o644)).expect("chmod");
+    let (ok, report) = doctor(&config);
+    assert!(!ok, "{report}");
+    assert!(
+        report.contains("✗ signing key") && report.contains("chmod 600"),
+        "{report}"
+    );
+    std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600)).expect("chmod");
+    cluster.stop();
+    let (ok, report) = doctor(&config);
+    assert!(!ok, "{report}");
+    assert!(
+        report.lines().any(|l| l.starts_with("✗ target \"main\"")),
+        "{report}"
+    );
+}
