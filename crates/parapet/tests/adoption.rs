@@ -36,6 +36,22 @@ fn field<'a>(out: &'a str, label: &str) -> &'a str {
         .unwrap_or_else(|| panic!("no {label:?} line in:\n{out}"))
 }
 
+/// A self-signed certificate for localhost that expires in `days`; (cert, key) files.
+fn cert_expiring_in(dir: &Path, days: i64) -> (std::path::PathBuf, std::path::PathBuf) {
+    let mut params =
+        rcgen::CertificateParams::new(vec!["localhost".to_string()]).expect("cert params");
+    params.not_after = time::OffsetDateTime::now_utc() + time::Duration::days(days);
+    let key = rcgen::KeyPair::generate().expect("key");
+    let cert = params.self_signed(&key).expect("cert");
+    let (c, k) = (
+        dir.join(format!("cert-{days}.pem")),
+        dir.join(format!("key-{days}.pem")),
+    );
+    std::fs::write(&c, cert.pem()).expect("write cert");
+    std::fs::write(&k, key.serialize_pem()).expect("write key");
+    (c, k)
+}
+
 fn doctor(config: &Path) -> (bool, String) {
     let o = parapet(&["doctor", "--config", config.to_str().expect("utf-8")]);
     (o.status.success(), text(&o.stdout))
@@ -124,6 +140,30 @@ fn init_serve_psql_verify_and_doctor() {
     let (ok, report) = doctor(&config);
     assert!(ok, "{report}");
     assert!(report.lines().all(|l| l.starts_with('✓')), "{report}");
+    // The TLS certificate's expiry: a year is fine, three days is a ✗.
+    let plain = std::fs::read_to_string(&config).expect("config");
+    for (days, good) in [(365, true), (3, false)] {
+        let (c, k) = cert_expiring_in(tmp.path(), days);
+        let with_tls = plain.replacen(
+            &format!("postgres = \"{listen}\"\n"),
+            &format!(
+                "postgres = \"{listen}\"\ntls_cert = {:?}\ntls_key = {:?}\n",
+                c.display().to_string(),
+                k.display().to_string()
+            ),
+            1,
+        );
+        assert_ne!(with_tls, plain);
+        std::fs::write(&config, &with_tls).expect("write config");
+        let (ok, report) = doctor(&config);
+        assert_eq!(ok, good, "{report}");
+        let line = report
+            .lines()
+            .find(|l| l.contains("TLS certificate"))
+            .unwrap_or_else(|| panic!("no certificate line: {report}"));
+        assert!(line.starts_with(if good { '✓' } else { '✗' }), "{line}");
+    }
+    std::fs::write(&config, &plain).expect("restore config");
 
     // The gateway, started as printed.
     let mut serve = Command::new(env!("CARGO_BIN_EXE_parapet"))
