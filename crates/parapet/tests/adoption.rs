@@ -169,7 +169,7 @@ fn init_serve_psql_verify_and_doctor() {
     let mut serve = Command::new(env!("CARGO_BIN_EXE_parapet"))
         .args(["serve", "--config", config.to_str().expect("utf-8")])
         .stdout(Stdio::null())
-        .stderr(Stdio::inherit())
+        .stderr(std::fs::File::create(tmp.path().join("serve.err")).expect("stderr file"))
         .spawn()
         .expect("serve");
     let deadline = Instant::now() + Duration::from_secs(30);
@@ -231,6 +231,16 @@ fn init_serve_psql_verify_and_doctor() {
         assert!(Instant::now() < deadline, "serve did not stop");
         std::thread::sleep(Duration::from_millis(50));
     }
+    // Not on a terminal, the service logs JSON lines (for journald and log shippers).
+    let logged = std::fs::read_to_string(tmp.path().join("serve.err")).expect("stderr");
+    let listening = logged
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .find(|v| v["message"] == "parapet gateway listening");
+    assert!(
+        listening.is_some_and(|v| v["level"] == "INFO" && v["timestamp"].is_string()),
+        "{logged}"
+    );
     // The printed verify command.
     let verify: Vec<&str> = field(&out, "verify:").split_whitespace().collect();
     assert_eq!(verify[..2], ["parapet", "verify"]);
