@@ -30,6 +30,53 @@ pub struct Config {
     /// `[policy]`.
     #[serde(default)]
     pub policy: PolicySection,
+    /// `[console]`: the HTTP API over the audit trail (off when absent).
+    pub console: Option<ConsoleSection>,
+}
+
+/// `[console]`: where the console listens, who may use it, and where its search index lives.
+#[derive(Debug, Deserialize, Clone)]
+#[serde(deny_unknown_fields)]
+pub struct ConsoleSection {
+    /// HTTP listen address, e.g. `127.0.0.1:7070`.
+    pub listen: SocketAddr,
+    /// PEM certificate chain: serve HTTPS (needed off loopback, for the browser's WebCrypto).
+    pub tls_cert: Option<PathBuf>,
+    /// PEM private key for `tls_cert`.
+    pub tls_key: Option<PathBuf>,
+    /// Serve `/log/` (the tlog-tiles read API) without a token.
+    #[serde(default)]
+    pub public_log: bool,
+    /// Directory of the search index (derived from the log; default: `console-index` beside
+    /// the log directory).
+    pub index: Option<PathBuf>,
+    /// Tokens (`parapet console token` prints a block).
+    #[serde(default)]
+    pub tokens: Vec<ConsoleToken>,
+}
+
+/// One `[[console.tokens]]` entry. The token itself is never stored, only its SHA-256.
+#[derive(Debug, Deserialize, Clone)]
+#[serde(deny_unknown_fields)]
+pub struct ConsoleToken {
+    /// Who holds it (named in the audit events of what it does).
+    pub name: String,
+    /// `auditor` (reads) or `operator` (reads and acts).
+    pub role: ConsoleRole,
+    /// SHA-256 (hex) of the token.
+    pub sha256: String,
+    /// The gateway user whose groups decide what the token may approve.
+    pub user: Option<String>,
+}
+
+/// What a console token may do.
+#[derive(Debug, Deserialize, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum ConsoleRole {
+    /// Reads the audit trail.
+    Auditor,
+    /// Reads, and acts (every action is an audit event naming the operator).
+    Operator,
 }
 
 /// `[log]`: where the audit log lives and how statements are recorded.
@@ -202,6 +249,11 @@ impl Config {
         c.listen.tls_cert.iter_mut().for_each(fix);
         c.listen.tls_key.iter_mut().for_each(fix);
         c.policy.files.iter_mut().for_each(fix);
+        if let Some(console) = &mut c.console {
+            console.tls_cert.iter_mut().for_each(fix);
+            console.tls_key.iter_mut().for_each(fix);
+            console.index.iter_mut().for_each(fix);
+        }
         Ok(c)
     }
 

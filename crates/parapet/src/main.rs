@@ -39,6 +39,9 @@ enum Command {
     Log(cli::log::LogCommand),
     /// Verify a log offline: checkpoint signature, every tile, every entry, and consistency.
     Verify(cli::log::VerifyArgs),
+    /// Console tokens (the HTTP API over the audit trail).
+    #[command(subcommand)]
+    Console(cli::console::ConsoleCommand),
     /// Check, evaluate and replay guardrail policies.
     #[command(subcommand)]
     Policy(cli::policy::PolicyCommand),
@@ -58,6 +61,7 @@ fn main() -> ExitCode {
         Command::Log(c) => cli::log::run(c),
         Command::Verify(a) => cli::log::verify(a),
         Command::Policy(c) => cli::policy::run(c),
+        Command::Console(c) => cli::console::run(c),
     };
     match result {
         Ok(code) => code,

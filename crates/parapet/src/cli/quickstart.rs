@@ -27,6 +27,9 @@ pub struct QuickstartArgs {
     /// Address the gateway listens on.
     #[arg(long, default_value = "127.0.0.1:6432")]
     pub listen: SocketAddr,
+    /// Address the console (HTTP API over the audit trail) listens on.
+    #[arg(long, default_value = "127.0.0.1:7070")]
+    pub console: SocketAddr,
     /// Keep the directory (cluster, log, config) after stopping.
     #[arg(long)]
     pub keep: bool,
@@ -91,13 +94,21 @@ pub fn run(args: QuickstartArgs) -> anyhow::Result<ExitCode> {
         &Verifier::generate(&password),
         &["eng".to_string()],
     );
+    let console_token = crate::console::auth::generate();
+    let console_block = crate::cli::console::token_block(
+        "quickstart",
+        crate::config::ConsoleRole::Operator,
+        &crate::console::auth::digest(&console_token),
+        None,
+    );
     let config_path = dir.join("parapet.toml");
     let config_text = format!(
         "# Written by `parapet quickstart`.\n[log]\ndir = \"log\"\nkey = \"log.key\"\norigin = \"{origin}\"\ndurability = \"before_forward\"\n\n\
          [listen]\npostgres = \"{}\"\n\n[[targets]]\nname = \"main\"\nupstream = \"{}\"\nenvironment = \"production\"\n\n\
-         {user}\n[policy]\nfiles = []\ndefault_pack = true\n",
+         {user}\n[policy]\nfiles = []\ndefault_pack = true\n\n[console]\nlisten = \"{}\"\n\n{console_block}",
         args.listen,
         cluster.url_as(UPSTREAM_ROLE, &app_password, UPSTREAM_DB),
+        args.console,
     );
     std::fs::write(&config_path, config_text)?;
     std::fs::set_permissions(&config_path, std::fs::Permissions::from_mode(0o600))?;
@@ -111,19 +122,28 @@ pub fn run(args: QuickstartArgs) -> anyhow::Result<ExitCode> {
     let result = rt.block_on(async {
         let gw = Gateway::bind(config.gateway()?, Arc::new(guard), log).await?;
         let addr = gw.local_addr()?;
+        let section = config
+            .console
+            .as_ref()
+            .context("the quickstart config has a [console]")?;
+        let console = crate::cli::serve::start_console(section, &config.log.dir).await?;
         crate::outln!()?;
         crate::outln!("Parapet is running (default guardrail pack, durable audit log).")?;
         crate::outln!()?;
         crate::outln!("  connect:      PGPASSWORD='{password}' psql \"host={} port={} user=alice dbname=main\"", addr.ip(), addr.port())?;
         crate::outln!("  password:     {password}   (user alice, group eng)")?;
         crate::outln!("  upstream:     role {UPSTREAM_ROLE} on database {UPSTREAM_DB} (not a superuser: owns its database, may create databases)")?;
+        crate::outln!("  console:      http://{}/  token: {console_token}", console.addr)?;
         crate::outln!("  config:       {}", config_path.display())?;
         crate::outln!("  audit log:    {}", log_dir.display())?;
         crate::outln!("  verifier key: {vkey}")?;
         crate::outln!("  verify with:  parapet verify --dir {} --vkey {}", log_dir.display(), dir.join("log.vkey").display())?;
         crate::outln!()?;
         crate::outln!("Press Ctrl-C to stop{}.", if args.keep { "" } else { " and remove everything" })?;
-        gw.run(stop_signal()).await?;
+        let res = gw.run(stop_signal()).await;
+        let _ = console.stop.send(());
+        let _ = console.task.await;
+        res?;
         anyhow::Ok(())
     });
     cluster.stop();

@@ -59,6 +59,39 @@ pub fn init_tracing() {
     };
 }
 
+/// A console serving on the runtime: its address; fire `stop` and await `task` to end it.
+pub struct RunningConsole {
+    /// The address bound.
+    pub addr: std::net::SocketAddr,
+    /// Ends it.
+    pub stop: tokio::sync::oneshot::Sender<()>,
+    /// Its task.
+    pub task: tokio::task::JoinHandle<()>,
+}
+
+/// Binds the console and serves it on the runtime until stopped.
+pub async fn start_console(
+    section: &crate::config::ConsoleSection,
+    log_dir: &std::path::Path,
+) -> anyhow::Result<RunningConsole> {
+    let console = crate::console::Console::bind(section, log_dir).await?;
+    let addr = console.local_addr()?;
+    let scheme = if console.is_tls() { "https" } else { "http" };
+    eprintln!("parapet: console listening on {scheme}://{addr}/");
+    if !console.is_tls() && !addr.ip().is_loopback() {
+        tracing::warn!("the console serves plain HTTP on {addr}, off loopback: tokens and the audit trail cross the network in clear, and browsers refuse WebCrypto; set [console] tls_cert and tls_key");
+    }
+    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+    let task = tokio::spawn(console.run(async move {
+        let _ = rx.await;
+    }));
+    Ok(RunningConsole {
+        addr,
+        stop: tx,
+        task,
+    })
+}
+
 /// Resolves on Ctrl-C or SIGTERM.
 pub async fn stop_signal() {
     let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
@@ -95,7 +128,16 @@ pub fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
     rt.block_on(async move {
         let gw = Gateway::bind(gw_config, Arc::new(guard), log).await?;
         eprintln!("parapet: gateway listening on {}", gw.local_addr()?);
-        gw.run(stop_signal()).await?;
+        let console = match &config.console {
+            Some(section) => Some(start_console(section, &config.log.dir).await?),
+            None => None,
+        };
+        let res = gw.run(stop_signal()).await;
+        if let Some(c) = console {
+            let _ = c.stop.send(());
+            let _ = c.task.await;
+        }
+        res?;
         anyhow::Ok(())
     })?;
     Ok(ExitCode::SUCCESS)

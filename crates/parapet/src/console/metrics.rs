@@ -1,0 +1,140 @@
+//! Prometheus metrics of the console (`/metrics`), every name starting with `parapet_`, counted
+//! from the log as it is indexed (so they agree with the audit trail), plus the log's size and
+//! the index's lag behind it.
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::registry::Registry;
+use serde_json::Value;
+
+/// Labels of a decision.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct DecisionLabels {
+    /// allow, deny, review, monitor.
+    pub decision: String,
+    /// The first determining rule, or `none`.
+    pub rule: String,
+}
+
+/// The console's metrics.
+pub struct Metrics {
+    registry: Registry,
+    decisions: Family<DecisionLabels, Counter>,
+    outcomes: Counter,
+    sessions: Counter,
+    auth_failures: Counter,
+    log_size: Gauge,
+    indexed: Gauge,
+    index_lag: Gauge,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    /// Registers every metric.
+    pub fn new() -> Metrics {
+        let mut registry = Registry::with_prefix("parapet");
+        let decisions = Family::<DecisionLabels, Counter>::default();
+        registry.register(
+            "decisions",
+            "Decisions by decision and first rule",
+            decisions.clone(),
+        );
+        let outcomes = Counter::default();
+        registry.register(
+            "statements",
+            "Statements executed (outcome events)",
+            outcomes.clone(),
+        );
+        let sessions = Counter::default();
+        registry.register("sessions", "Sessions started", sessions.clone());
+        let auth_failures = Counter::default();
+        registry.register("auth_failures", "Failed logins", auth_failures.clone());
+        let log_size = Gauge::default();
+        registry.register(
+            "log_size_entries",
+            "Entries in the published log",
+            log_size.clone(),
+        );
+        let indexed = Gauge::default();
+        registry.register(
+            "index_size_entries",
+            "Entries in the search index",
+            indexed.clone(),
+        );
+        let index_lag = Gauge::default();
+        registry.register(
+            "index_lag_entries",
+            "Published entries not yet in the search index",
+            index_lag.clone(),
+        );
+        Metrics {
+            registry,
+            decisions,
+            outcomes,
+            sessions,
+            auth_failures,
+            log_size,
+            indexed,
+            index_lag,
+        }
+    }
+
+    /// Counts one event of the log.
+    pub fn count(&self, event: &Value) {
+        let f = |k: &str| event.get(k).and_then(Value::as_str).unwrap_or("");
+        match f("type") {
+            "decision" => {
+                let rule = event
+                    .get("rules")
+                    .and_then(Value::as_array)
+                    .and_then(|r| r.first())
+                    .and_then(|r| r.get("id"))
+                    .and_then(Value::as_str)
+                    .unwrap_or("none");
+                self.decisions
+                    .get_or_create(&DecisionLabels {
+                        decision: f("decision").to_string(),
+                        rule: rule.to_string(),
+                    })
+                    .inc();
+            }
+            "outcome" => {
+                self.outcomes.inc();
+            }
+            "session_start" => {
+                self.sessions.inc();
+            }
+            "auth_failure" => {
+                self.auth_failures.inc();
+            }
+            "auth_failure_summary" => {
+                let n = event.get("count").and_then(Value::as_u64).unwrap_or(0);
+                self.auth_failures.inc_by(n);
+            }
+            _ => {}
+        }
+    }
+
+    /// Records the log's size and how far the index has got.
+    pub fn progress(&self, log_size: u64, indexed: u64) {
+        self.log_size.set(log_size as i64);
+        self.indexed.set(indexed as i64);
+        self.index_lag.set(log_size.saturating_sub(indexed) as i64);
+    }
+
+    /// The metrics in Prometheus text format.
+    pub fn render(&self) -> String {
+        let mut out = String::new();
+        if prometheus_client::encoding::text::encode(&mut out, &self.registry).is_err() {
+            out.clear();
+        }
+        out
+    }
+}

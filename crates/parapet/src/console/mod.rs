@@ -1,0 +1,562 @@
+//! The console: an HTTP API over the audit trail, inside `parapet serve`, off the statement path
+//! (it reads the published log; it never touches the gateway's sessions or waits on them).
+//!
+//! - `/log/…`: the C2SP tlog-tiles read API ([`tiles`]), exactly the files' bytes;
+//! - `/api/events`: search ([`index`]); `/api/events/stream`: the same filters, live, as
+//!   Server-Sent Events, resumable with `Last-Event-ID` without gap or duplicate;
+//! - `/api/entries/<index>`: one entry with its inclusion proof and the checkpoint it is proved
+//!   against;
+//! - `/metrics`: Prometheus text ([`metrics`]).
+//!
+//! Every `/api/` and `/metrics` request needs `Authorization: Bearer TOKEN` ([`auth`]), and so
+//! does `/log/` unless `[console] public_log = true`; without it the answer is 401.
+
+pub mod auth;
+pub mod index;
+pub mod metrics;
+pub mod tiles;
+
+use crate::config::ConsoleSection;
+use anyhow::Context;
+use axum::extract::{Path as UrlPath, Query, State};
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::response::sse::{Event, KeepAlive, Sse};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::Router;
+use base64::Engine;
+use index::{Filter, Indexed};
+use parapet_log::LogReader;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::net::TcpListener;
+use tokio::sync::broadcast;
+
+/// How often the indexer looks for newly published entries.
+const POLL: Duration = Duration::from_millis(100);
+/// Entries indexed per transaction.
+const BATCH: u64 = 2_000;
+
+struct AppState {
+    tokens: auth::Tokens,
+    public_log: bool,
+    log_dir: PathBuf,
+    index_path: PathBuf,
+    metrics: Arc<metrics::Metrics>,
+    live: broadcast::Sender<Arc<Indexed>>,
+}
+
+/// A bound console, ready to serve.
+pub struct Console {
+    listener: TcpListener,
+    tls: Option<tokio_rustls::TlsAcceptor>,
+    app: Router,
+    stop_indexer: Arc<AtomicBool>,
+    indexer: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Console {
+    /// Opens the index (catching up with the log in the background) and binds the listener.
+    pub async fn bind(section: &ConsoleSection, log_dir: &Path) -> anyhow::Result<Console> {
+        let tokens = auth::Tokens::new(&section.tokens)?;
+        let reader = LogReader::open(log_dir)
+            .with_context(|| format!("the console cannot read the log in {}", log_dir.display()))?;
+        let origin = reader.checkpoint().origin.clone();
+        let index_dir = section.index.clone().unwrap_or_else(|| {
+            log_dir
+                .parent()
+                .unwrap_or(Path::new("."))
+                .join("console-index")
+        });
+        let ix = index::Index::open(&index_dir, &origin)?;
+        let index_path = ix.path().to_path_buf();
+        let metrics = Arc::new(metrics::Metrics::new());
+        let (live, _) = broadcast::channel(4096);
+        let stop_indexer = Arc::new(AtomicBool::new(false));
+        let indexer = {
+            let (dir, metrics, live, stop) = (
+                log_dir.to_path_buf(),
+                metrics.clone(),
+                live.clone(),
+                stop_indexer.clone(),
+            );
+            std::thread::Builder::new()
+                .name("parapet-index".into())
+                .spawn(move || run_indexer(ix, &dir, &metrics, &live, &stop))?
+        };
+        let tls = match (&section.tls_cert, &section.tls_key) {
+            (Some(cert), Some(key)) => Some(
+                parapet_gateway::tls::acceptor(&parapet_gateway::TlsSettings {
+                    cert: cert.clone(),
+                    key: key.clone(),
+                })
+                .context("[console] tls_cert / tls_key")?,
+            ),
+            (None, None) => None,
+            _ => anyhow::bail!("[console] tls_cert and tls_key must be given together"),
+        };
+        let state = Arc::new(AppState {
+            tokens,
+            public_log: section.public_log,
+            log_dir: log_dir.to_path_buf(),
+            index_path,
+            metrics,
+            live,
+        });
+        let app = Router::new()
+            .route("/log/checkpoint", get(checkpoint))
+            .route("/log/tile/{*rest}", get(tile))
+            .route("/api/events", get(events))
+            .route("/api/events/stream", get(stream))
+            .route("/api/entries/{index}", get(entry))
+            .route("/metrics", get(metrics_text))
+            .with_state(state);
+        let listener = TcpListener::bind(section.listen)
+            .await
+            .with_context(|| format!("the console cannot listen on {}", section.listen))?;
+        Ok(Console {
+            listener,
+            tls,
+            app,
+            stop_indexer,
+            indexer: Some(indexer),
+        })
+    }
+
+    /// The address bound.
+    pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
+        self.listener.local_addr()
+    }
+
+    /// Whether it serves HTTPS.
+    pub fn is_tls(&self) -> bool {
+        self.tls.is_some()
+    }
+
+    /// Serves until `shutdown` resolves.
+    pub async fn run(mut self, shutdown: impl std::future::Future<Output = ()>) {
+        tokio::pin!(shutdown);
+        loop {
+            let (tcp, _) = tokio::select! {
+                _ = &mut shutdown => break,
+                a = self.listener.accept() => match a {
+                    Ok(a) => a,
+                    Err(e) => {
+                        tracing::warn!("console accept failed: {e}");
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        continue;
+                    }
+                },
+            };
+            let svc = hyper_util::service::TowerToHyperService::new(self.app.clone());
+            let tls = self.tls.clone();
+            tokio::spawn(async move {
+                let http = hyper::server::conn::http1::Builder::new();
+                let res = match tls {
+                    Some(a) => match a.accept(tcp).await {
+                        Ok(s) => {
+                            http.serve_connection(hyper_util::rt::TokioIo::new(s), svc)
+                                .await
+                        }
+                        Err(_) => return,
+                    },
+                    None => {
+                        http.serve_connection(hyper_util::rt::TokioIo::new(tcp), svc)
+                            .await
+                    }
+                };
+                if let Err(e) = res {
+                    tracing::debug!("console connection: {e}");
+                }
+            });
+        }
+        self.stop_indexer.store(true, Ordering::Relaxed);
+        if let Some(h) = self.indexer.take() {
+            let _ = tokio::task::spawn_blocking(move || h.join()).await;
+        }
+    }
+}
+
+/// Tails the published log into the index, counts metrics, and feeds the live stream (after
+/// each batch is committed, so the stream never shows what a search would not).
+fn run_indexer(
+    mut ix: index::Index,
+    dir: &Path,
+    metrics: &metrics::Metrics,
+    live: &broadcast::Sender<Arc<Indexed>>,
+    stop: &AtomicBool,
+) {
+    let mut indexed = match ix.indexed() {
+        Ok(n) => n,
+        Err(e) => {
+            tracing::error!(
+                "the search index cannot be read: {e:#}; rebuild it with `parapet index rebuild`"
+            );
+            return;
+        }
+    };
+    // Metrics count what the log holds: the entries indexed before this start too.
+    let mut counted = 0;
+    while !stop.load(Ordering::Relaxed) {
+        let size = match LogReader::open(dir) {
+            Ok(r) => r.size(),
+            Err(e) => {
+                tracing::warn!("the console cannot read the log: {e}");
+                std::thread::sleep(POLL * 10);
+                continue;
+            }
+        };
+        metrics.progress(size, indexed);
+        if counted < indexed {
+            let end = indexed.min(counted + BATCH);
+            if let Ok(r) = LogReader::open(dir) {
+                for (_, bytes) in r.entries(counted, end).flatten() {
+                    if let Ok(v) = serde_json::from_slice(&bytes) {
+                        metrics.count(&v);
+                    }
+                }
+            }
+            counted = end;
+            continue;
+        }
+        if indexed >= size {
+            std::thread::sleep(POLL);
+            continue;
+        }
+        let end = size.min(indexed + BATCH);
+        let reader = match LogReader::open(dir) {
+            Ok(r) => r,
+            Err(_) => continue,
+        };
+        let mut batch = Vec::new();
+        for item in reader.entries(indexed, end) {
+            match item {
+                Ok((i, bytes)) => batch.push(ix.prepare(i, &bytes)),
+                Err(e) => {
+                    tracing::warn!("the console cannot read entry {indexed}+: {e}");
+                    break;
+                }
+            }
+        }
+        if batch.is_empty() {
+            std::thread::sleep(POLL);
+            continue;
+        }
+        if let Err(e) = ix.store(&batch) {
+            tracing::error!("the search index cannot be written: {e:#}");
+            std::thread::sleep(POLL * 10);
+            continue;
+        }
+        indexed += batch.len() as u64;
+        counted = indexed;
+        for e in batch {
+            metrics.count(&e.event);
+            let _ = live.send(Arc::new(e));
+        }
+        metrics.progress(size, indexed);
+    }
+}
+
+/// The caller, or the 401 to answer.
+fn authorize(state: &AppState, headers: &HeaderMap) -> Result<auth::Caller, Response> {
+    let h = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok());
+    state.tokens.check(h).ok_or_else(|| {
+        (
+            StatusCode::UNAUTHORIZED,
+            [(header::WWW_AUTHENTICATE, "Bearer")],
+            "a console token is required: Authorization: Bearer TOKEN (see `parapet console token`)\n",
+        )
+            .into_response()
+    })
+}
+
+fn log_access(state: &AppState, headers: &HeaderMap) -> Result<(), Response> {
+    if state.public_log {
+        Ok(())
+    } else {
+        authorize(state, headers).map(|_| ())
+    }
+}
+
+fn cache(state: &AppState, rest: &str) -> HeaderValue {
+    let scope = if state.public_log {
+        "public"
+    } else {
+        "private"
+    };
+    HeaderValue::from_str(&format!("{scope}, {rest}"))
+        .unwrap_or(HeaderValue::from_static("no-store"))
+}
+
+fn bad_request(msg: impl std::fmt::Display) -> Response {
+    (StatusCode::BAD_REQUEST, format!("{msg}\n")).into_response()
+}
+
+fn internal(msg: impl std::fmt::Display) -> Response {
+    tracing::warn!("console: {msg}");
+    (StatusCode::INTERNAL_SERVER_ERROR, format!("{msg}\n")).into_response()
+}
+
+async fn checkpoint(State(state): State<Arc<AppState>>, headers: HeaderMap) -> Response {
+    if let Err(r) = log_access(&state, &headers) {
+        return r;
+    }
+    match tokio::fs::read(state.log_dir.join("checkpoint")).await {
+        Ok(bytes) => (
+            [
+                (
+                    header::CONTENT_TYPE,
+                    HeaderValue::from_static("text/plain; charset=utf-8"),
+                ),
+                (header::CACHE_CONTROL, cache(&state, "max-age=2")),
+            ],
+            bytes,
+        )
+            .into_response(),
+        Err(e) => internal(format_args!("cannot read the checkpoint: {e}")),
+    }
+}
+
+async fn tile(
+    State(state): State<Arc<AppState>>,
+    UrlPath(rest): UrlPath<String>,
+    headers: HeaderMap,
+) -> Response {
+    if let Err(r) = log_access(&state, &headers) {
+        return r;
+    }
+    let Some(t) = tiles::parse(&rest) else {
+        return (StatusCode::NOT_FOUND, "not a tile path\n").into_response();
+    };
+    match tokio::fs::read(state.log_dir.join(&t.rel)).await {
+        Ok(bytes) => {
+            let cc = if t.full {
+                cache(&state, "max-age=31536000, immutable")
+            } else {
+                cache(&state, "max-age=2")
+            };
+            (
+                [
+                    (
+                        header::CONTENT_TYPE,
+                        HeaderValue::from_static("application/octet-stream"),
+                    ),
+                    (header::CACHE_CONTROL, cc),
+                ],
+                bytes,
+            )
+                .into_response()
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            (StatusCode::NOT_FOUND, "no such tile\n").into_response()
+        }
+        Err(e) => internal(format_args!("cannot read {}: {e}", t.rel)),
+    }
+}
+
+async fn events(
+    State(state): State<Arc<AppState>>,
+    headers: HeaderMap,
+    Query(f): Query<Filter>,
+) -> Response {
+    if let Err(r) = authorize(&state, &headers) {
+        return r;
+    }
+    let path = state.index_path.clone();
+    let page = match tokio::task::spawn_blocking(move || index::search(&path, &f)).await {
+        Ok(Ok(p)) => p,
+        Ok(Err(e)) => return bad_request(format_args!("{e:#}")),
+        Err(e) => return internal(e),
+    };
+    let mut body = String::from("{\"events\":[");
+    for (n, (i, json)) in page.events.iter().enumerate() {
+        if n > 0 {
+            body.push(',');
+        }
+        body.push_str(&format!("{{\"index\":{i},\"event\":{json}}}"));
+    }
+    body.push_str("],\"next\":");
+    body.push_str(&match page.next {
+        Some(n) => serde_json::Value::String(n).to_string(),
+        None => "null".into(),
+    });
+    body.push('}');
+    ([(header::CONTENT_TYPE, "application/json")], body).into_response()
+}
+
+async fn entry(
+    State(state): State<Arc<AppState>>,
+    UrlPath(index): UrlPath<u64>,
+    headers: HeaderMap,
+) -> Response {
+    if let Err(r) = authorize(&state, &headers) {
+        return r;
+    }
+    let dir = state.log_dir.clone();
+    let res = tokio::task::spawn_blocking(move || -> anyhow::Result<Option<serde_json::Value>> {
+        let r = LogReader::open(&dir)?;
+        if index >= r.size() {
+            return Ok(None);
+        }
+        let (_, bytes) = r
+            .entries(index, index + 1)
+            .next()
+            .ok_or_else(|| anyhow::anyhow!("entry {index} missing"))??;
+        let b64 = base64::engine::general_purpose::STANDARD;
+        let proof: Vec<String> = r
+            .inclusion_proof(index)?
+            .iter()
+            .map(|h| b64.encode(h))
+            .collect();
+        let event: serde_json::Value = serde_json::from_slice(&bytes)
+            .unwrap_or_else(|_| serde_json::Value::String(String::from_utf8_lossy(&bytes).into()));
+        Ok(Some(serde_json::json!({
+            "index": index,
+            "event": event,
+            "leaf_hash": b64.encode(parapet_log::entry_leaf_hash(&bytes)),
+            "inclusion_proof": proof,
+            "checkpoint": String::from_utf8_lossy(r.checkpoint_note()),
+        })))
+    })
+    .await;
+    match res {
+        Ok(Ok(Some(v))) => axum::Json(v).into_response(),
+        Ok(Ok(None)) => (
+            StatusCode::NOT_FOUND,
+            "no such entry in the published log (yet)\n",
+        )
+            .into_response(),
+        Ok(Err(e)) => internal(format_args!("{e:#}")),
+        Err(e) => internal(e),
+    }
+}
+
+async fn metrics_text(State(state): State<Arc<AppState>>, headers: HeaderMap) -> Response {
+    if let Err(r) = authorize(&state, &headers) {
+        return r;
+    }
+    (
+        [(
+            header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        state.metrics.render(),
+    )
+        .into_response()
+}
+
+/// Events for the stream, from the index: those after `last` passing `f`, oldest first.
+fn catch_up(path: &Path, f: &Filter, last: Option<u64>) -> anyhow::Result<Vec<(u64, String)>> {
+    let mut out = Vec::new();
+    let mut cursor = last;
+    loop {
+        let rows = index::after(path, cursor, 1000)?;
+        let Some(&(end, _)) = rows.last() else {
+            return Ok(out);
+        };
+        let ids: Vec<u64> = rows.iter().map(|(i, _)| *i).collect();
+        let (from, to) = (ids[0], end);
+        // The same filters as the search, over this range.
+        let mut page_filter = f.clone();
+        page_filter.before = Some((to + 1).to_string());
+        page_filter.limit = Some(1000);
+        let mut hits = index::search(path, &page_filter)?.events;
+        hits.retain(|(i, _)| *i >= from);
+        hits.reverse();
+        out.extend(hits);
+        cursor = Some(end);
+        if out.len() >= 10_000 {
+            return Ok(out);
+        }
+    }
+}
+
+async fn stream(
+    State(state): State<Arc<AppState>>,
+    headers: HeaderMap,
+    Query(mut f): Query<Filter>,
+) -> Response {
+    if let Err(r) = authorize(&state, &headers) {
+        return r;
+    }
+    f.before = None;
+    f.limit = None;
+    let resume = headers
+        .get("last-event-id")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<u64>().ok());
+    // Subscribe first, then catch up from the index: nothing falls between.
+    let mut sub = state.live.subscribe();
+    let path = state.index_path.clone();
+    let start = match resume {
+        Some(n) => Some(n),
+        // A new stream starts after the newest event indexed.
+        None => {
+            let p = path.clone();
+            let newest = Filter {
+                limit: Some(1),
+                ..Filter::default()
+            };
+            tokio::task::spawn_blocking(move || index::search(&p, &newest))
+                .await
+                .ok()
+                .and_then(Result::ok)
+                .and_then(|page| page.events.first().map(|(i, _)| *i))
+        }
+    };
+    let (tx, mut rx) = tokio::sync::mpsc::channel::<Event>(256);
+    tokio::spawn(async move {
+        let mut last = start;
+        let send = |i: u64, json: &str| {
+            Event::default()
+                .id(i.to_string())
+                .data(format!("{{\"index\":{i},\"event\":{json}}}"))
+        };
+        'outer: loop {
+            // Catch up (at the start, and after falling behind the live feed).
+            let (p, ff) = (path.clone(), f.clone());
+            let rows = match tokio::task::spawn_blocking(move || catch_up(&p, &ff, last)).await {
+                Ok(Ok(rows)) => rows,
+                _ => break,
+            };
+            let caught_up = rows.len() < 10_000;
+            for (i, json) in rows {
+                if tx.send(send(i, &json)).await.is_err() {
+                    break 'outer;
+                }
+                last = Some(i);
+            }
+            if !caught_up {
+                continue;
+            }
+            loop {
+                match sub.recv().await {
+                    Ok(e) => {
+                        // Already sent (caught up from the index), or not for this stream.
+                        if last.is_some_and(|l| e.index <= l) || !index::matches(&f, &e) {
+                            continue;
+                        }
+                        if tx.send(send(e.index, &e.event.to_string())).await.is_err() {
+                            break 'outer;
+                        }
+                        last = Some(e.index);
+                    }
+                    Err(broadcast::error::RecvError::Lagged(_)) => continue 'outer,
+                    Err(broadcast::error::RecvError::Closed) => break 'outer,
+                }
+            }
+        }
+    });
+    let events = futures_util::stream::poll_fn(move |cx| {
+        rx.poll_recv(cx)
+            .map(|e| e.map(Ok::<_, std::convert::Infallible>))
+    });
+    Sse::new(events)
+        .keep_alive(KeepAlive::new().interval(Duration::from_secs(15)))
+        .into_response()
+}

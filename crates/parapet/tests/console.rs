@@ -1,0 +1,611 @@
+//! The console's HTTP API with a real gateway and PostgreSQL (`parapet quickstart`, the real
+//! process): the 401s; the tlog-tiles read API, mirrored over HTTP and verified offline with
+//! `parapet verify`; search with filters, full text and pages; one entry with its inclusion
+//! proof checked against the signed checkpoint; the live stream, resumed after a disconnect with
+//! `Last-Event-ID`, without gap or duplicate; metrics; `parapet console token`.
+
+use base64::Engine;
+use parapet_log::note::NoteVerifier;
+use parapet_log::tile::{bundle_path, tile_count, tile_path, tile_width};
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("free port")
+}
+
+struct Response {
+    status: u16,
+    headers: Vec<(String, String)>,
+    body: Vec<u8>,
+}
+
+impl Response {
+    fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+
+    fn json(&self) -> serde_json::Value {
+        serde_json::from_slice(&self.body)
+            .unwrap_or_else(|e| panic!("not JSON ({e}): {}", String::from_utf8_lossy(&self.body)))
+    }
+}
+
+/// One HTTP/1.1 GET (Connection: close), as any client would send it.
+fn get(addr: SocketAddr, path: &str, token: Option<&str>) -> Response {
+    let mut s = TcpStream::connect(addr).expect("connect to the console");
+    s.set_read_timeout(Some(Duration::from_secs(30))).ok();
+    let auth = token.map_or(String::new(), |t| format!("Authorization: Bearer {t}\r\n"));
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\n{auth}Connection: close\r\n\r\n"
+    )
+    .expect("send");
+    let mut raw = Vec::new();
+    s.read_to_end(&mut raw).expect("read");
+    let split = raw
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .expect("a header block");
+    let head = String::from_utf8_lossy(&raw[..split]).into_owned();
+    let mut lines = head.lines();
+    let status = lines
+        .next()
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|c| c.parse().ok())
+        .expect("a status line");
+    let headers: Vec<(String, String)> = lines
+        .filter_map(|l| l.split_once(':'))
+        .map(|(k, v)| (k.trim().to_string(), v.trim().to_string()))
+        .collect();
+    let mut body = raw[split + 4..].to_vec();
+    if headers
+        .iter()
+        .any(|(k, v)| k.eq_ignore_ascii_case("transfer-encoding") && v.contains("chunked"))
+    {
+        body = dechunk(&body);
+    }
+    Response {
+        status,
+        headers,
+        body,
+    }
+}
+
+fn dechunk(mut b: &[u8]) -> Vec<u8> {
+    let mut out = Vec::new();
+    loop {
+        let Some(nl) = b.windows(2).position(|w| w == b"\r\n") else {
+            return out;
+        };
+        let n = usize::from_str_radix(String::from_utf8_lossy(&b[..nl]).trim(), 16).unwrap_or(0);
+        if n == 0 {
+            return out;
+        }
+        out.extend_from_slice(&b[nl + 2..nl + 2 + n]);
+        b = &b[nl + 2 + n + 2..];
+    }
+}
+
+/// A Server-Sent Events connection: events as (id, data) as they come.
+struct Sse {
+    reader: BufReader<TcpStream>,
+}
+
+impl Sse {
+    fn open(addr: SocketAddr, path: &str, token: &str, last_id: Option<u64>) -> Sse {
+        let mut s = TcpStream::connect(addr).expect("connect");
+        s.set_read_timeout(Some(Duration::from_secs(20))).ok();
+        let resume = last_id.map_or(String::new(), |i| format!("Last-Event-ID: {i}\r\n"));
+        write!(
+            s,
+            "GET {path} HTTP/1.1\r\nHost: {addr}\r\nAuthorization: Bearer {token}\r\nAccept: text/event-stream\r\n{resume}\r\n"
+        )
+        .expect("send");
+        let mut reader = BufReader::new(s);
+        let mut line = String::new();
+        reader.read_line(&mut line).expect("status");
+        assert!(line.contains(" 200 "), "stream refused: {line}");
+        loop {
+            line.clear();
+            reader.read_line(&mut line).expect("header");
+            if line == "\r\n" {
+                break;
+            }
+        }
+        Sse { reader }
+    }
+
+    /// The next event (skipping chunk framing and keep-alive comments).
+    fn next(&mut self) -> (u64, serde_json::Value) {
+        let (mut id, mut data) = (None, None);
+        let mut line = String::new();
+        loop {
+            line.clear();
+            let n = self
+                .reader
+                .read_line(&mut line)
+                .expect("stream read (no event in 20 s)");
+            assert!(n > 0, "the stream ended");
+            let l = line.trim_end_matches(['\r', '\n']);
+            if let Some(v) = l.strip_prefix("id:") {
+                id = v.trim().parse().ok();
+            } else if let Some(v) = l.strip_prefix("data:") {
+                data = serde_json::from_str(v.trim()).ok();
+            } else if l.is_empty() {
+                if let (Some(i), Some(d)) = (id, data.take()) {
+                    return (i, d);
+                }
+            }
+        }
+    }
+}
+
+struct Quickstart {
+    child: Child,
+    lines: Vec<String>,
+}
+
+impl Drop for Quickstart {
+    fn drop(&mut self) {
+        // SAFETY: kill(2) on the child started here.
+        unsafe {
+            libc::kill(self.child.id() as libc::pid_t, libc::SIGINT);
+        }
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let _ = self.child.kill();
+    }
+}
+
+impl Quickstart {
+    fn start(pg_port: u16) -> Quickstart {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_parapet"))
+            .args([
+                "quickstart",
+                "--listen",
+                &format!("127.0.0.1:{pg_port}"),
+                "--console",
+                "127.0.0.1:0",
+            ])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("run parapet quickstart");
+        let out = BufReader::new(child.stdout.take().expect("stdout"));
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for l in out.lines().map_while(Result::ok) {
+                let done = l.starts_with("Press Ctrl-C");
+                if tx.send(l).is_err() || done {
+                    return;
+                }
+            }
+        });
+        let mut lines = Vec::new();
+        loop {
+            match rx.recv_timeout(Duration::from_secs(120)) {
+                Ok(l) if l.starts_with("Press Ctrl-C") => break,
+                Ok(l) => lines.push(l),
+                Err(e) => {
+                    let _ = child.kill();
+                    panic!(
+                        "quickstart did not come up ({e}): {lines:#?} (apt-get install postgresql)"
+                    )
+                }
+            }
+        }
+        Quickstart { child, lines }
+    }
+
+    fn field(&self, label: &str) -> &str {
+        self.lines
+            .iter()
+            .find_map(|l| l.trim().strip_prefix(label))
+            .map(str::trim)
+            .unwrap_or_else(|| panic!("no {label:?} line: {:#?}", self.lines))
+    }
+}
+
+/// Polls `f` for up to 10 s.
+fn eventually<T>(what: &str, mut f: impl FnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{what} did not happen within 10 s"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn console_api_over_a_real_gateway() {
+    let pg_port = free_port();
+    let qs = Quickstart::start(pg_port);
+    let console = qs.field("console:");
+    let (url, token) = console
+        .split_once("token:")
+        .expect("console line with a token");
+    let addr: SocketAddr = url
+        .trim()
+        .trim_start_matches("http://")
+        .trim_end_matches('/')
+        .parse()
+        .expect("console address");
+    let token = token.trim().to_string();
+    let password = qs
+        .field("password:")
+        .split_whitespace()
+        .next()
+        .expect("password")
+        .to_string();
+    let vkey = NoteVerifier::parse(qs.field("verifier key:")).expect("vkey");
+    let log_dir = std::path::PathBuf::from(qs.field("audit log:"));
+
+    // Without a token: 401, everywhere but nowhere else.
+    for path in [
+        "/api/events",
+        "/api/events/stream",
+        "/api/entries/0",
+        "/metrics",
+        "/log/checkpoint",
+        "/log/tile/entries/000.p/1",
+    ] {
+        let r = get(addr, path, None);
+        assert_eq!(r.status, 401, "{path}");
+        assert_eq!(r.header("www-authenticate"), Some("Bearer"), "{path}");
+        assert_eq!(
+            get(addr, path, Some("pt_not-a-token")).status,
+            401,
+            "{path}"
+        );
+    }
+
+    // Statements through the gateway.
+    let conn = format!("host=127.0.0.1 port={pg_port} user=alice password={password} dbname=main application_name=console-test");
+    let (c, connection) = tokio_postgres::connect(&conn, tokio_postgres::NoTls)
+        .await
+        .expect("connect through the gateway");
+    tokio::spawn(connection);
+    let tag = format!("probe{}", std::process::id());
+    c.batch_execute(&format!(
+        "CREATE TABLE ledger_{tag} (id int); INSERT INTO ledger_{tag} VALUES (1), (2)"
+    ))
+    .await
+    .expect("allowed");
+    let err = c
+        .batch_execute(&format!("DELETE FROM ledger_{tag}"))
+        .await
+        .expect_err("blocked");
+    assert!(
+        err.to_string().contains("parapet.delete-without-where")
+            || err
+                .as_db_error()
+                .is_some_and(|e| e.message().contains("parapet.delete-without-where")),
+        "{err:?}"
+    );
+
+    // Search: the blocked statement by user, decision and rule; by table; by full text.
+    let denied = eventually("the denial in the index", || {
+        let r = get(
+            addr,
+            "/api/events?user=alice&decision=deny&rule=parapet.delete-without-where",
+            Some(&token),
+        );
+        assert_eq!(r.status, 200);
+        let v = r.json();
+        v["events"].as_array()?.first().cloned()
+    });
+    let deny_index = denied["index"].as_u64().expect("index");
+    assert_eq!(denied["event"]["sql"], format!("DELETE FROM ledger_{tag}"));
+    let by_table = get(
+        addr,
+        &format!("/api/events?table=ledger_{tag}&type=decision"),
+        Some(&token),
+    )
+    .json();
+    assert_eq!(
+        by_table["events"].as_array().map(Vec::len),
+        Some(2),
+        "{by_table}"
+    );
+    let by_text = get(
+        addr,
+        &format!("/api/events?q=%22delete%20from%22%20ledger_{tag}"),
+        Some(&token),
+    )
+    .json();
+    assert_eq!(
+        by_text["events"][0]["index"].as_u64(),
+        Some(deny_index),
+        "{by_text}"
+    );
+    let prefix = get(
+        addr,
+        &format!("/api/events?q=ledger_{}*&type=decision", &tag[..5]),
+        Some(&token),
+    )
+    .json();
+    assert!(
+        prefix["events"].as_array().is_some_and(|a| a.len() >= 2),
+        "{prefix}"
+    );
+    // Pages: newest first, `next` as `before`, null at the end.
+    let mut seen = Vec::new();
+    let mut before: Option<String> = None;
+    loop {
+        let path = match &before {
+            Some(b) => format!("/api/events?limit=3&before={b}"),
+            None => "/api/events?limit=3".into(),
+        };
+        let page = get(addr, &path, Some(&token)).json();
+        seen.extend(
+            page["events"]
+                .as_array()
+                .expect("events")
+                .iter()
+                .map(|e| e["index"].as_u64().expect("index")),
+        );
+        match page["next"].as_str() {
+            Some(n) => before = Some(n.to_string()),
+            None => break,
+        }
+    }
+    assert!(
+        seen.windows(2).all(|w| w[0] > w[1]),
+        "newest first, no repeat: {seen:?}"
+    );
+    assert_eq!(
+        *seen.last().expect("events"),
+        0,
+        "pages reach the first entry"
+    );
+    assert_eq!(
+        get(addr, "/api/events?since=yesterday", Some(&token)).status,
+        400
+    );
+
+    // One entry with its proof, checked here against the signed checkpoint.
+    let e = get(addr, &format!("/api/entries/{deny_index}"), Some(&token)).json();
+    let b64 = base64::engine::general_purpose::STANDARD;
+    let cp_text = vkey
+        .open(
+            e["checkpoint"].as_str().expect("checkpoint").as_bytes(),
+            "checkpoint",
+        )
+        .expect("the checkpoint is signed by the log's key");
+    let cp = parapet_log::checkpoint::Checkpoint::parse(cp_text, "checkpoint").expect("checkpoint");
+    let leaf: [u8; 32] = b64
+        .decode(e["leaf_hash"].as_str().expect("leaf"))
+        .expect("b64")
+        .try_into()
+        .expect("32 bytes");
+    let proof: Vec<[u8; 32]> = e["inclusion_proof"]
+        .as_array()
+        .expect("proof")
+        .iter()
+        .map(|h| {
+            b64.decode(h.as_str().expect("str"))
+                .expect("b64")
+                .try_into()
+                .expect("32 bytes")
+        })
+        .collect();
+    parapet_log::proof::verify_inclusion(deny_index, cp.size, &leaf, &proof, &cp.root)
+        .expect("the inclusion proof holds");
+    assert_eq!(e["event"]["sql"], format!("DELETE FROM ledger_{tag}"));
+    let raw = serde_json::to_vec(&e["event"]).expect("json");
+    let _ = raw; // the leaf is over the entry's exact bytes, which the proof binds.
+    assert_eq!(
+        get(addr, "/api/entries/999999999", Some(&token)).status,
+        404
+    );
+
+    // The tlog-tiles API: mirror the log over HTTP and verify the mirror offline.
+    let cp_resp = get(addr, "/log/checkpoint", Some(&token));
+    assert_eq!(
+        cp_resp.header("content-type"),
+        Some("text/plain; charset=utf-8")
+    );
+    assert!(cp_resp.header("content-encoding").is_none());
+    let cp = parapet_log::checkpoint::Checkpoint::parse(
+        vkey.open(&cp_resp.body, "checkpoint").expect("signed"),
+        "checkpoint",
+    )
+    .expect("checkpoint");
+    let mirror = tempfile::tempdir().expect("tempdir");
+    let mut paths = Vec::new();
+    let mut level = 0;
+    while tile_count(level, cp.size) > 0 {
+        for i in 0..tile_count(level, cp.size) {
+            let w = tile_width(level, i, cp.size);
+            paths.push(tile_path(level, i, w));
+            if level == 0 {
+                paths.push(bundle_path(i, w));
+            }
+        }
+        level += 1;
+    }
+    for p in &paths {
+        let r = get(addr, &format!("/log/{p}"), Some(&token));
+        assert_eq!(r.status, 200, "{p}");
+        assert_eq!(
+            r.header("content-type"),
+            Some("application/octet-stream"),
+            "{p}"
+        );
+        assert_eq!(
+            r.body,
+            std::fs::read(log_dir.join(p)).expect("the file"),
+            "{p}: exactly the file's bytes"
+        );
+        if !p.contains(".p/") {
+            assert_eq!(
+                r.header("cache-control"),
+                Some("private, max-age=31536000, immutable"),
+                "{p}"
+            );
+        }
+        let dst = mirror.path().join(p);
+        std::fs::create_dir_all(dst.parent().expect("parent")).expect("mkdir");
+        std::fs::write(dst, &r.body).expect("write");
+    }
+    std::fs::write(mirror.path().join("checkpoint"), &cp_resp.body).expect("write");
+    let v = Command::new(env!("CARGO_BIN_EXE_parapet"))
+        .args(["verify", "--dir"])
+        .arg(mirror.path())
+        .args(["--vkey", &vkey.to_key_text()])
+        .output()
+        .expect("parapet verify");
+    assert!(
+        v.status.success(),
+        "the mirror verifies: {}",
+        String::from_utf8_lossy(&v.stderr)
+    );
+    for bad in [
+        "/log/tile/0/../../log.key",
+        "/log/journal",
+        "/log/tile/0/x1/000",
+    ] {
+        assert_ne!(get(addr, bad, Some(&token)).status, 200, "{bad}");
+    }
+
+    // The live stream: a statement appears; after a disconnect, Last-Event-ID resumes with no
+    // gap and no duplicate.
+    let mut sse = Sse::open(
+        addr,
+        "/api/events/stream?user=alice&type=decision",
+        &token,
+        None,
+    );
+    c.simple_query(&format!("SELECT 'live-1-{tag}'"))
+        .await
+        .expect("select");
+    let (id1, ev1) = sse.next();
+    assert!(
+        ev1["event"]["sql"]
+            .as_str()
+            .is_some_and(|s| s.contains(&format!("live-1-{tag}"))),
+        "{ev1}"
+    );
+    assert_eq!(ev1["index"].as_u64(), Some(id1));
+    drop(sse);
+    c.simple_query(&format!("SELECT 'live-2-{tag}'"))
+        .await
+        .expect("select");
+    c.simple_query(&format!("SELECT 'live-3-{tag}'"))
+        .await
+        .expect("select");
+    let mut sse = Sse::open(
+        addr,
+        "/api/events/stream?user=alice&type=decision",
+        &token,
+        Some(id1),
+    );
+    let (id2, ev2) = sse.next();
+    let (id3, ev3) = sse.next();
+    assert!(
+        ev2["event"]["sql"]
+            .as_str()
+            .is_some_and(|s| s.contains(&format!("live-2-{tag}"))),
+        "{ev2}"
+    );
+    assert!(
+        ev3["event"]["sql"]
+            .as_str()
+            .is_some_and(|s| s.contains(&format!("live-3-{tag}"))),
+        "{ev3}"
+    );
+    assert!(id1 < id2 && id2 < id3);
+    // What the stream skipped in between (outcomes, other types) is what the filter excludes.
+    let between = get(
+        addr,
+        &format!("/api/events?user=alice&type=decision&before={id3}&limit=5"),
+        Some(&token),
+    )
+    .json();
+    let ids: Vec<u64> = between["events"]
+        .as_array()
+        .expect("events")
+        .iter()
+        .filter_map(|e| e["index"].as_u64())
+        .filter(|i| *i > id1)
+        .collect();
+    assert_eq!(ids, vec![id2], "no gap");
+
+    // Metrics.
+    let m = get(addr, "/metrics", Some(&token));
+    assert_eq!(m.status, 200);
+    let text = String::from_utf8_lossy(&m.body).into_owned();
+    assert!(
+        text.lines()
+            .any(|l| l.starts_with("parapet_decisions_total{")
+                && l.contains("decision=\"deny\"")
+                && l.contains("rule=\"parapet.delete-without-where\"")),
+        "{text}"
+    );
+    for name in [
+        "parapet_sessions_total",
+        "parapet_statements_total",
+        "parapet_log_size_entries",
+        "parapet_index_lag_entries",
+    ] {
+        assert!(text.contains(name), "{name} missing:\n{text}");
+    }
+    assert!(
+        text.lines()
+            .all(|l| l.starts_with('#') || l.starts_with("parapet_") || l.is_empty()),
+        "{text}"
+    );
+}
+
+#[test]
+fn console_token_prints_a_token_and_its_block() {
+    let o = Command::new(env!("CARGO_BIN_EXE_parapet"))
+        .args([
+            "console", "token", "--name", "ann", "--role", "auditor", "--user", "alice",
+        ])
+        .output()
+        .expect("run");
+    assert!(o.status.success());
+    let out = String::from_utf8_lossy(&o.stdout);
+    let token = out.lines().next().expect("token line").trim();
+    assert!(token.starts_with("pt_") && token.len() > 30, "{out}");
+    let block: String = out
+        .lines()
+        .skip(1)
+        .filter(|l| !l.starts_with('#'))
+        .collect::<Vec<_>>()
+        .join("\n");
+    let v: toml::Value = toml::from_str(&block).expect("a TOML block");
+    let t = &v["console"]["tokens"][0];
+    assert_eq!(t["name"].as_str(), Some("ann"));
+    assert_eq!(t["role"].as_str(), Some("auditor"));
+    assert_eq!(t["user"].as_str(), Some("alice"));
+    use sha2::Digest;
+    assert_eq!(
+        t["sha256"].as_str(),
+        Some(hex::encode(sha2::Sha256::digest(token.as_bytes())).as_str())
+    );
+    assert!(
+        !out.contains(&format!("= \"{token}\"")),
+        "the token itself is not in the block"
+    );
+}
