@@ -63,4 +63,6 @@ pub(crate) enum SessionError {
     CopyViolation(u8),
     #[error("not logged in within the authentication timeout")]
     AuthTimeout,
+    #[error("{0}")]
+    Terminated(String),
 }

@@ -16,6 +16,7 @@
 mod authlog;
 mod catalog;
 pub mod config;
+pub mod control;
 pub mod error;
 pub mod events;
 mod judge;

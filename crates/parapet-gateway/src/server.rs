@@ -98,6 +98,7 @@ impl Gateway {
                     source,
                 })?;
         guard.set_max_statement_size(config.max_statement_size);
+        let locks = crate::control::locks_from_log(log.dir())?;
         let catalogs = targets
             .keys()
             .map(|name| (name.clone(), Arc::default()))
@@ -119,9 +120,18 @@ impl Gateway {
                 user_sessions: Mutex::new(HashMap::new()),
                 catalogs,
                 superuser_warned: Mutex::default(),
+                live: Mutex::default(),
+                locks: Mutex::new(locks),
             }),
             listener,
         })
+    }
+
+    /// Operators' handle: live sessions, terminate, lock and unlock users (for the console).
+    pub fn control(&self) -> crate::control::Control {
+        crate::control::Control {
+            shared: self.shared.clone(),
+        }
     }
 
     /// The address actually bound (useful with port 0).

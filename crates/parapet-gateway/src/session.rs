@@ -304,6 +304,10 @@ pub(crate) async fn run<S>(
     client: S,
     upstream: Upstream,
     (catalog_slot, (catalog, catalog_version)): (Arc<CatalogSlot>, (Arc<Catalog>, u64)),
+    (stats, mut kill): (
+        Arc<crate::control::SessionStats>,
+        watch::Receiver<Option<String>>,
+    ),
     mut shutdown: watch::Receiver<bool>,
 ) -> Result<(), SessionError>
 where
@@ -337,6 +341,7 @@ where
         barrier: Barrier::None,
         catalog_slot,
         catalog_version,
+        stats,
         private_catalog: false,
         reload_catalog: false,
         record_params: shared.config.statement_text == crate::config::StatementText::Full,
@@ -366,6 +371,9 @@ where
         r = front.run(&mut client_r, &mut up_w) => r,
         r = back.run(leftover, &mut up_r, &mut client_w) => r,
         _ = shutdown.changed() => Err(SessionError::Shutdown),
+        _ = kill.changed() => Err(SessionError::Terminated(
+            kill.borrow().clone().unwrap_or_else(|| "parapet: terminating connection".into()),
+        )),
     };
     // Whichever half ended the session, no outcome already seen is left out of the log.
     back.submit_outcomes();
@@ -389,6 +397,7 @@ where
         )),
         Err(SessionError::Upstream(m)) => Some(("08006", format!("parapet: lost the database connection: {m}"))),
         Err(SessionError::Unreadable(m)) => Some(("0A000", m.clone())),
+        Err(SessionError::Terminated(m)) => Some(("57P01", m.clone())),
         Err(SessionError::Idle) => Some(("57P05", "parapet: terminating connection due to idle timeout ([listen] idle_timeout_seconds)".to_string())),
         Err(SessionError::Io(_)) | Err(SessionError::AuthTimeout) => None,
     };
@@ -400,7 +409,9 @@ where
     }
     let _ = client_w.shutdown().await;
     match res {
-        Err(SessionError::Shutdown) | Err(SessionError::Idle) => Ok(()),
+        Err(SessionError::Shutdown)
+        | Err(SessionError::Idle)
+        | Err(SessionError::Terminated(_)) => Ok(()),
         other => other,
     }
 }
@@ -436,6 +447,8 @@ struct Frontend<'a> {
     /// The target's catalog, shared by its sessions, and the version of it in `ctx`.
     catalog_slot: Arc<CatalogSlot>,
     catalog_version: u64,
+    /// Counters the console shows.
+    stats: Arc<crate::control::SessionStats>,
     /// `ctx` holds a catalog read inside a transaction (it sees the transaction's own DDL).
     private_catalog: bool,
     /// The catalog is read again when the barrier is crossed.
@@ -1060,6 +1073,7 @@ impl Frontend<'_> {
         stmt: Option<&str>,
     ) -> Result<Pre, SessionError> {
         let d = crate::judge::decide(&self.shared.guard, sql, &self.ctx).await;
+        self.stats.statement();
         self.submit(d, sql, protocol, stmt)
     }
 

@@ -44,6 +44,10 @@ pub(crate) struct Shared {
     pub user_sessions: Mutex<HashMap<String, usize>>,
     /// Each target's catalog (see [`crate::catalog`]).
     pub catalogs: HashMap<String, Arc<crate::catalog::CatalogSlot>>,
+    /// Live sessions by id (the console lists and terminates them).
+    pub live: Mutex<HashMap<String, crate::control::LiveSession>>,
+    /// Locked users and why (rebuilt from the log at start).
+    pub locks: Mutex<HashMap<String, String>>,
     /// Targets whose superuser upstream role has been warned about.
     pub superuser_warned: Mutex<std::collections::HashSet<String>>,
 }

@@ -165,6 +165,20 @@ where
     else {
         return Ok(());
     };
+    // A locked user is refused once authenticated (the lock is not told to strangers).
+    let locked = shared.locks.lock().get(&start.user).cloned();
+    if let Some(reason) = locked {
+        stream.write_all(&out).await?;
+        shared.event(json!({"type":"login_refused","time":now_rfc3339(),"user":start.user,
+            "client_addr":peer.ip().to_string(),"target":start.database,"reason":format!("user locked: {reason}")}));
+        send_fatal(
+            &mut stream,
+            "28000",
+            &format!("parapet: user {} is locked: {reason}", start.user),
+        )
+        .await?;
+        return Ok(());
+    }
     let (key, session_id) = {
         let mut rng = rand::thread_rng();
         let key: (i32, i32) = (rng.gen_range(1..i32::MAX), rng.gen());
@@ -260,6 +274,36 @@ where
         "groups":info.groups,"target":info.target,"environment":info.environment,"client_addr":info.client_addr,
         "client_port":peer.port(),"application_name":info.application_name,"tls":tls}));
     shared.register_cancel(key, &target.upstream, upstream.key);
+    let stats = std::sync::Arc::new(crate::control::SessionStats::default());
+    let (kill_tx, kill_rx) = tokio::sync::watch::channel(None);
+    shared.live.lock().insert(
+        info.session.clone(),
+        crate::control::LiveSession {
+            summary: crate::control::SessionSummary {
+                id: info.session.clone(),
+                user: info.user.clone(),
+                groups: info.groups.clone(),
+                client_addr: info.client_addr.clone(),
+                application_name: info.application_name.clone(),
+                target: info.target.clone(),
+                started: now_rfc3339(),
+                statements: 0,
+                last_statement: None,
+            },
+            stats: stats.clone(),
+            kill: kill_tx,
+            cancel_key: key,
+        },
+    );
+    // Locked between the check above and now: it ends at once.
+    if let Some(reason) = shared.locks.lock().get(&info.user).cloned() {
+        if let Some(s) = shared.live.lock().get(&info.session) {
+            let _ = s.kill.send(Some(format!(
+                "parapet: terminating connection: user {} is locked: {reason}",
+                info.user
+            )));
+        }
+    }
     let started = std::time::Instant::now();
     let res = session::run(
         shared.clone(),
@@ -267,9 +311,11 @@ where
         stream,
         upstream,
         (slot, catalog),
+        (stats, kill_rx),
         shutdown,
     )
     .await;
+    shared.live.lock().remove(&info.session);
     shared.unregister_cancel(key);
     drop(user_slot);
     let mut end = json!({"type":"session_end","time":now_rfc3339(),"session":info.session,

@@ -41,12 +41,34 @@ impl Response {
 
 /// One HTTP/1.1 GET (Connection: close), as any client would send it.
 fn get(addr: SocketAddr, path: &str, token: Option<&str>) -> Response {
+    request(addr, "GET", path, token, None)
+}
+
+/// One HTTP/1.1 POST with a JSON body.
+fn post(addr: SocketAddr, path: &str, token: &str, body: &str) -> Response {
+    request(addr, "POST", path, Some(token), Some(body))
+}
+
+fn request(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    token: Option<&str>,
+    body: Option<&str>,
+) -> Response {
     let mut s = TcpStream::connect(addr).expect("connect to the console");
     s.set_read_timeout(Some(Duration::from_secs(30))).ok();
     let auth = token.map_or(String::new(), |t| format!("Authorization: Bearer {t}\r\n"));
+    let body_headers = body.map_or(String::new(), |b| {
+        format!(
+            "Content-Type: application/json\r\nContent-Length: {}\r\n",
+            b.len()
+        )
+    });
     write!(
         s,
-        "GET {path} HTTP/1.1\r\nHost: {addr}\r\n{auth}Connection: close\r\n\r\n"
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\n{auth}{body_headers}Connection: close\r\n\r\n{}",
+        body.unwrap_or("")
     )
     .expect("send");
     let mut raw = Vec::new();
@@ -608,4 +630,229 @@ fn console_token_prints_a_token_and_its_block() {
         !out.contains(&format!("= \"{token}\"")),
         "the token itself is not in the block"
     );
+}
+
+/// Starts `parapet serve --config`; returns the child once both listeners answer.
+fn serve(config: &std::path::Path, ports: [u16; 2]) -> Child {
+    let child = Command::new(env!("CARGO_BIN_EXE_parapet"))
+        .args(["serve", "--config"])
+        .arg(config)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("parapet serve");
+    for p in ports {
+        eventually("the listener", || TcpStream::connect(("127.0.0.1", p)).ok());
+    }
+    child
+}
+
+fn stop(mut child: Child) {
+    // SAFETY: kill(2) on the child started here.
+    unsafe {
+        libc::kill(child.id() as libc::pid_t, libc::SIGTERM);
+    }
+    let status = eventually("serve to stop", || child.try_wait().ok().flatten());
+    assert!(status.success(), "{status}");
+}
+
+/// Sessions, terminate, and locks that survive a restart, through `parapet serve` with a real
+/// PostgreSQL; auditors may not act; every action is an audit event naming the operator.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sessions_terminate_and_locks_that_survive_a_restart() {
+    use parapet::pgcluster::{PgCluster, PgOptions};
+    use std::os::unix::fs::PermissionsExt;
+    let tmp = tempfile::tempdir().expect("tempdir");
+    std::fs::set_permissions(tmp.path(), std::fs::Permissions::from_mode(0o711)).expect("chmod");
+    let pg_dir = tmp.path().join("pg");
+    std::fs::create_dir(&pg_dir).expect("mkdir");
+    let cluster = PgCluster::start(
+        &pg_dir,
+        &PgOptions {
+            password: "su".into(),
+            no_fsync: true,
+            max_connections: 50,
+        },
+    )
+    .unwrap_or_else(|e| panic!("{e:#} (apt-get install postgresql)"));
+    cluster
+        .psql("postgres", "CREATE ROLE app LOGIN PASSWORD 'app'")
+        .expect("role");
+    cluster
+        .psql("postgres", "CREATE DATABASE shop OWNER app")
+        .expect("db");
+    let (pg_port, console_port) = (free_port(), free_port());
+    let dir = tmp.path().join("setup");
+    let init = Command::new(env!("CARGO_BIN_EXE_parapet"))
+        .args([
+            "init",
+            "--upstream",
+            &cluster.url_as("app", "app", "shop"),
+            "--user",
+            "alice",
+            "--listen",
+            &format!("127.0.0.1:{pg_port}"),
+            "--dir",
+        ])
+        .arg(&dir)
+        .output()
+        .expect("init");
+    assert!(
+        init.status.success(),
+        "{}",
+        String::from_utf8_lossy(&init.stderr)
+    );
+    let out = String::from_utf8_lossy(&init.stdout).into_owned();
+    let password = out
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("password:"))
+        .and_then(|r| r.split_whitespace().next())
+        .expect("password")
+        .to_string();
+    let (op, aud) = (
+        parapet::console::auth::generate(),
+        parapet::console::auth::generate(),
+    );
+    let config = dir.join("parapet.toml");
+    let mut text = std::fs::read_to_string(&config).expect("config");
+    text.push_str(&format!(
+        "\n[console]\nlisten = \"127.0.0.1:{console_port}\"\n\n"
+    ));
+    text.push_str(&parapet::cli::console::token_block(
+        "olga",
+        parapet::config::ConsoleRole::Operator,
+        &parapet::console::auth::digest(&op),
+        None,
+    ));
+    text.push_str(&parapet::cli::console::token_block(
+        "audrey",
+        parapet::config::ConsoleRole::Auditor,
+        &parapet::console::auth::digest(&aud),
+        None,
+    ));
+    std::fs::write(&config, text).expect("write config");
+    let addr = SocketAddr::from(([127, 0, 0, 1], console_port));
+    let conn = format!("host=127.0.0.1 port={pg_port} user=alice password={password} dbname=main application_name=victim");
+    // The client, and its connection's end (where an unsolicited FATAL is reported).
+    let connect = || async {
+        tokio_postgres::connect(&conn, tokio_postgres::NoTls)
+            .await
+            .map(|(c, connection)| (c, tokio::spawn(connection)))
+    };
+
+    let gw = serve(&config, [pg_port, console_port]);
+    let (c, conn_end) = connect().await.expect("login");
+    c.simple_query("SELECT 1").await.expect("select");
+    let listed = get(addr, "/api/sessions", Some(&aud)).json();
+    let s = listed["sessions"]
+        .as_array()
+        .and_then(|a| a.iter().find(|s| s["application_name"] == "victim"))
+        .cloned()
+        .unwrap_or_else(|| panic!("the session is listed: {listed}"));
+    assert_eq!(s["user"], "alice");
+    assert_eq!(s["target"], "main");
+    assert!(
+        s["statements"].as_u64().is_some_and(|n| n >= 1) && s["last_statement"].is_string(),
+        "{s}"
+    );
+    let id = s["id"].as_str().expect("id").to_string();
+    // Auditors read; they may not act.
+    assert_eq!(
+        post(addr, &format!("/api/sessions/{id}/terminate"), &aud, "{}").status,
+        403
+    );
+    assert_eq!(
+        post(addr, "/api/users/alice/lock", &aud, r#"{"reason":"x"}"#).status,
+        403
+    );
+    // Terminate: the client hears who did it, and the session is gone.
+    let r = post(addr, &format!("/api/sessions/{id}/terminate"), &op, "{}");
+    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+    let ended = tokio::time::timeout(Duration::from_secs(10), conn_end)
+        .await
+        .expect("the connection ends")
+        .expect("join");
+    let err = ended.expect_err("ended by the gateway's FATAL");
+    let db = err
+        .as_db_error()
+        .unwrap_or_else(|| panic!("a FATAL from the gateway: {err:?}"));
+    assert_eq!(db.code().code(), "57P01");
+    assert!(
+        db.message().contains("olga"),
+        "the operator is named: {db:?}"
+    );
+    assert!(c.simple_query("SELECT 2").await.is_err());
+    assert_eq!(
+        post(addr, &format!("/api/sessions/{id}/terminate"), &op, "{}").status,
+        404
+    );
+    // Lock: live sessions end, new ones are refused with the reason; a reason is required.
+    let (live, live_end) = connect().await.expect("login");
+    assert_eq!(post(addr, "/api/users/alice/lock", &op, "{}").status, 400);
+    let r = post(
+        addr,
+        "/api/users/alice/lock",
+        &op,
+        r#"{"reason":"suspicious bulk export"}"#,
+    );
+    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+    assert_eq!(r.json()["terminated"], 1);
+    let ended = tokio::time::timeout(Duration::from_secs(10), live_end)
+        .await
+        .expect("the live session ends")
+        .expect("join");
+    assert!(
+        ended.is_err_and(|e| e.as_db_error().is_some_and(|d| d.code().code() == "57P01")),
+        "the live session ended with 57P01"
+    );
+    assert!(live.simple_query("SELECT 3").await.is_err());
+    let Err(refused) = connect().await else {
+        panic!("refused while locked")
+    };
+    let db = refused.as_db_error().expect("a server error");
+    assert_eq!(db.code().code(), "28000");
+    assert!(db.message().contains("suspicious bulk export"), "{db:?}");
+    // The lock survives a restart: it is rebuilt from the log.
+    stop(gw);
+    let gw = serve(&config, [pg_port, console_port]);
+    let Err(refused) = connect().await else {
+        panic!("still locked after a restart")
+    };
+    assert_eq!(
+        refused
+            .as_db_error()
+            .map(|d| d.code().code().to_string())
+            .as_deref(),
+        Some("28000")
+    );
+    let users = get(addr, "/api/users", Some(&aud)).json();
+    assert_eq!(users["users"][0]["name"], "alice");
+    assert_eq!(users["users"][0]["locked"], true);
+    let r = post(
+        addr,
+        "/api/users/alice/unlock",
+        &op,
+        r#"{"reason":"cleared by security"}"#,
+    );
+    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+    let (c, _) = connect().await.expect("unlocked");
+    c.simple_query("SELECT 4").await.expect("runs");
+    // Every action is an audit event naming the operator.
+    let found = eventually("the actions in the index", || {
+        let page = get(addr, "/api/events?limit=200", Some(&aud)).json();
+        let evs: Vec<serde_json::Value> = page["events"]
+            .as_array()?
+            .iter()
+            .map(|e| e["event"].clone())
+            .collect();
+        let kinds = ["session_terminate", "user_lock", "user_unlock"];
+        kinds
+            .iter()
+            .all(|k| evs.iter().any(|e| e["type"] == *k && e["by"] == "olga"))
+            .then_some(evs)
+    });
+    assert!(found
+        .iter()
+        .any(|e| e["type"] == "login_refused" && e["user"] == "alice"));
+    stop(gw);
 }

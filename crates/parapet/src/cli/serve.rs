@@ -73,8 +73,9 @@ pub struct RunningConsole {
 pub async fn start_console(
     section: &crate::config::ConsoleSection,
     log_dir: &std::path::Path,
+    control: parapet_gateway::control::Control,
 ) -> anyhow::Result<RunningConsole> {
-    let console = crate::console::Console::bind(section, log_dir).await?;
+    let console = crate::console::Console::bind(section, log_dir, Some(control)).await?;
     let addr = console.local_addr()?;
     let scheme = if console.is_tls() { "https" } else { "http" };
     eprintln!("parapet: console listening on {scheme}://{addr}/");
@@ -129,7 +130,7 @@ pub fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
         let gw = Gateway::bind(gw_config, Arc::new(guard), log).await?;
         eprintln!("parapet: gateway listening on {}", gw.local_addr()?);
         let console = match &config.console {
-            Some(section) => Some(start_console(section, &config.log.dir).await?),
+            Some(section) => Some(start_console(section, &config.log.dir, gw.control()).await?),
             None => None,
         };
         let res = gw.run(stop_signal()).await;

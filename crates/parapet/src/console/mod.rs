@@ -22,7 +22,7 @@ use axum::extract::{Path as UrlPath, Query, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
+use axum::routing::{get, post};
 use axum::Router;
 use base64::Engine;
 use index::{Filter, Indexed};
@@ -41,6 +41,7 @@ const POLL: Duration = Duration::from_millis(100);
 const BATCH: u64 = 2_000;
 
 struct AppState {
+    control: Option<parapet_gateway::control::Control>,
     tokens: auth::Tokens,
     public_log: bool,
     log_dir: PathBuf,
@@ -60,7 +61,11 @@ pub struct Console {
 
 impl Console {
     /// Opens the index (catching up with the log in the background) and binds the listener.
-    pub async fn bind(section: &ConsoleSection, log_dir: &Path) -> anyhow::Result<Console> {
+    pub async fn bind(
+        section: &ConsoleSection,
+        log_dir: &Path,
+        control: Option<parapet_gateway::control::Control>,
+    ) -> anyhow::Result<Console> {
         let tokens = auth::Tokens::new(&section.tokens)?;
         let reader = LogReader::open(log_dir)
             .with_context(|| format!("the console cannot read the log in {}", log_dir.display()))?;
@@ -99,6 +104,7 @@ impl Console {
             _ => anyhow::bail!("[console] tls_cert and tls_key must be given together"),
         };
         let state = Arc::new(AppState {
+            control,
             tokens,
             public_log: section.public_log,
             log_dir: log_dir.to_path_buf(),
@@ -112,6 +118,11 @@ impl Console {
             .route("/api/events", get(events))
             .route("/api/events/stream", get(stream))
             .route("/api/entries/{index}", get(entry))
+            .route("/api/sessions", get(sessions))
+            .route("/api/sessions/{id}/terminate", post(terminate))
+            .route("/api/users", get(users))
+            .route("/api/users/{name}/lock", post(lock))
+            .route("/api/users/{name}/unlock", post(unlock))
             .route("/metrics", get(metrics_text))
             .with_state(state);
         let listener = TcpListener::bind(section.listen)
@@ -273,6 +284,143 @@ fn authorize(state: &AppState, headers: &HeaderMap) -> Result<auth::Caller, Resp
         )
             .into_response()
     })
+}
+
+/// An operator, or the 401/403 to answer; and the gateway's control (503 without one).
+fn operator(
+    state: &AppState,
+    headers: &HeaderMap,
+) -> Result<(auth::Caller, parapet_gateway::control::Control), Response> {
+    let caller = authorize(state, headers)?;
+    if caller.role != crate::config::ConsoleRole::Operator {
+        return Err((
+            StatusCode::FORBIDDEN,
+            "this needs an operator token (auditor tokens read only)\n",
+        )
+            .into_response());
+    }
+    let control = state.control.clone().ok_or_else(|| {
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "no gateway runs in this process\n",
+        )
+            .into_response()
+    })?;
+    Ok((caller, control))
+}
+
+/// A `{"reason":"…"}` body with a reason that is not empty.
+#[derive(serde::Deserialize)]
+struct Reason {
+    reason: String,
+}
+
+fn reason(body: &[u8]) -> Result<String, Response> {
+    match serde_json::from_slice::<Reason>(body) {
+        Ok(r) if !r.reason.trim().is_empty() => Ok(r.reason.trim().to_string()),
+        _ => Err(bad_request(
+            "a JSON body {\"reason\":\"…\"} with a reason is required",
+        )),
+    }
+}
+
+async fn sessions(State(state): State<Arc<AppState>>, headers: HeaderMap) -> Response {
+    if let Err(r) = authorize(&state, &headers) {
+        return r;
+    }
+    let sessions = state
+        .control
+        .as_ref()
+        .map(|c| c.sessions())
+        .unwrap_or_default();
+    axum::Json(serde_json::json!({ "sessions": sessions })).into_response()
+}
+
+async fn terminate(
+    State(state): State<Arc<AppState>>,
+    UrlPath(id): UrlPath<String>,
+    headers: HeaderMap,
+) -> Response {
+    let (caller, control) = match operator(&state, &headers) {
+        Ok(x) => x,
+        Err(r) => return r,
+    };
+    match control.terminate(&id, &caller.name).await {
+        Ok(true) => {
+            axum::Json(serde_json::json!({"terminated": id, "by": caller.name})).into_response()
+        }
+        Ok(false) => (StatusCode::NOT_FOUND, "no such live session\n").into_response(),
+        Err(e) => internal(e),
+    }
+}
+
+async fn users(State(state): State<Arc<AppState>>, headers: HeaderMap) -> Response {
+    if let Err(r) = authorize(&state, &headers) {
+        return r;
+    }
+    let Some(control) = &state.control else {
+        return axum::Json(serde_json::json!({"users": []})).into_response();
+    };
+    let locked: std::collections::HashMap<String, String> =
+        control.locked_users().into_iter().collect();
+    let mut names = control.users();
+    for u in locked.keys() {
+        if !names.contains(u) {
+            names.push(u.clone());
+        }
+    }
+    names.sort();
+    let users: Vec<serde_json::Value> = names
+        .into_iter()
+        .map(|n| {
+            let reason = locked.get(&n);
+            serde_json::json!({"name": n, "locked": reason.is_some(), "reason": reason})
+        })
+        .collect();
+    axum::Json(serde_json::json!({ "users": users })).into_response()
+}
+
+async fn lock(
+    State(state): State<Arc<AppState>>,
+    UrlPath(name): UrlPath<String>,
+    headers: HeaderMap,
+    body: axum::body::Bytes,
+) -> Response {
+    let (caller, control) = match operator(&state, &headers) {
+        Ok(x) => x,
+        Err(r) => return r,
+    };
+    let reason = match reason(&body) {
+        Ok(r) => r,
+        Err(r) => return r,
+    };
+    match control.lock_user(&name, &reason, &caller.name).await {
+        Ok(n) => axum::Json(serde_json::json!({"locked": name, "reason": reason, "terminated": n, "by": caller.name}))
+            .into_response(),
+        Err(e) => internal(e),
+    }
+}
+
+async fn unlock(
+    State(state): State<Arc<AppState>>,
+    UrlPath(name): UrlPath<String>,
+    headers: HeaderMap,
+    body: axum::body::Bytes,
+) -> Response {
+    let (caller, control) = match operator(&state, &headers) {
+        Ok(x) => x,
+        Err(r) => return r,
+    };
+    if let Err(r) = reason(&body) {
+        return r;
+    }
+    match control.unlock_user(&name, &caller.name).await {
+        Ok(true) => {
+            axum::Json(serde_json::json!({"unlocked": name, "by": caller.name})).into_response()
+        }
+        Ok(false) => (StatusCode::NOT_FOUND, "that user is not locked\n").into_response(),
+        Err(e) => internal(e),
+    }
 }
 
 fn log_access(state: &AppState, headers: &HeaderMap) -> Result<(), Response> {

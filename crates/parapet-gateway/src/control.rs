@@ -1,0 +1,220 @@
+//! What operators can do to a running gateway (the console's actions): list the live sessions,
+//! terminate one, lock and unlock users. Every action is first an audit event naming the
+//! operator, durable before it takes effect; locks are rebuilt from those events when the
+//! gateway starts, so they survive a restart.
+
+use crate::error::GatewayError;
+use crate::events::now_rfc3339;
+use crate::shared::Shared;
+use parapet_log::LogReader;
+use serde::Serialize;
+use serde_json::json;
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+/// A live session as the console lists it.
+#[derive(Debug, Clone, Serialize)]
+pub struct SessionSummary {
+    /// Session id (as in its audit events).
+    pub id: String,
+    /// Gateway user.
+    pub user: String,
+    /// The user's groups.
+    pub groups: Vec<String>,
+    /// Client address.
+    pub client_addr: String,
+    /// The client's application_name.
+    pub application_name: String,
+    /// Target.
+    pub target: String,
+    /// When it started (RFC 3339).
+    pub started: String,
+    /// Statements judged so far.
+    pub statements: u64,
+    /// When the last one was judged (RFC 3339), if any.
+    pub last_statement: Option<String>,
+}
+
+/// What a session shares with the registry while it lives.
+pub(crate) struct LiveSession {
+    pub(crate) summary: SessionSummary,
+    pub(crate) stats: Arc<SessionStats>,
+    /// Ends the session with this message (FATAL 57P01).
+    pub(crate) kill: tokio::sync::watch::Sender<Option<String>>,
+    /// The client's cancel key (its upstream backend, for a cancel request).
+    pub(crate) cancel_key: (i32, i32),
+}
+
+/// Counters a session updates as it judges statements.
+#[derive(Debug, Default)]
+pub(crate) struct SessionStats {
+    pub(crate) statements: AtomicU64,
+    pub(crate) last: parking_lot::Mutex<Option<String>>,
+}
+
+impl SessionStats {
+    pub(crate) fn statement(&self) {
+        self.statements.fetch_add(1, Ordering::Relaxed);
+        *self.last.lock() = Some(now_rfc3339());
+    }
+}
+
+/// Operators' handle on a running gateway ([`crate::Gateway::control`]).
+#[derive(Clone)]
+pub struct Control {
+    pub(crate) shared: Arc<Shared>,
+}
+
+impl Control {
+    /// The live sessions, oldest first.
+    pub fn sessions(&self) -> Vec<SessionSummary> {
+        let live = self.shared.live.lock();
+        let mut v: Vec<SessionSummary> = live
+            .values()
+            .map(|s| {
+                let mut sum = s.summary.clone();
+                sum.statements = s.stats.statements.load(Ordering::Relaxed);
+                sum.last_statement = s.stats.last.lock().clone();
+                sum
+            })
+            .collect();
+        v.sort_by(|a, b| a.started.cmp(&b.started).then(a.id.cmp(&b.id)));
+        v
+    }
+
+    /// Appends an operator's action to the log and waits until it is durable.
+    async fn record(&self, ev: serde_json::Value) -> Result<u64, GatewayError> {
+        let ticket = self.shared.log.submit(crate::events::to_bytes(&ev));
+        Ok(ticket.await?)
+    }
+
+    /// Terminates session `id` on behalf of operator `by`: its running statement is cancelled
+    /// on the server, the client gets FATAL 57P01 naming the operator, and both connections
+    /// close. `false` when there is no such session.
+    pub async fn terminate(&self, id: &str, by: &str) -> Result<bool, GatewayError> {
+        if !self.shared.live.lock().contains_key(id) {
+            return Ok(false);
+        }
+        self.record(
+            json!({"type": "session_terminate", "time": now_rfc3339(), "session": id, "by": by}),
+        )
+        .await?;
+        self.kill(
+            id,
+            &format!("parapet: terminating connection: session terminated by operator {by}"),
+        )
+        .await;
+        Ok(true)
+    }
+
+    async fn kill(&self, id: &str, message: &str) {
+        let found = self
+            .shared
+            .live
+            .lock()
+            .get(id)
+            .map(|s| (s.cancel_key, s.kill.clone()));
+        if let Some((key, kill)) = found {
+            self.shared.cancel(key.0, key.1).await;
+            let _ = kill.send(Some(message.to_string()));
+        }
+    }
+
+    /// Locks `user` on behalf of `by`: new sessions are refused (28000, with the reason) and
+    /// live ones terminated. Returns how many were terminated.
+    pub async fn lock_user(
+        &self,
+        user: &str,
+        reason: &str,
+        by: &str,
+    ) -> Result<usize, GatewayError> {
+        self.record(json!({"type": "user_lock", "time": now_rfc3339(), "user": user, "reason": reason, "by": by}))
+            .await?;
+        self.shared
+            .locks
+            .lock()
+            .insert(user.to_string(), reason.to_string());
+        let ids: Vec<String> = self
+            .shared
+            .live
+            .lock()
+            .values()
+            .filter(|s| s.summary.user == user)
+            .map(|s| s.summary.id.clone())
+            .collect();
+        for id in &ids {
+            self.kill(
+                id,
+                &format!("parapet: terminating connection: user {user} was locked by operator {by}: {reason}"),
+            )
+            .await;
+        }
+        Ok(ids.len())
+    }
+
+    /// Unlocks `user` on behalf of `by`; `false` when it was not locked.
+    pub async fn unlock_user(&self, user: &str, by: &str) -> Result<bool, GatewayError> {
+        if !self.shared.locks.lock().contains_key(user) {
+            return Ok(false);
+        }
+        self.record(json!({"type": "user_unlock", "time": now_rfc3339(), "user": user, "by": by}))
+            .await?;
+        self.shared.locks.lock().remove(user);
+        Ok(true)
+    }
+
+    /// The gateway's users, sorted.
+    pub fn users(&self) -> Vec<String> {
+        let mut v: Vec<String> = self.shared.users.keys().cloned().collect();
+        v.sort();
+        v
+    }
+
+    /// Locked users and the reasons.
+    pub fn locked_users(&self) -> Vec<(String, String)> {
+        let mut v: Vec<_> = self
+            .shared
+            .locks
+            .lock()
+            .iter()
+            .map(|(u, r)| (u.clone(), r.clone()))
+            .collect();
+        v.sort();
+        v
+    }
+}
+
+/// The locks in force at the end of the published log in `dir` (its `user_lock` and
+/// `user_unlock` events, in order). Only entries that mention them are parsed.
+pub(crate) fn locks_from_log(dir: &Path) -> Result<HashMap<String, String>, GatewayError> {
+    let mut locks = HashMap::new();
+    let reader = match LogReader::open(dir) {
+        Ok(r) => r,
+        Err(e) => return Err(GatewayError::Log(e)),
+    };
+    for item in reader.entries(0, reader.size()) {
+        let (_, bytes) = item?;
+        if !bytes.windows(9).any(|w| w == b"user_lock")
+            && !bytes.windows(11).any(|w| w == b"user_unlock")
+        {
+            continue;
+        }
+        let Ok(v) = serde_json::from_slice::<serde_json::Value>(&bytes) else {
+            continue;
+        };
+        let user = v.get("user").and_then(|u| u.as_str()).unwrap_or("");
+        match v.get("type").and_then(|t| t.as_str()) {
+            Some("user_lock") => {
+                let reason = v.get("reason").and_then(|r| r.as_str()).unwrap_or("");
+                locks.insert(user.to_string(), reason.to_string());
+            }
+            Some("user_unlock") => {
+                locks.remove(user);
+            }
+            _ => {}
+        }
+    }
+    Ok(locks)
+}
