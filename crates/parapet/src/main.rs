@@ -39,6 +39,11 @@ enum Command {
     Log(cli::log::LogCommand),
     /// Verify a log offline: checkpoint signature, every tile, every entry, and consistency.
     Verify(cli::log::VerifyArgs),
+    /// Search the audit log, or follow it live, from a terminal.
+    Events(cli::events::EventsArgs),
+    /// The console's search index.
+    #[command(subcommand)]
+    Index(cli::events::IndexCommand),
     /// Console tokens (the HTTP API over the audit trail).
     #[command(subcommand)]
     Console(cli::console::ConsoleCommand),
@@ -62,6 +67,8 @@ fn main() -> ExitCode {
         Command::Verify(a) => cli::log::verify(a),
         Command::Policy(c) => cli::policy::run(c),
         Command::Console(c) => cli::console::run(c),
+        Command::Events(a) => cli::events::events(a),
+        Command::Index(c) => cli::events::index(c),
     };
     match result {
         Ok(code) => code,

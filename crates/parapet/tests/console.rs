@@ -572,6 +572,86 @@ async fn console_api_over_a_real_gateway() {
         .collect();
     assert_eq!(ids, vec![id2], "no gap");
 
+    // The same search from a terminal, and its live tail.
+    let log_arg = log_dir.to_str().expect("utf-8").to_string();
+    let cli = Command::new(env!("CARGO_BIN_EXE_parapet"))
+        .args([
+            "events",
+            "--log",
+            &log_arg,
+            "--user",
+            "alice",
+            "--decision",
+            "deny",
+            "--json",
+        ])
+        .output()
+        .expect("parapet events");
+    assert!(
+        cli.status.success(),
+        "{}",
+        String::from_utf8_lossy(&cli.stderr)
+    );
+    let lines: Vec<serde_json::Value> = String::from_utf8_lossy(&cli.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("a JSON line"))
+        .collect();
+    assert_eq!(
+        lines.last().and_then(|l| l["index"].as_u64()),
+        Some(deny_index)
+    );
+    let table = Command::new(env!("CARGO_BIN_EXE_parapet"))
+        .args([
+            "events",
+            "--log",
+            &log_arg,
+            "--rule",
+            "parapet.delete-without-where",
+        ])
+        .output()
+        .expect("parapet events");
+    let table = String::from_utf8_lossy(&table.stdout).into_owned();
+    assert!(
+        table
+            .lines()
+            .next()
+            .is_some_and(|h| h.contains("index") && h.contains("statement")),
+        "{table}"
+    );
+    assert!(
+        table.contains(&format!("DELETE FROM ledger_{tag}")) && table.contains("deny"),
+        "{table}"
+    );
+    let mut follow = Command::new(env!("CARGO_BIN_EXE_parapet"))
+        .args([
+            "events", "--log", &log_arg, "--type", "decision", "--limit", "1", "--json", "--follow",
+        ])
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("parapet events --follow");
+    let mut tail = BufReader::new(follow.stdout.take().expect("stdout"));
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let mut line = String::new();
+        while tail.read_line(&mut line).is_ok_and(|n| n > 0) {
+            if tx.send(std::mem::take(&mut line)).is_err() {
+                return;
+            }
+        }
+    });
+    // The newest existing decision first: the scan is done, following has begun.
+    rx.recv_timeout(Duration::from_secs(10))
+        .expect("the newest decision within 10 s");
+    c.simple_query(&format!("SELECT 'tail-{tag}'"))
+        .await
+        .expect("select");
+    let got = rx
+        .recv_timeout(Duration::from_secs(10))
+        .expect("a followed event within 10 s");
+    assert!(got.contains(&format!("tail-{tag}")), "{got}");
+    let _ = follow.kill();
+    let _ = follow.wait();
+
     // Metrics.
     let m = get(addr, "/metrics", Some(&token));
     assert_eq!(m.status, 200);
@@ -854,5 +934,24 @@ async fn sessions_terminate_and_locks_that_survive_a_restart() {
     assert!(found
         .iter()
         .any(|e| e["type"] == "login_refused" && e["user"] == "alice"));
+    stop(gw);
+    // The index is derived: rebuilt from the log, it answers the same.
+    let rebuilt = Command::new(env!("CARGO_BIN_EXE_parapet"))
+        .args(["index", "rebuild", "--config"])
+        .arg(&config)
+        .output()
+        .expect("index rebuild");
+    assert!(
+        rebuilt.status.success(),
+        "{}",
+        String::from_utf8_lossy(&rebuilt.stderr)
+    );
+    assert!(String::from_utf8_lossy(&rebuilt.stdout).starts_with("indexed "));
+    let gw = serve(&config, [pg_port, console_port]);
+    let locks = get(addr, "/api/events?type=user_lock", Some(&aud)).json();
+    assert_eq!(
+        locks["events"][0]["event"]["reason"], "suspicious bulk export",
+        "{locks}"
+    );
     stop(gw);
 }

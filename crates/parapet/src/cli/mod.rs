@@ -4,6 +4,7 @@
 pub mod console;
 pub mod docs;
 pub mod doctor;
+pub mod events;
 pub mod init;
 pub mod log;
 pub mod out;

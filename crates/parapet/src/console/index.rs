@@ -193,14 +193,21 @@ pub fn matches(f: &Filter, e: &Indexed) -> bool {
     true
 }
 
-/// The index database.
-pub struct Index {
-    conn: Connection,
-    path: PathBuf,
+/// Turns log entries, read in order, into [`Indexed`] events: reassembles texts stored in parts
+/// and remembers each session's user and target.
+#[derive(Default)]
+pub struct Preparer {
     /// Texts of decisions stored in parts, reassembled across batches.
     texts: TextReassembler,
     /// Each session's user and target.
     sessions: HashMap<String, (Option<String>, Option<String>)>,
+}
+
+/// The index database.
+pub struct Index {
+    conn: Connection,
+    path: PathBuf,
+    prep: Preparer,
 }
 
 const SCHEMA: &str = "
@@ -253,8 +260,7 @@ impl Index {
         Ok(Index {
             conn,
             path,
-            texts: TextReassembler::new(),
-            sessions: HashMap::new(),
+            prep: Preparer::default(),
         })
     }
 
@@ -271,7 +277,65 @@ impl Index {
         Ok(v.parse()?)
     }
 
-    /// Builds the indexed form of the entry at `index`.
+    /// Builds the indexed form of the entry at `index` (entries in order).
+    pub fn prepare(&mut self, index: u64, bytes: &[u8]) -> Indexed {
+        self.prep.prepare(index, bytes)
+    }
+
+    /// Stores a batch of prepared events (in index order, starting at [`Index::indexed`]) in
+    /// one transaction.
+    pub fn store(&mut self, batch: &[Indexed]) -> anyhow::Result<()> {
+        let Some(last) = batch.last() else {
+            return Ok(());
+        };
+        let tx = self.conn.transaction()?;
+        {
+            let mut ev = tx.prepare_cached(
+                "INSERT OR REPLACE INTO events (idx, type, time, user, target, decision, session, json)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+            )?;
+            let mut rule =
+                tx.prepare_cached("INSERT INTO event_rules (idx, rule) VALUES (?1, ?2)")?;
+            let mut table =
+                tx.prepare_cached("INSERT INTO event_tables (idx, tbl, name) VALUES (?1, ?2, ?3)")?;
+            let mut fts =
+                tx.prepare_cached("INSERT INTO events_fts (rowid, body) VALUES (?1, ?2)")?;
+            for e in batch {
+                let f = |k: &str| e.event.get(k).and_then(Value::as_str);
+                let idx = i64::try_from(e.index)?;
+                ev.execute(params![
+                    idx,
+                    f("type"),
+                    f("time"),
+                    e.user,
+                    e.target,
+                    f("decision").filter(|_| f("type") == Some("decision")),
+                    f("session"),
+                    e.event.to_string()
+                ])?;
+                for r in &e.rules {
+                    rule.execute(params![idx, r])?;
+                }
+                for t in &e.tables {
+                    let name = t.rsplit('.').next().unwrap_or(t);
+                    table.execute(params![idx, t, name])?;
+                }
+                if !e.text.is_empty() {
+                    fts.execute(params![idx, e.text])?;
+                }
+            }
+        }
+        tx.execute(
+            "UPDATE meta SET v = ?1 WHERE k = 'indexed'",
+            params![(last.index + 1).to_string()],
+        )?;
+        tx.commit()?;
+        Ok(())
+    }
+}
+
+impl Preparer {
+    /// Builds the indexed form of the entry at `index` (entries in order).
     pub fn prepare(&mut self, index: u64, bytes: &[u8]) -> Indexed {
         let mut event: Value = serde_json::from_slice(bytes)
             .unwrap_or_else(|_| serde_json::json!({"type": "unreadable"}));
@@ -330,57 +394,6 @@ impl Index {
             tables,
             text,
         }
-    }
-
-    /// Stores a batch of prepared events (in index order, starting at [`Index::indexed`]) in
-    /// one transaction.
-    pub fn store(&mut self, batch: &[Indexed]) -> anyhow::Result<()> {
-        let Some(last) = batch.last() else {
-            return Ok(());
-        };
-        let tx = self.conn.transaction()?;
-        {
-            let mut ev = tx.prepare_cached(
-                "INSERT OR REPLACE INTO events (idx, type, time, user, target, decision, session, json)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
-            )?;
-            let mut rule =
-                tx.prepare_cached("INSERT INTO event_rules (idx, rule) VALUES (?1, ?2)")?;
-            let mut table =
-                tx.prepare_cached("INSERT INTO event_tables (idx, tbl, name) VALUES (?1, ?2, ?3)")?;
-            let mut fts =
-                tx.prepare_cached("INSERT INTO events_fts (rowid, body) VALUES (?1, ?2)")?;
-            for e in batch {
-                let f = |k: &str| e.event.get(k).and_then(Value::as_str);
-                let idx = i64::try_from(e.index)?;
-                ev.execute(params![
-                    idx,
-                    f("type"),
-                    f("time"),
-                    e.user,
-                    e.target,
-                    f("decision").filter(|_| f("type") == Some("decision")),
-                    f("session"),
-                    e.event.to_string()
-                ])?;
-                for r in &e.rules {
-                    rule.execute(params![idx, r])?;
-                }
-                for t in &e.tables {
-                    let name = t.rsplit('.').next().unwrap_or(t);
-                    table.execute(params![idx, t, name])?;
-                }
-                if !e.text.is_empty() {
-                    fts.execute(params![idx, e.text])?;
-                }
-            }
-        }
-        tx.execute(
-            "UPDATE meta SET v = ?1 WHERE k = 'indexed'",
-            params![(last.index + 1).to_string()],
-        )?;
-        tx.commit()?;
-        Ok(())
     }
 }
 

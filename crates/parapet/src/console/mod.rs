@@ -50,6 +50,17 @@ struct AppState {
     live: broadcast::Sender<Arc<Indexed>>,
 }
 
+/// The search index's directory: `[console] index`, else `console-index` beside the log
+/// directory.
+pub fn index_dir(section: Option<&ConsoleSection>, log_dir: &Path) -> PathBuf {
+    section.and_then(|s| s.index.clone()).unwrap_or_else(|| {
+        log_dir
+            .parent()
+            .unwrap_or(Path::new("."))
+            .join("console-index")
+    })
+}
+
 /// A bound console, ready to serve.
 pub struct Console {
     listener: TcpListener,
@@ -70,12 +81,7 @@ impl Console {
         let reader = LogReader::open(log_dir)
             .with_context(|| format!("the console cannot read the log in {}", log_dir.display()))?;
         let origin = reader.checkpoint().origin.clone();
-        let index_dir = section.index.clone().unwrap_or_else(|| {
-            log_dir
-                .parent()
-                .unwrap_or(Path::new("."))
-                .join("console-index")
-        });
+        let index_dir = index_dir(Some(section), log_dir);
         let ix = index::Index::open(&index_dir, &origin)?;
         let index_path = ix.path().to_path_buf();
         let metrics = Arc::new(metrics::Metrics::new());
