@@ -178,7 +178,10 @@ pub fn events(a: EventsArgs) -> anyhow::Result<ExitCode> {
     for e in &newest {
         print(e, a.json)?;
     }
-    while a.follow {
+    if !a.follow {
+        return Ok(ExitCode::SUCCESS);
+    }
+    loop {
         std::thread::sleep(Duration::from_millis(200));
         let now = LogReader::open(&a.log)?.size();
         if now > size {
@@ -191,7 +194,6 @@ pub fn events(a: EventsArgs) -> anyhow::Result<ExitCode> {
             size = now;
         }
     }
-    Ok(ExitCode::SUCCESS)
 }
 
 /// Runs `parapet index …`.
