@@ -4,10 +4,11 @@
 #   postgresql(-contrib) - initdb/pg_ctl/postgres/pgbench/psql for the tests' throw-away clusters
 #   pgbouncer            - the baseline in bench/gateway.sh
 #   systemd              - systemd-analyze, to check the packaged unit (tests/package.rs)
+#   chromium(-driver)    - the console's web UI tests (tests/console_ui.rs, WebDriver)
 # Idempotent and quiet when everything is present (no apt-get update then).
 set -euo pipefail
 
-packages=(libclang-dev clang postgresql postgresql-contrib postgresql-client pgbouncer systemd)
+packages=(libclang-dev clang postgresql postgresql-contrib postgresql-client pgbouncer systemd chromium chromium-driver)
 missing=()
 for p in "${packages[@]}"; do
     dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p")

@@ -117,8 +117,14 @@ impl Control {
             .get(id)
             .map(|s| (s.cancel_key, s.kill.clone()));
         if let Some((key, kill)) = found {
-            self.shared.cancel(key.0, key.1).await;
+            // The client hears why first; then the statement still running on the server is
+            // cancelled (the session's end closes its connection, which the server may notice
+            // only when it next writes).
+            let target = self.shared.cancels.lock().get(&key).cloned();
             let _ = kill.send(Some(message.to_string()));
+            if let Some(t) = target {
+                t.cancel().await;
+            }
         }
     }
 

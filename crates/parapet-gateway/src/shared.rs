@@ -21,6 +21,15 @@ pub(crate) struct CancelTarget {
     key: (i32, i32),
 }
 
+impl CancelTarget {
+    /// Sends the upstream backend a cancel request.
+    pub async fn cancel(&self) {
+        if let Err(e) = crate::upstream::cancel(&self.host, self.port, self.key).await {
+            tracing::warn!("forwarding cancel request failed: {e}");
+        }
+    }
+}
+
 /// State shared by every session.
 pub(crate) struct Shared {
     pub config: GatewayConfig,
@@ -120,11 +129,7 @@ impl Shared {
     pub async fn cancel(&self, pid: i32, secret: i32) {
         let target = self.cancels.lock().get(&(pid, secret)).cloned();
         match target {
-            Some(t) => {
-                if let Err(e) = crate::upstream::cancel(&t.host, t.port, t.key).await {
-                    tracing::warn!("forwarding cancel request failed: {e}");
-                }
-            }
+            Some(t) => t.cancel().await,
             None => tracing::info!("cancel request with an unknown key ignored"),
         }
     }

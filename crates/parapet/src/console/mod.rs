@@ -119,6 +119,8 @@ impl Console {
             live,
         });
         let app = Router::new()
+            .route("/", get(ui))
+            .route("/api/health", get(health))
             .route("/log/checkpoint", get(checkpoint))
             .route("/log/tile/{*rest}", get(tile))
             .route("/api/events", get(events))
@@ -456,6 +458,64 @@ fn internal(msg: impl std::fmt::Display) -> Response {
     (StatusCode::INTERNAL_SERVER_ERROR, format!("{msg}\n")).into_response()
 }
 
+/// The web UI: one page, embedded in the binary; it holds no data (it asks for a token).
+const UI: &str = include_str!("ui/index.html");
+
+async fn ui() -> Response {
+    (
+        [
+            (header::CONTENT_TYPE, "text/html; charset=utf-8"),
+            (
+                header::CONTENT_SECURITY_POLICY,
+                "default-src 'none'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; connect-src 'self'; img-src 'self' data:; frame-ancestors 'none'",
+            ),
+            (header::X_CONTENT_TYPE_OPTIONS, "nosniff"),
+            (header::CACHE_CONTROL, "no-cache"),
+        ],
+        UI,
+    )
+        .into_response()
+}
+
+async fn health(State(state): State<Arc<AppState>>, headers: HeaderMap) -> Response {
+    if let Err(r) = authorize(&state, &headers) {
+        return r;
+    }
+    let dir = state.log_dir.clone();
+    let path = state.index_path.clone();
+    let res = tokio::task::spawn_blocking(move || -> anyhow::Result<serde_json::Value> {
+        let r = LogReader::open(&dir)?;
+        let age = std::fs::metadata(dir.join("checkpoint"))
+            .and_then(|m| m.modified())
+            .ok()
+            .and_then(|t| t.elapsed().ok())
+            .map_or(0, |d| d.as_secs());
+        let newest = index::search(
+            &path,
+            &Filter {
+                limit: Some(1),
+                ..Filter::default()
+            },
+        )?
+        .events
+        .first()
+        .map_or(0, |(i, _)| i + 1);
+        Ok(serde_json::json!({
+            "origin": r.checkpoint().origin,
+            "log_size": r.size(),
+            "checkpoint_age_seconds": age,
+            "indexed": newest,
+            "index_lag": r.size().saturating_sub(newest),
+        }))
+    })
+    .await;
+    match res {
+        Ok(Ok(v)) => axum::Json(v).into_response(),
+        Ok(Err(e)) => internal(format_args!("{e:#}")),
+        Err(e) => internal(e),
+    }
+}
+
 async fn checkpoint(State(state): State<Arc<AppState>>, headers: HeaderMap) -> Response {
     if let Err(r) = log_access(&state, &headers) {
         return r;
@@ -572,6 +632,7 @@ async fn entry(
         Ok(Some(serde_json::json!({
             "index": index,
             "event": event,
+            "entry": b64.encode(&bytes),
             "leaf_hash": b64.encode(parapet_log::entry_leaf_hash(&bytes)),
             "inclusion_proof": proof,
             "checkpoint": String::from_utf8_lossy(r.checkpoint_note()),

@@ -5,6 +5,8 @@
 //! handler stops it and removes the directory.
 #![allow(dead_code)]
 
+pub mod http;
+
 use parapet::pgcluster::{PgCluster, PgOptions, INSTALL_HINT};
 use parapet_gateway::{
     Durability, Gateway, GatewayConfig, TargetConfig, TlsSettings, UserConfig, Verifier,
