@@ -48,6 +48,48 @@ pub struct LogSection {
     /// `full` (default) or `normalized`.
     #[serde(default)]
     pub statement_text: StatementTextKey,
+    /// `[[log.witnesses]]`: witnesses asked to cosign the log's checkpoints.
+    #[serde(default)]
+    pub witnesses: Vec<WitnessSection>,
+    /// Cosignatures needed before a cosigned checkpoint is published (default: a majority of
+    /// the witnesses).
+    pub min_witnesses: Option<usize>,
+}
+
+/// One `[[log.witnesses]]` entry.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WitnessSection {
+    /// The witness's name (its key name).
+    pub name: String,
+    /// Base URL; the log POSTs to `<url>/add-checkpoint`.
+    pub url: String,
+    /// The witness's cosignature/v1 verifier key (from `parapet witness init`).
+    pub vkey: String,
+}
+
+impl LogSection {
+    /// The witness policy of `[[log.witnesses]]` and `min_witnesses`; `None` without witnesses.
+    pub fn witness_policy(&self) -> anyhow::Result<Option<parapet_log::WitnessPolicy>> {
+        if self.witnesses.is_empty() {
+            if let Some(k) = self.min_witnesses.filter(|k| *k > 0) {
+                bail!("[log] min_witnesses = {k} but no [[log.witnesses]] is configured: add the witnesses or remove min_witnesses");
+            }
+            return Ok(None);
+        }
+        let mut endpoints = Vec::new();
+        for w in &self.witnesses {
+            endpoints.push(
+                parapet_log::WitnessEndpoint::new(&w.name, &w.url, &w.vkey)
+                    .with_context(|| format!("in [[log.witnesses]] {:?}", w.name))?,
+            );
+        }
+        let n = endpoints.len();
+        let min = self.min_witnesses.unwrap_or(n / 2 + 1);
+        Ok(Some(
+            parapet_log::WitnessPolicy::new(endpoints, min).context("in [log] min_witnesses")?,
+        ))
+    }
 }
 
 /// `[log] durability`.

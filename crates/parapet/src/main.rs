@@ -27,6 +27,9 @@ enum Command {
     Log(cli::log::LogCommand),
     /// Verify a log offline: checkpoint signature, every tile, every entry, and consistency.
     Verify(cli::log::VerifyArgs),
+    /// Run a transparency-log witness (C2SP tlog-witness) or create its key.
+    #[command(subcommand)]
+    Witness(cli::witness::WitnessCommand),
     /// Check, evaluate and replay guardrail policies.
     #[command(subcommand)]
     Policy(cli::policy::PolicyCommand),
@@ -41,6 +44,7 @@ fn main() -> ExitCode {
         Command::Log(c) => cli::log::run(c),
         Command::Verify(a) => cli::log::verify(a),
         Command::Policy(c) => cli::policy::run(c),
+        Command::Witness(c) => cli::witness::run(c),
     };
     match result {
         Ok(code) => code,

@@ -7,3 +7,4 @@ pub mod policy;
 pub mod quickstart;
 pub mod serve;
 pub mod user;
+pub mod witness;
