@@ -375,8 +375,9 @@ impl Log {
     /// tlog-witness), on a thread of its own that lives as long as the log: at most once every
     /// [`witness_client::COSIGN_INTERVAL`] it sends the latest published checkpoint with a
     /// consistency proof to each witness, and publishes it with the cosignatures collected,
-    /// once a quorum cosigned, in [`COSIGNED_CHECKPOINT`]. Appends never wait for it. Once per
-    /// log; a second call fails.
+    /// once a quorum cosigned, in [`COSIGNED_CHECKPOINT`]. Appends never wait for it. When the
+    /// last handle is dropped, a last round (at most [`witness_client::WITNESS_TIMEOUT`]) has
+    /// the final checkpoint cosigned. Once per log; a second call fails.
     pub fn start_witnessing(&self, policy: WitnessPolicy) -> Result<(), LogError> {
         let client = witness_client::WitnessClient::start(&self.inner.dir, policy)?;
         self.inner

@@ -151,7 +151,8 @@ impl WitnessStatus {
     }
 }
 
-/// The running client: its thread stops when this is dropped.
+/// The running client: its thread stops when this is dropped, after a last round (at most
+/// [`WITNESS_TIMEOUT`]) for the checkpoint the closing log published last.
 pub(crate) struct WitnessClient {
     status: Arc<parking_lot::Mutex<WitnessStatus>>,
     stop: Arc<tokio::sync::Notify>,
@@ -202,14 +203,24 @@ impl WitnessClient {
                     state.load_published();
                     loop {
                         let started = Instant::now();
-                        tokio::select! {
-                            _ = stop2.notified() => return,
-                            _ = state.round() => {}
-                        }
+                        let stopped = tokio::select! {
+                            _ = stop2.notified() => true,
+                            _ = state.round() => false,
+                        };
                         let wait = COSIGN_INTERVAL.saturating_sub(started.elapsed());
-                        tokio::select! {
-                            _ = stop2.notified() => return,
-                            _ = tokio::time::sleep(wait) => {}
+                        let stopped = stopped
+                            || tokio::select! {
+                                _ = stop2.notified() => true,
+                                _ = tokio::time::sleep(wait) => false,
+                            };
+                        if stopped {
+                            // The log is closing and has published its last checkpoint: one
+                            // last round (still at most one a second), so that a log stopped
+                            // cleanly is witnessed to its end.
+                            tokio::time::sleep(COSIGN_INTERVAL.saturating_sub(started.elapsed()))
+                                .await;
+                            let _ = tokio::time::timeout(WITNESS_TIMEOUT, state.round()).await;
+                            return;
                         }
                     }
                 })

@@ -94,7 +94,7 @@ fn go_note_ed25519_keys_cosign_with_the_cosignature_key_id() {
     let pk = |v: &str| {
         use base64::Engine;
         base64::engine::general_purpose::STANDARD
-            .decode(v.split('+').nth(2).unwrap())
+            .decode(v.splitn(3, '+').nth(2).unwrap())
             .unwrap()
     };
     assert_eq!(pk(&note_vkey)[0], 0x01);
