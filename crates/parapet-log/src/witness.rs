@@ -355,6 +355,12 @@ impl Witness {
             Some(l) => (l.size, l.root),
             None => (0, crate::hash::empty_root()),
         };
+        // The log's key signed this checkpoint: if it is refused below as inconsistent, keep the
+        // request, which proves the log's misbehaviour (tlog-witness allows this).
+        let evidence = |r: Refusal| {
+            self.keep_evidence(&cp.origin, body);
+            r
+        };
         if req.old != size {
             return Err(Refusal::Conflict {
                 size,
@@ -366,13 +372,13 @@ impl Witness {
         }
         if cp.size == size {
             if cp.root != root {
-                return Err(Refusal::Conflict {
+                return Err(evidence(Refusal::Conflict {
                     size,
                     reason: format!(
                         "a checkpoint of size {size} with another root hash was cosigned: \
                          the log forked or was rewritten"
                     ),
-                });
+                }));
             }
             if !req.proof.is_empty() {
                 return Err(Refusal::BadProof(
@@ -381,16 +387,42 @@ impl Witness {
             }
         } else {
             verify_consistency(size, cp.size, &root, &cp.root, &req.proof).map_err(|e| {
-                Refusal::BadProof(format!(
+                evidence(Refusal::BadProof(format!(
                     "the checkpoint of size {} is not a consistent extension of the one of size \
                      {size} cosigned before: {e}",
                     cp.size
-                ))
+                )))
             })?;
         }
         self.store(&cp.origin, req.checkpoint)
             .map_err(|e| Refusal::Internal(e.to_string()))?;
         Ok(self.signer.cosign(parsed.text, now))
+    }
+
+    /// Where the first refused request of log `origin` is kept ([`Witness::add_checkpoint`]).
+    pub fn evidence_file(&self, origin: &str) -> PathBuf {
+        self.state_file(origin).with_extension("evidence")
+    }
+
+    /// Keeps `body`, a request signed by log `origin`'s key that was refused as inconsistent,
+    /// unless one is kept already (the first is the proof; one file per log bounds the space).
+    fn keep_evidence(&self, origin: &str, body: &[u8]) {
+        let p = self.evidence_file(origin);
+        let r = OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&p)
+            .and_then(|mut f| f.write_all(body).and_then(|()| f.sync_all()));
+        match r {
+            Ok(()) => tracing::warn!(
+                log = %origin,
+                file = %p.display(),
+                "kept a checkpoint signed by the log that is inconsistent with what this witness cosigned"
+            ),
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+            Err(e) => tracing::warn!(file = %p.display(), "cannot keep evidence: {e}"),
+        }
     }
 
     /// Stores signed checkpoint `note` of log `origin` durably: a new file, fsynced, renamed

@@ -456,4 +456,60 @@ mod tests {
         );
         assert!(Config::parse("[log]\ndir='l'\nkey='k'\n").is_err());
     }
+
+    #[test]
+    fn witnesses_are_checked_and_the_quorum_defaults_to_a_majority() {
+        let w = |i: u8| {
+            parapet_log::note::CosignatureSigner::from_seed(&format!("w{i}.test"), [i; 32])
+                .verifier()
+                .to_key_text()
+        };
+        let entry = |name: &str, url: &str, vkey: &str| {
+            format!("[[log.witnesses]]\nname = '{name}'\nurl = '{url}'\nvkey = '{vkey}'\n")
+        };
+        let config = |log_extra: &str, entries: &str| {
+            format!(
+                "[log]\ndir='l'\nkey='k'\n{log_extra}{entries}[[targets]]\nname='m'\nupstream='postgres://u@h/d'\n"
+            )
+        };
+        let three: String = (1..=3)
+            .map(|i| entry(&format!("w{i}.test"), "http://127.0.0.1:7380", &w(i)))
+            .collect();
+        let c = Config::parse(&config("", &three)).unwrap();
+        let p = c.log.witness_policy().unwrap().unwrap();
+        assert_eq!((p.witnesses.len(), p.min_witnesses), (3, 2));
+        let c = Config::parse(&config("min_witnesses = 3\n", &three)).unwrap();
+        assert_eq!(c.log.witness_policy().unwrap().unwrap().min_witnesses, 3);
+        assert!(Config::parse(&config("", ""))
+            .unwrap()
+            .log
+            .witness_policy()
+            .unwrap()
+            .is_none());
+        let err = |log_extra: &str, entries: &str| {
+            format!(
+                "{:#}",
+                Config::parse(&config(log_extra, entries))
+                    .unwrap()
+                    .log
+                    .witness_policy()
+                    .unwrap_err()
+            )
+        };
+        assert!(err("min_witnesses = 4\n", &three).contains("between 1 and"));
+        assert!(err("min_witnesses = 1\n", "").contains("no [[log.witnesses]]"));
+        assert!(err("", &entry("other.test", "http://h:1", &w(1))).contains("its vkey is named"),);
+        assert!(err("", &entry("w1.test", "https://h:1", &w(1))).contains("only http://"),);
+        let twice = format!(
+            "{}{}",
+            entry("w1.test", "http://h:1", &w(1)),
+            entry("w1.test", "http://h:2", &w(1))
+        );
+        assert!(err("", &twice).contains("listed twice"));
+        // A log's own (0x01) key is not a witness key.
+        let log_key = parapet_log::note::NoteSigner::generate("w1.test")
+            .verifier()
+            .to_key_text();
+        assert!(err("", &entry("w1.test", "http://h:1", &log_key)).contains("type 0x04"));
+    }
 }

@@ -130,21 +130,29 @@ impl W {
     }
 }
 
-/// POSTs `body` to `<url>/add-checkpoint` with a plain HTTP/1.1 request; returns the status and
-/// the body.
-fn add_checkpoint(port: u16, body: &[u8]) -> (u16, String) {
+/// Sends `method path` with `body` as a plain HTTP/1.1 request; returns the status, the header
+/// block (lower-cased) and the body.
+fn http(port: u16, method: &str, path: &str, body: &[u8]) -> (u16, String, String) {
     let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
     write!(
         s,
-        "POST /add-checkpoint HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+        "{method} {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
         body.len()
     )
     .unwrap();
-    s.write_all(body).unwrap();
-    let mut resp = String::new();
-    s.read_to_string(&mut resp).unwrap();
+    // The server may answer (413) before reading everything.
+    let _ = s.write_all(body);
+    let mut resp = Vec::new();
+    let _ = s.read_to_end(&mut resp);
+    let resp = String::from_utf8_lossy(&resp).into_owned();
     let status = resp[9..12].parse().unwrap();
-    let body = resp.split_once("\r\n\r\n").unwrap().1.to_string();
+    let (head, body) = resp.split_once("\r\n\r\n").unwrap();
+    (status, head.to_lowercase(), body.to_string())
+}
+
+/// POSTs `body` to `/add-checkpoint`; returns the status and the body.
+fn add_checkpoint(port: u16, body: &[u8]) -> (u16, String) {
+    let (status, _, body) = http(port, "POST", "/add-checkpoint", body);
     (status, body)
 }
 
@@ -695,4 +703,132 @@ fn a_log_with_a_rewritten_old_entry_is_refused_by_the_witnesses() {
     for p in procs {
         p.stop();
     }
+}
+
+#[test]
+fn the_witness_process_speaks_tlog_witness_over_http() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let vkey = Log::init(&dir.join("log"), "parapet.test/http", &dir.join("log.key")).unwrap();
+    std::fs::write(dir.join("log.vkey"), &vkey).unwrap();
+    let w = W::init(dir, "witness.test/http");
+    // init refuses to overwrite the key, and a name with a space.
+    let again = Command::new(BIN)
+        .args(["witness", "init", "--key"])
+        .arg(&w.key)
+        .args(["--name", "x"])
+        .output()
+        .unwrap();
+    assert!(!again.status.success());
+    assert!(String::from_utf8_lossy(&again.stderr).contains("already exists"));
+    let bad = Command::new(BIN)
+        .args(["witness", "init", "--key"])
+        .arg(dir.join("other.key"))
+        .args(["--name", "a b"])
+        .output()
+        .unwrap();
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("not a valid key name"));
+
+    let mut append = Command::new(BIN)
+        .args(["log", "append", "--dir"])
+        .arg(dir.join("log"))
+        .arg("--key")
+        .arg(dir.join("log.key"))
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    append
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(b"a\nb\nc\nd\ne\n")
+        .unwrap();
+    assert!(append.wait().unwrap().success());
+    let p = w.serve(&dir.join("log.vkey"));
+    let note = std::fs::read(dir.join("log").join("checkpoint")).unwrap();
+    let body = parapet_log::witness::AddCheckpoint::encode(0, &[], &note);
+    assert_eq!(http(w.port, "GET", "/add-checkpoint", b"").0, 405);
+    assert_eq!(http(w.port, "POST", "/other", &body).0, 404);
+    assert_eq!(
+        http(w.port, "POST", "/add-checkpoint", &vec![b'x'; 100_000]).0,
+        413
+    );
+    assert_eq!(add_checkpoint(w.port, b"old zero\n\n").0, 400);
+    let (status, text) = add_checkpoint(w.port, &body);
+    assert_eq!(status, 200, "{text}");
+    let cosigned = format!("{}{text}", String::from_utf8_lossy(&note));
+    let v = CosignatureVerifier::parse(&w.vkey).unwrap();
+    assert!(v
+        .find(&parse_note(cosigned.as_bytes()).unwrap())
+        .unwrap()
+        .is_some());
+    let (status, head, text) = http(w.port, "POST", "/add-checkpoint", &body);
+    assert_eq!((status, text.as_str()), (409, "5\n"), "{head}");
+    assert!(head.contains("content-type: text/x.tlog.size"), "{head}");
+    // A checkpoint of another log: 404.
+    let other = parapet_log::note::NoteSigner::generate("parapet.test/other");
+    let foreign =
+        other.sign("parapet.test/other\n0\n47DEQpj8HBSa+/TImW+5JCeuQeRkm5NMpJWZG3hSuFU=\n");
+    assert_eq!(
+        add_checkpoint(
+            w.port,
+            &parapet_log::witness::AddCheckpoint::encode(0, &[], foreign.as_bytes())
+        )
+        .0,
+        404
+    );
+    p.stop();
+
+    // verify's witness arguments say what is missing.
+    let verify = |args: &[&str]| {
+        let out = Command::new(BIN)
+            .args(["verify", "--dir"])
+            .arg(dir.join("log"))
+            .args(["--vkey", &vkey])
+            .args(args)
+            .output()
+            .unwrap();
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let (ok, err) = verify(&["--min-witnesses", "1"]);
+    assert!(
+        !ok && err.contains("give each with --witness VKEY"),
+        "{err}"
+    );
+    let (ok, err) = verify(&["--witness", &w.vkey, "--min-witnesses", "2"]);
+    assert!(
+        !ok && err.contains("more than the 1 --witness keys"),
+        "{err}"
+    );
+    let (ok, err) = verify(&["--witness", &vkey]);
+    assert!(!ok && err.contains("type 0x04"), "{err}");
+    // The witness cosigned, but no cosigned checkpoint was published (no witness client).
+    let (ok, err) = verify(&["--witness", &w.vkey]);
+    assert!(
+        !ok && err
+            .contains("unwitnessed beyond entry 0: 5 of its 5 entries (indices 0..5) lack 1 valid"),
+        "{err}"
+    );
+    // Publishing the note with the witness's line makes it pass.
+    std::fs::write(dir.join("log").join(COSIGNED_CHECKPOINT), &cosigned).unwrap();
+    let (ok, err) = verify(&["--witness", &w.vkey]);
+    assert!(ok, "{err}");
+    // A cosignature that does not verify (one base64 character of its signature changed) does
+    // not count, and is reported.
+    let mut chars: Vec<char> = cosigned.chars().collect();
+    let at = chars.len() - 12;
+    chars[at] = if chars[at] == 'A' { 'B' } else { 'A' };
+    let broken: String = chars.into_iter().collect();
+    std::fs::write(dir.join("log").join(COSIGNED_CHECKPOINT), &broken).unwrap();
+    let (ok, err) = verify(&["--witness", &w.vkey]);
+    assert!(
+        !ok && err.contains(
+            "invalid cosignatures: checkpoint.cosigned: cosignature by witness.test/http"
+        ),
+        "{err}"
+    );
 }
