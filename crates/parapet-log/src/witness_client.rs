@@ -245,7 +245,12 @@ struct PerWitness {
     /// The cosignature line (and its timestamp) this witness gave for checkpoint text `.0`.
     line: Option<(String, String, u64)>,
     last_warning: Option<(String, Instant)>,
+    /// A kept-alive HTTP/1.1 connection to the witness (tlog-witness: clients SHOULD).
+    conn: Option<Conn>,
 }
+
+/// The sending half of an HTTP/1.1 client connection.
+type Conn = hyper::client::conn::http1::SendRequest<Full<bytes::Bytes>>;
 
 struct ClientState {
     dir: PathBuf,
@@ -288,6 +293,7 @@ impl ClientState {
                     known: None,
                     line: None,
                     last_warning: None,
+                    conn: None,
                 })
                 .collect(),
             status,
@@ -361,7 +367,7 @@ impl ClientState {
         for _attempt in 0..2 {
             let mut set = tokio::task::JoinSet::new();
             let mut failures = Vec::new();
-            for (i, w) in self.witnesses.iter().enumerate() {
+            for (i, w) in self.witnesses.iter_mut().enumerate() {
                 if w.line.is_some() {
                     continue;
                 }
@@ -390,9 +396,10 @@ impl ClientState {
                 };
                 let endpoint = w.endpoint.clone();
                 let text = text.clone();
+                let conn = w.conn.take();
                 set.spawn(async move {
-                    let out = ask(&endpoint, old, body, &text).await;
-                    (i, old, out)
+                    let (out, conn) = ask(&endpoint, conn, old, body, &text).await;
+                    (i, old, out, conn)
                 });
             }
             for (i, error, refused) in failures {
@@ -403,7 +410,8 @@ impl ClientState {
             }
             let mut moved = false;
             while let Some(r) = set.join_next().await {
-                let Ok((i, old, out)) = r else { continue };
+                let Ok((i, old, out, conn)) = r else { continue };
+                self.witnesses[i].conn = conn;
                 match out {
                     Outcome::Cosigned { line, timestamp } => {
                         let w = &mut self.witnesses[i];
@@ -558,18 +566,47 @@ fn parse_url(url: &str) -> Result<(String, u16, String), String> {
 }
 
 /// Sends one `add-checkpoint` request and interprets the answer.
-async fn ask(endpoint: &WitnessEndpoint, old: u64, body: Vec<u8>, text: &str) -> Outcome {
+/// Sends one `add-checkpoint` request (on `conn` if it is still open) and interprets the
+/// answer; returns the connection for the next request.
+async fn ask(
+    endpoint: &WitnessEndpoint,
+    conn: Option<Conn>,
+    old: u64,
+    body: Vec<u8>,
+    text: &str,
+) -> (Outcome, Option<Conn>) {
     let failed = |error: String| Outcome::Failed {
         error,
         refused: false,
     };
-    let (status, ctype, resp) =
-        match tokio::time::timeout(WITNESS_TIMEOUT, post(&endpoint.url, body)).await {
+    let (status, ctype, resp, conn) =
+        match tokio::time::timeout(WITNESS_TIMEOUT, post(&endpoint.url, conn, body)).await {
             Ok(Ok(r)) => r,
-            Ok(Err(e)) => return failed(e),
-            Err(_) => return failed(format!("no answer within {} s", WITNESS_TIMEOUT.as_secs())),
+            Ok(Err(e)) => return (failed(e), None),
+            Err(_) => {
+                return (
+                    failed(format!("no answer within {} s", WITNESS_TIMEOUT.as_secs())),
+                    None,
+                )
+            }
         };
-    let resp_text = String::from_utf8_lossy(&resp);
+    (interpret(endpoint, old, status, ctype, &resp, text), conn)
+}
+
+/// What an answer to `add-checkpoint` (sent with old size `old`) means.
+fn interpret(
+    endpoint: &WitnessEndpoint,
+    old: u64,
+    status: u16,
+    ctype: Option<String>,
+    resp: &[u8],
+    text: &str,
+) -> Outcome {
+    let failed = |error: String| Outcome::Failed {
+        error,
+        refused: false,
+    };
+    let resp_text = String::from_utf8_lossy(resp);
     match status {
         200 => {
             let note = format!("{text}\n{resp_text}");
@@ -622,33 +659,53 @@ fn truncate(s: &str) -> String {
     s.chars().take(300).collect()
 }
 
-/// POSTs `body` to `<url>/add-checkpoint` over HTTP/1.1; returns the status, content type and
-/// body.
-async fn post(url: &str, body: Vec<u8>) -> Result<(u16, Option<String>, Vec<u8>), String> {
+/// POSTs `body` to `<url>/add-checkpoint` over HTTP/1.1, on `conn` if it is still open (a
+/// kept-alive connection the witness closed meanwhile is replaced once); returns the status,
+/// content type, body and the connection.
+async fn post(
+    url: &str,
+    conn: Option<Conn>,
+    body: Vec<u8>,
+) -> Result<(u16, Option<String>, Vec<u8>, Option<Conn>), String> {
     let (host, port, prefix) = parse_url(url)?;
-    let stream = tokio::net::TcpStream::connect((host.as_str(), port))
-        .await
-        .map_err(|e| format!("cannot connect to {host}:{port}: {e}"))?;
-    let _ = stream.set_nodelay(true);
-    let (mut sender, conn) =
-        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
-            .await
-            .map_err(|e| format!("HTTP handshake with {host}:{port} failed: {e}"))?;
-    let conn = tokio::spawn(conn);
+    let body = bytes::Bytes::from(body);
     let host_header = if port == 80 {
         host.clone()
     } else {
         format!("{host}:{port}")
     };
-    let req = hyper::Request::post(format!("{prefix}/add-checkpoint"))
-        .header(hyper::header::HOST, host_header)
-        .header(hyper::header::USER_AGENT, "parapet-log")
-        .body(Full::new(bytes::Bytes::from(body)))
-        .map_err(|e| format!("building the request: {e}"))?;
-    let resp = sender
-        .send_request(req)
-        .await
-        .map_err(|e| format!("request to {url} failed: {e}"))?;
+    let request = || {
+        hyper::Request::post(format!("{prefix}/add-checkpoint"))
+            .header(hyper::header::HOST, host_header.as_str())
+            .header(hyper::header::USER_AGENT, "parapet-log")
+            .body(Full::new(body.clone()))
+            .map_err(|e| format!("building the request: {e}"))
+    };
+    let mut reused = false;
+    let mut kept = None;
+    if let Some(mut c) = conn {
+        if c.ready().await.is_ok() {
+            kept = Some(c);
+        }
+    }
+    let mut sender = match kept {
+        Some(c) => {
+            reused = true;
+            c
+        }
+        None => connect(&host, port).await?,
+    };
+    let resp = match sender.send_request(request()?).await {
+        Ok(r) => r,
+        Err(e) if reused && (e.is_canceled() || e.is_closed()) => {
+            sender = connect(&host, port).await?;
+            sender
+                .send_request(request()?)
+                .await
+                .map_err(|e| format!("request to {url} failed: {e}"))?
+        }
+        Err(e) => return Err(format!("request to {url} failed: {e}")),
+    };
     let status = resp.status().as_u16();
     let ctype = resp
         .headers()
@@ -661,7 +718,22 @@ async fn post(url: &str, body: Vec<u8>) -> Result<(u16, Option<String>, Vec<u8>)
         .map_err(|e| format!("reading the answer of {url}: {e}"))?
         .to_bytes()
         .to_vec();
-    drop(sender);
-    conn.abort();
-    Ok((status, ctype, body))
+    Ok((status, ctype, body, Some(sender)))
+}
+
+/// Opens an HTTP/1.1 connection; its driver runs on the client's runtime until the sender is
+/// dropped or the witness closes it.
+async fn connect(host: &str, port: u16) -> Result<Conn, String> {
+    let stream = tokio::net::TcpStream::connect((host, port))
+        .await
+        .map_err(|e| format!("cannot connect to {host}:{port}: {e}"))?;
+    let _ = stream.set_nodelay(true);
+    let (sender, conn) =
+        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
+            .await
+            .map_err(|e| format!("HTTP handshake with {host}:{port} failed: {e}"))?;
+    tokio::spawn(async move {
+        let _ = conn.await;
+    });
+    Ok(sender)
 }
