@@ -216,7 +216,10 @@ impl WitnessClient {
                         if stopped {
                             // The log is closing and has published its last checkpoint: one
                             // last round (still at most one a second), so that a log stopped
-                            // cleanly is witnessed to its end.
+                            // cleanly is witnessed to its end — unless it is witnessed already.
+                            if !state.changed() {
+                                return;
+                            }
                             tokio::time::sleep(COSIGN_INTERVAL.saturating_sub(started.elapsed()))
                                 .await;
                             let _ = tokio::time::timeout(WITNESS_TIMEOUT, state.round()).await;
@@ -331,6 +334,14 @@ impl ClientState {
             self.published = Some((parsed.text.to_string(), count));
             st.cosigned_size = cp.size;
             st.cosigned_at = newest.map(unix);
+        }
+    }
+
+    /// Whether the published checkpoint differs from the one every witness cosigned last.
+    fn changed(&self) -> bool {
+        match crate::storage::read_checkpoint_file(&self.dir) {
+            Ok(note) => self.done.as_deref() != Some(&note[..]),
+            Err(_) => false,
         }
     }
 
