@@ -408,3 +408,79 @@ pub fn verify_witnessed(
     }
     Ok(best)
 }
+
+/// What [`verify_receipt`] checked.
+#[derive(Debug, Clone)]
+pub struct ReceiptReport {
+    /// The entry's index.
+    pub index: u64,
+    /// The checkpoint the receipt embeds (signed by the log's key).
+    pub checkpoint: Checkpoint,
+    /// Witnesses with a valid cosignature on it, with their timestamps.
+    pub cosigners: Vec<(String, u64)>,
+}
+
+/// Checks a receipt — a C2SP tlog-proof as printed by `parapet log proof inclusion` — offline:
+/// the embedded checkpoint is signed by the log's key `vkey`, carries at least `min` valid
+/// cosignatures by distinct `witnesses`, and the inclusion proof proves that `entry` is at the
+/// receipt's index in the tree of that checkpoint.
+pub fn verify_receipt(
+    receipt: &str,
+    entry: &[u8],
+    vkey: &NoteVerifier,
+    witnesses: &[crate::note::CosignatureVerifier],
+    min: usize,
+) -> Result<ReceiptReport, LogError> {
+    if !receipt.starts_with(&format!("{}\n", crate::INCLUSION_PROOF_HEADER)) {
+        return Err(LogError::malformed(
+            "receipt",
+            format!(
+                "it does not start with {:?} (print one with `parapet log proof inclusion`)",
+                crate::INCLUSION_PROOF_HEADER
+            ),
+        ));
+    }
+    let p = crate::ProofText::parse(receipt)?;
+    let text = vkey.open(p.checkpoint.as_bytes(), "receipt's checkpoint")?;
+    let cp = Checkpoint::parse(text, "receipt's checkpoint")?;
+    crate::proof::verify_inclusion(p.number, cp.size, &leaf_hash(entry), &p.hashes, &cp.root)
+        .map_err(|e| {
+            LogError::Tampered(format!(
+                "the entry is not entry {} of the receipt's checkpoint (size {}): {e}",
+                p.number, cp.size
+            ))
+        })?;
+    let parsed = crate::note::parse_note(p.checkpoint.as_bytes())
+        .map_err(|r| LogError::malformed("receipt's checkpoint", r))?;
+    let mut cosigners: Vec<(String, u64)> = Vec::new();
+    let mut invalid = Vec::new();
+    for w in witnesses {
+        if cosigners.iter().any(|(n, _)| n == w.name()) {
+            continue;
+        }
+        match w.find(&parsed) {
+            Ok(Some((ts, _))) => cosigners.push((w.name().to_string(), ts)),
+            Ok(None) => {}
+            Err(e) => invalid.push(e),
+        }
+    }
+    if cosigners.len() < min {
+        return Err(LogError::Tampered(format!(
+            "the receipt's checkpoint (size {}) carries {} valid cosignature(s) by the given \
+             witnesses, {min} required{}{}",
+            cp.size,
+            cosigners.len(),
+            if invalid.is_empty() {
+                ""
+            } else {
+                "; invalid: "
+            },
+            invalid.join("; ")
+        )));
+    }
+    Ok(ReceiptReport {
+        index: p.number,
+        checkpoint: cp,
+        cosigners,
+    })
+}

@@ -454,7 +454,8 @@ fn three_witnesses_cosign_a_gateway_under_pgbench_and_one_survives_kill_9() {
         .output()
         .unwrap();
     assert!(out.status.success(), "{out:?}");
-    let receipt = parapet_log::ProofText::parse(&String::from_utf8(out.stdout).unwrap()).unwrap();
+    let receipt_text = String::from_utf8(out.stdout).unwrap();
+    let receipt = parapet_log::ProofText::parse(&receipt_text).unwrap();
     assert_eq!(receipt.number, index);
     let log_vkey = parapet_log::note::NoteVerifier::parse(&s.vkey).unwrap();
     let text = log_vkey
@@ -485,6 +486,43 @@ fn three_witnesses_cosign_a_gateway_under_pgbench_and_one_survives_kill_9() {
             w.vkey
         );
     }
+    // `parapet log proof check` does the same from the receipt and the entry's bytes alone.
+    std::fs::write(s.dir.join("receipt"), &receipt_text).unwrap();
+    std::fs::write(s.dir.join("entry"), &entry).unwrap();
+    let check = |entry: &Path, k: &str| {
+        let mut cmd = Command::new(BIN);
+        cmd.args(["log", "proof", "check", "--vkey", &s.vkey, "--entry"])
+            .arg(entry)
+            .arg("--receipt")
+            .arg(s.dir.join("receipt"));
+        for w in &s.witnesses {
+            cmd.args(["--witness", &w.vkey]);
+        }
+        let out = cmd.args(["--min-witnesses", k]).output().unwrap();
+        (
+            out.status.success(),
+            format!(
+                "{}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            ),
+        )
+    };
+    let (ok, out) = check(&s.dir.join("entry"), "3");
+    assert!(
+        ok && out.contains(&format!(
+            "OK: entry {index} is in log parapet.test/pgbench at tree size {size}, cosigned by"
+        )),
+        "{out}"
+    );
+    let mut other = entry.clone();
+    other.push(b' ');
+    std::fs::write(s.dir.join("other-entry"), &other).unwrap();
+    let (ok, out) = check(&s.dir.join("other-entry"), "2");
+    assert!(
+        !ok && out.contains("receipt check FAILED: the entry is not entry"),
+        "{out}"
+    );
 
     gw.stop();
     for p in procs {

@@ -79,6 +79,25 @@ pub enum ProofCommand {
         #[arg(long)]
         index: u64,
     },
+    /// Check a receipt (the output of `log proof inclusion`) offline: the checkpoint's
+    /// signature, the witnesses' cosignatures and the inclusion proof of the entry.
+    Check {
+        /// The log's verifier key, or a file containing it.
+        #[arg(long)]
+        vkey: String,
+        /// File holding the entry's exact bytes.
+        #[arg(long)]
+        entry: PathBuf,
+        /// The receipt file (default: standard input).
+        #[arg(long)]
+        receipt: Option<PathBuf>,
+        /// A witness's cosignature/v1 verifier key (or a file holding it). Repeatable.
+        #[arg(long = "witness")]
+        witnesses: Vec<String>,
+        /// Valid cosignatures required (default: a majority of the --witness keys).
+        #[arg(long)]
+        min_witnesses: Option<usize>,
+    },
     /// Consistency proof from an older tree size to the current checkpoint.
     Consistency {
         /// Log directory.
@@ -139,6 +158,13 @@ pub fn run(cmd: LogCommand) -> anyhow::Result<ExitCode> {
             crate::out!("{}", r.inclusion_proof_text(index)?)?;
             Ok(ExitCode::SUCCESS)
         }
+        LogCommand::Proof(ProofCommand::Check {
+            vkey,
+            entry,
+            receipt,
+            witnesses,
+            min_witnesses,
+        }) => check_receipt(vkey, entry, receipt, witnesses, min_witnesses),
         LogCommand::Proof(ProofCommand::Consistency { dir, old }) => {
             let r = LogReader::open(&dir)?;
             crate::out!("{}", r.consistency_proof_text(old)?)?;
@@ -287,15 +313,16 @@ fn receipt_reader(dir: &std::path::Path, index: u64) -> anyhow::Result<LogReader
     }
 }
 
-/// Runs `parapet verify`.
-pub fn verify(args: VerifyArgs) -> anyhow::Result<ExitCode> {
-    let vkey = parse_vkey(&args.vkey)?;
+/// The `--witness` keys and the quorum of `--min-witnesses` (default: a majority of them).
+fn witness_args(
+    args: &[String],
+    min: Option<usize>,
+) -> anyhow::Result<(Vec<CosignatureVerifier>, usize)> {
     let witnesses = args
-        .witnesses
         .iter()
         .map(|w| parse_witness_vkey(w).with_context(|| format!("--witness {w}")))
         .collect::<anyhow::Result<Vec<_>>>()?;
-    let min_witnesses = match args.min_witnesses {
+    let min = match min {
         Some(k) if witnesses.is_empty() && k > 0 => bail!(
             "--min-witnesses {k} needs the witnesses' verifier keys: give each with --witness VKEY"
         ),
@@ -306,6 +333,50 @@ pub fn verify(args: VerifyArgs) -> anyhow::Result<ExitCode> {
         Some(k) => k,
         None => witnesses.len() / 2 + usize::from(!witnesses.is_empty()),
     };
+    Ok((witnesses, min))
+}
+
+fn check_receipt(
+    vkey: String,
+    entry: PathBuf,
+    receipt: Option<PathBuf>,
+    witnesses: Vec<String>,
+    min_witnesses: Option<usize>,
+) -> anyhow::Result<ExitCode> {
+    let vkey = parse_vkey(&vkey)?;
+    let (witnesses, min) = witness_args(&witnesses, min_witnesses)?;
+    let entry =
+        std::fs::read(&entry).with_context(|| format!("reading entry {}", entry.display()))?;
+    let text = match &receipt {
+        Some(p) => std::fs::read_to_string(p)
+            .with_context(|| format!("reading receipt {}", p.display()))?,
+        None => {
+            let mut s = String::new();
+            std::io::Read::read_to_string(&mut std::io::stdin(), &mut s)
+                .context("reading the receipt from standard input")?;
+            s
+        }
+    };
+    let r = parapet_log::verify::verify_receipt(&text, &entry, &vkey, &witnesses, min)
+        .map_err(|e| anyhow::anyhow!("receipt check FAILED: {e}"))?;
+    let by = if r.cosigners.is_empty() {
+        String::new()
+    } else {
+        format!(", cosigned by {}", names(&r.cosigners))
+    };
+    crate::outln!(
+        "OK: entry {} is in log {} at tree size {}{by}",
+        r.index,
+        r.checkpoint.origin,
+        r.checkpoint.size
+    )?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Runs `parapet verify`.
+pub fn verify(args: VerifyArgs) -> anyhow::Result<ExitCode> {
+    let vkey = parse_vkey(&args.vkey)?;
+    let (witnesses, min_witnesses) = witness_args(&args.witnesses, args.min_witnesses)?;
     let old = match &args.old {
         Some(p) => Some(
             std::fs::read(p).with_context(|| format!("reading old checkpoint {}", p.display()))?,
