@@ -281,7 +281,8 @@ fn key_or_file<T>(
 
 /// The reader whose checkpoint a receipt for entry `index` embeds: the cosigned checkpoint
 /// when it covers the entry (so the receipt carries the witnesses' cosignatures), otherwise
-/// the latest checkpoint, with a note on stderr.
+/// the latest checkpoint (with a note on stderr if the log is witnessed but not yet up to the
+/// entry; a log without `checkpoint.cosigned` is not witnessed, and its receipts never were).
 fn receipt_reader(dir: &std::path::Path, index: u64) -> anyhow::Result<LogReader> {
     let latest = LogReader::open(dir)?;
     let path = dir.join(parapet_log::COSIGNED_CHECKPOINT);
@@ -298,14 +299,6 @@ fn receipt_reader(dir: &std::path::Path, index: u64) -> anyhow::Result<LogReader
                  receipt carries the log's signature only. A running log has it cosigned within \
                  seconds; if it stays behind, the witnesses refuse the log (see its warnings).",
                 c.size()
-            );
-            Ok(latest)
-        }
-        None if index < latest.size() => {
-            eprintln!(
-                "note: the log has no cosigned checkpoint ({} is missing): this receipt carries \
-                 the log's signature only (configure [[log.witnesses]] to have it witnessed)",
-                path.display()
             );
             Ok(latest)
         }
