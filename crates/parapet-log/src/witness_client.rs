@@ -247,6 +247,7 @@ struct PerWitness {
     known: Option<u64>,
     /// The cosignature line (and its timestamp) this witness gave for checkpoint text `.0`.
     line: Option<(String, String, u64)>,
+    /// The kind of the last failure warned about, and when (see [`ClientState::fail`]).
     last_warning: Option<(String, Instant)>,
     /// A kept-alive HTTP/1.1 connection to the witness (tlog-witness: clients SHOULD).
     conn: Option<Conn>,
@@ -428,7 +429,12 @@ impl ClientState {
                         let w = &mut self.witnesses[i];
                         w.known = Some(size);
                         w.line = Some((text.clone(), line, timestamp));
-                        w.last_warning = None;
+                        if w.last_warning.take().is_some() {
+                            tracing::info!(
+                                witness = %w.endpoint.name,
+                                "witness cosigns the log's checkpoints again (size {size})"
+                            );
+                        }
                         let mut st = self.status.lock();
                         let h = &mut st.witnesses[i];
                         h.cosigned_size = Some(size);
@@ -504,12 +510,13 @@ impl ClientState {
         }
     }
 
-    /// Records a failure of witness `i`, warning once per distinct message (and once a minute
-    /// while it lasts).
+    /// Records a failure of witness `i`, warning once per kind of failure (the message without
+    /// its numbers, which change as the log grows) and once a minute while it lasts.
     fn fail(&mut self, i: usize, error: String, refused: bool) {
         let w = &mut self.witnesses[i];
+        let kind: String = error.chars().filter(|c| !c.is_ascii_digit()).collect();
         let due = match &w.last_warning {
-            Some((m, at)) => *m != error || at.elapsed() >= Duration::from_secs(60),
+            Some((k, at)) => *k != kind || at.elapsed() >= Duration::from_secs(60),
             None => true,
         };
         if due {
@@ -526,7 +533,7 @@ impl ClientState {
                     "witness did not cosign (retrying every second): {error}"
                 );
             }
-            w.last_warning = Some((error.clone(), Instant::now()));
+            w.last_warning = Some((kind, Instant::now()));
         }
         let mut st = self.status.lock();
         st.witnesses[i].error = Some(error);
