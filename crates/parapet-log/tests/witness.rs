@@ -313,3 +313,84 @@ fn witness_state_survives_reopening_and_is_locked() {
     .unwrap();
     assert_eq!(again.latest("witness.test/log").unwrap().unwrap().size, 5);
 }
+
+#[test]
+fn witnesses_that_are_down_or_hang_never_delay_an_append() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("log");
+    Log::init(&dir, "witness.test/down", &tmp.path().join("log.key")).unwrap();
+    let log = Log::open(&dir, &tmp.path().join("log.key")).unwrap();
+    // w1: nothing listens (connection refused). w2: accepts and never answers.
+    let refused_port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let hole = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let hole_port = hole.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        let mut held = Vec::new();
+        for c in hole.incoming() {
+            held.push(c);
+        }
+    });
+    let endpoint = |name: &str, port: u16| {
+        let v = CosignatureSigner::generate(name).verifier().to_key_text();
+        parapet_log::WitnessEndpoint::new(name, &format!("http://127.0.0.1:{port}"), &v).unwrap()
+    };
+    log.start_witnessing(
+        parapet_log::WitnessPolicy::new(
+            vec![
+                endpoint("w1.test", refused_port),
+                endpoint("w2.test", hole_port),
+            ],
+            1,
+        )
+        .unwrap(),
+    )
+    .unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let started = std::time::Instant::now();
+    let mut slowest = std::time::Duration::ZERO;
+    rt.block_on(async {
+        for i in 0..300 {
+            let t = std::time::Instant::now();
+            log.append(format!("entry {i}").into_bytes()).await.unwrap();
+            slowest = slowest.max(t.elapsed());
+        }
+    });
+    // Appends run at disk speed while the witness client is stuck on the hung witness.
+    assert!(
+        slowest < std::time::Duration::from_millis(500),
+        "an append took {slowest:?}"
+    );
+    assert_eq!(log.size(), 300);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(15);
+    let st = loop {
+        let st = log.witness_status().unwrap();
+        if st.witnesses[0].error.is_some() && st.witnesses[1].error.is_some() {
+            break st;
+        }
+        assert!(std::time::Instant::now() < deadline, "{st:?}");
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    };
+    let e1 = st.witnesses[0].error.as_deref().unwrap();
+    let e2 = st.witnesses[1].error.as_deref().unwrap();
+    assert!(e1.contains("cannot connect"), "{e1}");
+    assert!(e2.contains("no answer within 5 s"), "{e2}");
+    assert!(!st.witnesses[0].refused && !st.witnesses[1].refused);
+    assert_eq!((st.cosigned_size, st.cosigned_at), (0, None));
+    assert!(!dir.join(parapet_log::COSIGNED_CHECKPOINT).exists());
+    // Closing does not hang on the witness either: one last round, bounded by its timeout.
+    let t = std::time::Instant::now();
+    drop(log);
+    assert!(
+        t.elapsed() < std::time::Duration::from_secs(8),
+        "closing took {:?}",
+        t.elapsed()
+    );
+    eprintln!("witnesses down: test took {:?}", started.elapsed());
+}
