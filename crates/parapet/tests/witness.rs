@@ -872,3 +872,102 @@ fn the_witness_process_speaks_tlog_witness_over_http() {
         "{err}"
     );
 }
+
+#[test]
+fn a_witness_killed_with_kill_9_again_and_again_never_forgets_what_it_cosigned() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let log_dir = dir.join("log");
+    let vkey = Log::init(&log_dir, "parapet.test/kill9", &dir.join("log.key")).unwrap();
+    std::fs::write(dir.join("log.vkey"), &vkey).unwrap();
+    let w = W::init(dir, "witness.test/kill9");
+    let mut p = w.serve(&dir.join("log.vkey"));
+    let log = Log::open(&log_dir, &dir.join("log.key")).unwrap();
+    log.start_witnessing(
+        parapet_log::WitnessPolicy::new(
+            vec![
+                parapet_log::WitnessEndpoint::new("witness.test/kill9", &w.url(), &w.vkey).unwrap(),
+            ],
+            1,
+        )
+        .unwrap(),
+    )
+    .unwrap();
+    // Appends all along, on their own thread.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let appender = {
+        let (log, stop) = (log.clone(), stop.clone());
+        std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            rt.block_on(async {
+                let mut i = 0u64;
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    log.append(format!("entry {i}").into_bytes()).await.unwrap();
+                    i += 1;
+                    if i % 50 == 0 {
+                        tokio::time::sleep(Duration::from_millis(5)).await;
+                    }
+                }
+            })
+        })
+    };
+    let mut kills = 0;
+    let mut max_seen = 0;
+    for round in 0..8u64 {
+        // Kill at varying moments of the one-second cosigning cycle.
+        std::thread::sleep(Duration::from_millis(700 + 97 * round % 600));
+        // What the log knows the witness cosigned: it learned it from a 200, sent after the
+        // witness stored the checkpoint.
+        let known = log.witness_status().unwrap().witnesses[0]
+            .cosigned_size
+            .unwrap_or(0);
+        p.kill9();
+        kills += 1;
+        p = w.serve(&dir.join("log.vkey"));
+        let (status, body) = add_checkpoint(
+            w.port,
+            &parapet_log::witness::AddCheckpoint::encode(
+                0,
+                &[],
+                LogReader::open(&log_dir).unwrap().checkpoint_note(),
+            ),
+        );
+        let remembered: u64 = match status {
+            409 => body.trim_end().parse().unwrap(),
+            // Its state was empty and this request was cosigned.
+            200 => 0,
+            s => panic!("unexpected {s}: {body}"),
+        };
+        assert!(
+            remembered >= known && remembered >= max_seen,
+            "after kill -9 #{kills} the witness remembers {remembered}, but it had cosigned {known} (max seen {max_seen})"
+        );
+        max_seen = max_seen.max(remembered);
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    appender.join().unwrap();
+    assert!(max_seen > 0, "the witness cosigned nothing");
+    // Once idle, the witness cosigns the whole log again.
+    let size = log.size();
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while log.witness_status().unwrap().cosigned_size != size {
+        assert!(
+            Instant::now() < deadline,
+            "{:?}",
+            log.witness_status().unwrap()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    drop(log);
+    let out = Command::new(BIN)
+        .args(["verify", "--dir"])
+        .arg(&log_dir)
+        .args(["--vkey", &vkey, "--witness", &w.vkey])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    p.stop();
+}
