@@ -396,6 +396,19 @@ impl ClientState {
                     continue;
                 }
                 let body = match reader.consistency_proof(old) {
+                    Ok(proof) if proof.len() > crate::witness::MAX_PROOF_LINES => {
+                        failures.push((
+                            i,
+                            format!(
+                                "the consistency proof from size {old} has {} hashes, more than \
+                                 tlog-witness allows ({})",
+                                proof.len(),
+                                crate::witness::MAX_PROOF_LINES
+                            ),
+                            false,
+                        ));
+                        continue;
+                    }
                     Ok(proof) => AddCheckpoint::encode(old, &proof, &note),
                     Err(e) => {
                         failures.push((
