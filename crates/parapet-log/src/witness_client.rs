@@ -38,10 +38,13 @@ const MAX_RESPONSE_BYTES: usize = 64 * 1024;
 pub struct WitnessEndpoint {
     /// The witness's name (its key name).
     pub name: String,
-    /// Base URL (`http://host:port[/prefix]`); requests go to `<url>/add-checkpoint`.
+    /// Base URL (`http[s]://host[:port][/prefix]`); requests go to `<url>/add-checkpoint`.
     pub url: String,
     /// The witness's `cosignature/v1` verifier key.
     pub vkey: CosignatureVerifier,
+    /// For an `https://` URL: PEM file of the CA certificates to trust (default: the system's,
+    /// [`SYSTEM_ROOTS`]).
+    pub ca_file: Option<PathBuf>,
 }
 
 impl WitnessEndpoint {
@@ -63,8 +66,50 @@ impl WitnessEndpoint {
             name: name.to_string(),
             url: url.to_string(),
             vkey,
+            ca_file: None,
         })
     }
+
+    /// Trusts the CA certificates of PEM file `ca_file` (instead of the system's) for an
+    /// `https://` witness; checks that the file holds at least one.
+    pub fn with_ca_file(mut self, ca_file: &Path) -> Result<WitnessEndpoint, LogError> {
+        tls_connector(Some(ca_file))
+            .map_err(|r| LogError::malformed(format!("witness {} ca_file", self.name), r))?;
+        self.ca_file = Some(ca_file.to_path_buf());
+        Ok(self)
+    }
+}
+
+/// The system's trusted CA certificates (Debian's bundle), for `https://` witnesses.
+pub const SYSTEM_ROOTS: &str = "/etc/ssl/certs/ca-certificates.crt";
+
+/// A TLS connector trusting the CAs of `ca_file` (default [`SYSTEM_ROOTS`]).
+fn tls_connector(ca_file: Option<&Path>) -> Result<tokio_rustls::TlsConnector, String> {
+    let path = ca_file.unwrap_or(Path::new(SYSTEM_ROOTS));
+    let pem = fs::read(path).map_err(|e| {
+        format!(
+            "cannot read the CA certificates {}: {e} (set ca_file for this witness)",
+            path.display()
+        )
+    })?;
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in rustls_pemfile::certs(&mut pem.as_slice()) {
+        let cert = cert.map_err(|e| format!("{}: {e}", path.display()))?;
+        roots
+            .add(cert)
+            .map_err(|e| format!("{}: {e}", path.display()))?;
+    }
+    if roots.is_empty() {
+        return Err(format!("{}: no PEM certificate found", path.display()));
+    }
+    let config = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::aws_lc_rs::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .map_err(|e| e.to_string())?
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    Ok(tokio_rustls::TlsConnector::from(Arc::new(config)))
 }
 
 /// The witnesses of a log and how many must cosign a checkpoint before it is published.
@@ -577,26 +622,45 @@ fn publish(dir: &Path, note: &[u8]) -> Result<(), LogError> {
     write().map_err(|e| LogError::io(format!("writing {}", p.display()), e))
 }
 
-/// Host, port and path prefix of an `http://` witness URL.
-fn parse_url(url: &str) -> Result<(String, u16, String), String> {
+/// Where a witness URL points.
+struct Target {
+    tls: bool,
+    host: String,
+    port: u16,
+    prefix: String,
+}
+
+/// Scheme, host, port and path prefix of an `http://` or `https://` witness URL.
+fn parse_url(url: &str) -> Result<Target, String> {
     let u = url::Url::parse(url).map_err(|e| format!("{url:?} is not a URL: {e}"))?;
-    if u.scheme() != "http" {
-        return Err(format!(
-            "{url:?}: only http:// witness URLs are supported (put an HTTPS witness behind a \
-             local proxy, or use http:// on a trusted network: cosignatures are verified \
-             whatever the transport)"
-        ));
-    }
+    let tls = match u.scheme() {
+        "http" => false,
+        "https" => true,
+        s => {
+            return Err(format!(
+                "{url:?}: scheme {s:?} is not http or https (a witness's base URL, e.g. \
+                 https://witness.example.com)"
+            ))
+        }
+    };
     let host = u
         .host_str()
         .ok_or_else(|| format!("{url:?} has no host"))?
+        .trim_start_matches('[')
+        .trim_end_matches(']')
         .to_string();
-    let port = u.port_or_known_default().unwrap_or(80);
+    let port = u
+        .port_or_known_default()
+        .unwrap_or(if tls { 443 } else { 80 });
     let prefix = u.path().trim_end_matches('/').to_string();
-    Ok((host, port, prefix))
+    Ok(Target {
+        tls,
+        host,
+        port,
+        prefix,
+    })
 }
 
-/// Sends one `add-checkpoint` request and interprets the answer.
 /// Sends one `add-checkpoint` request (on `conn` if it is still open) and interprets the
 /// answer; returns the connection for the next request.
 async fn ask(
@@ -611,7 +675,7 @@ async fn ask(
         refused: false,
     };
     let (status, ctype, resp, conn) =
-        match tokio::time::timeout(WITNESS_TIMEOUT, post(&endpoint.url, conn, body)).await {
+        match tokio::time::timeout(WITNESS_TIMEOUT, post(endpoint, conn, body)).await {
             Ok(Ok(r)) => r,
             Ok(Err(e)) => return (failed(e), None),
             Err(_) => {
@@ -694,19 +758,20 @@ fn truncate(s: &str) -> String {
 /// kept-alive connection the witness closed meanwhile is replaced once); returns the status,
 /// content type, body and the connection.
 async fn post(
-    url: &str,
+    endpoint: &WitnessEndpoint,
     conn: Option<Conn>,
     body: Vec<u8>,
 ) -> Result<(u16, Option<String>, Vec<u8>, Option<Conn>), String> {
-    let (host, port, prefix) = parse_url(url)?;
+    let url = endpoint.url.as_str();
+    let t = parse_url(url)?;
     let body = bytes::Bytes::from(body);
-    let host_header = if port == 80 {
-        host.clone()
-    } else {
-        format!("{host}:{port}")
+    let host_header = match (t.tls, t.port) {
+        (false, 80) | (true, 443) => t.host.clone(),
+        _ if t.host.contains(':') => format!("[{}]:{}", t.host, t.port),
+        _ => format!("{}:{}", t.host, t.port),
     };
     let request = || {
-        hyper::Request::post(format!("{prefix}/add-checkpoint"))
+        hyper::Request::post(format!("{}/add-checkpoint", t.prefix))
             .header(hyper::header::HOST, host_header.as_str())
             .header(hyper::header::USER_AGENT, "parapet-log")
             .body(Full::new(body.clone()))
@@ -724,12 +789,12 @@ async fn post(
             reused = true;
             c
         }
-        None => connect(&host, port).await?,
+        None => connect(&t, endpoint.ca_file.as_deref()).await?,
     };
     let resp = match sender.send_request(request()?).await {
         Ok(r) => r,
         Err(e) if reused && (e.is_canceled() || e.is_closed()) => {
-            sender = connect(&host, port).await?;
+            sender = connect(&t, endpoint.ca_file.as_deref()).await?;
             sender
                 .send_request(request()?)
                 .await
@@ -752,17 +817,36 @@ async fn post(
     Ok((status, ctype, body, Some(sender)))
 }
 
-/// Opens an HTTP/1.1 connection; its driver runs on the client's runtime until the sender is
-/// dropped or the witness closes it.
-async fn connect(host: &str, port: u16) -> Result<Conn, String> {
+/// Opens an HTTP/1.1 connection (over TLS for `https://`, checking the witness's certificate
+/// against `ca_file` or the system's CAs); its driver runs on the client's runtime until the
+/// sender is dropped or the witness closes it.
+async fn connect(t: &Target, ca_file: Option<&Path>) -> Result<Conn, String> {
+    let (host, port) = (t.host.as_str(), t.port);
     let stream = tokio::net::TcpStream::connect((host, port))
         .await
         .map_err(|e| format!("cannot connect to {host}:{port}: {e}"))?;
     let _ = stream.set_nodelay(true);
-    let (sender, conn) =
-        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
-            .await
-            .map_err(|e| format!("HTTP handshake with {host}:{port} failed: {e}"))?;
+    let handshake_failed =
+        |e: hyper::Error| format!("HTTP handshake with {host}:{port} failed: {e}");
+    if !t.tls {
+        let (sender, conn) =
+            hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
+                .await
+                .map_err(handshake_failed)?;
+        tokio::spawn(async move {
+            let _ = conn.await;
+        });
+        return Ok(sender);
+    }
+    let name = rustls::pki_types::ServerName::try_from(host.to_string())
+        .map_err(|e| format!("{host:?} is not a TLS server name: {e}"))?;
+    let tls = tls_connector(ca_file)?
+        .connect(name, stream)
+        .await
+        .map_err(|e| format!("TLS with {host}:{port} failed: {e}"))?;
+    let (sender, conn) = hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tls))
+        .await
+        .map_err(handshake_failed)?;
     tokio::spawn(async move {
         let _ = conn.await;
     });

@@ -66,6 +66,8 @@ pub struct WitnessSection {
     pub url: String,
     /// The witness's cosignature/v1 verifier key (from `parapet witness init`).
     pub vkey: String,
+    /// For an `https://` URL: PEM file of the CAs to trust (default: the system's).
+    pub ca_file: Option<PathBuf>,
 }
 
 impl LogSection {
@@ -79,10 +81,14 @@ impl LogSection {
         }
         let mut endpoints = Vec::new();
         for w in &self.witnesses {
-            endpoints.push(
-                parapet_log::WitnessEndpoint::new(&w.name, &w.url, &w.vkey)
-                    .with_context(|| format!("in [[log.witnesses]] {:?}", w.name))?,
-            );
+            let mut e = parapet_log::WitnessEndpoint::new(&w.name, &w.url, &w.vkey)
+                .with_context(|| format!("in [[log.witnesses]] {:?}", w.name))?;
+            if let Some(ca) = &w.ca_file {
+                e = e
+                    .with_ca_file(ca)
+                    .with_context(|| format!("in [[log.witnesses]] {:?}", w.name))?;
+            }
+            endpoints.push(e);
         }
         let n = endpoints.len();
         let min = self.min_witnesses.unwrap_or(n / 2 + 1);
@@ -244,6 +250,9 @@ impl Config {
         c.listen.tls_cert.iter_mut().for_each(fix);
         c.listen.tls_key.iter_mut().for_each(fix);
         c.policy.files.iter_mut().for_each(fix);
+        for w in &mut c.log.witnesses {
+            w.ca_file.iter_mut().for_each(fix);
+        }
         Ok(c)
     }
 
@@ -498,8 +507,14 @@ mod tests {
         };
         assert!(err("min_witnesses = 4\n", &three).contains("between 1 and"));
         assert!(err("min_witnesses = 1\n", "").contains("no [[log.witnesses]]"));
-        assert!(err("", &entry("other.test", "http://h:1", &w(1))).contains("its vkey is named"),);
-        assert!(err("", &entry("w1.test", "https://h:1", &w(1))).contains("only http://"),);
+        assert!(err("", &entry("other.test", "http://h:1", &w(1))).contains("its vkey is named"));
+        assert!(err("", &entry("w1.test", "ftp://h:1", &w(1))).contains("is not http or https"));
+        // https is accepted; a ca_file must hold certificates.
+        let tls = entry("w1.test", "https://h", &w(1));
+        let c = Config::parse(&config("", &tls)).unwrap();
+        assert_eq!(c.log.witness_policy().unwrap().unwrap().witnesses.len(), 1);
+        let bad_ca = format!("{tls}ca_file = '/dev/null'\n");
+        assert!(err("", &bad_ca).contains("no PEM certificate found"));
         let twice = format!(
             "{}{}",
             entry("w1.test", "http://h:1", &w(1)),

@@ -100,6 +100,11 @@ impl W {
 
     /// `parapet witness serve` for the log of `log_vkey_file`.
     fn serve(&self, log_vkey_file: &Path) -> Proc {
+        self.serve_with(log_vkey_file, &[])
+    }
+
+    /// [`W::serve`] with more arguments.
+    fn serve_with(&self, log_vkey_file: &Path, extra: &[&std::ffi::OsStr]) -> Proc {
         let err = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -112,6 +117,7 @@ impl W {
             .arg(&self.state)
             .arg("--log")
             .arg(log_vkey_file)
+            .args(extra)
             .stdout(Stdio::null())
             .stderr(err)
             .spawn()
@@ -969,5 +975,90 @@ fn a_witness_killed_with_kill_9_again_and_again_never_forgets_what_it_cosigned()
         .output()
         .unwrap();
     assert!(out.status.success(), "{out:?}");
+    p.stop();
+}
+
+#[test]
+fn an_https_witness_cosigns_over_tls_checked_against_its_ca() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let log_dir = dir.join("log");
+    let vkey = Log::init(&log_dir, "parapet.test/tls", &dir.join("log.key")).unwrap();
+    std::fs::write(dir.join("log.vkey"), &vkey).unwrap();
+    // A CA and a certificate for localhost signed by it.
+    let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    let ca_key = rcgen::KeyPair::generate().unwrap();
+    let ca = ca_params.self_signed(&ca_key).unwrap();
+    let leaf_key = rcgen::KeyPair::generate().unwrap();
+    let leaf = rcgen::CertificateParams::new(vec!["localhost".to_string()])
+        .unwrap()
+        .signed_by(&leaf_key, &ca, &ca_key)
+        .unwrap();
+    std::fs::write(dir.join("ca.pem"), ca.pem()).unwrap();
+    std::fs::write(dir.join("w.crt"), leaf.pem()).unwrap();
+    std::fs::write(dir.join("w.key"), leaf_key.serialize_pem()).unwrap();
+
+    let w = W::init(dir, "witness.test/tls");
+    let p = w.serve_with(
+        &dir.join("log.vkey"),
+        &[
+            "--tls-cert".as_ref(),
+            dir.join("w.crt").as_os_str(),
+            "--tls-key".as_ref(),
+            dir.join("w.key").as_os_str(),
+        ],
+    );
+    let url = format!("https://localhost:{}", w.port);
+    let endpoint = || parapet_log::WitnessEndpoint::new("witness.test/tls", &url, &w.vkey).unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let wait_status = |log: &Log, done: &dyn Fn(&parapet_log::WitnessStatus) -> bool| {
+        let deadline = Instant::now() + Duration::from_secs(15);
+        loop {
+            let st = log.witness_status().unwrap();
+            if done(&st) {
+                return st;
+            }
+            assert!(Instant::now() < deadline, "{st:?}");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    };
+
+    // Trusting the witness's CA: cosigned over TLS.
+    let log = Log::open(&log_dir, &dir.join("log.key")).unwrap();
+    log.start_witnessing(
+        parapet_log::WitnessPolicy::new(
+            vec![endpoint().with_ca_file(&dir.join("ca.pem")).unwrap()],
+            1,
+        )
+        .unwrap(),
+    )
+    .unwrap();
+    rt.block_on(async {
+        for i in 0..10 {
+            log.append(format!("entry {i}").into_bytes()).await.unwrap();
+        }
+    });
+    wait_status(&log, &|st| st.cosigned_size == 10);
+    drop(log);
+
+    // With the system's CAs only, the certificate is refused and nothing is cosigned.
+    let log = Log::open(&log_dir, &dir.join("log.key")).unwrap();
+    log.start_witnessing(parapet_log::WitnessPolicy::new(vec![endpoint()], 1).unwrap())
+        .unwrap();
+    rt.block_on(async {
+        log.append(b"entry 10".to_vec()).await.unwrap();
+    });
+    let st = wait_status(&log, &|st| st.witnesses[0].error.is_some());
+    let e = st.witnesses[0].error.as_deref().unwrap();
+    assert!(
+        e.contains("TLS with localhost") && e.contains("certificate"),
+        "{e}"
+    );
+    assert_eq!(st.cosigned_size, 10);
+    drop(log);
     p.stop();
 }

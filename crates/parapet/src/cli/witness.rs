@@ -46,6 +46,12 @@ pub struct ServeArgs {
     /// Repeatable.
     #[arg(long = "log", required = true)]
     pub logs: Vec<String>,
+    /// PEM certificate chain: serve HTTPS (with --tls-key).
+    #[arg(long, requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+    /// PEM private key of --tls-cert.
+    #[arg(long, requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
 }
 
 /// Runs `parapet witness …`.
@@ -74,6 +80,15 @@ fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
     }
     let names: Vec<String> = logs.iter().map(|l| l.name().to_string()).collect();
     let witness = Arc::new(Witness::open(signer, logs, &args.state)?);
+    let tls = match (&args.tls_cert, &args.tls_key) {
+        (Some(cert), Some(key)) => Some(parapet_gateway::tls::acceptor(
+            &parapet_gateway::TlsSettings {
+                cert: cert.clone(),
+                key: key.clone(),
+            },
+        )?),
+        _ => None,
+    };
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -84,8 +99,9 @@ fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
             .await
             .with_context(|| format!("cannot listen on {}", args.listen))?;
         eprintln!(
-            "parapet: witness {} listening on http://{} for {}",
+            "parapet: witness {} listening on {}://{} for {}",
             witness.name(),
+            if tls.is_some() { "https" } else { "http" },
             listener.local_addr()?,
             names.join(", ")
         );
@@ -105,24 +121,53 @@ fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
                 },
             };
             let witness = witness.clone();
+            let tls = tls.clone();
             tokio::spawn(async move {
-                let service = hyper::service::service_fn(move |req| {
-                    let witness = witness.clone();
-                    async move { Ok::<_, std::convert::Infallible>(handle(&witness, req).await) }
-                });
-                if let Err(e) = hyper::server::conn::http1::Builder::new()
-                    .timer(hyper_util::rt::TokioTimer::new())
-                    .header_read_timeout(std::time::Duration::from_secs(10))
-                    .serve_connection(hyper_util::rt::TokioIo::new(stream), service)
-                    .await
-                {
-                    tracing::debug!(%peer, "connection ended: {e}");
+                let _ = stream.set_nodelay(true);
+                match tls {
+                    None => {
+                        serve_connection(hyper_util::rt::TokioIo::new(stream), witness, peer).await
+                    }
+                    Some(acceptor) => {
+                        let handshake = tokio::time::timeout(
+                            std::time::Duration::from_secs(10),
+                            acceptor.accept(stream),
+                        )
+                        .await;
+                        match handshake {
+                            Ok(Ok(s)) => {
+                                serve_connection(hyper_util::rt::TokioIo::new(s), witness, peer)
+                                    .await
+                            }
+                            Ok(Err(e)) => tracing::debug!(%peer, "TLS handshake failed: {e}"),
+                            Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
+                        }
+                    }
                 }
             });
         }
         anyhow::Ok(())
     })?;
     Ok(ExitCode::SUCCESS)
+}
+
+/// Serves HTTP/1.1 (keep-alive) on one connection.
+async fn serve_connection<I>(io: I, witness: Arc<Witness>, peer: SocketAddr)
+where
+    I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
+{
+    let service = hyper::service::service_fn(move |req| {
+        let witness = witness.clone();
+        async move { Ok::<_, std::convert::Infallible>(handle(&witness, req).await) }
+    });
+    if let Err(e) = hyper::server::conn::http1::Builder::new()
+        .timer(hyper_util::rt::TokioTimer::new())
+        .header_read_timeout(std::time::Duration::from_secs(10))
+        .serve_connection(io, service)
+        .await
+    {
+        tracing::debug!(%peer, "connection ended: {e}");
+    }
 }
 
 fn text(status: StatusCode, content_type: &str, body: String) -> Response<Full<Bytes>> {
