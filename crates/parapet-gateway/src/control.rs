@@ -171,6 +171,12 @@ impl Control {
         Ok(true)
     }
 
+    /// The log's witnessing, if witnesses are configured: the last cosigned size and its age,
+    /// and each witness's state.
+    pub fn witness_status(&self) -> Option<parapet_log::WitnessStatus> {
+        self.shared.log.witness_status()
+    }
+
     /// The gateway's users, sorted.
     pub fn users(&self) -> Vec<String> {
         let mut v: Vec<String> = self.shared.users.keys().cloned().collect();

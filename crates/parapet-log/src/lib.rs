@@ -7,6 +7,10 @@
 //! - Checkpoints: C2SP tlog-checkpoint signed as a C2SP signed-note with Ed25519
 //!   ([`checkpoint`], [`note`]).
 //! - Proof output: C2SP tlog-proof ([`LogReader::inclusion_proof_text`]).
+//! - Witnesses: C2SP tlog-witness (`add-checkpoint`) and tlog-cosignature (`cosignature/v1`):
+//!   the witness's protocol logic and state ([`witness`]), the log's client
+//!   ([`Log::start_witnessing`], [`witness_client`]) and quorum verification
+//!   ([`verify::verify_witnessed`]).
 //!
 //! PINNED PUBLIC API (other crates compile against these signatures):
 //!
@@ -37,11 +41,16 @@ pub mod storage;
 pub mod tile;
 mod tiles;
 pub mod verify;
+pub mod witness;
+pub mod witness_client;
 mod writer;
 
 pub use error::LogError;
 pub use reader::{
     EntryIter, LogReader, ProofText, CONSISTENCY_PROOF_HEADER, INCLUSION_PROOF_HEADER,
+};
+pub use witness_client::{
+    WitnessEndpoint, WitnessHealth, WitnessPolicy, WitnessStatus, COSIGNED_CHECKPOINT,
 };
 pub use writer::{
     FULL_SYNC_BYTES, FULL_SYNC_INTERVAL, JOURNAL_MAX_RECORD, LAZY_COMMIT_DELAY, MAX_BATCH_ENTRIES,
@@ -77,6 +86,7 @@ struct Inner {
     dir: PathBuf,
     origin: String,
     writer: Option<std::thread::JoinHandle<()>>,
+    witness: std::sync::OnceLock<witness_client::WitnessClient>,
 }
 
 impl Drop for Inner {
@@ -251,6 +261,7 @@ impl Log {
                 dir: PathBuf::from(location),
                 origin: cp.origin,
                 writer: Some(writer),
+                witness: std::sync::OnceLock::new(),
             }),
         })
     }
@@ -358,6 +369,27 @@ impl Log {
     /// The log directory.
     pub fn dir(&self) -> &Path {
         &self.inner.dir
+    }
+
+    /// Starts asking `policy`'s witnesses to cosign the log's published checkpoints (C2SP
+    /// tlog-witness), on a thread of its own that lives as long as the log: at most once every
+    /// [`witness_client::COSIGN_INTERVAL`] it sends the latest published checkpoint with a
+    /// consistency proof to each witness, and publishes it with the cosignatures collected,
+    /// once a quorum cosigned, in [`COSIGNED_CHECKPOINT`]. Appends never wait for it. When the
+    /// last handle is dropped, a last round (at most [`witness_client::WITNESS_TIMEOUT`]) has
+    /// the final checkpoint cosigned. Once per log; a second call fails.
+    pub fn start_witnessing(&self, policy: WitnessPolicy) -> Result<(), LogError> {
+        let client = witness_client::WitnessClient::start(&self.inner.dir, policy)?;
+        self.inner
+            .witness
+            .set(client)
+            .map_err(|_| LogError::malformed("witnesses", "the log is already being witnessed"))
+    }
+
+    /// What the witness client knows: the last cosigned size and its age, and each witness's
+    /// state. `None` if [`Log::start_witnessing`] was not called.
+    pub fn witness_status(&self) -> Option<WitnessStatus> {
+        self.inner.witness.get().map(|c| c.status())
     }
 
     /// Flushes every queued entry and stops the background writer. Later submits fail with

@@ -41,6 +41,20 @@ impl LogReader {
         })
     }
 
+    /// Opens the log in `dir` for reading at signed checkpoint `note` (e.g. the cosigned
+    /// checkpoint, which may be older than the latest): sizes and proofs are those of `note`'s
+    /// tree, read from the log's tiles. The note is not checked beyond its syntax.
+    pub fn open_at(dir: &Path, note: Vec<u8>, what: &str) -> Result<LogReader, LogError> {
+        let parsed = crate::note::parse_note(&note).map_err(|r| LogError::malformed(what, r))?;
+        let checkpoint = Checkpoint::parse(parsed.text, what)?;
+        Ok(LogReader {
+            dir: dir.to_path_buf(),
+            storage: LocalDir::new(dir),
+            note,
+            checkpoint,
+        })
+    }
+
     /// Tree size of the latest checkpoint.
     pub fn size(&self) -> u64 {
         self.checkpoint.size

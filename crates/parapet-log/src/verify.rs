@@ -282,3 +282,205 @@ pub fn verify_log(
         old_size,
     })
 }
+
+/// What [`verify_witnessed`] found: how far the verified log is covered by a checkpoint that a
+/// quorum of witnesses cosigned.
+#[derive(Debug, Clone)]
+pub struct WitnessReport {
+    /// Size of the verified tree.
+    pub log_size: u64,
+    /// Size of the largest checkpoint, consistent with the verified tree, that carries at
+    /// least `min_witnesses` valid cosignatures (0 if there is none).
+    pub witnessed_size: u64,
+    /// The quorum asked for.
+    pub min_witnesses: usize,
+    /// Witnesses with a valid cosignature on that checkpoint (or, without a quorum, on the
+    /// best cosigned checkpoint found), with their timestamps.
+    pub cosigners: Vec<(String, u64)>,
+    /// Cosignature lines by a given witness key that do not verify.
+    pub invalid: Vec<String>,
+}
+
+impl WitnessReport {
+    /// Whether the whole verified tree is witnessed by the quorum.
+    pub fn complete(&self) -> bool {
+        self.witnessed_size == self.log_size && self.cosigners.len() >= self.min_witnesses
+    }
+
+    /// Entries not covered by a checkpoint with a quorum of cosignatures.
+    pub fn unwitnessed(&self) -> u64 {
+        if self.cosigners.len() >= self.min_witnesses {
+            self.log_size - self.witnessed_size
+        } else {
+            self.log_size
+        }
+    }
+}
+
+/// After [`verify_log`] passed on `dir` (giving `report`): finds the checkpoint with at least
+/// `min` valid `cosignature/v1` cosignatures by the `witnesses` keys — the log's `checkpoint`
+/// itself or [`crate::COSIGNED_CHECKPOINT`] — that is signed by the log's key `vkey` and whose
+/// root is the root of the verified tree at its size (so it is a prefix of the verified log).
+/// A cosigned checkpoint that fails these checks is an error (the log was rewritten); a lack
+/// of cosignatures is not (see [`WitnessReport::complete`]).
+pub fn verify_witnessed(
+    dir: &Path,
+    vkey: &NoteVerifier,
+    report: &VerifyReport,
+    witnesses: &[crate::note::CosignatureVerifier],
+    min: usize,
+) -> Result<WitnessReport, LogError> {
+    let n = report.checkpoint.size;
+    let st = LocalDir::new(dir);
+    let mut nodes = TileNodes::new(&st, n);
+    let mut candidates = vec![(read_checkpoint_file(dir)?, "checkpoint".to_string())];
+    let cosigned = dir.join(crate::COSIGNED_CHECKPOINT);
+    match std::fs::read(&cosigned) {
+        Ok(b) => candidates.push((b, crate::COSIGNED_CHECKPOINT.to_string())),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(LogError::io(format!("reading {}", cosigned.display()), e)),
+    }
+    let mut best = WitnessReport {
+        log_size: n,
+        witnessed_size: 0,
+        min_witnesses: min,
+        cosigners: Vec::new(),
+        invalid: Vec::new(),
+    };
+    for (note, what) in candidates {
+        let parsed = crate::note::parse_note(&note).map_err(|r| LogError::malformed(&what, r))?;
+        let mut cosigners = Vec::new();
+        let mut invalid = Vec::new();
+        for w in witnesses {
+            if cosigners.iter().any(|(name, _)| name == w.name()) {
+                continue;
+            }
+            match w.find(&parsed) {
+                Ok(Some((ts, _))) => cosigners.push((w.name().to_string(), ts)),
+                Ok(None) => {}
+                Err(e) => invalid.push(format!("{what}: {e}")),
+            }
+        }
+        if cosigners.is_empty() && invalid.is_empty() {
+            continue;
+        }
+        let text = vkey.open(&note, &what)?;
+        let cp = Checkpoint::parse(text, &what)?;
+        if cp.origin != report.checkpoint.origin {
+            return Err(LogError::Tampered(format!(
+                "{what} is for log {:?}, not {:?}",
+                cp.origin, report.checkpoint.origin
+            )));
+        }
+        if cp.size > n {
+            return Err(LogError::Tampered(format!(
+                "{what} was cosigned at size {} but the log has only {n} entries: the log was truncated",
+                cp.size
+            )));
+        }
+        let root = root_hash(&mut nodes, cp.size)?;
+        if root != cp.root {
+            return Err(LogError::Tampered(format!(
+                "{what} (size {}, cosigned by {}) is not a prefix of the verified log: its root \
+                 hash differs from the log's at that size: the log was rewritten",
+                cp.size,
+                cosigners
+                    .iter()
+                    .map(|(n, _)| n.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            )));
+        }
+        let better = match (cosigners.len() >= min, best.cosigners.len() >= min) {
+            (true, false) => true,
+            (true, true) => cp.size > best.witnessed_size,
+            (false, false) => cosigners.len() > best.cosigners.len(),
+            (false, true) => false,
+        };
+        best.invalid.extend(invalid);
+        if better {
+            best.witnessed_size = cp.size;
+            best.cosigners = cosigners;
+        }
+    }
+    if best.cosigners.len() < min {
+        best.witnessed_size = 0;
+    }
+    Ok(best)
+}
+
+/// What [`verify_receipt`] checked.
+#[derive(Debug, Clone)]
+pub struct ReceiptReport {
+    /// The entry's index.
+    pub index: u64,
+    /// The checkpoint the receipt embeds (signed by the log's key).
+    pub checkpoint: Checkpoint,
+    /// Witnesses with a valid cosignature on it, with their timestamps.
+    pub cosigners: Vec<(String, u64)>,
+}
+
+/// Checks a receipt — a C2SP tlog-proof as printed by `parapet log proof inclusion` — offline:
+/// the embedded checkpoint is signed by the log's key `vkey`, carries at least `min` valid
+/// cosignatures by distinct `witnesses`, and the inclusion proof proves that `entry` is at the
+/// receipt's index in the tree of that checkpoint.
+pub fn verify_receipt(
+    receipt: &str,
+    entry: &[u8],
+    vkey: &NoteVerifier,
+    witnesses: &[crate::note::CosignatureVerifier],
+    min: usize,
+) -> Result<ReceiptReport, LogError> {
+    if !receipt.starts_with(&format!("{}\n", crate::INCLUSION_PROOF_HEADER)) {
+        return Err(LogError::malformed(
+            "receipt",
+            format!(
+                "it does not start with {:?} (print one with `parapet log proof inclusion`)",
+                crate::INCLUSION_PROOF_HEADER
+            ),
+        ));
+    }
+    let p = crate::ProofText::parse(receipt)?;
+    let text = vkey.open(p.checkpoint.as_bytes(), "receipt's checkpoint")?;
+    let cp = Checkpoint::parse(text, "receipt's checkpoint")?;
+    crate::proof::verify_inclusion(p.number, cp.size, &leaf_hash(entry), &p.hashes, &cp.root)
+        .map_err(|e| {
+            LogError::Tampered(format!(
+                "the entry is not entry {} of the receipt's checkpoint (size {}): {e}",
+                p.number, cp.size
+            ))
+        })?;
+    let parsed = crate::note::parse_note(p.checkpoint.as_bytes())
+        .map_err(|r| LogError::malformed("receipt's checkpoint", r))?;
+    let mut cosigners: Vec<(String, u64)> = Vec::new();
+    let mut invalid = Vec::new();
+    for w in witnesses {
+        if cosigners.iter().any(|(n, _)| n == w.name()) {
+            continue;
+        }
+        match w.find(&parsed) {
+            Ok(Some((ts, _))) => cosigners.push((w.name().to_string(), ts)),
+            Ok(None) => {}
+            Err(e) => invalid.push(e),
+        }
+    }
+    if cosigners.len() < min {
+        return Err(LogError::Tampered(format!(
+            "the receipt's checkpoint (size {}) carries {} valid cosignature(s) by the given \
+             witnesses, {min} required{}{}",
+            cp.size,
+            cosigners.len(),
+            if invalid.is_empty() {
+                ""
+            } else {
+                "; invalid: "
+            },
+            invalid.join("; ")
+        )));
+    }
+    Ok(ReceiptReport {
+        index: p.number,
+        checkpoint: cp,
+        cosigners,
+    })
+}

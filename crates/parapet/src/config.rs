@@ -95,6 +95,54 @@ pub struct LogSection {
     /// `full` (default) or `normalized`.
     #[serde(default)]
     pub statement_text: StatementTextKey,
+    /// `[[log.witnesses]]`: witnesses asked to cosign the log's checkpoints.
+    #[serde(default)]
+    pub witnesses: Vec<WitnessSection>,
+    /// Cosignatures needed before a cosigned checkpoint is published (default: a majority of
+    /// the witnesses).
+    pub min_witnesses: Option<usize>,
+}
+
+/// One `[[log.witnesses]]` entry.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WitnessSection {
+    /// The witness's name (its key name).
+    pub name: String,
+    /// Base URL; the log POSTs to `<url>/add-checkpoint`.
+    pub url: String,
+    /// The witness's cosignature/v1 verifier key (from `parapet witness init`).
+    pub vkey: String,
+    /// For an `https://` URL: PEM file of the CAs to trust (default: the system's).
+    pub ca_file: Option<PathBuf>,
+}
+
+impl LogSection {
+    /// The witness policy of `[[log.witnesses]]` and `min_witnesses`; `None` without witnesses.
+    pub fn witness_policy(&self) -> anyhow::Result<Option<parapet_log::WitnessPolicy>> {
+        if self.witnesses.is_empty() {
+            if let Some(k) = self.min_witnesses.filter(|k| *k > 0) {
+                bail!("[log] min_witnesses = {k} but no [[log.witnesses]] is configured: add the witnesses or remove min_witnesses");
+            }
+            return Ok(None);
+        }
+        let mut endpoints = Vec::new();
+        for w in &self.witnesses {
+            let mut e = parapet_log::WitnessEndpoint::new(&w.name, &w.url, &w.vkey)
+                .with_context(|| format!("in [[log.witnesses]] {:?}", w.name))?;
+            if let Some(ca) = &w.ca_file {
+                e = e
+                    .with_ca_file(ca)
+                    .with_context(|| format!("in [[log.witnesses]] {:?}", w.name))?;
+            }
+            endpoints.push(e);
+        }
+        let n = endpoints.len();
+        let min = self.min_witnesses.unwrap_or(n / 2 + 1);
+        Ok(Some(
+            parapet_log::WitnessPolicy::new(endpoints, min).context("in [log] min_witnesses")?,
+        ))
+    }
 }
 
 /// `[log] durability`.
@@ -253,6 +301,9 @@ impl Config {
             console.tls_cert.iter_mut().for_each(fix);
             console.tls_key.iter_mut().for_each(fix);
             console.index.iter_mut().for_each(fix);
+        }
+        for w in &mut c.log.witnesses {
+            w.ca_file.iter_mut().for_each(fix);
         }
         Ok(c)
     }
@@ -465,5 +516,67 @@ mod tests {
             Config::parse(&base.replace("[log]\n", "[log]\ndurability='sometimes'\n")).is_err()
         );
         assert!(Config::parse("[log]\ndir='l'\nkey='k'\n").is_err());
+    }
+
+    #[test]
+    fn witnesses_are_checked_and_the_quorum_defaults_to_a_majority() {
+        let w = |i: u8| {
+            parapet_log::note::CosignatureSigner::from_seed(&format!("w{i}.test"), [i; 32])
+                .verifier()
+                .to_key_text()
+        };
+        let entry = |name: &str, url: &str, vkey: &str| {
+            format!("[[log.witnesses]]\nname = '{name}'\nurl = '{url}'\nvkey = '{vkey}'\n")
+        };
+        let config = |log_extra: &str, entries: &str| {
+            format!(
+                "[log]\ndir='l'\nkey='k'\n{log_extra}{entries}[[targets]]\nname='m'\nupstream='postgres://u@h/d'\n"
+            )
+        };
+        let three: String = (1..=3)
+            .map(|i| entry(&format!("w{i}.test"), "http://127.0.0.1:7380", &w(i)))
+            .collect();
+        let c = Config::parse(&config("", &three)).unwrap();
+        let p = c.log.witness_policy().unwrap().unwrap();
+        assert_eq!((p.witnesses.len(), p.min_witnesses), (3, 2));
+        let c = Config::parse(&config("min_witnesses = 3\n", &three)).unwrap();
+        assert_eq!(c.log.witness_policy().unwrap().unwrap().min_witnesses, 3);
+        assert!(Config::parse(&config("", ""))
+            .unwrap()
+            .log
+            .witness_policy()
+            .unwrap()
+            .is_none());
+        let err = |log_extra: &str, entries: &str| {
+            format!(
+                "{:#}",
+                Config::parse(&config(log_extra, entries))
+                    .unwrap()
+                    .log
+                    .witness_policy()
+                    .unwrap_err()
+            )
+        };
+        assert!(err("min_witnesses = 4\n", &three).contains("between 1 and"));
+        assert!(err("min_witnesses = 1\n", "").contains("no [[log.witnesses]]"));
+        assert!(err("", &entry("other.test", "http://h:1", &w(1))).contains("its vkey is named"));
+        assert!(err("", &entry("w1.test", "ftp://h:1", &w(1))).contains("is not http or https"));
+        // https is accepted; a ca_file must hold certificates.
+        let tls = entry("w1.test", "https://h", &w(1));
+        let c = Config::parse(&config("", &tls)).unwrap();
+        assert_eq!(c.log.witness_policy().unwrap().unwrap().witnesses.len(), 1);
+        let bad_ca = format!("{tls}ca_file = '/dev/null'\n");
+        assert!(err("", &bad_ca).contains("no PEM certificate found"));
+        let twice = format!(
+            "{}{}",
+            entry("w1.test", "http://h:1", &w(1)),
+            entry("w1.test", "http://h:2", &w(1))
+        );
+        assert!(err("", &twice).contains("listed twice"));
+        // A log's own (0x01) key is not a witness key.
+        let log_key = parapet_log::note::NoteSigner::generate("w1.test")
+            .verifier()
+            .to_key_text();
+        assert!(err("", &entry("w1.test", "http://h:1", &log_key)).contains("type 0x04"));
     }
 }

@@ -47,6 +47,9 @@ enum Command {
     /// Console tokens (the HTTP API over the audit trail).
     #[command(subcommand)]
     Console(cli::console::ConsoleCommand),
+    /// Run a transparency-log witness (C2SP tlog-witness) or create its key.
+    #[command(subcommand)]
+    Witness(cli::witness::WitnessCommand),
     /// Check, evaluate and replay guardrail policies.
     #[command(subcommand)]
     Policy(cli::policy::PolicyCommand),
@@ -69,6 +72,7 @@ fn main() -> ExitCode {
         Command::Console(c) => cli::console::run(c),
         Command::Events(a) => cli::events::events(a),
         Command::Index(c) => cli::events::index(c),
+        Command::Witness(c) => cli::witness::run(c),
     };
     match result {
         Ok(code) => code,

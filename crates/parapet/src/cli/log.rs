@@ -3,8 +3,8 @@
 
 use anyhow::{bail, Context};
 use indicatif::{ProgressBar, ProgressStyle};
-use parapet_log::note::NoteVerifier;
-use parapet_log::verify::verify_log;
+use parapet_log::note::{CosignatureVerifier, NoteVerifier};
+use parapet_log::verify::{verify_log, verify_witnessed};
 use parapet_log::{Log, LogReader};
 use std::io::{IsTerminal, Write};
 use std::path::PathBuf;
@@ -79,6 +79,25 @@ pub enum ProofCommand {
         #[arg(long)]
         index: u64,
     },
+    /// Check a receipt (the output of `log proof inclusion`) offline: the checkpoint's
+    /// signature, the witnesses' cosignatures and the inclusion proof of the entry.
+    Check {
+        /// The log's verifier key, or a file containing it.
+        #[arg(long)]
+        vkey: String,
+        /// File holding the entry's exact bytes.
+        #[arg(long)]
+        entry: PathBuf,
+        /// The receipt file (default: standard input).
+        #[arg(long)]
+        receipt: Option<PathBuf>,
+        /// A witness's cosignature/v1 verifier key (or a file holding it). Repeatable.
+        #[arg(long = "witness")]
+        witnesses: Vec<String>,
+        /// Valid cosignatures required (default: a majority of the --witness keys).
+        #[arg(long)]
+        min_witnesses: Option<usize>,
+    },
     /// Consistency proof from an older tree size to the current checkpoint.
     Consistency {
         /// Log directory.
@@ -102,6 +121,13 @@ pub struct VerifyArgs {
     /// An older signed checkpoint: also prove it is a prefix of the current log.
     #[arg(long)]
     pub old: Option<PathBuf>,
+    /// A witness's cosignature/v1 verifier key (or a file holding it). Repeatable.
+    #[arg(long = "witness")]
+    pub witnesses: Vec<String>,
+    /// Require this many valid cosignatures, by distinct --witness keys, on a checkpoint that
+    /// covers the whole verified log (default: a majority of the --witness keys).
+    #[arg(long)]
+    pub min_witnesses: Option<usize>,
 }
 
 /// Runs `parapet log …`.
@@ -128,10 +154,17 @@ pub fn run(cmd: LogCommand) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         LogCommand::Proof(ProofCommand::Inclusion { dir, index }) => {
-            let r = LogReader::open(&dir)?;
+            let r = receipt_reader(&dir, index)?;
             crate::out!("{}", r.inclusion_proof_text(index)?)?;
             Ok(ExitCode::SUCCESS)
         }
+        LogCommand::Proof(ProofCommand::Check {
+            vkey,
+            entry,
+            receipt,
+            witnesses,
+            min_witnesses,
+        }) => check_receipt(vkey, entry, receipt, witnesses, min_witnesses),
         LogCommand::Proof(ProofCommand::Consistency { dir, old }) => {
             let r = LogReader::open(&dir)?;
             crate::out!("{}", r.consistency_proof_text(old)?)?;
@@ -210,8 +243,23 @@ fn torture(dir: PathBuf, key: PathBuf, tasks: usize, tag: String) -> anyhow::Res
     })
 }
 
-fn parse_vkey(arg: &str) -> anyhow::Result<NoteVerifier> {
-    match NoteVerifier::parse(arg) {
+/// A log's verifier key given as text, or as a file whose last non-empty line is the key (the
+/// output of `parapet log init`).
+pub(crate) fn parse_vkey(arg: &str) -> anyhow::Result<NoteVerifier> {
+    key_or_file(arg, NoteVerifier::parse)
+}
+
+/// A witness's `cosignature/v1` verifier key, as text or a file (the output of
+/// `parapet witness init`).
+pub(crate) fn parse_witness_vkey(arg: &str) -> anyhow::Result<CosignatureVerifier> {
+    key_or_file(arg, CosignatureVerifier::parse)
+}
+
+fn key_or_file<T>(
+    arg: &str,
+    parse: impl Fn(&str) -> Result<T, parapet_log::LogError>,
+) -> anyhow::Result<T> {
+    match parse(arg) {
         Ok(v) => Ok(v),
         Err(e) => {
             let p = std::path::Path::new(arg);
@@ -223,7 +271,7 @@ fn parse_vkey(arg: &str) -> anyhow::Result<NoteVerifier> {
                     .rev()
                     .find(|l| !l.trim().is_empty())
                     .unwrap_or_default();
-                Ok(NoteVerifier::parse(line)?)
+                Ok(parse(line)?)
             } else {
                 Err(e.into())
             }
@@ -231,9 +279,97 @@ fn parse_vkey(arg: &str) -> anyhow::Result<NoteVerifier> {
     }
 }
 
+/// The reader whose checkpoint a receipt for entry `index` embeds: the cosigned checkpoint
+/// when it covers the entry (so the receipt carries the witnesses' cosignatures), otherwise
+/// the latest checkpoint (with a note on stderr if the log is witnessed but not yet up to the
+/// entry; a log without `checkpoint.cosigned` is not witnessed, and its receipts never were).
+fn receipt_reader(dir: &std::path::Path, index: u64) -> anyhow::Result<LogReader> {
+    let latest = LogReader::open(dir)?;
+    let path = dir.join(parapet_log::COSIGNED_CHECKPOINT);
+    let cosigned = match std::fs::read(&path) {
+        Ok(note) => Some(LogReader::open_at(dir, note, &path.display().to_string())?),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+        Err(e) => return Err(e).with_context(|| format!("reading {}", path.display())),
+    };
+    match cosigned {
+        Some(c) if c.size() > index && c.size() <= latest.size() => Ok(c),
+        Some(c) if index < latest.size() => {
+            eprintln!(
+                "note: entry {index} is not yet covered by the cosigned checkpoint (size {}); this \
+                 receipt carries the log's signature only. A running log has it cosigned within \
+                 seconds; if it stays behind, the witnesses refuse the log (see its warnings).",
+                c.size()
+            );
+            Ok(latest)
+        }
+        _ => Ok(latest),
+    }
+}
+
+/// The `--witness` keys and the quorum of `--min-witnesses` (default: a majority of them).
+fn witness_args(
+    args: &[String],
+    min: Option<usize>,
+) -> anyhow::Result<(Vec<CosignatureVerifier>, usize)> {
+    let witnesses = args
+        .iter()
+        .map(|w| parse_witness_vkey(w).with_context(|| format!("--witness {w}")))
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    let min = match min {
+        Some(k) if witnesses.is_empty() && k > 0 => bail!(
+            "--min-witnesses {k} needs the witnesses' verifier keys: give each with --witness VKEY"
+        ),
+        Some(k) if k > witnesses.len() => bail!(
+            "--min-witnesses {k} is more than the {} --witness keys given",
+            witnesses.len()
+        ),
+        Some(k) => k,
+        None => witnesses.len() / 2 + usize::from(!witnesses.is_empty()),
+    };
+    Ok((witnesses, min))
+}
+
+fn check_receipt(
+    vkey: String,
+    entry: PathBuf,
+    receipt: Option<PathBuf>,
+    witnesses: Vec<String>,
+    min_witnesses: Option<usize>,
+) -> anyhow::Result<ExitCode> {
+    let vkey = parse_vkey(&vkey)?;
+    let (witnesses, min) = witness_args(&witnesses, min_witnesses)?;
+    let entry =
+        std::fs::read(&entry).with_context(|| format!("reading entry {}", entry.display()))?;
+    let text = match &receipt {
+        Some(p) => std::fs::read_to_string(p)
+            .with_context(|| format!("reading receipt {}", p.display()))?,
+        None => {
+            let mut s = String::new();
+            std::io::Read::read_to_string(&mut std::io::stdin(), &mut s)
+                .context("reading the receipt from standard input")?;
+            s
+        }
+    };
+    let r = parapet_log::verify::verify_receipt(&text, &entry, &vkey, &witnesses, min)
+        .map_err(|e| anyhow::anyhow!("receipt check FAILED: {e}"))?;
+    let by = if r.cosigners.is_empty() {
+        String::new()
+    } else {
+        format!(", cosigned by {}", names(&r.cosigners))
+    };
+    crate::outln!(
+        "OK: entry {} is in log {} at tree size {}{by}",
+        r.index,
+        r.checkpoint.origin,
+        r.checkpoint.size
+    )?;
+    Ok(ExitCode::SUCCESS)
+}
+
 /// Runs `parapet verify`.
 pub fn verify(args: VerifyArgs) -> anyhow::Result<ExitCode> {
     let vkey = parse_vkey(&args.vkey)?;
+    let (witnesses, min_witnesses) = witness_args(&args.witnesses, args.min_witnesses)?;
     let old = match &args.old {
         Some(p) => Some(
             std::fs::read(p).with_context(|| format!("reading old checkpoint {}", p.display()))?,
@@ -262,9 +398,57 @@ pub fn verify(args: VerifyArgs) -> anyhow::Result<ExitCode> {
     if let Some(b) = &bar {
         b.finish_and_clear();
     }
+    let result = result.and_then(|report| {
+        if min_witnesses == 0 {
+            return Ok((report, None));
+        }
+        let w = verify_witnessed(&args.dir, &vkey, &report, &witnesses, min_witnesses)?;
+        Ok((report, Some(w)))
+    });
     match result {
-        Ok(report) => {
-            crate::outln!("{report}")?;
+        Ok((report, witnessed)) => {
+            if let Some(w) = &witnessed {
+                if !w.complete() {
+                    let by = if w.cosigners.is_empty() {
+                        "no valid cosignature by the given witnesses".to_string()
+                    } else {
+                        format!(
+                            "the best cosigned checkpoint carries {} valid cosignature(s), by {}",
+                            w.cosigners.len(),
+                            names(&w.cosigners)
+                        )
+                    };
+                    let invalid = if w.invalid.is_empty() {
+                        String::new()
+                    } else {
+                        format!("; invalid cosignatures: {}", w.invalid.join("; "))
+                    };
+                    bail!(
+                        "verification FAILED for {}: the log is unwitnessed beyond entry {}: \
+                         {} of its {} entries (indices {}..{}) lack {} valid cosignature(s) \
+                         ({by}{invalid}). A running log has new entries cosigned within \
+                         seconds: verify again once it is idle. If this persists, the witnesses \
+                         refuse to cosign the log: it may have been rewritten or truncated (see \
+                         the log's warnings).",
+                        args.dir.display(),
+                        w.witnessed_size,
+                        w.unwitnessed(),
+                        w.log_size,
+                        w.witnessed_size,
+                        w.log_size,
+                        w.min_witnesses
+                    );
+                }
+                crate::outln!(
+                    "{report}; witnessed: cosigned by {} of the {} given witnesses ({}; {} required)",
+                    w.cosigners.len(),
+                    witnesses.len(),
+                    names(&w.cosigners),
+                    w.min_witnesses
+                )?;
+            } else {
+                crate::outln!("{report}")?;
+            }
             // The summary stays one line on stdout; what the journal adds goes to stderr.
             match parapet_log::unpublished_entries(&args.dir, report.checkpoint.size) {
                 Ok(0) => {}
@@ -282,4 +466,12 @@ pub fn verify(args: VerifyArgs) -> anyhow::Result<ExitCode> {
         }
         Err(e) => bail!("verification FAILED for {}: {e}", args.dir.display()),
     }
+}
+
+fn names(cosigners: &[(String, u64)]) -> String {
+    cosigners
+        .iter()
+        .map(|(n, _)| n.as_str())
+        .collect::<Vec<_>>()
+        .join(", ")
 }

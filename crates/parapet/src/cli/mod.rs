@@ -12,3 +12,4 @@ pub mod policy;
 pub mod quickstart;
 pub mod serve;
 pub mod user;
+pub mod witness;

@@ -114,6 +114,7 @@ pub fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
     init_tracing();
     let config = Config::load(&args.config)?;
     let gw_config = config.gateway()?;
+    let witnesses = config.log.witness_policy()?;
     let guard =
         Guard::load(&config.policy_source()).context("cannot load the policies of [policy]")?;
     let log = Log::open(&config.log.dir, &config.log.key).with_context(|| {
@@ -122,6 +123,12 @@ pub fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
             config.log.dir.display()
         )
     })?;
+    if let Some(policy) = witnesses {
+        let (n, k) = (policy.witnesses.len(), policy.min_witnesses);
+        log.start_witnessing(policy)
+            .context("cannot start the log's witness client")?;
+        eprintln!("parapet: the log's checkpoints are sent to {n} witnesses ({k} must cosign)");
+    }
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

@@ -122,6 +122,7 @@ impl Console {
             .route("/", get(ui))
             .route("/api/health", get(health))
             .route("/log/checkpoint", get(checkpoint))
+            .route("/log/checkpoint.cosigned", get(cosigned))
             .route("/log/tile/{*rest}", get(tile))
             .route("/api/events", get(events))
             .route("/api/events/stream", get(stream))
@@ -483,6 +484,27 @@ async fn health(State(state): State<Arc<AppState>>, headers: HeaderMap) -> Respo
     }
     let dir = state.log_dir.clone();
     let path = state.index_path.clone();
+    let witnesses = state
+        .control
+        .as_ref()
+        .and_then(|c| c.witness_status())
+        .map(|w| {
+            let since = |t: Option<std::time::SystemTime>| {
+                t.and_then(|t| t.elapsed().ok()).map(|d| d.as_secs())
+            };
+            serde_json::json!({
+                "cosigned_size": w.cosigned_size,
+                "cosigned_age_seconds": since(w.cosigned_at),
+                "min_witnesses": w.min_witnesses,
+                "witnesses": w.witnesses.iter().map(|h| serde_json::json!({
+                    "name": h.name,
+                    "cosigned_size": h.cosigned_size,
+                    "last_cosigned_age_seconds": since(h.last_cosigned_at),
+                    "error": h.error,
+                    "refused": h.refused,
+                })).collect::<Vec<_>>(),
+            })
+        });
     let res = tokio::task::spawn_blocking(move || -> anyhow::Result<serde_json::Value> {
         let r = LogReader::open(&dir)?;
         let age = std::fs::metadata(dir.join("checkpoint"))
@@ -506,6 +528,7 @@ async fn health(State(state): State<Arc<AppState>>, headers: HeaderMap) -> Respo
             "checkpoint_age_seconds": age,
             "indexed": newest,
             "index_lag": r.size().saturating_sub(newest),
+            "witnessing": witnesses,
         }))
     })
     .await;
@@ -533,6 +556,33 @@ async fn checkpoint(State(state): State<Arc<AppState>>, headers: HeaderMap) -> R
         )
             .into_response(),
         Err(e) => internal(format_args!("cannot read the checkpoint: {e}")),
+    }
+}
+
+/// The latest checkpoint with a quorum of witness cosignatures (the same signed note with the
+/// witnesses' `cosignature/v1` lines), when the log is witnessed.
+async fn cosigned(State(state): State<Arc<AppState>>, headers: HeaderMap) -> Response {
+    if let Err(r) = log_access(&state, &headers) {
+        return r;
+    }
+    match tokio::fs::read(state.log_dir.join(parapet_log::COSIGNED_CHECKPOINT)).await {
+        Ok(bytes) => (
+            [
+                (
+                    header::CONTENT_TYPE,
+                    HeaderValue::from_static("text/plain; charset=utf-8"),
+                ),
+                (header::CACHE_CONTROL, cache(&state, "max-age=2")),
+            ],
+            bytes,
+        )
+            .into_response(),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => (
+            StatusCode::NOT_FOUND,
+            "the log has no cosigned checkpoint (no witnesses, or no quorum yet)\n",
+        )
+            .into_response(),
+        Err(e) => internal(format_args!("cannot read the cosigned checkpoint: {e}")),
     }
 }
 
