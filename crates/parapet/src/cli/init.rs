@@ -8,8 +8,6 @@ use anyhow::{bail, Context};
 use parapet_gateway::probe::UpstreamProbe;
 use parapet_gateway::Verifier;
 use parapet_log::Log;
-use rand::distributions::Alphanumeric;
-use rand::Rng;
 use std::net::SocketAddr;
 use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
 use std::path::{Path, PathBuf};
@@ -40,14 +38,6 @@ pub struct InitArgs {
     /// The log's origin, its unique name in checkpoints (default: HOST/parapet/TARGET).
     #[arg(long)]
     pub origin: Option<String>,
-}
-
-fn random(n: usize) -> String {
-    rand::thread_rng()
-        .sample_iter(&Alphanumeric)
-        .take(n)
-        .map(char::from)
-        .collect()
 }
 
 /// `s` as a TOML string.
@@ -157,7 +147,7 @@ pub fn run(args: InitArgs) -> anyhow::Result<ExitCode> {
     std::fs::write(&vkey_path, format!("{vkey}\n"))?;
 
     let user = args.user.clone().unwrap_or_else(|| upstream.user.clone());
-    let password = random(20);
+    let password = crate::cli::random_text(20);
     let users = crate::cli::user::snippet(&user, &Verifier::generate(&password), &[]);
     let rel = |p: &Path| -> String {
         p.strip_prefix(&args.dir)

@@ -13,3 +13,14 @@ pub mod quickstart;
 pub mod serve;
 pub mod user;
 pub mod witness;
+
+/// `n` random letters and digits (passwords, origins).
+pub fn random_text(n: usize) -> String {
+    use rand::distributions::Alphanumeric;
+    use rand::Rng;
+    rand::thread_rng()
+        .sample_iter(&Alphanumeric)
+        .take(n)
+        .map(char::from)
+        .collect()
+}

@@ -14,8 +14,6 @@ use anyhow::Context;
 use parapet_gateway::{Gateway, Verifier};
 use parapet_guard::Guard;
 use parapet_log::Log;
-use rand::distributions::Alphanumeric;
-use rand::Rng;
 use std::net::SocketAddr;
 use std::os::unix::fs::PermissionsExt;
 use std::process::ExitCode;
@@ -40,14 +38,6 @@ pub const UPSTREAM_ROLE: &str = "parapet_app";
 /// The target's database, owned by [`UPSTREAM_ROLE`].
 pub const UPSTREAM_DB: &str = "app";
 
-fn random(n: usize) -> String {
-    rand::thread_rng()
-        .sample_iter(&Alphanumeric)
-        .take(n)
-        .map(char::from)
-        .collect()
-}
-
 /// Runs `parapet quickstart`.
 pub fn run(args: QuickstartArgs) -> anyhow::Result<ExitCode> {
     init_tracing();
@@ -64,7 +54,7 @@ pub fn run(args: QuickstartArgs) -> anyhow::Result<ExitCode> {
         "parapet: creating a PostgreSQL cluster in {} …",
         pg_dir.display()
     );
-    let db_password = random(24);
+    let db_password = crate::cli::random_text(24);
     let mut cluster = PgCluster::start(
         &pg_dir,
         &PgOptions {
@@ -74,7 +64,7 @@ pub fn run(args: QuickstartArgs) -> anyhow::Result<ExitCode> {
         },
     )?;
     // Least privilege: the gateway's role owns its database and may create databases.
-    let app_password = random(24);
+    let app_password = crate::cli::random_text(24);
     cluster.psql(
         "postgres",
         &format!("CREATE ROLE {UPSTREAM_ROLE} LOGIN CREATEDB PASSWORD '{app_password}'"),
@@ -85,10 +75,13 @@ pub fn run(args: QuickstartArgs) -> anyhow::Result<ExitCode> {
     )?;
     let log_dir = dir.join("log");
     let key_file = dir.join("log.key");
-    let origin = format!("parapet.quickstart/{}", random(8).to_lowercase());
+    let origin = format!(
+        "parapet.quickstart/{}",
+        crate::cli::random_text(8).to_lowercase()
+    );
     let vkey = Log::init(&log_dir, &origin, &key_file).context("cannot create the audit log")?;
     std::fs::write(dir.join("log.vkey"), format!("{vkey}\n"))?;
-    let password = random(20);
+    let password = crate::cli::random_text(20);
     let user = crate::cli::user::snippet(
         "alice",
         &Verifier::generate(&password),

@@ -539,51 +539,55 @@ async fn health(State(state): State<Arc<AppState>>, headers: HeaderMap) -> Respo
     }
 }
 
-async fn checkpoint(State(state): State<Arc<AppState>>, headers: HeaderMap) -> Response {
-    if let Err(r) = log_access(&state, &headers) {
+/// Serves a signed note of the log directory (`checkpoint`, `checkpoint.cosigned`).
+async fn note_file(
+    state: &AppState,
+    headers: &HeaderMap,
+    name: &str,
+    missing: &'static str,
+) -> Response {
+    if let Err(r) = log_access(state, headers) {
         return r;
     }
-    match tokio::fs::read(state.log_dir.join("checkpoint")).await {
+    match tokio::fs::read(state.log_dir.join(name)).await {
         Ok(bytes) => (
             [
                 (
                     header::CONTENT_TYPE,
                     HeaderValue::from_static("text/plain; charset=utf-8"),
                 ),
-                (header::CACHE_CONTROL, cache(&state, "max-age=2")),
+                (header::CACHE_CONTROL, cache(state, "max-age=2")),
             ],
             bytes,
         )
             .into_response(),
-        Err(e) => internal(format_args!("cannot read the checkpoint: {e}")),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            (StatusCode::NOT_FOUND, missing).into_response()
+        }
+        Err(e) => internal(format_args!("cannot read {name}: {e}")),
     }
+}
+
+async fn checkpoint(State(state): State<Arc<AppState>>, headers: HeaderMap) -> Response {
+    note_file(
+        &state,
+        &headers,
+        "checkpoint",
+        "the log has no checkpoint\n",
+    )
+    .await
 }
 
 /// The latest checkpoint with a quorum of witness cosignatures (the same signed note with the
 /// witnesses' `cosignature/v1` lines), when the log is witnessed.
 async fn cosigned(State(state): State<Arc<AppState>>, headers: HeaderMap) -> Response {
-    if let Err(r) = log_access(&state, &headers) {
-        return r;
-    }
-    match tokio::fs::read(state.log_dir.join(parapet_log::COSIGNED_CHECKPOINT)).await {
-        Ok(bytes) => (
-            [
-                (
-                    header::CONTENT_TYPE,
-                    HeaderValue::from_static("text/plain; charset=utf-8"),
-                ),
-                (header::CACHE_CONTROL, cache(&state, "max-age=2")),
-            ],
-            bytes,
-        )
-            .into_response(),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => (
-            StatusCode::NOT_FOUND,
-            "the log has no cosigned checkpoint (no witnesses, or no quorum yet)\n",
-        )
-            .into_response(),
-        Err(e) => internal(format_args!("cannot read the cosigned checkpoint: {e}")),
-    }
+    note_file(
+        &state,
+        &headers,
+        parapet_log::COSIGNED_CHECKPOINT,
+        "the log has no cosigned checkpoint (no witnesses, or no quorum yet)\n",
+    )
+    .await
 }
 
 async fn tile(
