@@ -177,6 +177,11 @@ impl Control {
         self.shared.log.witness_status()
     }
 
+    /// How long statements have waited for their decisions to be durable.
+    pub fn commit_latency(&self) -> LatencySnapshot {
+        self.shared.commit_latency.snapshot()
+    }
+
     /// The gateway's users, sorted.
     pub fn users(&self) -> Vec<String> {
         let mut v: Vec<String> = self.shared.users.keys().cloned().collect();
@@ -229,4 +234,63 @@ pub(crate) fn locks_from_log(dir: &Path) -> Result<HashMap<String, String>, Gate
         }
     }
     Ok(locks)
+}
+
+/// Upper bounds (µs) of the commit-latency buckets.
+pub const LATENCY_BUCKETS_US: [u64; 14] = [
+    50, 100, 200, 500, 1_000, 2_000, 5_000, 10_000, 20_000, 50_000, 100_000, 250_000, 500_000,
+    1_000_000,
+];
+
+/// How long statements waited for their decision to be durable (the log's commit, as the
+/// statement path sees it): counts per bucket of [`LATENCY_BUCKETS_US`] plus one past the last,
+/// their sum and count. Lock-free; recorded once per judged statement.
+#[derive(Debug, Default)]
+pub struct LatencyHistogram {
+    buckets: [AtomicU64; 15],
+    sum_us: AtomicU64,
+    count: AtomicU64,
+}
+
+/// A copy of a [`LatencyHistogram`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LatencySnapshot {
+    /// Cumulative counts: observations at or under each bound of [`LATENCY_BUCKETS_US`].
+    pub cumulative: Vec<(u64, u64)>,
+    /// Sum of all observations, µs.
+    pub sum_us: u64,
+    /// Number of observations.
+    pub count: u64,
+}
+
+impl LatencyHistogram {
+    /// Records one wait.
+    pub fn record(&self, d: std::time::Duration) {
+        let us = u64::try_from(d.as_micros()).unwrap_or(u64::MAX);
+        let i = LATENCY_BUCKETS_US
+            .iter()
+            .position(|b| us <= *b)
+            .unwrap_or(LATENCY_BUCKETS_US.len());
+        self.buckets[i].fetch_add(1, Ordering::Relaxed);
+        self.sum_us.fetch_add(us, Ordering::Relaxed);
+        self.count.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// The counts so far.
+    pub fn snapshot(&self) -> LatencySnapshot {
+        let mut acc = 0;
+        let cumulative = LATENCY_BUCKETS_US
+            .iter()
+            .enumerate()
+            .map(|(i, b)| {
+                acc += self.buckets[i].load(Ordering::Relaxed);
+                (*b, acc)
+            })
+            .collect();
+        LatencySnapshot {
+            cumulative,
+            sum_us: self.sum_us.load(Ordering::Relaxed),
+            count: self.count.load(Ordering::Relaxed),
+        }
+    }
 }

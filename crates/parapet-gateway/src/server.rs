@@ -121,6 +121,7 @@ impl Gateway {
                 catalogs,
                 superuser_warned: Mutex::default(),
                 live: Mutex::default(),
+                commit_latency: Default::default(),
                 locks: Mutex::new(locks),
             }),
             listener,

@@ -1177,7 +1177,10 @@ impl Frontend<'_> {
             PreWait::Ready(d) => return Ok(Judged::Forward(d, pre.copies, pre.raise)),
             PreWait::Ticket(t) => t,
         };
-        Ok(match (ticket.await, pre.decision) {
+        let waited = Instant::now();
+        let durable = ticket.await;
+        self.shared.commit_latency.record(waited.elapsed());
+        Ok(match (durable, pre.decision) {
             (Err(e), _) => Judged::Refuse(log_failure(&e.to_string())),
             (Ok(index), Some(d)) => Judged::Refuse(refusal(&d, index)),
             (Ok(index), None) => Judged::Forward(DecisionRef::Index(index), pre.copies, pre.raise),
@@ -1457,7 +1460,10 @@ impl Backend<'_> {
     /// Waits until every decision received so far is durable (`before_reply`).
     async fn settle(&mut self) -> Result<(), SessionError> {
         for (ticket, slot) in self.tickets.drain(..) {
-            let index = ticket.await.map_err(|e| SessionError::Log(e.to_string()))?;
+            let waited = Instant::now();
+            let durable = ticket.await;
+            self.shared.commit_latency.record(waited.elapsed());
+            let index = durable.map_err(|e| SessionError::Log(e.to_string()))?;
             let _ = slot.set(index);
         }
         Ok(())

@@ -410,10 +410,19 @@ async fn console_api_over_a_real_gateway() {
     let _ = follow.kill();
     let _ = follow.wait();
 
-    // Metrics.
+    // Metrics (the commit-latency histogram counts every statement judged so far).
     let m = get(addr, "/metrics", Some(&token));
     assert_eq!(m.status, 200);
     let text = String::from_utf8_lossy(&m.body).into_owned();
+    let commits: u64 = text
+        .lines()
+        .find_map(|l| l.strip_prefix("parapet_decision_commit_seconds_count "))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0);
+    assert!(
+        commits >= 5,
+        "statements waited for durable decisions: {text}"
+    );
     assert!(
         text.lines()
             .any(|l| l.starts_with("parapet_decisions_total{")
@@ -426,6 +435,7 @@ async fn console_api_over_a_real_gateway() {
         "parapet_statements_total",
         "parapet_log_size_entries",
         "parapet_index_lag_entries",
+        "parapet_decision_commit_seconds_bucket{le=\"0.001\"}",
     ] {
         assert!(text.contains(name), "{name} missing:\n{text}");
     }

@@ -129,11 +129,34 @@ impl Metrics {
         self.index_lag.set(log_size.saturating_sub(indexed) as i64);
     }
 
-    /// The metrics in Prometheus text format.
-    pub fn render(&self) -> String {
+    /// The metrics in Prometheus (OpenMetrics) text format, with the gateway's commit-latency
+    /// histogram when the console runs beside a gateway.
+    pub fn render(&self, latency: Option<parapet_gateway::control::LatencySnapshot>) -> String {
         let mut out = String::new();
         if prometheus_client::encoding::text::encode(&mut out, &self.registry).is_err() {
             out.clear();
+        }
+        if let Some(l) = latency {
+            let body = out.strip_suffix("# EOF\n").unwrap_or(&out).to_string();
+            let mut h = String::from(
+                "# HELP parapet_decision_commit_seconds Time a statement waited for its decision to be durable in the log.\n\
+                 # TYPE parapet_decision_commit_seconds histogram\n",
+            );
+            for (le, n) in &l.cumulative {
+                h.push_str(&format!(
+                    "parapet_decision_commit_seconds_bucket{{le=\"{}\"}} {n}\n",
+                    *le as f64 / 1e6
+                ));
+            }
+            h.push_str(&format!(
+                "parapet_decision_commit_seconds_bucket{{le=\"+Inf\"}} {}\n\
+                 parapet_decision_commit_seconds_sum {}\n\
+                 parapet_decision_commit_seconds_count {}\n",
+                l.count,
+                l.sum_us as f64 / 1e6,
+                l.count
+            ));
+            out = format!("{body}{h}# EOF\n");
         }
         out
     }

@@ -714,7 +714,9 @@ async fn metrics_text(State(state): State<Arc<AppState>>, headers: HeaderMap) ->
             header::CONTENT_TYPE,
             "application/openmetrics-text; version=1.0.0; charset=utf-8",
         )],
-        state.metrics.render(),
+        state
+            .metrics
+            .render(state.control.as_ref().map(|c| c.commit_latency())),
     )
         .into_response()
 }
