@@ -17,6 +17,16 @@ fn parapet(args: &[&str]) -> Output {
         .expect("run parapet")
 }
 
+/// A child process killed if the test ends without stopping it (a failed assert).
+struct KillOnDrop(std::process::Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 fn text(b: &[u8]) -> String {
     String::from_utf8_lossy(b).into_owned()
 }
@@ -166,12 +176,14 @@ fn init_serve_psql_verify_and_doctor() {
     std::fs::write(&config, &plain).expect("restore config");
 
     // The gateway, started as printed.
-    let mut serve = Command::new(env!("CARGO_BIN_EXE_parapet"))
-        .args(["serve", "--config", config.to_str().expect("utf-8")])
-        .stdout(Stdio::null())
-        .stderr(std::fs::File::create(tmp.path().join("serve.err")).expect("stderr file"))
-        .spawn()
-        .expect("serve");
+    let mut serve = KillOnDrop(
+        Command::new(env!("CARGO_BIN_EXE_parapet"))
+            .args(["serve", "--config", config.to_str().expect("utf-8")])
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(tmp.path().join("serve.err")).expect("stderr file"))
+            .spawn()
+            .expect("serve"),
+    );
     let deadline = Instant::now() + Duration::from_secs(30);
     while std::net::TcpStream::connect(("127.0.0.1", gw_port)).is_err() {
         assert!(Instant::now() < deadline, "the gateway did not listen");
@@ -219,12 +231,12 @@ fn init_serve_psql_verify_and_doctor() {
     );
     // SAFETY: kill(2) on the child started here.
     assert_eq!(
-        unsafe { libc::kill(serve.id() as libc::pid_t, libc::SIGTERM) },
+        unsafe { libc::kill(serve.0.id() as libc::pid_t, libc::SIGTERM) },
         0
     );
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
-        if let Some(status) = serve.try_wait().expect("wait") {
+        if let Some(status) = serve.0.try_wait().expect("wait") {
             assert!(status.success(), "serve exited with {status}");
             break;
         }

@@ -480,8 +480,18 @@ fn console_token_prints_a_token_and_its_block() {
     );
 }
 
-/// Starts `parapet serve --config`; returns the child once both listeners answer.
-fn serve(config: &std::path::Path, ports: [u16; 2]) -> Child {
+/// A `parapet serve` process; killed if the test ends without stopping it (a failed assert).
+struct Served(Child);
+
+impl Drop for Served {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Starts `parapet serve --config`; returns it once both listeners answer.
+fn serve(config: &std::path::Path, ports: [u16; 2]) -> Served {
     let child = Command::new(env!("CARGO_BIN_EXE_parapet"))
         .args(["serve", "--config"])
         .arg(config)
@@ -489,18 +499,20 @@ fn serve(config: &std::path::Path, ports: [u16; 2]) -> Child {
         .stderr(Stdio::null())
         .spawn()
         .expect("parapet serve");
+    let served = Served(child);
     for p in ports {
         eventually("the listener", || TcpStream::connect(("127.0.0.1", p)).ok());
     }
-    child
+    served
 }
 
-fn stop(mut child: Child) {
+/// Stops it with SIGTERM; it must exit cleanly.
+fn stop(mut served: Served) {
     // SAFETY: kill(2) on the child started here.
     unsafe {
-        libc::kill(child.id() as libc::pid_t, libc::SIGTERM);
+        libc::kill(served.0.id() as libc::pid_t, libc::SIGTERM);
     }
-    let status = eventually("serve to stop", || child.try_wait().ok().flatten());
+    let status = eventually("serve to stop", || served.0.try_wait().ok().flatten());
     assert!(status.success(), "{status}");
 }
 

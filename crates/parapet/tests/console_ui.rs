@@ -59,6 +59,12 @@ impl Browser {
             .spawn()
             .expect("chromedriver");
         let addr = SocketAddr::from(([127, 0, 0, 1], port));
+        // Owned from here: a failed start still stops chromedriver.
+        let mut browser = Browser {
+            driver,
+            addr,
+            session: String::new(),
+        };
         eventually("chromedriver to listen", || {
             std::net::TcpStream::connect(addr).ok()
         });
@@ -71,15 +77,11 @@ impl Browser {
         }}});
         let r = request(addr, "POST", "/session", None, Some(&caps.to_string()));
         let v = r.json();
-        let session = v["value"]["sessionId"]
+        browser.session = v["value"]["sessionId"]
             .as_str()
             .unwrap_or_else(|| panic!("no WebDriver session: {v}"))
             .to_string();
-        Browser {
-            driver,
-            addr,
-            session,
-        }
+        browser
     }
 
     fn call(&self, method: &str, path: &str, body: Value) -> Value {

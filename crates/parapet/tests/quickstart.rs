@@ -6,6 +6,16 @@ use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+/// A child process killed if the test ends without stopping it (a failed assert).
+struct KillOnDrop(std::process::Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
@@ -16,13 +26,15 @@ fn free_port() -> u16 {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn quickstart_guards_a_database_as_a_role_that_is_not_a_superuser() {
     let port = free_port();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_parapet"))
-        .args(["quickstart", "--listen", &format!("127.0.0.1:{port}")])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .expect("run parapet quickstart");
-    let stdout = child.stdout.take().expect("stdout");
+    let mut child = KillOnDrop(
+        Command::new(env!("CARGO_BIN_EXE_parapet"))
+            .args(["quickstart", "--listen", &format!("127.0.0.1:{port}")])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("run parapet quickstart"),
+    );
+    let stdout = child.0.stdout.take().expect("stdout");
     // The lines up to "Press Ctrl-C", read on a thread (a failed start must not hang the test).
     let (tx, rx) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
@@ -41,7 +53,7 @@ async fn quickstart_guards_a_database_as_a_role_that_is_not_a_superuser() {
             Ok(l) if l.starts_with("Press Ctrl-C") => break,
             Ok(l) => lines.push(l),
             Err(e) => {
-                let _ = child.kill();
+                let _ = child.0.kill();
                 panic!("quickstart did not come up ({e}); it printed: {lines:#?} (PostgreSQL server binaries are needed: apt-get install postgresql)");
             }
         }
@@ -107,11 +119,11 @@ async fn quickstart_guards_a_database_as_a_role_that_is_not_a_superuser() {
     assert!(db.message().contains("permission denied"), "{err}");
     drop(c);
     // SAFETY: kill(2) on the child started here.
-    let r = unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGINT) };
+    let r = unsafe { libc::kill(child.0.id() as libc::pid_t, libc::SIGINT) };
     assert_eq!(r, 0);
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
-        if let Some(status) = child.try_wait().expect("wait") {
+        if let Some(status) = child.0.try_wait().expect("wait") {
             assert!(status.success(), "quickstart exited with {status}");
             break;
         }
