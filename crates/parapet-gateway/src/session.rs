@@ -675,8 +675,9 @@ impl Frontend<'_> {
 
     /// Reads the catalog again over the session's own connection (idle: everything sent has
     /// been answered). Read in a transaction, it sees the transaction's own DDL and stays this
-    /// session's; read outside one, it becomes the target's. If it cannot be read (the
-    /// transaction has failed, so nothing runs until it ends), the catalog in use stays.
+    /// session's; read outside one, it becomes the target's. If it cannot be read because the
+    /// transaction has already failed (nothing runs until it ends), the catalog in use stays;
+    /// any other failure ends the session (fail closed).
     async fn read_catalog<W: AsyncWrite + Unpin>(&mut self, w: &mut W) -> Result<(), SessionError> {
         let (tx, rx) = tokio::sync::oneshot::channel();
         self.expect(Expect::Catalog(tx))?;
@@ -687,6 +688,9 @@ impl Frontend<'_> {
             .await
             .map_err(|_| SessionError::Upstream("session relay stopped".into()))?;
         let status = reply.status;
+        // 25P02: the client's transaction had already failed; nothing runs until it ends, and
+        // its end rolls back whatever DDL it held.
+        let failed_before = reply.sqlstate.as_deref() == Some("25P02");
         match crate::catalog::build(reply).await {
             Ok(c) if status == b'I' => {
                 self.ctx.catalog = Some(c.clone());
@@ -697,10 +701,16 @@ impl Frontend<'_> {
                 self.ctx.catalog = Some(c);
                 self.private_catalog = true;
             }
-            Err(e) if status == b'E' => {
+            Err(e) if failed_before => {
                 tracing::debug!("catalog not read in a failed transaction: {e}");
             }
-            Err(e) => tracing::warn!("cannot read the target's catalog again: {e}"),
+            // Any other failure (a statement_timeout the session set, say) would leave what
+            // follows judged with a catalog the DDL may have changed: fail closed.
+            Err(e) => {
+                return Err(SessionError::Unreadable(format!(
+                    "parapet: terminating connection: the catalog could not be read again after a statement that may have changed it ({e}); reconnect"
+                )))
+            }
         }
         Ok(())
     }

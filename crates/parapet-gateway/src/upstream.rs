@@ -316,6 +316,8 @@ pub(crate) struct Reply {
     pub(crate) rows: Vec<Vec<Option<String>>>,
     /// The server's error, if the query failed.
     pub(crate) error: Option<String>,
+    /// Its SQLSTATE.
+    pub(crate) sqlstate: Option<String>,
     /// The transaction status of its ReadyForQuery.
     pub(crate) status: u8,
 }
@@ -334,6 +336,7 @@ impl Reply {
             b'E' => {
                 let f = parse_error(body);
                 self.error = Some(format!("{} ({})", f.message, f.code));
+                self.sqlstate = Some(f.code);
             }
             b'Z' => {
                 self.status = body.first().copied().unwrap_or(b'I');

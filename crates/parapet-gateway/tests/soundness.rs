@@ -199,6 +199,42 @@ async fn the_catalog_follows_ddl() {
         "parapet.server-file-functions",
     )
     .await;
+    // A session that makes the catalog query fail (a tiny statement_timeout) cannot leave its
+    // DDL unseen: either the catalog is read in time and the renamed alias is refused, or the
+    // session ends. The file is never read.
+    let mut short = Client::connect(s.gw).await;
+    runs(&mut short, "SET statement_timeout = 1").await;
+    let mut out = bytes::BytesMut::new();
+    query("ALTER FUNCTION public.rd3(text) RENAME TO rd9", &mut out);
+    query("SELECT rd9('PG_VERSION')", &mut out);
+    tokio::io::AsyncWriteExt::write_all(&mut short.s, &out)
+        .await
+        .expect("write");
+    // Up to the second ReadyForQuery, or the end of the session.
+    let mut got = Vec::new();
+    let mut ready = 0;
+    while ready < 2 {
+        let Some(m) = bounded(short.try_read_msg()).await else {
+            break;
+        };
+        ready += usize::from(m.0 == b'Z');
+        got.push(m);
+    }
+    let leaked = got
+        .iter()
+        .any(|m| m.0 == b'D' && String::from_utf8_lossy(&m.1).contains("15"));
+    assert!(!leaked, "the renamed alias read the file: {got:?}");
+    let codes: Vec<String> = got
+        .iter()
+        .filter(|m| m.0 == b'E')
+        .map(|m| parapet_gateway::protocol::backend::parse_error(&m.1).code)
+        .collect();
+    assert!(
+        codes.iter().any(|c| c == "0A000" || c == "42501"),
+        "ended, or refused: {codes:?}"
+    );
+    // Back to rd3 for what follows, if the rename ran.
+    let _ = run(&mut admin, "ALTER FUNCTION public.rd9(text) RENAME TO rd3").await;
     // In one extended-protocol batch, a statement after catalog DDL and before Sync is refused:
     // the catalog cannot be read in between.
     let mut out = bytes::BytesMut::new();
