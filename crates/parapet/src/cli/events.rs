@@ -215,20 +215,17 @@ pub fn index(cmd: IndexCommand) -> anyhow::Result<ExitCode> {
             }
             let r = LogReader::open(log_dir)?;
             let (origin, size) = (r.checkpoint().origin.clone(), r.size());
-            drop(r);
             let mut ix = index::Index::open(&dir, &origin)?;
-            let mut done = 0;
-            while done < size {
-                let end = size.min(done + 10_000);
-                let mut batch = Vec::new();
-                let r = LogReader::open(log_dir)?;
-                for item in r.entries(done, end) {
-                    let (i, bytes) = item?;
-                    batch.push(ix.prepare(i, &bytes));
+            let mut batch = Vec::with_capacity(10_000);
+            for item in r.entries(0, size) {
+                let (i, bytes) = item?;
+                batch.push(ix.prepare(i, &bytes));
+                if batch.len() == 10_000 {
+                    ix.store(&batch)?;
+                    batch.clear();
                 }
-                ix.store(&batch)?;
-                done = end;
             }
+            ix.store(&batch)?;
             crate::outln!("indexed {size} entries of {origin} into {}", dir.display())?;
             Ok(ExitCode::SUCCESS)
         }

@@ -482,6 +482,16 @@ pub fn search(path: &Path, f: &Filter) -> anyhow::Result<Page> {
     Ok(Page { events: rows, next })
 }
 
+/// The index of the newest event in the index at `path`, if any.
+pub fn newest(path: &Path) -> anyhow::Result<Option<u64>> {
+    let conn = Connection::open_with_flags(
+        path,
+        OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+    )?;
+    let max: Option<i64> = conn.query_row("SELECT max(idx) FROM events", [], |r| r.get(0))?;
+    Ok(max.map(|i| i as u64))
+}
+
 /// Events after `after` (exclusive; `None`: from the start) up to `limit`, oldest first, and
 /// the index size (for the stream's catch-up).
 pub fn after(path: &Path, after: Option<u64>, limit: usize) -> anyhow::Result<Vec<(u64, String)>> {

@@ -221,22 +221,22 @@ fn run_indexer(
     // Metrics count what the log holds: the entries indexed before this start too.
     let mut counted = 0;
     while !stop.load(Ordering::Relaxed) {
-        let size = match LogReader::open(dir) {
-            Ok(r) => r.size(),
+        // One look at the published log per round.
+        let reader = match LogReader::open(dir) {
+            Ok(r) => r,
             Err(e) => {
                 tracing::warn!("the console cannot read the log: {e}");
                 std::thread::sleep(POLL * 10);
                 continue;
             }
         };
+        let size = reader.size();
         metrics.progress(size, indexed);
         if counted < indexed {
             let end = indexed.min(counted + BATCH);
-            if let Ok(r) = LogReader::open(dir) {
-                for (_, bytes) in r.entries(counted, end).flatten() {
-                    if let Ok(v) = serde_json::from_slice(&bytes) {
-                        metrics.count(&v);
-                    }
+            for (_, bytes) in reader.entries(counted, end).flatten() {
+                if let Ok(v) = serde_json::from_slice(&bytes) {
+                    metrics.count(&v);
                 }
             }
             counted = end;
@@ -247,10 +247,6 @@ fn run_indexer(
             continue;
         }
         let end = size.min(indexed + BATCH);
-        let reader = match LogReader::open(dir) {
-            Ok(r) => r,
-            Err(_) => continue,
-        };
         let mut batch = Vec::new();
         for item in reader.entries(indexed, end) {
             match item {
@@ -512,16 +508,7 @@ async fn health(State(state): State<Arc<AppState>>, headers: HeaderMap) -> Respo
             .ok()
             .and_then(|t| t.elapsed().ok())
             .map_or(0, |d| d.as_secs());
-        let newest = index::search(
-            &path,
-            &Filter {
-                limit: Some(1),
-                ..Filter::default()
-            },
-        )?
-        .events
-        .first()
-        .map_or(0, |(i, _)| i + 1);
+        let newest = index::newest(&path)?.map_or(0, |i| i + 1);
         Ok(serde_json::json!({
             "origin": r.checkpoint().origin,
             "log_size": r.size(),
@@ -769,15 +756,11 @@ async fn stream(
         // A new stream starts after the newest event indexed.
         None => {
             let p = path.clone();
-            let newest = Filter {
-                limit: Some(1),
-                ..Filter::default()
-            };
-            tokio::task::spawn_blocking(move || index::search(&p, &newest))
+            tokio::task::spawn_blocking(move || index::newest(&p))
                 .await
                 .ok()
                 .and_then(Result::ok)
-                .and_then(|page| page.events.first().map(|(i, _)| *i))
+                .flatten()
         }
     };
     let (tx, mut rx) = tokio::sync::mpsc::channel::<Event>(256);
