@@ -9,6 +9,7 @@
 #   bench/console.sh                  # 10,000,000 events
 #   EVENTS=1000000 bench/console.sh
 #   BENCH_DIR=/var/tmp bench/console.sh
+#   KEEP=1 bench/console.sh           # keep the log and index for further study
 #
 # Needs: curl, python3; builds parapet in release mode unless PARAPET=/path/to/parapet is given.
 set -euo pipefail
@@ -24,7 +25,10 @@ if [ -z "${PARAPET:-}" ]; then
 fi
 WORK=$(mktemp -d "${BENCH_DIR:-/tmp}/parapet-console-bench-XXXXXX")
 SERVE_PID=
-cleanup() { [ -n "$SERVE_PID" ] && kill "$SERVE_PID" 2>/dev/null; rm -rf "$WORK"; }
+cleanup() {
+  [ -n "$SERVE_PID" ] && kill "$SERVE_PID" 2>/dev/null
+  if [ -n "${KEEP:-}" ]; then echo "kept $WORK" >&2; else rm -rf "$WORK"; fi
+}
 trap cleanup EXIT
 
 "$PARAPET" log init --dir "$WORK/log" --origin bench.parapet/console --key "$WORK/log.key" >/dev/null

@@ -10,6 +10,9 @@
 #   TESTS=select MODES=prepared CLIENTS=64 bench/gateway.sh   # one row: -S, -M prepared, 64 clients
 #   UPSTREAM=unix bench/gateway.sh       # PgBouncer and Parapet reach PostgreSQL by Unix socket
 #   BENCH_DIR=/var/tmp bench/gateway.sh  # where clusters and audit logs live (default /tmp)
+#   CONSOLE=off bench/gateway.sh         # Parapet without its console (default: console on)
+#   CONSOLE_COST=0 bench/gateway.sh      # skip the console-cost table (pgbench -S with the
+#                                        # console on and off, and how far its index lags)
 #
 # Needs: postgresql (initdb, postgres, pgbench), pgbouncer; builds parapet in release mode unless
 # PARAPET=/path/to/parapet is given. Everything runs in a temp dir that is removed at exit.
@@ -22,6 +25,8 @@ TESTS=${TESTS:-"select tpcb"}
 # running on the database host would). pgbench always connects over TCP.
 UPSTREAM=${UPSTREAM:-tcp}
 SCALE=${SCALE:-10}
+CONSOLE=${CONSOLE:-on}
+CONSOLE_COST=${CONSOLE_COST:-1}
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 need() { command -v "$1" >/dev/null || { echo "$1 not found; install it with: apt-get install $2" >&2; exit 1; }; }
 BINDIR=$(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -1)
@@ -100,11 +105,15 @@ PIDS+=($!)
 
 # Parapet: one log per durability mode.
 VERIFIER=$(printf '%s\n' "$PGPW" | "$PARAPET" user add alice --groups eng --password-stdin | sed -n 's/^scram = //p')
-start_parapet() { # $1 = durability; sets PORT
-  local d=$WORK/parapet-$1 port
+CTOKEN=$("$PARAPET" console token --name bench --role auditor | sed -n 1p)
+CSHA=$(printf %s "$CTOKEN" | sha256sum | cut -d' ' -f1)
+start_parapet() { # $1 = durability, $2 = console on|off, $3 = instance name; sets PORT, CPORT
+  local name=${3:-$1}
+  local d=$WORK/parapet-$name port
   port=$(free_port)
+  CPORT=$(free_port)
   mkdir -p "$d"
-  "$PARAPET" log init --dir "$d/log" --origin "bench/$1" --key "$d/log.key" >/dev/null
+  "$PARAPET" log init --dir "$d/log" --origin "bench/$name" --key "$d/log.key" >/dev/null
   cat > "$d/parapet.toml" <<TOML
 [log]
 dir = "log"
@@ -123,14 +132,28 @@ groups = ["eng"]
 [policy]
 default_pack = true
 TOML
+  if [ "${2:-$CONSOLE}" = on ]; then
+    cat >> "$d/parapet.toml" <<TOML
+[console]
+listen = "127.0.0.1:$CPORT"
+[[console.tokens]]
+name = "bench"
+role = "auditor"
+sha256 = "$CSHA"
+TOML
+  fi
   RUST_LOG=warn "$PARAPET" serve --config "$d/parapet.toml" >"$d/serve.out" 2>"$d/serve.log" &
   PIDS+=($!)
   PPID_LAST=$!
   for _ in $(seq 100); do "$BINDIR/pg_isready" -q -h 127.0.0.1 -p "$port" && break; sleep 0.1; done
   PORT=$port
 }
-start_parapet before_forward; FPORT=$PORT; FPID=$PPID_LAST
-start_parapet before_reply; RPORT=$PORT; RPID=$PPID_LAST
+start_parapet before_forward "$CONSOLE"; FPORT=$PORT; FPID=$PPID_LAST; FCPORT=$CPORT
+start_parapet before_reply "$CONSOLE"; RPORT=$PORT; RPID=$PPID_LAST
+if [ "$CONSOLE_COST" = 1 ]; then
+  start_parapet before_forward on with-console; WPORT=$PORT; WPID=$PPID_LAST; WCPORT=$CPORT
+  start_parapet before_forward off no-console; NPORT=$PORT; NPID=$PPID_LAST
+fi
 BPID=$(cat "$WORK/pgbouncer.pid" 2>/dev/null || echo)
 TCK=$(getconf CLK_TCK)
 cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat" 2>/dev/null || echo 0; }
@@ -143,7 +166,7 @@ run() { # target port user test mode clients [pid] -> "tps lat cpu_us_per_tx"
   local j=$(( c < 2 ? 1 : 2 ))
   local out c0=0 c1=0
   [ -n "$pid" ] && c0=$(cpu_ticks "$pid")
-  out=$("$PGBENCH" -n -h 127.0.0.1 -p "$port" -U "$user" -M "$m" -c "$c" -j "$j" -T "$DURATION" "${args[@]}" \
+  out=$("$PGBENCH" -n -h 127.0.0.1 -p "$port" -U "$user" -M "$m" -c "$c" -j "$j" -T "$DURATION" "${args[@]}" ${EXTRA:-} \
         $( [ "$1" = direct ] && echo bench || echo main ) 2>&1) || { echo "0 0 -"; echo "$out" >&2; return; }
   [ -n "$pid" ] && c1=$(cpu_ticks "$pid")
   local tps lat n
@@ -154,7 +177,7 @@ run() { # target port user test mode clients [pid] -> "tps lat cpu_us_per_tx"
     'BEGIN{ if (p != "" && n > 0) printf "%.0f", d / t * 1e6 / n; else print "-" }')"
 }
 
-printf "%s\n" "machine: $(nproc) cores, $(awk '/MemTotal/{printf "%.0f GiB", $2/1048576}' /proc/meminfo), $(uname -sr); PostgreSQL $("$BINDIR/postgres" --version | awk '{print $3}'); $(pgbouncer --version | head -1); scale $SCALE; ${DURATION}s per run; proxies reach PostgreSQL by $UPSTREAM; file creation in $WORK: $CREATES_PER_S/s; load average $(cut -d' ' -f1-3 /proc/loadavg)"
+printf "%s\n" "console: $CONSOLE; machine: $(nproc) cores, $(awk '/MemTotal/{printf "%.0f GiB", $2/1048576}' /proc/meminfo), $(uname -sr); PostgreSQL $("$BINDIR/postgres" --version | awk '{print $3}'); $(pgbouncer --version | head -1); scale $SCALE; ${DURATION}s per run; proxies reach PostgreSQL by $UPSTREAM; file creation in $WORK: $CREATES_PER_S/s; load average $(cut -d' ' -f1-3 /proc/loadavg)"
 printf "%-7s %-8s %4s | %10s %7s | %10s %7s %5s | %10s %7s %5s %8s | %10s %7s %5s %8s | %6s %6s %6s %6s\n" \
   test mode cl "direct" "ms" "pgbouncer" "ms" "us/tx" "pp-fwd" "ms" "us/tx" "entries" "pp-reply" "ms" "us/tx" "entries" "fwd/d" "fwd/b" "rep/d" "rep/b"
 for t in $TESTS; do
@@ -171,3 +194,57 @@ for t in $TESTS; do
     done
   done
 done
+
+# The console's cost: pgbench -S, 64 clients, through two identical before_forward gateways, one
+# with the console (indexing every entry as it is published) and one without, in turns (ABBA) so
+# drift in the machine's speed falls on both. While the console's gateway runs, its index lag is
+# sampled every 0.2 s; the index delay (publication to searchable) comes from its histogram.
+if [ "$CONSOLE_COST" = 1 ]; then
+  metric() { curl -sf -H "Authorization: Bearer $CTOKEN" "http://127.0.0.1:$WCPORT/metrics"; }
+  delay_buckets() { metric | sed -n 's/^parapet_index_delay_seconds_bucket{le="\([^"]*\)"} \([0-9]*\)/\1 \2/p'; }
+  echo
+  echo "console cost: pgbench -S, 64 clients, ${DURATION}s per run, with and without the console (ABBA)"
+  printf "%-11s | %10s %10s %10s %10s | %6s | %10s %12s %14s\n" mode "with-1" "without-1" "without-2" "with-2" "ratio" "max lag" "delay p99 ≤" "delay max ≤"
+  # One run of pgbench -S on the console's gateway, its lag sampled: "tps maxlag p99 max".
+  measured() { # mode
+    local b0 b1 lagfile=$WORK/lag-$1 tps p99 pmax
+    b0=$(delay_buckets)
+    : > "$lagfile"
+    ( while :; do metric | sed -n 's/^parapet_index_lag_entries \([0-9]*\)/\1/p' >> "$lagfile"; sleep 0.2; done ) &
+    local sampler=$!
+    read -r tps _ _ < <(run parapet "$WPORT" alice select "$1" 64 "$WPID")
+    # Let the index catch up, so the delay histogram holds every entry of the run.
+    for _ in $(seq 600); do
+      [ "$(metric | sed -n 's/^parapet_index_lag_entries \([0-9]*\)/\1/p')" = 0 ] && break; sleep 0.2
+    done
+    kill $sampler 2>/dev/null; wait $sampler 2>/dev/null || true
+    b1=$(delay_buckets)
+    read -r p99 pmax < <(python3 - "$b0" "$b1" <<'PY'
+import sys
+def parse(t):
+    return [(l.split()[0], int(l.split()[1])) for l in t.splitlines() if l.strip()]
+a, b = dict(parse(sys.argv[1])), parse(sys.argv[2])
+d = [(le, n - a.get(le, 0)) for le, n in b]
+total = d[-1][1] if d else 0
+p99 = next((le for le, n in d if total and n >= 0.99 * total), "-")
+mx = next((le for le, n in d if total and n >= total), "-")
+print(p99, mx)
+PY
+)
+    echo "$tps $(sort -n "$lagfile" | tail -1) $p99 $pmax"
+  }
+  for m in $MODES; do
+    read -r w1 lag1 p991 max1 < <(measured $m)
+    read -r n1 _ _ < <(run parapet "$NPORT" alice select $m 64 "$NPID")
+    read -r n2 _ _ < <(run parapet "$NPORT" alice select $m 64 "$NPID")
+    read -r w2 lag2 p992 max2 < <(measured $m)
+    printf "%-11s | %10.0f %10.0f %10.0f %10.0f | %6s | %10s %12s %14s\n" $m "$w1" "$n1" "$n2" "$w2" \
+      "$(awk -v a="$w1" -v b="$w2" -v c="$n1" -v d="$n2" 'BEGIN{ if (c + d > 0) printf "%.3f", (a + b) / (c + d); else print "-" }')" \
+      "$(( lag1 > lag2 ? lag1 : lag2 ))" "${p992}s" "${max2}s"
+    # The same at a fixed rate (RATE_SHARE % of the rate without the console): the lag when
+    # the machine has CPU to spare for indexing.
+    rate=$(awk -v a="$n1" -v b="$n2" -v s="${RATE_SHARE:-50}" 'BEGIN{ printf "%d", (a + b) / 2 * s / 100 }')
+    read -r r lagr p99r maxr < <(EXTRA="-R $rate" measured $m)
+    printf "%-11s | %10.0f %10s %10s %10s | %6s | %10s %12s %14s\n" "$m -R" "$r" "(-R $rate)" "" "" "" "$lagr" "${p99r}s" "${maxr}s"
+  done
+fi

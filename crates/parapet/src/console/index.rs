@@ -13,6 +13,7 @@ use rusqlite::{params, Connection, OpenFlags, OptionalExtension};
 use serde_json::Value;
 use std::collections::{BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 /// Search filters (the query parameters of `/api/events` and its stream).
 #[derive(Debug, Default, Clone, serde::Deserialize)]
@@ -53,6 +54,8 @@ pub struct Indexed {
     pub index: u64,
     /// The event as logged (with `sql` reassembled when it was stored in parts).
     pub event: Value,
+    /// `event` as JSON text (the entry's own bytes when it needed no reassembly).
+    pub json: String,
     /// User and target (of its session when the event does not name them).
     pub user: Option<String>,
     /// Target name.
@@ -60,7 +63,7 @@ pub struct Indexed {
     /// Rule ids.
     pub rules: Vec<String>,
     /// Tables read or written (`schema.name`).
-    pub tables: BTreeSet<String>,
+    pub tables: Arc<BTreeSet<String>>,
     /// Statement text and reason, for full-text search.
     pub text: String,
 }
@@ -85,11 +88,8 @@ pub fn fts_query(q: &str) -> Option<String> {
             Some(w) => (w, true),
             None => (word, false),
         };
-        // FTS5's tokenizer splits on punctuation: keep the word's alphanumeric runs as a phrase.
-        let cleaned: Vec<&str> = w
-            .split(|c: char| !c.is_alphanumeric() && c != '_')
-            .filter(|s| !s.is_empty())
-            .collect();
+        // The tokenizer splits words on ASCII punctuation: keep the word's runs as a phrase.
+        let cleaned: Vec<&str> = w.split(separates).filter(|s| !s.is_empty()).collect();
         if cleaned.is_empty() {
             continue;
         }
@@ -149,48 +149,74 @@ pub fn matches(f: &Filter, e: &Indexed) -> bool {
         }
     }
     if let Some(q) = &f.q {
-        let text = e.text.to_lowercase();
-        let words: Vec<&str> = text
-            .split(|c: char| !c.is_alphanumeric() && c != '_')
-            .filter(|w| !w.is_empty())
-            .collect();
-        let joined = words.join(" ");
-        let mut rest = q.trim();
-        while !rest.is_empty() {
-            let (term, prefix, after) = if let Some(r) = rest.strip_prefix('"') {
-                let (p, a) = r.split_once('"').unwrap_or((r, ""));
-                (p.to_string(), false, a)
-            } else {
-                let end = rest.find(char::is_whitespace).unwrap_or(rest.len());
-                let w = &rest[..end];
-                let (w, p) = w.strip_suffix('*').map_or((w, false), |w| (w, true));
-                (w.to_string(), p, &rest[end..])
-            };
-            rest = after.trim_start();
-            let toks: Vec<String> = term
-                .to_lowercase()
-                .split(|c: char| !c.is_alphanumeric() && c != '_')
-                .filter(|s| !s.is_empty())
-                .map(str::to_string)
-                .collect();
-            if toks.is_empty() {
-                continue;
-            }
-            let phrase = toks.join(" ");
-            let found = if prefix {
-                words.windows(toks.len()).any(|w| {
-                    w[..toks.len() - 1] == toks[..toks.len() - 1]
-                        && w[toks.len() - 1].starts_with(toks[toks.len() - 1].as_str())
-                })
-            } else {
-                format!(" {joined} ").contains(&format!(" {phrase} "))
-            };
-            if !found {
-                return false;
-            }
+        if !text_matches(q, &e.text) {
+            return false;
         }
     }
     true
+}
+
+/// Whether a character separates words, as FTS5's `ascii` tokenizer (the index's) has it: ASCII
+/// characters other than letters and digits. Every other character is part of a word.
+fn separates(c: char) -> bool {
+    c.is_ascii() && !c.is_ascii_alphanumeric()
+}
+
+/// The words of `text` as the index sees them (ASCII letters folded to lower case).
+fn words(text: &str) -> impl Iterator<Item = String> + '_ {
+    text.split(separates)
+        .filter(|w| !w.is_empty())
+        .map(str::to_ascii_lowercase)
+}
+
+/// Whether `text` matches the full-text query `q` (see [`Filter::q`]) exactly as the index's
+/// FTS5 search built by [`fts_query`] does.
+pub fn text_matches(q: &str, text: &str) -> bool {
+    let have: Vec<String> = words(text).collect();
+    let mut rest = q.trim();
+    while !rest.is_empty() {
+        let (term, prefix, after) = if let Some(r) = rest.strip_prefix('"') {
+            let (p, a) = r.split_once('"').unwrap_or((r, ""));
+            (p, false, a)
+        } else {
+            let end = rest.find(char::is_whitespace).unwrap_or(rest.len());
+            let w = &rest[..end];
+            let (w, p) = w.strip_suffix('*').map_or((w, false), |w| (w, true));
+            (w, p, &rest[end..])
+        };
+        rest = after.trim_start();
+        let toks: Vec<String> = words(term).collect();
+        let Some((last, init)) = toks.split_last() else {
+            continue;
+        };
+        let found = have.windows(toks.len()).any(|w| {
+            w[..init.len()] == *init
+                && if prefix {
+                    w[init.len()].starts_with(last.as_str())
+                } else {
+                    w[init.len()] == *last
+                }
+        });
+        if !found {
+            return false;
+        }
+    }
+    true
+}
+
+/// The text of an event that full-text search reads: the statement (or its normalised form)
+/// and the reason.
+pub fn text_of(event: &Value) -> String {
+    let field = |k: &str| event.get(k).and_then(Value::as_str);
+    let mut text = field("sql")
+        .or_else(|| field("normalized"))
+        .unwrap_or_default()
+        .to_string();
+    if let Some(r) = field("reason") {
+        text.push('\n');
+        text.push_str(r);
+    }
+    text
 }
 
 /// Turns log entries, read in order, into [`Indexed`] events: reassembles texts stored in parts
@@ -201,13 +227,35 @@ pub struct Preparer {
     texts: TextReassembler,
     /// Each session's user and target.
     sessions: HashMap<String, (Option<String>, Option<String>)>,
+    /// Tables of each normalised statement seen lately: parsing is most of an entry's indexing
+    /// cost, and a workload repeats a few statement shapes with different literals.
+    shapes: HashMap<String, Arc<BTreeSet<String>>>,
 }
+
+/// Statement shapes remembered by a [`Preparer`] before it forgets them all.
+const SHAPES: usize = 4096;
 
 /// The index database.
 pub struct Index {
     conn: Connection,
     path: PathBuf,
     prep: Preparer,
+}
+
+/// The index's layout; an index of another layout is rebuilt from the log when opened.
+const SCHEMA_VERSION: &str = "2";
+
+/// The layout of the index at `path`, if there is one (`"1"` for indexes that predate the mark).
+fn schema_of(path: &Path) -> Option<String> {
+    if !path.exists() {
+        return None;
+    }
+    let conn = Connection::open_with_flags(path, OpenFlags::SQLITE_OPEN_READ_ONLY).ok()?;
+    let v: Option<String> = conn
+        .query_row("SELECT v FROM meta WHERE k = 'schema'", [], |r| r.get(0))
+        .optional()
+        .ok()?;
+    Some(v.unwrap_or_else(|| "1".into()))
 }
 
 const SCHEMA: &str = "
@@ -219,8 +267,9 @@ CREATE TABLE IF NOT EXISTS events (
   session TEXT, json TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS event_rules (idx INTEGER NOT NULL, rule TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS event_tables (idx INTEGER NOT NULL, tbl TEXT NOT NULL, name TEXT NOT NULL);
-CREATE VIRTUAL TABLE IF NOT EXISTS events_fts USING fts5(body, content='');
+CREATE VIRTUAL TABLE IF NOT EXISTS events_fts USING fts5(body, content='', tokenize='ascii');
 CREATE INDEX IF NOT EXISTS events_user ON events (user, idx);
+CREATE INDEX IF NOT EXISTS events_user_decision ON events (user, decision, idx);
 CREATE INDEX IF NOT EXISTS events_target ON events (target, idx);
 CREATE INDEX IF NOT EXISTS events_decision ON events (decision, idx);
 CREATE INDEX IF NOT EXISTS events_session ON events (session, idx);
@@ -239,6 +288,24 @@ impl Index {
             anyhow::anyhow!("cannot create the index directory {}: {e}", dir.display())
         })?;
         let path = dir.join("events.sqlite");
+        if let Some(old) = schema_of(&path) {
+            if old != SCHEMA_VERSION {
+                // The index is derived from the log: an older layout is rebuilt, not migrated.
+                tracing::warn!(
+                    "the search index {} has layout {old:?}, this version uses {SCHEMA_VERSION:?}: rebuilding it from the log",
+                    path.display()
+                );
+                for suffix in ["", "-wal", "-shm"] {
+                    let mut p = path.clone().into_os_string();
+                    p.push(suffix);
+                    match std::fs::remove_file(&p) {
+                        Ok(()) => {}
+                        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                        Err(e) => anyhow::bail!("cannot remove the old index {p:?}: {e}"),
+                    }
+                }
+            }
+        }
         let conn = Connection::open(&path)?;
         conn.execute_batch(SCHEMA)?;
         let have: Option<String> = conn
@@ -252,8 +319,8 @@ impl Index {
             Some(_) => {}
             None => {
                 conn.execute(
-                    "INSERT INTO meta (k, v) VALUES ('origin', ?1), ('indexed', '0')",
-                    params![origin],
+                    "INSERT INTO meta (k, v) VALUES ('origin', ?1), ('indexed', '0'), ('schema', ?2)",
+                    params![origin, SCHEMA_VERSION],
                 )?;
             }
         }
@@ -311,12 +378,12 @@ impl Index {
                     e.target,
                     f("decision").filter(|_| f("type") == Some("decision")),
                     f("session"),
-                    e.event.to_string()
+                    e.json
                 ])?;
                 for r in &e.rules {
                     rule.execute(params![idx, r])?;
                 }
-                for t in &e.tables {
+                for t in e.tables.iter() {
                     let name = t.rsplit('.').next().unwrap_or(t);
                     table.execute(params![idx, t, name])?;
                 }
@@ -337,13 +404,21 @@ impl Index {
 impl Preparer {
     /// Builds the indexed form of the entry at `index` (entries in order).
     pub fn prepare(&mut self, index: u64, bytes: &[u8]) -> Indexed {
-        let mut event: Value = serde_json::from_slice(bytes)
-            .unwrap_or_else(|_| serde_json::json!({"type": "unreadable"}));
+        let parsed: Option<Value> = serde_json::from_slice(bytes).ok();
+        // The entry's own bytes are stored unless the event is rewritten below.
+        let mut json = parsed
+            .is_some()
+            .then(|| std::str::from_utf8(bytes).ok().map(str::to_string))
+            .flatten()
+            // One line, as the live stream's `data:` field needs.
+            .filter(|j| !j.contains(['\n', '\r']));
+        let mut event = parsed.unwrap_or_else(|| serde_json::json!({"type": "unreadable"}));
         let field = |e: &Value, k: &str| e.get(k).and_then(Value::as_str).map(str::to_string);
         if let Ok(Fed::Decision(t)) = self.texts.feed(&event) {
             if event.get("sql").is_none() {
                 if let (Some(sql), Some(o)) = (t.sql, event.as_object_mut()) {
                     o.insert("sql".into(), Value::String(sql));
+                    json = None;
                 }
             }
         }
@@ -370,23 +445,31 @@ impl Preparer {
             })
             .unwrap_or_default();
         let sql = field(&event, "sql").or_else(|| field(&event, "normalized"));
-        let mut tables = BTreeSet::new();
-        if let Some(sql) = &sql {
-            if sql.len() <= 1 << 20 {
-                let analysis = parapet_guard::analyze(sql);
-                for st in &analysis.statements {
-                    tables.extend(st.reads.iter().cloned());
-                    tables.extend(st.writes.iter().cloned());
+        // The normalised text names the same tables as the statement (only literals differ).
+        let shape = field(&event, "normalized").or_else(|| sql.clone());
+        let tables = match shape {
+            Some(shape) if shape.len() <= 1 << 20 => match self.shapes.get(&shape) {
+                Some(t) => t.clone(),
+                None => {
+                    let mut tables = BTreeSet::new();
+                    for st in &parapet_guard::analyze(&shape).statements {
+                        tables.extend(st.reads.iter().cloned());
+                        tables.extend(st.writes.iter().cloned());
+                    }
+                    let tables = Arc::new(tables);
+                    if self.shapes.len() >= SHAPES {
+                        self.shapes.clear();
+                    }
+                    self.shapes.insert(shape, tables.clone());
+                    tables
                 }
-            }
-        }
-        let mut text = sql.unwrap_or_default();
-        if let Some(r) = field(&event, "reason") {
-            text.push('\n');
-            text.push_str(&r);
-        }
+            },
+            _ => Arc::default(),
+        };
+        let text = text_of(&event);
         Indexed {
             index,
+            json: json.unwrap_or_else(|| event.to_string()),
             event,
             user,
             target,
@@ -406,19 +489,75 @@ pub struct Page {
 }
 
 /// Searches the index at `path` (opened read-only).
+///
+/// Without `q`, one SQL query walks the most selective index newest first. With `q` and other
+/// filters, two walks take turns, in chunks that grow: one down the full-text matches, checking
+/// the filters, and one down the filtered events, checking the text. Each is exact over the
+/// range it has covered, so the first to fill the page (or run out) answers, and a search costs
+/// about twice the cheaper walk, whichever of the text or the filters is rarer.
 pub fn search(path: &Path, f: &Filter) -> anyhow::Result<Page> {
     let conn = Connection::open_with_flags(
         path,
         OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
     )?;
     let limit = f.limit.unwrap_or(50).clamp(1, 1000);
-    let mut sql = String::from("SELECT e.idx, e.json FROM events e WHERE 1=1");
-    let mut args: Vec<rusqlite::types::Value> = Vec::new();
-    let mut push = |sql: &mut String, clause: &str, v: rusqlite::types::Value| {
+    let (clause, args) = filter_clause(f)?;
+    let before: i64 = match &f.before {
+        Some(b) => b
+            .parse()
+            .map_err(|_| anyhow::anyhow!("before={b:?} is not a cursor from `next`"))?,
+        None => i64::MAX,
+    };
+    let rows = match f.q.as_deref().and_then(fts_query) {
+        None => {
+            let sql = format!(
+                "SELECT e.idx, e.json FROM events e WHERE e.idx < ?{} {clause} \
+                 ORDER BY e.idx DESC LIMIT {}",
+                args.len() + 1,
+                limit + 1
+            );
+            let mut stmt = conn.prepare(&sql)?;
+            let all = args.iter().cloned().chain([Val::Integer(before)]);
+            let rows: Vec<(u64, String)> = stmt
+                .query_map(rusqlite::params_from_iter(all), row)?
+                .collect::<Result<_, _>>()?;
+            rows
+        }
+        Some(q) => search_text(
+            &conn,
+            (f.q.as_deref().unwrap_or(""), &q),
+            &clause,
+            &args,
+            before,
+            limit,
+        )?,
+    };
+    let mut rows = rows;
+    let next = if rows.len() > limit {
+        rows.truncate(limit);
+        rows.last().map(|(i, _)| i.to_string())
+    } else {
+        None
+    };
+    Ok(Page { events: rows, next })
+}
+
+use rusqlite::types::Value as Val;
+
+/// `(index, json)` of a result row.
+fn row(r: &rusqlite::Row<'_>) -> rusqlite::Result<(u64, String)> {
+    Ok((r.get::<_, i64>(0)? as u64, r.get::<_, String>(1)?))
+}
+
+/// The filters other than `q` and `before`, as ` AND …` conditions on `events e` with numbered
+/// parameters `?1…`, and their values.
+fn filter_clause(f: &Filter) -> anyhow::Result<(String, Vec<Val>)> {
+    let mut sql = String::new();
+    let mut args: Vec<Val> = Vec::new();
+    let mut push = |sql: &mut String, clause: &str, v: Val| {
         args.push(v);
         sql.push_str(&clause.replace('?', &format!("?{}", args.len())));
     };
-    use rusqlite::types::Value as V;
     for (col, v) in [
         ("user", &f.user),
         ("target", &f.target),
@@ -427,14 +566,14 @@ pub fn search(path: &Path, f: &Filter) -> anyhow::Result<Page> {
         ("type", &f.kind),
     ] {
         if let Some(v) = v {
-            push(&mut sql, &format!(" AND e.{col} = ?"), V::Text(v.clone()));
+            push(&mut sql, &format!(" AND e.{col} = ?"), Val::Text(v.clone()));
         }
     }
     if let Some(r) = &f.rule {
         push(
             &mut sql,
             " AND EXISTS (SELECT 1 FROM event_rules r WHERE r.idx = e.idx AND r.rule = ?)",
-            V::Text(r.clone()),
+            Val::Text(r.clone()),
         );
     }
     if let Some(t) = &f.table {
@@ -444,42 +583,123 @@ pub fn search(path: &Path, f: &Filter) -> anyhow::Result<Page> {
             &format!(
                 " AND EXISTS (SELECT 1 FROM event_tables t WHERE t.idx = e.idx AND t.{col} = ?)"
             ),
-            V::Text(t.clone()),
+            Val::Text(t.clone()),
         );
     }
     if let Some(s) = &f.since {
-        push(&mut sql, " AND e.time >= ?", V::Text(normalise_time(s)?));
+        push(&mut sql, " AND e.time >= ?", Val::Text(normalise_time(s)?));
     }
     if let Some(u) = &f.until {
-        push(&mut sql, " AND e.time < ?", V::Text(normalise_time(u)?));
+        push(&mut sql, " AND e.time < ?", Val::Text(normalise_time(u)?));
     }
-    if let Some(b) = &f.before {
-        let b: i64 = b
-            .parse()
-            .map_err(|_| anyhow::anyhow!("before={b:?} is not a cursor from `next`"))?;
-        push(&mut sql, " AND e.idx < ?", V::Integer(b));
-    }
-    if let Some(q) = f.q.as_deref().and_then(fts_query) {
-        push(
-            &mut sql,
-            " AND e.idx IN (SELECT rowid FROM events_fts WHERE events_fts MATCH ?)",
-            V::Text(q),
-        );
-    }
-    sql.push_str(&format!(" ORDER BY e.idx DESC LIMIT {}", limit + 1));
-    let mut stmt = conn.prepare(&sql)?;
-    let mut rows: Vec<(u64, String)> = stmt
-        .query_map(rusqlite::params_from_iter(args.iter()), |r| {
-            Ok((r.get::<_, i64>(0)? as u64, r.get::<_, String>(1)?))
-        })?
-        .collect::<Result<_, _>>()?;
-    let next = if rows.len() > limit {
-        rows.truncate(limit);
-        rows.last().map(|(i, _)| i.to_string())
-    } else {
-        None
+    Ok((sql, args))
+}
+
+/// First chunk of a walk in [`search_text`]; each next one is twice as large, up to [`CHUNK_MAX`].
+const CHUNK_MIN: usize = 128;
+/// Largest chunk of a walk in [`search_text`].
+const CHUNK_MAX: usize = 16_384;
+
+/// One walk of [`search_text`]: where it has got to and what it has found.
+struct Walk {
+    /// Every event below `before` and at or above `at` has been looked at.
+    at: i64,
+    found: Vec<(u64, String)>,
+    done: bool,
+}
+
+/// Full-text search (the user's query, and [`fts_query`]'s form of it) with the filters
+/// `clause`: up to `limit + 1` events below `before`, newest first.
+fn search_text(
+    conn: &Connection,
+    (user_q, q): (&str, &str),
+    clause: &str,
+    args: &[Val],
+    before: i64,
+    limit: usize,
+) -> anyhow::Result<Vec<(u64, String)>> {
+    let n = args.len();
+    // Walk 1: the text's matches, newest first; the filters are checked on each.
+    let mut text_ids = conn.prepare(
+        "SELECT rowid FROM events_fts WHERE events_fts MATCH ?1 AND rowid < ?2 \
+         ORDER BY rowid DESC LIMIT ?3",
+    )?;
+    let mut check_filters = conn.prepare(&format!(
+        "SELECT e.idx, e.json FROM events e \
+         WHERE e.idx IN (SELECT value FROM json_each(?{})) {clause} ORDER BY e.idx DESC",
+        n + 1
+    ))?;
+    // Walk 2: the filtered events, newest first; the text is checked on each.
+    let mut filtered = conn.prepare(&format!(
+        "SELECT e.idx, e.json FROM events e WHERE e.idx < ?{} {clause} \
+         ORDER BY e.idx DESC LIMIT ?{}",
+        n + 1,
+        n + 2
+    ))?;
+    let ids_json = |ids: &mut dyn Iterator<Item = i64>| {
+        let v: Vec<i64> = ids.collect();
+        serde_json::to_string(&v).unwrap_or_else(|_| "[]".into())
     };
-    Ok(Page { events: rows, next })
+    let mut walks = [
+        Walk {
+            at: before,
+            found: Vec::new(),
+            done: false,
+        },
+        Walk {
+            at: before,
+            found: Vec::new(),
+            done: false,
+        },
+    ];
+    let mut chunk = CHUNK_MIN.max(limit + 1);
+    // Without other filters, the text's walk alone answers.
+    let both = !clause.is_empty();
+    loop {
+        // Walk 1.
+        {
+            let w = &mut walks[0];
+            let ids: Vec<i64> = text_ids
+                .query_map(params![q, w.at, chunk as i64], |r| r.get(0))?
+                .collect::<Result<_, _>>()?;
+            w.done = ids.len() < chunk;
+            if let Some(last) = ids.last() {
+                w.at = *last;
+            }
+            let list = ids_json(&mut ids.into_iter());
+            let all = args.iter().cloned().chain([Val::Text(list)]);
+            for r in check_filters.query_map(rusqlite::params_from_iter(all), row)? {
+                w.found.push(r?);
+            }
+            if w.done || w.found.len() > limit {
+                return Ok(std::mem::take(&mut w.found));
+            }
+        }
+        if both {
+            let w = &mut walks[1];
+            let all = args
+                .iter()
+                .cloned()
+                .chain([Val::Integer(w.at), Val::Integer(chunk as i64)]);
+            let rows: Vec<(u64, String)> = filtered
+                .query_map(rusqlite::params_from_iter(all), row)?
+                .collect::<Result<_, _>>()?;
+            w.done = rows.len() < chunk;
+            if let Some((last, _)) = rows.last() {
+                w.at = *last as i64;
+            }
+            // FTS5 cannot test given rows against a query without walking all its matches,
+            // so the text is checked here, tokenized as the index does (`text_matches`).
+            w.found.extend(rows.into_iter().filter(|(_, json)| {
+                serde_json::from_str::<Value>(json)
+                    .is_ok_and(|e| text_matches(user_q, &text_of(&e)))
+            }));
+            if w.done || w.found.len() > limit {
+                return Ok(std::mem::take(&mut w.found));
+            }
+        }
+        chunk = (chunk * 2).min(CHUNK_MAX);
+    }
 }
 
 /// The index of the newest event in the index at `path`, if any.
@@ -676,5 +896,116 @@ mod tests {
         // Another log's index is refused.
         drop(ix);
         assert!(Index::open(dir.path(), "other/log").is_err());
+    }
+
+    /// Every search, whichever of its two walks answers, gives what filtering all events one by
+    /// one gives, page after page.
+    #[test]
+    fn text_and_filter_searches_agree_with_the_live_filter_at_every_page() {
+        use rand::{Rng, SeedableRng};
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut ix = Index::open(dir.path(), "test/log").expect("open");
+        let mut rng = rand::rngs::StdRng::seed_from_u64(7);
+        let words = [
+            "kilo",
+            "lima",
+            "mike",
+            "Kilo_Lima",
+            "naïve",
+            "NAÏVE",
+            "fox",
+            "foxtrot",
+        ];
+        let mut batch = Vec::new();
+        for i in 0..3000u64 {
+            // Most events are one user's; one user is rare (the filter walk answers), one
+            // word is rare (the text walk answers).
+            let user = match rng.gen_range(0..100) {
+                0 => "rare",
+                1..=50 => "alice",
+                _ => "bob",
+            };
+            let w1 = words[rng.gen_range(0..words.len())];
+            let w2 = if rng.gen_range(0..200) == 0 {
+                "zebra"
+            } else {
+                words[rng.gen_range(0..words.len())]
+            };
+            let decision = if rng.gen_range(0..10) == 0 {
+                "deny"
+            } else {
+                "allow"
+            };
+            let e = serde_json::json!({
+                "type": "decision", "time": "2026-01-01T00:00:00.000000Z", "session": format!("s{}", i % 7),
+                "user": user, "target": "main", "decision": decision, "rules": [],
+                "sql": format!("SELECT '{w1} {w2}' FROM public.t{}", i % 5), "reason": "",
+            });
+            batch.push(ix.prepare(i, e.to_string().as_bytes()));
+        }
+        ix.store(&batch).expect("store");
+        let filters = [
+            (None, None),
+            (Some("rare"), None),
+            (Some("alice"), None),
+            (Some("rare"), Some("deny")),
+            (Some("nobody"), None),
+        ];
+        let queries = [
+            "kilo",
+            "zebra",
+            "fox*",
+            "\"kilo lima\"",
+            "naïve",
+            "kilo_lima",
+            "KILO zebra",
+            "nothing",
+            "foxt*",
+        ];
+        for (user, decision) in filters {
+            for q in queries {
+                for limit in [5, 50] {
+                    let base = Filter {
+                        user: user.map(str::to_string),
+                        decision: decision.map(str::to_string),
+                        q: Some(q.to_string()),
+                        limit: Some(limit),
+                        ..Filter::default()
+                    };
+                    let mut want: Vec<u64> = batch
+                        .iter()
+                        .filter(|e| matches(&base, e))
+                        .map(|e| e.index)
+                        .collect();
+                    want.reverse();
+                    let mut got = Vec::new();
+                    let mut before = None;
+                    loop {
+                        let page = search(
+                            ix.path(),
+                            &Filter {
+                                before: before.clone(),
+                                ..base.clone()
+                            },
+                        )
+                        .expect("search");
+                        assert!(page.events.len() <= limit);
+                        got.extend(page.events.iter().map(|(i, _)| *i));
+                        match page.next {
+                            Some(n) => before = Some(n),
+                            None => break,
+                        }
+                    }
+                    assert_eq!(
+                        got, want,
+                        "user {user:?} decision {decision:?} q {q:?} limit {limit}"
+                    );
+                }
+            }
+        }
+        // The words as the index sees them: `_` separates, ASCII case folds, other letters are kept.
+        assert!(text_matches("lima", "SELECT Kilo_Lima"));
+        assert!(text_matches("NAÏVE", "naÏve"));
+        assert!(!text_matches("naïve", "NAÏVE"));
     }
 }

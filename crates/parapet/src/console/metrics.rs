@@ -6,6 +6,7 @@ use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
 use serde_json::Value;
 
@@ -28,6 +29,7 @@ pub struct Metrics {
     log_size: Gauge,
     indexed: Gauge,
     index_lag: Gauge,
+    index_delay: Histogram,
 }
 
 impl Default for Metrics {
@@ -74,8 +76,17 @@ impl Metrics {
             "Published entries not yet in the search index",
             index_lag.clone(),
         );
+        let index_delay = Histogram::new([
+            0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
+        ]);
+        registry.register(
+            "index_delay_seconds",
+            "Time from a checkpoint's publication to its entries being searchable and streamed",
+            index_delay.clone(),
+        );
         Metrics {
             registry,
+            index_delay,
             decisions,
             outcomes,
             sessions,
@@ -127,6 +138,11 @@ impl Metrics {
         self.log_size.set(log_size as i64);
         self.indexed.set(indexed as i64);
         self.index_lag.set(log_size.saturating_sub(indexed) as i64);
+    }
+
+    /// Records that the entries of a checkpoint published `seconds` ago are now indexed.
+    pub fn indexed_after(&self, seconds: f64) {
+        self.index_delay.observe(seconds);
     }
 
     /// The metrics in Prometheus (OpenMetrics) text format, with the gateway's commit-latency

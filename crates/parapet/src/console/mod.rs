@@ -27,11 +27,12 @@ use axum::Router;
 use base64::Engine;
 use index::{Filter, Indexed};
 use parapet_log::LogReader;
+use std::collections::VecDeque;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 use tokio::net::TcpListener;
 use tokio::sync::broadcast;
 
@@ -200,6 +201,26 @@ impl Console {
     }
 }
 
+/// Puts the calling thread (the indexer) in Linux's idle scheduling class: it runs only on CPU
+/// time nothing else wants, so indexing never takes a core from the gateway's statements (the
+/// console is off the statement path). Under a load that keeps every core busy the index falls
+/// behind and catches up when the load eases; `parapet_index_lag_entries` shows by how much.
+fn yield_to_statements() {
+    #[cfg(target_os = "linux")]
+    {
+        let param = libc::sched_param { sched_priority: 0 };
+        // SAFETY: sched_setscheduler(0, …) changes only the calling thread's policy and reads
+        // `param`, which outlives the call.
+        let rc = unsafe { libc::sched_setscheduler(0, libc::SCHED_IDLE, &param) };
+        if rc != 0 {
+            tracing::warn!(
+                "the console's indexer cannot lower its CPU priority ({}); it competes with statements for CPU",
+                std::io::Error::last_os_error()
+            );
+        }
+    }
+}
+
 /// Tails the published log into the index, counts metrics, and feeds the live stream (after
 /// each batch is committed, so the stream never shows what a search would not).
 fn run_indexer(
@@ -209,6 +230,7 @@ fn run_indexer(
     live: &broadcast::Sender<Arc<Indexed>>,
     stop: &AtomicBool,
 ) {
+    yield_to_statements();
     let mut indexed = match ix.indexed() {
         Ok(n) => n,
         Err(e) => {
@@ -220,8 +242,14 @@ fn run_indexer(
     };
     // Metrics count what the log holds: the entries indexed before this start too.
     let mut counted = 0;
+    // Published sizes not yet indexed, with when each was published (for the delay metric).
+    let mut pending: VecDeque<(u64, SystemTime)> = VecDeque::new();
     while !stop.load(Ordering::Relaxed) {
-        // One look at the published log per round.
+        // One look at the published log per round. The checkpoint's time is read first, so a
+        // size published after it is timed from earlier, never later, than it was.
+        let published = std::fs::metadata(dir.join("checkpoint"))
+            .and_then(|m| m.modified())
+            .unwrap_or_else(|_| SystemTime::now());
         let reader = match LogReader::open(dir) {
             Ok(r) => r,
             Err(e) => {
@@ -232,6 +260,9 @@ fn run_indexer(
         };
         let size = reader.size();
         metrics.progress(size, indexed);
+        if size > indexed && pending.back().is_none_or(|(s, _)| *s < size) {
+            pending.push_back((size, published));
+        }
         if counted < indexed {
             let end = indexed.min(counted + BATCH);
             for (_, bytes) in reader.entries(counted, end).flatten() {
@@ -273,6 +304,14 @@ fn run_indexer(
             let _ = live.send(Arc::new(e));
         }
         metrics.progress(size, indexed);
+        while let Some((s, at)) = pending.front() {
+            if *s > indexed {
+                break;
+            }
+            let delay = at.elapsed().map_or(0.0, |d| d.as_secs_f64());
+            metrics.indexed_after(delay);
+            pending.pop_front();
+        }
     }
 }
 
@@ -795,7 +834,7 @@ async fn stream(
                         if last.is_some_and(|l| e.index <= l) || !index::matches(&f, &e) {
                             continue;
                         }
-                        if tx.send(send(e.index, &e.event.to_string())).await.is_err() {
+                        if tx.send(send(e.index, &e.json)).await.is_err() {
                             break 'outer;
                         }
                         last = Some(e.index);
