@@ -340,4 +340,104 @@ mod tests {
             .err()
             .is_some_and(|e| e.contains("no PEM certificate")));
     }
+
+    /// An HTTPS receiver whose certificate a private CA signed: accepted with that CA as
+    /// `ca_file` (one kept-alive connection for several requests), refused with the system's.
+    #[tokio::test]
+    async fn https_receivers_are_checked_against_ca_file_and_kept_alive() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let dir = tmp.path();
+        let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).expect("ca");
+        ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        let ca_key = rcgen::KeyPair::generate().expect("key");
+        let ca = ca_params.self_signed(&ca_key).expect("ca cert");
+        let leaf_key = rcgen::KeyPair::generate().expect("key");
+        let leaf = rcgen::CertificateParams::new(vec!["localhost".to_string()])
+            .expect("leaf")
+            .signed_by(&leaf_key, &ca, &ca_key)
+            .expect("leaf cert");
+        std::fs::write(dir.join("ca.pem"), ca.pem()).expect("write");
+        std::fs::write(dir.join("r.crt"), leaf.pem()).expect("write");
+        std::fs::write(dir.join("r.key"), leaf_key.serialize_pem()).expect("write");
+        let acceptor = parapet_gateway::tls::acceptor(&parapet_gateway::TlsSettings {
+            cert: dir.join("r.crt"),
+            key: dir.join("r.key"),
+        })
+        .expect("acceptor");
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let port = listener.local_addr().expect("addr").port();
+        let connections = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let bodies = Arc::new(std::sync::Mutex::new(Vec::<(String, Vec<u8>)>::new()));
+        {
+            let (connections, bodies) = (connections.clone(), bodies.clone());
+            tokio::spawn(async move {
+                while let Ok((tcp, _)) = listener.accept().await {
+                    let (acceptor, connections, bodies) =
+                        (acceptor.clone(), connections.clone(), bodies.clone());
+                    tokio::spawn(async move {
+                        let Ok(tls) = acceptor.accept(tcp).await else {
+                            return;
+                        };
+                        connections.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                        let svc = hyper::service::service_fn(
+                            move |req: hyper::Request<hyper::body::Incoming>| {
+                                let bodies = bodies.clone();
+                                async move {
+                                    let sig = req
+                                        .headers()
+                                        .get("x-test")
+                                        .and_then(|v| v.to_str().ok())
+                                        .unwrap_or("")
+                                        .to_string();
+                                    let body = req
+                                        .into_body()
+                                        .collect()
+                                        .await
+                                        .map(|b| b.to_bytes().to_vec())
+                                        .unwrap_or_default();
+                                    bodies.lock().expect("lock").push((sig, body));
+                                    Ok::<_, std::convert::Infallible>(hyper::Response::new(
+                                        Full::new(bytes::Bytes::from_static(b"ok")),
+                                    ))
+                                }
+                            },
+                        );
+                        let _ = hyper::server::conn::http1::Builder::new()
+                            .serve_connection(hyper_util::rt::TokioIo::new(tls), svc)
+                            .await;
+                    });
+                }
+            });
+        }
+        let url = format!("https://localhost:{port}/hook");
+        let mut c = Client::new(&url, Some(&dir.join("ca.pem"))).expect("client");
+        for n in 0..3 {
+            let a = c
+                .post(
+                    &[("x-test", format!("n{n}"))],
+                    bytes::Bytes::from(format!("body {n}")),
+                )
+                .await
+                .expect("delivered over TLS");
+            assert_eq!((a.status, a.body.as_str()), (200, "ok"));
+        }
+        assert_eq!(connections.load(std::sync::atomic::Ordering::SeqCst), 1);
+        let got = bodies.lock().expect("lock").clone();
+        assert_eq!(
+            got,
+            (0..3)
+                .map(|n| (format!("n{n}"), format!("body {n}").into_bytes()))
+                .collect::<Vec<_>>()
+        );
+        if Path::new(SYSTEM_ROOTS).exists() {
+            let mut c = Client::new(&url, None).expect("client");
+            let e = c
+                .post(&[], bytes::Bytes::from_static(b"x"))
+                .await
+                .expect_err("a private CA is not a system CA");
+            assert!(e.contains("TLS with localhost"), "{e}");
+        }
+    }
 }
