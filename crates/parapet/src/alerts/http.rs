@@ -177,6 +177,19 @@ impl Client {
         self.target.origin()
     }
 
+    /// Connects to the receiver (TCP, and TLS with its certificate checked for `https://`)
+    /// without sending anything, within [`REQUEST_TIMEOUT`]: what `parapet doctor` checks.
+    pub async fn probe(&self) -> Result<(), String> {
+        match tokio::time::timeout(REQUEST_TIMEOUT, self.connect()).await {
+            Ok(r) => r.map(|_| ()),
+            Err(_) => Err(format!(
+                "{} does not answer within {} s",
+                self.origin(),
+                REQUEST_TIMEOUT.as_secs()
+            )),
+        }
+    }
+
     /// POSTs `body` with `headers` (within [`REQUEST_TIMEOUT`]); a kept-alive connection the
     /// receiver closed meanwhile is replaced once.
     pub async fn post(
@@ -413,6 +426,7 @@ mod tests {
         }
         let url = format!("https://localhost:{port}/hook");
         let mut c = Client::new(&url, Some(&dir.join("ca.pem"))).expect("client");
+        c.probe().await.expect("reachable, certificate accepted");
         for n in 0..3 {
             let a = c
                 .post(
@@ -423,7 +437,8 @@ mod tests {
                 .expect("delivered over TLS");
             assert_eq!((a.status, a.body.as_str()), (200, "ok"));
         }
-        assert_eq!(connections.load(std::sync::atomic::Ordering::SeqCst), 1);
+        // The probe's connection, then one kept alive for the three requests.
+        assert_eq!(connections.load(std::sync::atomic::Ordering::SeqCst), 2);
         let got = bodies.lock().expect("lock").clone();
         assert_eq!(
             got,
