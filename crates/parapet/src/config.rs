@@ -32,6 +32,75 @@ pub struct Config {
     pub policy: PolicySection,
     /// `[console]`: the HTTP API over the audit trail (off when absent).
     pub console: Option<ConsoleSection>,
+    /// `[[alerts]]`: webhooks that receive matching audit events.
+    #[serde(default)]
+    pub alerts: Vec<AlertSection>,
+}
+
+/// One `[[alerts]]` entry: a webhook receiving the audit events that pass its filter.
+#[derive(Deserialize, Clone)]
+#[serde(deny_unknown_fields)]
+pub struct AlertSection {
+    /// Stable name keying the delivery cursor (default: `alert-` and 12 hex digits of the
+    /// SHA-256 of `url`).
+    pub name: Option<String>,
+    /// Where events are POSTed (`http://` or `https://`).
+    pub url: String,
+    /// `json` (default) or `slack`.
+    #[serde(default)]
+    pub format: crate::alerts::Format,
+    /// Which events are sent (default: decisions `deny` and `review`).
+    pub filter: Option<AlertFilterSection>,
+    /// HMAC-SHA256 key: each request carries `X-Parapet-Signature: sha256=<hex>`.
+    pub secret: Option<Secret>,
+    /// Name of an environment variable holding the secret (instead of `secret`).
+    pub secret_env: Option<String>,
+    /// For an `https://` URL: PEM file of the CAs to trust (default: the system's).
+    pub ca_file: Option<PathBuf>,
+}
+
+impl std::fmt::Debug for AlertSection {
+    /// Without the secret, and with only the scheme, host and port of the URL (webhook URLs
+    /// often hold a secret in their path).
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AlertSection")
+            .field("name", &self.name)
+            .field(
+                "url",
+                &crate::alerts::http::Target::parse(&self.url)
+                    .map(|t| t.origin())
+                    .unwrap_or_default(),
+            )
+            .field("format", &self.format)
+            .field("filter", &self.filter)
+            .field("secret", &self.secret)
+            .field("secret_env", &self.secret_env)
+            .field("ca_file", &self.ca_file)
+            .finish()
+    }
+}
+
+/// `filter` of an `[[alerts]]` entry; an empty or missing list means any.
+#[derive(Debug, Deserialize, Clone, Default)]
+#[serde(deny_unknown_fields)]
+pub struct AlertFilterSection {
+    /// Decisions (`allow`, `deny`, `review`, `monitor`) and event types (`user_lock`, …).
+    #[serde(default)]
+    pub decisions: Vec<String>,
+    /// Rule ids (a trailing `*` matches a prefix); the event must carry one of them.
+    #[serde(default)]
+    pub rules: Vec<String>,
+}
+
+/// A secret string from the configuration: never shown by `Debug`.
+#[derive(Deserialize, Clone, PartialEq, Eq)]
+#[serde(transparent)]
+pub struct Secret(pub String);
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Secret(<redacted>)")
+    }
 }
 
 /// `[console]`: where the console listens, who may use it, and where its search index lives.
@@ -305,6 +374,9 @@ impl Config {
         for w in &mut c.log.witnesses {
             w.ca_file.iter_mut().for_each(fix);
         }
+        for a in &mut c.alerts {
+            a.ca_file.iter_mut().for_each(fix);
+        }
         Ok(c)
     }
 
@@ -314,7 +386,14 @@ impl Config {
         if c.targets.is_empty() {
             bail!("no [[targets]] configured: add one with name, upstream and environment");
         }
+        crate::alerts::check(&c.alerts)?;
         Ok(c)
+    }
+
+    /// The `[[alerts]]` entries, ready to run: names given or derived, secrets read (from
+    /// `secret_env` too), URLs and CA files checked.
+    pub fn alerts(&self) -> anyhow::Result<Vec<crate::alerts::AlertSpec>> {
+        Ok(crate::alerts::specs(&self.alerts)?)
     }
 
     /// The policy source of `[policy]`.

@@ -25,7 +25,8 @@ enum Command {
     Quickstart(cli::quickstart::QuickstartArgs),
     /// Set up the gateway in front of a real database: log, key, first user, parapet.toml.
     Init(cli::init::InitArgs),
-    /// Check a set-up: config, upstreams and their roles, log, key mode, TLS certificate, policies.
+    /// Check a set-up: config, upstreams and their roles, log, key mode, TLS certificate, policies,
+    /// alert receivers.
     Doctor(cli::doctor::DoctorArgs),
     /// Write man pages (one per command) into a directory.
     Man(cli::docs::ManArgs),

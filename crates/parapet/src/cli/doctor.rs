@@ -1,7 +1,8 @@
 //! `parapet doctor`: checks a set-up the way an operator would, one line per check (✓ or ✗, and
 //! what to do about a ✗): the config, each target's upstream and its role, the log (it verifies;
-//! how old its checkpoint is), the signing key's file mode, the TLS certificate's expiry, and the
-//! policies. Exits non-zero when any check fails.
+//! how old its checkpoint is), the signing key's file mode, the TLS certificate's expiry, the
+//! policies, and each alert's receiver (reachable; nothing is sent). Exits non-zero when any
+//! check fails.
 
 use crate::config::Config;
 use anyhow::Context;
@@ -78,6 +79,7 @@ pub fn run(args: DoctorArgs) -> anyhow::Result<ExitCode> {
             "fix the files in [policy] files (`parapet policy check` shows each problem)",
         )?,
     }
+    alerts(&config, &mut r)?;
     Ok(if r.failed == 0 {
         ExitCode::SUCCESS
     } else {
@@ -127,6 +129,43 @@ fn targets(config: &Config, r: &mut Report) -> anyhow::Result<()> {
     }
     if config.targets.is_empty() {
         r.fail("no [[targets]]", "add one (docs/config.md)")?;
+    }
+    Ok(())
+}
+
+/// Each `[[alerts]]` receiver accepts a connection (and, for `https://`, shows a certificate
+/// its CAs vouch for). Nothing is sent: a test request would be a false alert.
+fn alerts(config: &Config, r: &mut Report) -> anyhow::Result<()> {
+    if config.alerts.is_empty() {
+        return Ok(());
+    }
+    let specs = match config.alerts() {
+        Ok(s) => s,
+        Err(e) => {
+            return r.fail(
+                format_args!("alerts: {e:#}"),
+                "fix [[alerts]] (docs/config.md, \"[[alerts]]\")",
+            )
+        }
+    };
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    for s in &specs {
+        let probe = match crate::alerts::http::Client::new(&s.url, s.ca_file.as_deref()) {
+            Ok(c) => rt.block_on(async { c.probe().await.map(|()| c.origin()) }),
+            Err(e) => Err(e),
+        };
+        match probe {
+            Ok(origin) => r.ok(format_args!(
+                "alert {:?}: receiver {origin} reachable",
+                s.name
+            ))?,
+            Err(e) => r.fail(
+                format_args!("alert {:?}: {e}", s.name),
+                "start the receiver or fix its url / ca_file; until then its alerts wait (none is lost)",
+            )?,
+        }
     }
     Ok(())
 }

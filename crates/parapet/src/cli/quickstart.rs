@@ -120,7 +120,7 @@ pub fn run(args: QuickstartArgs) -> anyhow::Result<ExitCode> {
             .as_ref()
             .context("the quickstart config has a [console]")?;
         let console =
-            crate::cli::serve::start_console(section, &config.log.dir, gw.control()).await?;
+            crate::cli::serve::start_console(section, &config.log.dir, gw.control(), None).await?;
         crate::outln!()?;
         crate::outln!("Parapet is running (default guardrail pack, durable audit log).")?;
         crate::outln!()?;

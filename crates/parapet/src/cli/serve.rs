@@ -1,6 +1,8 @@
 //! `parapet serve`: loads `parapet.toml`, opens the log, loads the policies and runs the gateway
-//! until Ctrl-C or SIGTERM (SIGHUP reloads the policies).
+//! (with its console and alerts, when configured) until Ctrl-C or SIGTERM (SIGHUP reloads the
+//! policies).
 
+use crate::alerts::{AlertMetrics, Alerts};
 use crate::config::Config;
 use anyhow::Context;
 use parapet_gateway::Gateway;
@@ -69,13 +71,15 @@ pub struct RunningConsole {
     pub task: tokio::task::JoinHandle<()>,
 }
 
-/// Binds the console and serves it on the runtime until stopped.
+/// Binds the console and serves it on the runtime until stopped (its `/metrics` with the
+/// alerts' when given).
 pub async fn start_console(
     section: &crate::config::ConsoleSection,
     log_dir: &std::path::Path,
     control: parapet_gateway::control::Control,
+    alerts: Option<&crate::alerts::AlertMetrics>,
 ) -> anyhow::Result<RunningConsole> {
-    let console = crate::console::Console::bind(section, log_dir, Some(control)).await?;
+    let console = crate::console::Console::bind(section, log_dir, Some(control), alerts).await?;
     let addr = console.local_addr()?;
     let scheme = if console.is_tls() { "https" } else { "http" };
     eprintln!("parapet: console listening on {scheme}://{addr}/");
@@ -115,6 +119,7 @@ pub fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
     let config = Config::load(&args.config)?;
     let gw_config = config.gateway()?;
     let witnesses = config.log.witness_policy()?;
+    let alert_specs = config.alerts()?;
     let guard =
         Guard::load(&config.policy_source()).context("cannot load the policies of [policy]")?;
     let log = Log::open(&config.log.dir, &config.log.key).with_context(|| {
@@ -134,16 +139,36 @@ pub fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
         .build()
         .context("cannot start the async runtime")?;
     rt.block_on(async move {
+        // Alerts start before the gateway, so a new alert's cursor stands before what this
+        // gateway logs.
+        let alert_metrics = AlertMetrics::default();
+        let alerts = if alert_specs.is_empty() {
+            None
+        } else {
+            let a = Alerts::start(alert_specs, &config.log.dir, &alert_metrics)
+                .context("cannot start the alerts")?;
+            eprintln!(
+                "parapet: {} alerts send matching audit events (cursors in {})",
+                a.len(),
+                crate::alerts::cursor::dir(&config.log.dir).display()
+            );
+            Some(a)
+        };
         let gw = Gateway::bind(gw_config, Arc::new(guard), log).await?;
         eprintln!("parapet: gateway listening on {}", gw.local_addr()?);
         let console = match &config.console {
-            Some(section) => Some(start_console(section, &config.log.dir, gw.control()).await?),
+            Some(section) => Some(
+                start_console(section, &config.log.dir, gw.control(), Some(&alert_metrics)).await?,
+            ),
             None => None,
         };
         let res = gw.run(stop_signal()).await;
         if let Some(c) = console {
             let _ = c.stop.send(());
             let _ = c.task.await;
+        }
+        if let Some(a) = alerts {
+            a.stop().await;
         }
         res?;
         anyhow::Ok(())

@@ -1,6 +1,6 @@
 //! Prometheus metrics of the console (`/metrics`), every name starting with `parapet_`, counted
 //! from the log as it is indexed (so they agree with the audit trail), plus the log's size and
-//! the index's lag behind it.
+//! the index's lag behind it, and the alerts' deliveries when `parapet serve` runs alerts.
 
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
@@ -41,7 +41,15 @@ impl Default for Metrics {
 impl Metrics {
     /// Registers every metric.
     pub fn new() -> Metrics {
+        Self::with_alerts(None)
+    }
+
+    /// Registers every metric, and the alerts' metrics when given.
+    pub fn with_alerts(alerts: Option<&crate::alerts::AlertMetrics>) -> Metrics {
         let mut registry = Registry::with_prefix("parapet");
+        if let Some(a) = alerts {
+            a.register(&mut registry);
+        }
         let decisions = Family::<DecisionLabels, Counter>::default();
         registry.register(
             "decisions",

@@ -72,11 +72,13 @@ pub struct Console {
 }
 
 impl Console {
-    /// Opens the index (catching up with the log in the background) and binds the listener.
+    /// Opens the index (catching up with the log in the background) and binds the listener;
+    /// `/metrics` shows `alerts`' metrics too when given.
     pub async fn bind(
         section: &ConsoleSection,
         log_dir: &Path,
         control: Option<parapet_gateway::control::Control>,
+        alerts: Option<&crate::alerts::AlertMetrics>,
     ) -> anyhow::Result<Console> {
         let tokens = auth::Tokens::new(&section.tokens)?;
         let reader = LogReader::open(log_dir)
@@ -85,7 +87,7 @@ impl Console {
         let index_dir = index_dir(Some(section), log_dir);
         let ix = index::Index::open(&index_dir, &origin)?;
         let index_path = ix.path().to_path_buf();
-        let metrics = Arc::new(metrics::Metrics::new());
+        let metrics = Arc::new(metrics::Metrics::with_alerts(alerts));
         let (live, _) = broadcast::channel(4096);
         let stop_indexer = Arc::new(AtomicBool::new(false));
         let indexer = {
