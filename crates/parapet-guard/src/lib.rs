@@ -305,6 +305,17 @@ impl Guard {
             .collect()
     }
 
+    /// The rule in force with this `@id`, if any (its annotations: mode, reason, approvers).
+    pub fn rule(&self, id: &str) -> Option<RuleMeta> {
+        self.engine
+            .load()
+            .policies
+            .rules
+            .values()
+            .find(|r| r.id == id)
+            .cloned()
+    }
+
     /// Analyses a message (cached by text; facts of plain DML are also reused across texts that
     /// differ only in literal values).
     pub fn analyze(&self, sql: &str) -> std::sync::Arc<Analysis> {
