@@ -842,11 +842,13 @@ impl Control {
                     "window_seconds must be at least 1".into(),
                 ))
             }
-            Some(d) if d > review.max_window => return Err(ApprovalError::Invalid(format!(
+            Some(d) if d > review.max_window => {
+                return Err(ApprovalError::Invalid(format!(
                 "a window of {} s is longer than [review] max_window ({} s); ask for a shorter one",
                 d.as_secs(),
                 review.max_window.as_secs()
-            ))),
+            )))
+            }
             Some(d) => Some(d),
         };
         if let Some(rules) = &grant.rules {
