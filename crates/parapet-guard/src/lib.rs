@@ -90,7 +90,7 @@ pub enum Verdict {
     Allow,
     /// Refuse it.
     Deny,
-    /// Hold for approval (refused until approvals exist).
+    /// Hold for approval (the gateway opens an approval request; see its `approvals`).
     Review,
     /// Forward it, record "would have blocked".
     Monitor,
