@@ -818,3 +818,60 @@ async fn pgbench_init_runs_in_a_maintenance_window() {
         .is_some_and(|d| d.message().contains("parapet.delete-without-where")));
     e.direct("DROP TABLE pgbench_accounts, pgbench_branches, pgbench_history, pgbench_tellers");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_approvals_page_approves_in_chromium() {
+    let e = env();
+    e.direct("CREATE TABLE IF NOT EXISTS ledger_u (id int)");
+    let browser = common::browser::Browser::start();
+    let site = Site::start("approvals-ui", &review_rule("ledger_u"), true, "").await;
+    let alice = site.client("alice", "main").await;
+    alice
+        .batch_execute("SET parapet.reason = 'UI check'")
+        .await
+        .unwrap();
+    let stmt = "INSERT INTO ledger_u VALUES (1)";
+    let id = refused_for_approval(&alice.batch_execute(stmt).await.unwrap_err());
+
+    // bob logs in with his token and approves on the Approvals page, with a reason.
+    browser.go(&format!("http://{}/", site.console));
+    browser.wait(
+        "the token form",
+        "return document.querySelector('#token') !== null",
+    );
+    browser.js(&format!(
+        "document.querySelector('#token').value = {}; document.querySelector('#vkey').value = {}; document.querySelector('#save').click(); return true;",
+        serde_json::json!(site.token("bob")),
+        serde_json::json!(site.vkey)
+    ));
+    browser.go(&format!("http://{}/#/approvals", site.console));
+    browser.wait(
+        "the pending request",
+        &format!("location.hash = '#/approvals'; window.dispatchEvent(new HashChangeEvent('hashchange')); const r = document.querySelector('tr[data-approval=\"{id}\"]'); return r && r.innerText.includes('UI check') && r.innerText.includes('pending')"),
+    );
+    browser.screenshot("approvals");
+    // Without a reason: refused in the page.
+    browser.js(&format!(
+        "document.querySelector('button.approve[data-id=\"{id}\"]').click(); return true;"
+    ));
+    browser.wait(
+        "the reason demand",
+        "return document.querySelector('#approval-result').innerText.includes('reason is required')",
+    );
+    browser.js(&format!(
+        "document.querySelector('input.reason[data-id=\"{id}\"]').value = 'approved in the UI'; document.querySelector('button.approve[data-id=\"{id}\"]').click(); return true;"
+    ));
+    browser.wait(
+        "the approval",
+        &format!(
+            "return document.querySelector('#approval-result').innerText.includes('approved {id}')"
+        ),
+    );
+    alice.batch_execute(stmt).await.expect("approved in the UI");
+    assert_eq!(count("ledger_u"), "1");
+    let granted = site
+        .wait_event("approval_granted", |v| v["type"] == "approval_granted")
+        .await;
+    assert_eq!(granted["reason"], "approved in the UI");
+    assert_eq!(granted["approver"], "bob");
+}
