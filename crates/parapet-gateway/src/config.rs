@@ -102,6 +102,31 @@ pub struct UserConfig {
     pub groups: Vec<String>,
 }
 
+/// How statements held by `review` rules are approved (`[review]`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReviewConfig {
+    /// Groups whose members may approve for a rule without `@approvers`.
+    pub approvers: Vec<String>,
+    /// How long a request stays open, and how long a granted approval stays usable.
+    pub ttl: Duration,
+    /// The longest maintenance window an approver may grant.
+    pub max_window: Duration,
+    /// How long a statement is held waiting for its approval (`ZERO`: refused at once, run
+    /// when sent again after approval).
+    pub wait: Duration,
+}
+
+impl Default for ReviewConfig {
+    fn default() -> Self {
+        ReviewConfig {
+            approvers: Vec::new(),
+            ttl: Duration::from_secs(3600),
+            max_window: Duration::from_secs(3600),
+            wait: Duration::ZERO,
+        }
+    }
+}
+
 /// Everything the gateway needs, already validated by the caller.
 #[derive(Debug, Clone)]
 pub struct GatewayConfig {
@@ -140,6 +165,8 @@ pub struct GatewayConfig {
     /// A session whose client sends nothing for this long, with nothing outstanding, is closed
     /// (FATAL 57P05); `None`: never.
     pub idle_timeout: Option<Duration>,
+    /// Approvals of statements held by `review` rules.
+    pub review: ReviewConfig,
 }
 
 impl GatewayConfig {
@@ -174,6 +201,7 @@ impl GatewayConfig {
             max_connections_per_user: Self::MAX_CONNECTIONS_PER_USER,
             auth_timeout: Self::AUTH_TIMEOUT,
             idle_timeout: None,
+            review: ReviewConfig::default(),
         }
     }
 }

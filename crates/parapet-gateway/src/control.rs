@@ -1,5 +1,5 @@
 //! What operators can do to a running gateway (the console's actions): list the live sessions,
-//! terminate one, lock and unlock users. Every action is first an audit event naming the
+//! terminate one, lock and unlock users (approvals are in [`crate::approvals`]). Every action is first an audit event naming the
 //! operator, durable before it takes effect; locks are rebuilt from those events when the
 //! gateway starts, so they survive a restart.
 
@@ -204,23 +204,35 @@ impl Control {
 }
 
 /// The locks in force at the end of the published log in `dir` (its `user_lock` and
-/// `user_unlock` events, in order). Only entries that mention them are parsed.
-pub(crate) fn locks_from_log(dir: &Path) -> Result<HashMap<String, String>, GatewayError> {
+/// `user_unlock` events, in order), and the approval requests and approvals still open (its
+/// `approval_*` events, see [`crate::approvals`]). One pass; only entries that mention them are
+/// parsed.
+pub(crate) fn state_from_log(
+    dir: &Path,
+    ttl: std::time::Duration,
+) -> Result<(HashMap<String, String>, crate::approvals::Book), GatewayError> {
     let mut locks = HashMap::new();
+    let approvals = crate::approvals::Book::default();
     let reader = match LogReader::open(dir) {
         Ok(r) => r,
         Err(e) => return Err(GatewayError::Log(e)),
     };
     for item in reader.entries(0, reader.size()) {
         let (_, bytes) = item?;
-        if !bytes.windows(9).any(|w| w == b"user_lock")
-            && !bytes.windows(11).any(|w| w == b"user_unlock")
-        {
+        let lock = bytes.windows(9).any(|w| w == b"user_lock")
+            || bytes.windows(11).any(|w| w == b"user_unlock");
+        const APPROVAL: &[u8] = b"\"type\":\"approval_";
+        let approval = bytes.windows(APPROVAL.len()).any(|w| w == APPROVAL);
+        if !lock && !approval {
             continue;
         }
         let Ok(v) = serde_json::from_slice::<serde_json::Value>(&bytes) else {
             continue;
         };
+        if approval {
+            approvals.apply(&v, ttl);
+            continue;
+        }
         let user = v.get("user").and_then(|u| u.as_str()).unwrap_or("");
         match v.get("type").and_then(|t| t.as_str()) {
             Some("user_lock") => {
@@ -233,7 +245,8 @@ pub(crate) fn locks_from_log(dir: &Path) -> Result<HashMap<String, String>, Gate
             _ => {}
         }
     }
-    Ok(locks)
+    approvals.keep_open();
+    Ok((locks, approvals))
 }
 
 /// Upper bounds (µs) of the commit-latency buckets.

@@ -141,6 +141,10 @@ pub struct DecisionEvent<'a> {
     /// Prepared statement name (extended protocol), if named.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub statement_name: Option<&'a str>,
+    /// The approval request this decision opened or found open (`review`), or the approval
+    /// or window that let it through (`allow`); see [`crate::approvals`].
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub approval: Option<crate::approvals::ApprovalRef>,
 }
 
 impl<'a> DecisionEvent<'a> {
@@ -175,6 +179,7 @@ impl<'a> DecisionEvent<'a> {
             reason: &d.reason,
             policy_hash: &d.policy_hash,
             statement_name: statement_name.filter(|n| !n.is_empty()),
+            approval: None,
         }
     }
 }

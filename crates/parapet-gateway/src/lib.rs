@@ -8,11 +8,13 @@
 //!
 //! Layout: [`server`] (accept loop, shutdown, reloads), `startup` (TLS, startup, auth),
 //! `upstream` (gateway → server login, cancel), `session` (proxy loop), `judge` (where
-//! statements are judged: inline or on a bounded thread pool), `reading` (the settings that
+//! statements are judged: inline or on a bounded thread pool), [`approvals`] (requests,
+//! approvals and maintenance windows for `review` rules), `reading` (the settings that
 //! decide how the server reads text), `catalog` (each target's function catalog), [`params`]
 //! (bound values in outcomes), [`probe`] (what the upstream role may do), [`protocol`] (framing
 //! and messages), [`scram`], [`events`], [`config`], [`tls`].
 
+pub mod approvals;
 mod authlog;
 mod catalog;
 pub mod config;
@@ -34,8 +36,8 @@ pub mod tls;
 mod upstream;
 
 pub use config::{
-    Durability, GatewayConfig, SslMode, StatementText, TargetConfig, TlsSettings, UpstreamConfig,
-    UpstreamTls, UserConfig,
+    Durability, GatewayConfig, ReviewConfig, SslMode, StatementText, TargetConfig, TlsSettings,
+    UpstreamConfig, UpstreamTls, UserConfig,
 };
 pub use error::GatewayError;
 pub use scram::Verifier;

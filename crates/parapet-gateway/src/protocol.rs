@@ -139,6 +139,50 @@ pub mod backend {
         out[start + 1..start + 5].copy_from_slice(&len.to_be_bytes());
     }
 
+    /// Appends an ErrorResponse (ERROR) with a DETAIL and a HINT.
+    pub fn error_hint(code: &str, message: &str, detail: &str, hint: &str, out: &mut BytesMut) {
+        fields(
+            b'E',
+            &[
+                (b'S', "ERROR"),
+                (b'V', "ERROR"),
+                (b'C', code),
+                (b'M', message),
+                (b'D', detail),
+                (b'H', hint),
+            ],
+            out,
+        );
+    }
+
+    /// Appends a NoticeResponse (NOTICE, SQLSTATE 00000) with an optional DETAIL.
+    pub fn notice(message: &str, detail: Option<&str>, out: &mut BytesMut) {
+        let mut f = vec![
+            (b'S', "NOTICE"),
+            (b'V', "NOTICE"),
+            (b'C', "00000"),
+            (b'M', message),
+        ];
+        if let Some(d) = detail {
+            f.push((b'D', d));
+        }
+        fields(b'N', &f, out);
+    }
+
+    /// Appends a message of type `kind` made of `(field type, value)` pairs.
+    fn fields(kind: u8, fields: &[(u8, &str)], out: &mut BytesMut) {
+        let start = out.len();
+        out.put_u8(kind);
+        out.put_i32(0);
+        for (t, v) in fields {
+            out.put_u8(*t);
+            put_cstr(out, v);
+        }
+        out.put_u8(0);
+        let len = (out.len() - start - 1) as i32;
+        out[start + 1..start + 5].copy_from_slice(&len.to_be_bytes());
+    }
+
     /// Appends a ReadyForQuery.
     pub fn ready_for_query(status: u8, out: &mut BytesMut) {
         out.put_u8(b'Z');

@@ -98,7 +98,7 @@ impl Gateway {
                     source,
                 })?;
         guard.set_max_statement_size(config.max_statement_size);
-        let locks = crate::control::locks_from_log(log.dir())?;
+        let (locks, approvals) = crate::control::state_from_log(log.dir(), config.review.ttl)?;
         let catalogs = targets
             .keys()
             .map(|name| (name.clone(), Arc::default()))
@@ -123,6 +123,7 @@ impl Gateway {
                 live: Mutex::default(),
                 commit_latency: Default::default(),
                 locks: Mutex::new(locks),
+                approvals,
             }),
             listener,
         })
@@ -158,6 +159,7 @@ impl Gateway {
         let (stop_tx, stop_rx) = watch::channel(false);
         let (alive_tx, mut alive_rx) = mpsc::channel::<()>(1);
         let reloader = tokio::spawn(reload_loop(shared.clone(), stop_rx.clone()));
+        let sweeper = tokio::spawn(crate::approvals::sweep(shared.clone(), stop_rx.clone()));
         tokio::pin!(shutdown);
         loop {
             tokio::select! {
@@ -193,6 +195,7 @@ impl Gateway {
         drop(alive_tx);
         let _ = tokio::time::timeout(Duration::from_secs(5), alive_rx.recv()).await;
         reloader.abort();
+        sweeper.abort();
         // Failed logins only counted so far get their summary before the stop.
         shared.auth_failures.flush(&shared.log);
         shared

@@ -319,6 +319,7 @@ where
     } = upstream;
     let (mut up_r, mut up_w) = crate::upstream::into_split(stream);
     let (tx, rx) = mpsc::unbounded_channel();
+    let (notices, notices_rx) = mpsc::unbounded_channel();
     let copy = Arc::new(CopyTrack::default());
     let progress = Arc::new(Progress::default());
     let mut ctx = info.request_context();
@@ -345,6 +346,8 @@ where
         private_catalog: false,
         reload_catalog: false,
         record_params: shared.config.statement_text == crate::config::StatementText::Full,
+        reason: Mutex::new(None),
+        notices,
     };
     let mut back = Backend {
         shared: &shared,
@@ -366,6 +369,7 @@ where
         progress,
         catalog_reply: None,
         catalog_slot: front.catalog_slot.clone(),
+        notices: notices_rx,
     };
     let res = tokio::select! {
         r = front.run(&mut client_r, &mut up_w) => r,
@@ -455,6 +459,10 @@ struct Frontend<'a> {
     reload_catalog: bool,
     /// Whether bound values are recorded in outcomes (not with `statement_text = "normalized"`).
     record_params: bool,
+    /// The requester's reason for approvals (`SET parapet.reason = '…'`).
+    reason: Mutex<Option<String>>,
+    /// Messages for the client sent while the backend half relays (NOTICEs of held statements).
+    notices: mpsc::UnboundedSender<Vec<u8>>,
 }
 
 enum Judged {
@@ -521,7 +529,9 @@ impl Frontend<'_> {
                     if tag == b'P' && pre.as_ref().is_some_and(|p| !p.allowed) {
                         discard = true;
                     }
-                    if pre.as_ref().is_some_and(|p| p.copies > 0 || p.raise.any())
+                    if pre
+                        .as_ref()
+                        .is_some_and(|p| p.copies > 0 || p.raise.any() || self.holds(p))
                         || self.may_copy(&m)
                         || self.raises(&m)
                     {
@@ -1084,7 +1094,21 @@ impl Frontend<'_> {
     ) -> Result<Pre, SessionError> {
         let d = crate::judge::decide(&self.shared.guard, sql, &self.ctx).await;
         self.stats.statement();
+        if matches!(d.verdict, Verdict::Allow | Verdict::Monitor)
+            && sql.len() <= 64 * 1024
+            && sql.to_ascii_lowercase().contains("parapet.reason")
+        {
+            if let Some(reason) = crate::approvals::reason_setting(sql) {
+                *self.reason.lock() = reason;
+            }
+        }
         self.submit(d, sql, protocol, stmt)
+    }
+
+    /// Whether a judged statement will be held for its approval (`[review] wait`): nothing
+    /// behind it is judged ahead, as it may run after all.
+    fn holds(&self, pre: &Pre) -> bool {
+        pre.held.is_some() && !self.shared.config.review.wait.is_zero()
     }
 
     /// The barrier an allowed statement raises: it may change how the server reads statements
@@ -1107,26 +1131,61 @@ impl Frontend<'_> {
         }
     }
 
-    /// Submits the decision event of `sql` (not yet waited for).
+    /// Submits the decision event of `sql` (not yet waited for). A `review` decision that an
+    /// open approval or window covers is let through (the use recorded just before it); any
+    /// other `review` decision names the request it opens (or finds open).
     fn submit(
         &self,
-        d: Decision,
+        mut d: Decision,
         sql: &str,
         protocol: &'static str,
         stmt: Option<&str>,
     ) -> Result<Pre, SessionError> {
-        let ev = DecisionEvent::new(
+        let mut approval = None;
+        let mut held = None;
+        if d.verdict == Verdict::Review {
+            let sha = crate::approvals::text_hash(sql);
+            let rules = crate::approvals::review_rules(&d);
+            let (user, target) = (&self.info.user, &self.info.target);
+            if let Some(a) = self.shared.approvals.admit(user, target, &sha, &rules) {
+                // Appended before the decision that names it, so durable with it.
+                drop(
+                    self.shared
+                        .log
+                        .submit(crate::approvals::used_event(self.info, &a, &sha)),
+                );
+                d.verdict = Verdict::Allow;
+                approval = Some(a);
+            } else {
+                let open = self.shared.approvals.pending(user, target, &sha, &rules);
+                let h = Held {
+                    existing: open.is_some(),
+                    id: open.unwrap_or_else(|| format!("{:016x}", rand::random::<u64>())),
+                    sql: sql.to_string(),
+                    protocol,
+                    stmt: stmt.map(str::to_string),
+                    sha,
+                };
+                approval = Some(crate::approvals::ApprovalRef {
+                    id: h.id.clone(),
+                    kind: crate::approvals::ApprovalUse::Request,
+                });
+                held = Some(h);
+            }
+        }
+        let mut ev = DecisionEvent::new(
             self.info,
             protocol,
             self.shared.recorded_text(sql),
             &d,
             stmt,
         );
+        ev.approval = approval;
         // A text too long for one entry goes in parts just before the decision.
         let ticket = submit_decision(&self.shared.log, ev);
         let allowed = matches!(d.verdict, Verdict::Allow | Verdict::Monitor);
         let copies = copies_from_stdin(&d);
-        let raise = if allowed {
+        let raise = if allowed || held.is_some() {
             self.raise(&d)
         } else {
             Raise::default()
@@ -1141,6 +1200,7 @@ impl Frontend<'_> {
                 raise,
                 wait: PreWait::Ready(DecisionRef::Pending(slot)),
                 decision: None,
+                held: None,
             });
         }
         Ok(Pre {
@@ -1149,7 +1209,106 @@ impl Frontend<'_> {
             raise,
             wait: PreWait::Ticket(ticket),
             decision: (!allowed).then_some(d),
+            held,
         })
+    }
+
+    /// A statement held by `review` rules whose decision is durable: opens its approval request
+    /// (durably) unless one was open already; then refuses it at once (`[review] wait = 0`),
+    /// or tells the client it waits and holds it until it is approved (then runs it, under a
+    /// new `allow` decision naming the approval), denied, expired or the wait is over.
+    async fn hold(
+        &self,
+        h: Held,
+        d: Decision,
+        index: u64,
+        (copies, raise): (u32, Raise),
+    ) -> Result<Judged, SessionError> {
+        use crate::approvals::{ApprovalRef, NewRequest, WaitOutcome};
+        if !h.existing {
+            let session_reason = self.reason.lock().clone();
+            let n = NewRequest {
+                session: self.info,
+                sql: &h.sql,
+                record_text: self.shared.recorded_text(&h.sql).is_some(),
+                decision: &d,
+                decision_index: index,
+                reason: crate::approvals::requester_reason(&h.sql, session_reason.as_deref()),
+            };
+            if let Err(e) = self.shared.approvals.open(self.shared, &h.id, &n).await {
+                return Ok(Judged::Refuse(log_failure(&e.to_string())));
+            }
+        }
+        let wait = self.shared.config.review.wait;
+        if wait.is_zero() {
+            return Ok(Judged::Refuse(review_refusal(&d, &h.id)));
+        }
+        let mut notice = BytesMut::new();
+        backend::notice(
+            &format!("waiting for approval {}", h.id),
+            Some(&format!(
+                "parapet: {}; the statement is held for up to {} s",
+                blocked_by(&d),
+                wait.as_secs()
+            )),
+            &mut notice,
+        );
+        let _ = self.notices.send(notice.to_vec());
+        let deadline = tokio::time::Instant::now() + wait;
+        let refuse = |message: String| {
+            let mut out = BytesMut::new();
+            backend::error(
+                "42501",
+                &message,
+                Some(&format!("approval request {}", h.id)),
+                false,
+                &mut out,
+            );
+            Ok(Judged::Refuse(out.to_vec()))
+        };
+        match self.shared.approvals.wait(&h.id, deadline).await {
+            WaitOutcome::Approved(kind) => {
+                let a = ApprovalRef {
+                    id: h.id.clone(),
+                    kind,
+                };
+                drop(
+                    self.shared
+                        .log
+                        .submit(crate::approvals::used_event(self.info, &a, &h.sha)),
+                );
+                let mut d = d;
+                d.verdict = Verdict::Allow;
+                let mut ev = DecisionEvent::new(
+                    self.info,
+                    h.protocol,
+                    self.shared.recorded_text(&h.sql),
+                    &d,
+                    h.stmt.as_deref(),
+                );
+                ev.approval = Some(a);
+                let waited = Instant::now();
+                let durable = submit_decision(&self.shared.log, ev).await;
+                self.shared.commit_latency.record(waited.elapsed());
+                Ok(match durable {
+                    Ok(i) => Judged::Forward(DecisionRef::Index(i), copies, raise),
+                    Err(e) => Judged::Refuse(log_failure(&e.to_string())),
+                })
+            }
+            WaitOutcome::Denied(r) => refuse(format!(
+                "parapet: approval request {} was denied by {}: {}",
+                h.id, r.approver, r.reason
+            )),
+            WaitOutcome::Expired => refuse(format!(
+                "parapet: approval request {} expired before it was approved; send the statement again to ask anew",
+                h.id
+            )),
+            WaitOutcome::TimedOut => refuse(format!(
+                "parapet: {}; not approved within [review] wait ({} s); the request stays open: send the same statement again once it is approved",
+                blocked_by(&d),
+                wait.as_secs()
+            )),
+        }
     }
 
     /// The fastpath function call bypasses SQL, so it cannot be judged: it is refused, and the
@@ -1176,6 +1335,7 @@ impl Frontend<'_> {
             raise: Raise::default(),
             wait: PreWait::Ticket(submit_decision(&self.shared.log, ev)),
             decision: Some(d),
+            held: None,
         }
     }
 
@@ -1192,7 +1352,10 @@ impl Frontend<'_> {
         self.shared.commit_latency.record(waited.elapsed());
         Ok(match (durable, pre.decision) {
             (Err(e), _) => Judged::Refuse(log_failure(&e.to_string())),
-            (Ok(index), Some(d)) => Judged::Refuse(refusal(&d, index)),
+            (Ok(index), Some(d)) => match pre.held {
+                Some(h) => return self.hold(h, d, index, (pre.copies, pre.raise)).await,
+                None => Judged::Refuse(refusal(&d, index)),
+            },
             (Ok(index), None) => Judged::Forward(DecisionRef::Index(index), pre.copies, pre.raise),
         })
     }
@@ -1209,6 +1372,21 @@ struct Pre {
     wait: PreWait,
     /// The decision of a refused statement, to build its ErrorResponse.
     decision: Option<Decision>,
+    /// A statement held by `review` rules: the approval request it opens or found open.
+    held: Option<Held>,
+}
+
+/// A statement held by `review` rules, waiting for its decision to be durable.
+struct Held {
+    /// The approval request's id.
+    id: String,
+    /// The request was already open (the same text sent again while pending).
+    existing: bool,
+    sql: String,
+    protocol: &'static str,
+    stmt: Option<String>,
+    /// SHA-256 of `sql`.
+    sha: String,
 }
 
 enum PreWait {
@@ -1244,6 +1422,20 @@ fn refusal(d: &Decision, index: u64) -> Vec<u8> {
         &format!("parapet: {}", blocked_by(d)),
         Some(&format!("parapet audit entry {index}")),
         false,
+        &mut out,
+    );
+    out.to_vec()
+}
+
+/// The ErrorResponse for a statement refused at once by `review` rules: DETAIL names the
+/// approval request, HINT says what to do.
+fn review_refusal(d: &Decision, id: &str) -> Vec<u8> {
+    let mut out = BytesMut::new();
+    backend::error_hint(
+        "42501",
+        &format!("parapet: {}", blocked_by(d)),
+        &format!("approval request {id}"),
+        &format!("an approver decides with `parapet approvals approve {id} --reason …` (or deny); once approved, send the same statement again"),
         &mut out,
     );
     out.to_vec()
@@ -1351,6 +1543,8 @@ struct Backend<'a> {
     /// The reply to an [`Expect::Catalog`] being read.
     catalog_reply: Option<crate::upstream::Reply>,
     catalog_slot: Arc<CatalogSlot>,
+    /// Messages from the frontend half for the client (NOTICEs), written between replies.
+    notices: mpsc::UnboundedReceiver<Vec<u8>>,
 }
 
 impl Backend<'_> {
@@ -1388,6 +1582,12 @@ impl Backend<'_> {
                         }
                         self.drain();
                         self.skip_ahead();
+                        continue;
+                    }
+                    Some(n) = self.notices.recv() => {
+                        // Between messages: nothing of a reply is pending in `out`.
+                        w.write_all(&n).await?;
+                        w.flush().await?;
                         continue;
                     }
                 }

@@ -57,6 +57,8 @@ pub(crate) struct Shared {
     pub live: Mutex<HashMap<String, crate::control::LiveSession>>,
     /// Locked users and why (rebuilt from the log at start).
     pub locks: Mutex<HashMap<String, String>>,
+    /// Approval requests, approvals and windows (rebuilt from the log at start).
+    pub approvals: crate::approvals::Book,
     /// How long statements waited for their decisions to be durable.
     pub commit_latency: crate::control::LatencyHistogram,
     /// Targets whose superuser upstream role has been warned about.

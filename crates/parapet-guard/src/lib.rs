@@ -90,7 +90,7 @@ pub enum Verdict {
     Allow,
     /// Refuse it.
     Deny,
-    /// Hold for approval (refused until approvals exist).
+    /// Hold for approval (the gateway opens an approval request; see its `approvals`).
     Review,
     /// Forward it, record "would have blocked".
     Monitor,
@@ -303,6 +303,17 @@ impl Guard {
             .values()
             .cloned()
             .collect()
+    }
+
+    /// The rule in force with this `@id`, if any (its annotations: mode, reason, approvers).
+    pub fn rule(&self, id: &str) -> Option<RuleMeta> {
+        self.engine
+            .load()
+            .policies
+            .rules
+            .values()
+            .find(|r| r.id == id)
+            .cloned()
     }
 
     /// Analyses a message (cached by text; facts of plain DML are also reused across texts that

@@ -1,6 +1,6 @@
 //! Policy sets: loading Cedar files and the embedded default pack, checking them against the
 //! Parapet schema, reading the annotations Cedar itself does not interpret (`@id`, `@reason`,
-//! `@mode`), and hashing the set so every decision names the exact policy version.
+//! `@mode`, `@approvers`), and hashing the set so every decision names the exact policy version.
 
 use crate::{GuardError, Mode, PolicySource};
 use cedar_policy::{Effect, PolicyId, PolicySet, Schema, ValidationMode, Validator};
@@ -63,6 +63,9 @@ pub struct RuleMeta {
     pub mode: Mode,
     /// `@reason` (default: "blocked by rule `<id>`").
     pub reason: String,
+    /// `@approvers("dba,security")`: the groups whose members may approve what this `review`
+    /// rule holds (empty: the gateway's configured default approvers).
+    pub approvers: Vec<String>,
     /// File the rule came from.
     pub file: String,
     /// Line of the rule in that file.
@@ -189,6 +192,23 @@ fn compile_sources(sources: &[Source]) -> Result<CompiledPolicies, GuardError> {
                 .annotation("reason")
                 .map(str::to_string)
                 .unwrap_or_else(|| format!("blocked by rule {id}"));
+            let approvers = match policy.annotation("approvers") {
+                None => Vec::new(),
+                Some(list) => {
+                    let groups = parse_approvers(list);
+                    if groups.is_empty() {
+                        diags.push(at(&src.name, &src.text, start,
+                            "@approvers(\"…\") names no group; list the approver groups separated by commas, e.g. @approvers(\"dba,security\")"));
+                        continue;
+                    }
+                    if mode != Mode::Review {
+                        diags.push(at(&src.name, &src.text, start,
+                            "@approvers is only meaningful on a @mode(\"review\") rule; remove it or make the rule a review rule"));
+                        continue;
+                    }
+                    groups
+                }
+            };
             let internal = PolicyId::new(format!("{si}:{i}"));
             let renamed = policy.new_id(internal.clone());
             if let Err(e) = set.add(renamed) {
@@ -202,6 +222,7 @@ fn compile_sources(sources: &[Source]) -> Result<CompiledPolicies, GuardError> {
                     id,
                     mode,
                     reason,
+                    approvers,
                     file: src.name.clone(),
                     line,
                 },
@@ -235,6 +256,18 @@ fn compile_sources(sources: &[Source]) -> Result<CompiledPolicies, GuardError> {
         rules,
         hash: hex::encode(h.finalize()),
     })
+}
+
+/// The groups of an `@approvers("a, b")` annotation: comma-separated, trimmed, empty parts
+/// dropped, duplicates removed (first occurrence kept).
+pub fn parse_approvers(list: &str) -> Vec<String> {
+    let mut groups: Vec<String> = Vec::new();
+    for g in list.split(',').map(str::trim).filter(|g| !g.is_empty()) {
+        if !groups.iter().any(|x| x == g) {
+            groups.push(g.to_string());
+        }
+    }
+    groups
 }
 
 /// A diagnostic from a Cedar error, positioned by its first label (or `fallback` offset).
@@ -336,6 +369,23 @@ mod tests {
         assert_eq!(s.len(), 2);
         assert_eq!(line_col(t, s[0]).0, 2);
         assert_eq!(line_col(t, s[1]), (5, 3));
+    }
+
+    #[test]
+    fn approvers_are_read_and_checked() {
+        let c = compile_texts(&[(
+            "team.cedar",
+            "@id(\"r\")\n@mode(\"review\")\n@approvers(\" dba, security,,dba \")\nforbid(principal, action, resource);\n",
+        )])
+        .unwrap();
+        let r = c.rules.values().next().unwrap();
+        assert_eq!(r.approvers, vec!["dba".to_string(), "security".to_string()]);
+        for bad in [
+            "@id(\"r\")\n@mode(\"review\")\n@approvers(\" , \")\nforbid(principal, action, resource);\n",
+            "@id(\"r\")\n@approvers(\"dba\")\nforbid(principal, action, resource);\n",
+        ] {
+            assert!(compile_texts(&[("team.cedar", bad)]).is_err(), "{bad}");
+        }
     }
 
     #[test]

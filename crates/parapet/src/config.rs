@@ -35,6 +35,9 @@ pub struct Config {
     /// `[[alerts]]`: webhooks that receive matching audit events.
     #[serde(default)]
     pub alerts: Vec<AlertSection>,
+    /// `[review]`: approvals of statements held by `review` rules.
+    #[serde(default)]
+    pub review: ReviewSection,
 }
 
 /// One `[[alerts]]` entry: a webhook receiving the audit events that pass its filter.
@@ -100,6 +103,39 @@ pub struct Secret(pub String);
 impl std::fmt::Debug for Secret {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str("Secret(<redacted>)")
+    }
+}
+
+/// `[review]`: who approves statements held by `review` rules, and for how long.
+#[derive(Debug, Deserialize, Clone)]
+#[serde(deny_unknown_fields)]
+pub struct ReviewSection {
+    /// Groups whose members approve for rules without `@approvers`.
+    #[serde(default)]
+    pub approvers: Vec<String>,
+    /// Seconds a request stays open, and a granted approval usable (default 3600).
+    #[serde(default = "hour")]
+    pub ttl: u64,
+    /// Longest maintenance window an approver may grant, in seconds (default 3600).
+    #[serde(default = "hour")]
+    pub max_window: u64,
+    /// Seconds a statement is held waiting for its approval (default 0: refused at once).
+    #[serde(default)]
+    pub wait: u64,
+}
+
+fn hour() -> u64 {
+    3600
+}
+
+impl Default for ReviewSection {
+    fn default() -> Self {
+        ReviewSection {
+            approvers: Vec::new(),
+            ttl: hour(),
+            max_window: hour(),
+            wait: 0,
+        }
     }
 }
 
@@ -480,6 +516,21 @@ impl Config {
             StatementTextKey::Full => StatementText::Full,
             StatementTextKey::Normalized => StatementText::Normalized,
         };
+        if self.review.ttl == 0 {
+            bail!("[review] ttl must be at least 1 (seconds an approval request stays open)");
+        }
+        if self.review.max_window == 0 {
+            bail!("[review] max_window must be at least 1 (seconds)");
+        }
+        if self.review.approvers.iter().any(|g| g.trim().is_empty()) {
+            bail!("[review] approvers must be group names (no empty strings)");
+        }
+        g.review = parapet_gateway::ReviewConfig {
+            approvers: self.review.approvers.clone(),
+            ttl: Duration::from_secs(self.review.ttl),
+            max_window: Duration::from_secs(self.review.max_window),
+            wait: Duration::from_secs(self.review.wait),
+        };
         g.policy = self.policy_source();
         g.policy_poll =
             (self.policy.poll_seconds > 0).then(|| Duration::from_secs(self.policy.poll_seconds));
@@ -584,6 +635,27 @@ mod tests {
         );
         assert!(parse_upstream("mysql://a@b/c").is_err());
         assert!(parse_upstream("postgres://a@b").is_err());
+    }
+
+    #[test]
+    fn review_section_has_defaults_and_is_checked() {
+        let base = "[log]\ndir='l'\nkey='k'\n[[targets]]\nname='m'\nupstream='postgres://u@h/d'\n";
+        let g = Config::parse(base).unwrap().gateway().unwrap();
+        assert_eq!(g.review, parapet_gateway::ReviewConfig::default());
+        let c = Config::parse(&format!(
+            "{base}[review]\napprovers = ['dba']\nttl = 60\nmax_window = 600\nwait = 5\n"
+        ))
+        .unwrap();
+        let g = c.gateway().unwrap();
+        assert_eq!(g.review.approvers, vec!["dba".to_string()]);
+        assert_eq!(g.review.ttl, Duration::from_secs(60));
+        assert_eq!(g.review.max_window, Duration::from_secs(600));
+        assert_eq!(g.review.wait, Duration::from_secs(5));
+        assert!(Config::parse(&format!("{base}[review]\nttl = 0\n"))
+            .unwrap()
+            .gateway()
+            .is_err());
+        assert!(Config::parse(&format!("{base}[review]\nwaits = 1\n")).is_err());
     }
 
     #[test]

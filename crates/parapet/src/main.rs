@@ -45,6 +45,9 @@ enum Command {
     /// The console's search index.
     #[command(subcommand)]
     Index(cli::events::IndexCommand),
+    /// Approval requests of `review` rules: list, approve (once or as a window), deny.
+    #[command(subcommand)]
+    Approvals(cli::approvals::ApprovalsCommand),
     /// Console tokens (the HTTP API over the audit trail).
     #[command(subcommand)]
     Console(cli::console::ConsoleCommand),
@@ -71,6 +74,7 @@ fn main() -> ExitCode {
         Command::Verify(a) => cli::log::verify(a),
         Command::Policy(c) => cli::policy::run(c),
         Command::Console(c) => cli::console::run(c),
+        Command::Approvals(c) => cli::approvals::run(c),
         Command::Events(a) => cli::events::events(a),
         Command::Index(c) => cli::events::index(c),
         Command::Witness(c) => cli::witness::run(c),

@@ -1,6 +1,7 @@
 //! One module per subcommand. Each exposes its clap argument type(s) and a `run` function
 //! returning the process exit code.
 
+pub mod approvals;
 pub mod console;
 pub mod docs;
 pub mod doctor;

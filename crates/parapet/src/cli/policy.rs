@@ -236,6 +236,11 @@ struct ReplayReport {
     changed_otherwise: u64,
     /// Decisions without a readable `time`, judged at the current time instead.
     judged_at_current_time: u64,
+    /// Decisions let through by an approval or a maintenance window (recorded `allow`, naming
+    /// it): compared as the `review` the policies decided.
+    approved_decisions: u64,
+    /// Approval events (`approval_request`, `approval_granted`, …), by type.
+    approval_events: BTreeMap<String, u64>,
     /// Newly blocked, by the proposed rule that blocks.
     newly_blocked_by_rule: BTreeMap<String, RuleChange>,
     /// Newly allowed, by the recorded rule that no longer blocks.
@@ -299,6 +304,13 @@ fn replay(
             }
             Ok(Fed::Other) => {
                 rep.skipped_other_events += 1;
+                if let Some(t) = event
+                    .get("type")
+                    .and_then(Value::as_str)
+                    .filter(|t| t.starts_with("approval_"))
+                {
+                    *rep.approval_events.entry(t.to_string()).or_default() += 1;
+                }
                 continue;
             }
             Err(e) => {
@@ -314,11 +326,20 @@ fn replay(
         let old: Option<Verdict> = event
             .get("decision")
             .and_then(|d| serde_json::from_value(d.clone()).ok());
-        let Some(old) = old else {
+        let Some(mut old) = old else {
             rep.unreadable_entries += 1;
             continue;
         };
         rep.decisions += 1;
+        // Let through by an approval or a window: the policies had said review.
+        let approved = event
+            .pointer("/approval/use")
+            .and_then(Value::as_str)
+            .is_some_and(|u| u == "once" || u == "window");
+        if approved && old == Verdict::Allow {
+            old = Verdict::Review;
+            rep.approved_decisions += 1;
+        }
         let input: EvalInput = serde_json::from_value(event.clone()).unwrap_or_default();
         // Judged at the time of the original decision, so time-based rules replay faithfully.
         let new = match event_time(&event) {
@@ -382,6 +403,18 @@ fn replay(
         rep.newly_allowed,
         rep.changed_otherwise
     )?;
+    if rep.approved_decisions > 0 || !rep.approval_events.is_empty() {
+        let steps: Vec<String> = rep
+            .approval_events
+            .iter()
+            .map(|(t, n)| format!("{n} {t}"))
+            .collect();
+        crate::outln!(
+            "  approvals: {} decisions let through by an approval or window (compared as review); events: {}",
+            rep.approved_decisions,
+            if steps.is_empty() { "none".to_string() } else { steps.join(", ") }
+        )?;
+    }
     if rep.judged_at_current_time > 0 {
         crate::outln!(
             "  {} decisions had no readable time and were judged at the current time",

@@ -6,6 +6,8 @@
 //!   Server-Sent Events, resumable with `Last-Event-ID` without gap or duplicate;
 //! - `/api/entries/<index>`: one entry with its inclusion proof and the checkpoint it is proved
 //!   against;
+//! - `/api/approvals`: approval requests of `review` rules, approved or denied by operators whose
+//!   token names a user in an approver group;
 //! - `/metrics`: Prometheus text ([`metrics`]).
 //!
 //! Every `/api/` and `/metrics` request needs `Authorization: Bearer TOKEN` ([`auth`]), and so
@@ -135,6 +137,10 @@ impl Console {
             .route("/api/users", get(users))
             .route("/api/users/{name}/lock", post(lock))
             .route("/api/users/{name}/unlock", post(unlock))
+            .route("/api/approvals", get(approvals))
+            .route("/api/approvals/{id}", get(approval))
+            .route("/api/approvals/{id}/approve", post(approve))
+            .route("/api/approvals/{id}/deny", post(deny))
             .route("/metrics", get(metrics_text))
             .with_state(state);
         let listener = TcpListener::bind(section.listen)
@@ -466,6 +472,140 @@ async fn unlock(
         }
         Ok(false) => (StatusCode::NOT_FOUND, "that user is not locked\n").into_response(),
         Err(e) => internal(e),
+    }
+}
+
+/// `GET /api/approvals[?all=true]`.
+#[derive(serde::Deserialize)]
+struct ApprovalsQuery {
+    #[serde(default)]
+    all: bool,
+}
+
+async fn approvals(
+    State(state): State<Arc<AppState>>,
+    headers: HeaderMap,
+    Query(q): Query<ApprovalsQuery>,
+) -> Response {
+    if let Err(r) = authorize(&state, &headers) {
+        return r;
+    }
+    let list = state
+        .control
+        .as_ref()
+        .map(|c| c.approvals(q.all))
+        .unwrap_or_default();
+    axum::Json(serde_json::json!({ "approvals": list })).into_response()
+}
+
+async fn approval(
+    State(state): State<Arc<AppState>>,
+    UrlPath(id): UrlPath<String>,
+    headers: HeaderMap,
+) -> Response {
+    if let Err(r) = authorize(&state, &headers) {
+        return r;
+    }
+    match state.control.as_ref().and_then(|c| c.approval(&id)) {
+        Some(a) => axum::Json(a).into_response(),
+        None => (
+            StatusCode::NOT_FOUND,
+            "no such open or recent approval request (the log has every one: search type=approval_request)\n",
+        )
+            .into_response(),
+    }
+}
+
+/// The body of `POST /api/approvals/<id>/approve|deny`.
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Decide {
+    reason: String,
+    /// Approve as a maintenance window of this many seconds.
+    window_seconds: Option<u64>,
+    /// The window's review rules (default: the request's).
+    rules: Option<Vec<String>>,
+}
+
+fn decide_body(body: &[u8]) -> Result<Decide, Response> {
+    match serde_json::from_slice::<Decide>(body) {
+        Ok(d) if !d.reason.trim().is_empty() => Ok(d),
+        Ok(_) => Err(bad_request("a reason is required: {\"reason\":\"…\"}")),
+        Err(e) => Err(bad_request(format_args!(
+            "expected a JSON body {{\"reason\":\"…\"}} (approve also takes \"window_seconds\": N and \"rules\": [\"rule id\", …]): {e}"
+        ))),
+    }
+}
+
+fn approval_error(e: parapet_gateway::approvals::ApprovalError) -> Response {
+    use parapet_gateway::approvals::ApprovalError as E;
+    let status = match &e {
+        E::NotFound(_) => StatusCode::NOT_FOUND,
+        E::NotPending { .. } | E::Busy(_) => StatusCode::CONFLICT,
+        E::NoUser
+        | E::UnknownUser(_)
+        | E::SelfApproval(_)
+        | E::NotApprover { .. }
+        | E::NoApprovers(_) => StatusCode::FORBIDDEN,
+        E::Invalid(_) => StatusCode::BAD_REQUEST,
+        E::Log(_) => StatusCode::INTERNAL_SERVER_ERROR,
+    };
+    (status, format!("{e}\n")).into_response()
+}
+
+async fn approve(
+    State(state): State<Arc<AppState>>,
+    UrlPath(id): UrlPath<String>,
+    headers: HeaderMap,
+    body: axum::body::Bytes,
+) -> Response {
+    let (caller, control) = match operator(&state, &headers) {
+        Ok(x) => x,
+        Err(r) => return r,
+    };
+    let d = match decide_body(&body) {
+        Ok(d) => d,
+        Err(r) => return r,
+    };
+    let who = parapet_gateway::approvals::Approver {
+        token: caller.name,
+        user: caller.user,
+    };
+    let grant = parapet_gateway::approvals::Grant {
+        reason: d.reason,
+        window: d.window_seconds.map(Duration::from_secs),
+        rules: d.rules,
+    };
+    match control.approve(&id, &who, &grant).await {
+        Ok(a) => axum::Json(a).into_response(),
+        Err(e) => approval_error(e),
+    }
+}
+
+async fn deny(
+    State(state): State<Arc<AppState>>,
+    UrlPath(id): UrlPath<String>,
+    headers: HeaderMap,
+    body: axum::body::Bytes,
+) -> Response {
+    let (caller, control) = match operator(&state, &headers) {
+        Ok(x) => x,
+        Err(r) => return r,
+    };
+    let d = match decide_body(&body) {
+        Ok(d) => d,
+        Err(r) => return r,
+    };
+    if d.window_seconds.is_some() || d.rules.is_some() {
+        return bad_request("a denial takes only a reason");
+    }
+    let who = parapet_gateway::approvals::Approver {
+        token: caller.name,
+        user: caller.user,
+    };
+    match control.deny(&id, &who, &d.reason).await {
+        Ok(a) => axum::Json(a).into_response(),
+        Err(e) => approval_error(e),
     }
 }
 

@@ -5,6 +5,7 @@
 //! handler stops it and removes the directory.
 #![allow(dead_code)]
 
+pub mod browser;
 pub mod http;
 
 use parapet::pgcluster::{PgCluster, PgOptions, INSTALL_HINT};
