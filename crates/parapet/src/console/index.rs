@@ -308,6 +308,9 @@ impl Index {
         }
         let conn = Connection::open(&path)?;
         conn.execute_batch(SCHEMA)?;
+        // The writer keeps the indexes' hot pages in memory (64 MiB; SQLite's default is 2 MiB),
+        // so a batch does not read back pages it wrote a moment ago.
+        conn.execute_batch("PRAGMA cache_size = -65536;")?;
         let have: Option<String> = conn
             .query_row("SELECT v FROM meta WHERE k = 'origin'", [], |r| r.get(0))
             .optional()?;
