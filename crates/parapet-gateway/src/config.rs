@@ -194,6 +194,7 @@ impl GatewayConfig {
             policy: PolicySource {
                 files: Vec::new(),
                 default_pack: true,
+                modes: Default::default(),
             },
             policy_poll: Some(Duration::from_secs(1)),
             reload_on_sighup: true,

@@ -830,6 +830,7 @@ async fn random_sessions_behave_as_on_the_server() {
     let guard = Guard::load(&PolicySource {
         files: vec![],
         default_pack: true,
+        modes: Default::default(),
     })
     .expect("default pack");
     let ctx = RequestContext {

@@ -480,6 +480,7 @@ async fn every_client_encoding_and_both_string_syntaxes() {
     let guard = parapet_guard::Guard::load(&parapet_guard::PolicySource {
         files: vec![],
         default_pack: true,
+        modes: Default::default(),
     })
     .expect("default pack");
     let decisions = decisions(&s);

@@ -51,6 +51,10 @@ pub struct PolicySource {
     pub files: Vec<PathBuf>,
     /// Whether the built-in default pack (`policies/default.cedar`) is included.
     pub default_pack: bool,
+    /// Modes the site runs rules in, by rule id, over their `@mode` (`[policy] modes`): e.g.
+    /// the default pack's `parapet.drop` as `review`, so that maintenance is approved instead
+    /// of the pack being switched off.
+    pub modes: std::collections::BTreeMap<String, Mode>,
 }
 
 /// Who runs a statement, where, and from where.

@@ -107,7 +107,52 @@ pub fn compile(source: &PolicySource) -> Result<CompiledPolicies, GuardError> {
             text,
         });
     }
-    compile_sources(&sources)
+    let mut compiled = compile_sources(&sources)?;
+    override_modes(&mut compiled, &source.modes)?;
+    Ok(compiled)
+}
+
+/// Sets the modes named in `[policy] modes` over the rules' `@mode`, and folds them into the
+/// policy set's hash (decisions name the policies as run).
+fn override_modes(
+    compiled: &mut CompiledPolicies,
+    modes: &std::collections::BTreeMap<String, Mode>,
+) -> Result<(), GuardError> {
+    if modes.is_empty() {
+        return Ok(());
+    }
+    let mut errors = Vec::new();
+    for (id, mode) in modes {
+        let mut found = false;
+        for meta in compiled.rules.values_mut().filter(|m| &m.id == id) {
+            found = true;
+            meta.mode = *mode;
+            if *mode != Mode::Review {
+                meta.approvers.clear();
+            }
+        }
+        if !found {
+            errors.push(PolicyDiagnostic {
+                file: "[policy] modes".into(),
+                line: 0,
+                column: 0,
+                message: format!(
+                    "no rule has @id(\"{id}\"); name a rule of the policy set (see `parapet policy check`)"
+                ),
+            });
+        }
+    }
+    if !errors.is_empty() {
+        return Err(GuardError::Invalid { errors });
+    }
+    let mut h = Sha256::new();
+    h.update(b"parapet-policy-modes-v1\n");
+    h.update(compiled.hash.as_bytes());
+    for (id, mode) in modes {
+        h.update(format!("\n{id}={mode:?}").as_bytes());
+    }
+    compiled.hash = hex::encode(h.finalize());
+    Ok(())
 }
 
 /// Compiles in-memory policy texts (`(name, text)`), e.g. for tests and benchmarks.
@@ -356,6 +401,7 @@ mod tests {
         let c = compile(&PolicySource {
             files: vec![],
             default_pack: true,
+            modes: Default::default(),
         })
         .unwrap();
         assert!(c.rules.values().any(|r| r.id == "parapet.drop"));

@@ -173,6 +173,7 @@ fn a_real_catalog_reveals_aliases_operators_aggregates_and_wrappers() {
     let guard = Guard::load(&PolicySource {
         files: vec![],
         default_pack: true,
+        modes: Default::default(),
     })
     .expect("default pack");
     let target = ctx(Some(catalog.clone()));

@@ -18,6 +18,7 @@ fn corpus_decisions() {
     let guard = Guard::load(&PolicySource {
         files: vec![],
         default_pack: true,
+        modes: Default::default(),
     })
     .expect("default pack loads");
     let ctx = RequestContext {

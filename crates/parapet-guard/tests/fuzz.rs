@@ -11,6 +11,7 @@ fn guard() -> &'static Guard {
         Guard::load(&PolicySource {
             files: vec![],
             default_pack: false,
+            modes: Default::default(),
         })
         .unwrap()
     })

@@ -57,6 +57,7 @@ fn modes_groups_environment_and_ip() {
     let g = Guard::load(&PolicySource {
         files: vec![f],
         default_pack: true,
+        modes: Default::default(),
     })
     .unwrap();
     let alice = ctx("alice", &["eng"], "production");
@@ -109,6 +110,7 @@ fn decision_carries_normalized_text_fingerprint_and_facts() {
     let g = Guard::load(&PolicySource {
         files: vec![],
         default_pack: true,
+        modes: Default::default(),
     })
     .unwrap();
     let d = g.decide(
@@ -131,6 +133,7 @@ fn fail_closed_without_default_pack() {
     let g = Guard::load(&PolicySource {
         files: vec![],
         default_pack: false,
+        modes: Default::default(),
     })
     .unwrap();
     let c = ctx("a", &[], "prod");
@@ -151,6 +154,7 @@ fn reload_is_atomic_and_bad_sets_are_refused() {
         Guard::load(&PolicySource {
             files: vec![],
             default_pack: true,
+            modes: Default::default(),
         })
         .unwrap(),
     );
@@ -161,6 +165,7 @@ fn reload_is_atomic_and_bad_sets_are_refused() {
         .reload(&PolicySource {
             files: vec![f.clone()],
             default_pack: true,
+            modes: Default::default(),
         })
         .unwrap();
     assert_eq!(r.old_hash, h0);
@@ -182,6 +187,7 @@ fn reload_is_atomic_and_bad_sets_are_refused() {
         .reload(&PolicySource {
             files: vec![bad],
             default_pack: true,
+            modes: Default::default(),
         })
         .unwrap_err();
     match err {
@@ -198,6 +204,7 @@ fn reload_is_atomic_and_bad_sets_are_refused() {
         .reload(&PolicySource {
             files: vec![dir.path().join("missing.cedar")],
             default_pack: true,
+            modes: Default::default(),
         })
         .unwrap_err();
     assert!(e.to_string().contains("missing.cedar"), "{e}");
@@ -227,6 +234,7 @@ fn annotation_errors_are_refused() {
         let e = Guard::load(&PolicySource {
             files: vec![f],
             default_pack: true,
+            modes: Default::default(),
         })
         .unwrap_err();
         assert!(e.to_string().contains(needle), "{text}: {e}");
@@ -242,16 +250,19 @@ fn concurrent_decisions_during_reloads() {
         Guard::load(&PolicySource {
             files: vec![],
             default_pack: true,
+            modes: Default::default(),
         })
         .unwrap(),
     );
     let with = PolicySource {
         files: vec![f],
         default_pack: true,
+        modes: Default::default(),
     };
     let without = PolicySource {
         files: vec![],
         default_pack: true,
+        modes: Default::default(),
     };
     let h_without = g.policy_hash();
     let h_with = parapet_guard::policy::compile(&with).unwrap().hash;
@@ -300,6 +311,7 @@ when { context.set_variables.contains("search_path") || context.set_variables.co
     let g = Guard::load(&PolicySource {
         files: vec![p],
         default_pack: true,
+        modes: Default::default(),
     })
     .unwrap();
     let c = ctx("alice", &["eng"], "production");
@@ -326,4 +338,56 @@ when { context.set_variables.contains("search_path") || context.set_variables.co
     ] {
         assert_eq!(g.decide(sql, &c).verdict, Verdict::Allow, "{sql}");
     }
+}
+
+/// `[policy] modes` runs a rule of the default pack in another mode, changes the policy hash,
+/// and refuses an id no rule has.
+#[test]
+fn modes_override_a_rules_mode() {
+    use parapet_guard::{Mode, Verdict};
+    let plain = Guard::load(&PolicySource {
+        files: vec![],
+        default_pack: true,
+        modes: Default::default(),
+    })
+    .unwrap();
+    let d = plain.decide("DROP TABLE accounts", &ctx("a", &[], "prod"));
+    assert_eq!(d.verdict, Verdict::Deny);
+    let reviewed = Guard::load(&PolicySource {
+        files: vec![],
+        default_pack: true,
+        modes: [("parapet.drop".to_string(), Mode::Review)].into(),
+    })
+    .unwrap();
+    let d = reviewed.decide("DROP TABLE accounts", &ctx("a", &[], "prod"));
+    assert_eq!(d.verdict, Verdict::Review);
+    assert_eq!(d.rules[0].id, "parapet.drop");
+    assert_eq!(d.rules[0].mode, Mode::Review);
+    // Other rules keep their own mode.
+    let d = reviewed.decide("TRUNCATE accounts", &ctx("a", &[], "prod"));
+    assert_eq!(d.verdict, Verdict::Deny);
+    assert_ne!(plain.policy_hash(), reviewed.policy_hash());
+    let monitored = Guard::load(&PolicySource {
+        files: vec![],
+        default_pack: true,
+        modes: [("parapet.drop".to_string(), Mode::Monitor)].into(),
+    })
+    .unwrap();
+    assert_eq!(
+        monitored
+            .decide("DROP TABLE accounts", &ctx("a", &[], "prod"))
+            .verdict,
+        Verdict::Monitor
+    );
+    let e = Guard::load(&PolicySource {
+        files: vec![],
+        default_pack: true,
+        modes: [("parapet.no-such-rule".to_string(), Mode::Review)].into(),
+    })
+    .unwrap_err();
+    assert!(
+        e.to_string().contains("parapet.no-such-rule")
+            || format!("{e:?}").contains("parapet.no-such-rule"),
+        "{e:?}"
+    );
 }

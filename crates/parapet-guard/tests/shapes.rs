@@ -8,6 +8,7 @@ fn guard() -> Guard {
     Guard::load(&PolicySource {
         files: vec![],
         default_pack: true,
+        modes: Default::default(),
     })
     .expect("default pack loads")
 }

@@ -366,6 +366,10 @@ pub struct PolicySection {
     /// Seconds between checks of policy files for changes (default 1; 0 disables).
     #[serde(default = "one")]
     pub poll_seconds: u64,
+    /// Modes the site runs rules in, by rule id, over their `@mode`:
+    /// `modes = { "parapet.drop" = "review" }`.
+    #[serde(default)]
+    pub modes: std::collections::BTreeMap<String, parapet_guard::Mode>,
 }
 
 fn yes() -> bool {
@@ -381,6 +385,7 @@ impl Default for PolicySection {
             files: Vec::new(),
             default_pack: true,
             poll_seconds: 1,
+            modes: Default::default(),
         }
     }
 }
@@ -437,6 +442,7 @@ impl Config {
         PolicySource {
             files: self.policy.files.clone(),
             default_pack: self.policy.default_pack,
+            modes: self.policy.modes.clone(),
         }
     }
 

@@ -720,34 +720,19 @@ async fn approvals_survive_a_kill_9() {
     common::assert_verifies(&site.dir.join("log"), &site.vkey);
 }
 
-/// The default pack with DROP and TRUNCATE turned into review rules (what docs/policies.md
-/// shows a site doing for break-glass maintenance).
-fn pack_with_reviewed_drop_and_truncate() -> String {
-    let pack = parapet_guard::DEFAULT_PACK;
-    let mut out = String::new();
-    let mut current = String::new();
-    for line in pack.lines() {
-        if line.starts_with("@id(") {
-            current = line.to_string();
-        }
-        if line.starts_with("@mode(\"enforce\")")
-            && (current.contains("\"parapet.drop\"") || current.contains("\"parapet.truncate\""))
-        {
-            out.push_str("@mode(\"review\")\n@approvers(\"dba\")\n");
-            continue;
-        }
-        out.push_str(line);
-        out.push('\n');
-    }
-    out
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pgbench_init_runs_in_a_maintenance_window() {
     let e = env();
-    let policy = pack_with_reviewed_drop_and_truncate();
-    assert_eq!(policy.matches("@mode(\"review\")").count(), 2, "{policy}");
-    let site = Site::start("approvals-pgbench", &policy, false, "max_window = 600\n").await;
+    // The default pack as it is, with its DROP and TRUNCATE rules run in review mode
+    // (`[policy] modes`), approved by the `[review] approvers`.
+    let site = Site::start(
+        "approvals-pgbench",
+        "",
+        true,
+        "max_window = 600\napprovers = [\"dba\"]\n\
+         [policy.modes]\n\"parapet.drop\" = \"review\"\n\"parapet.truncate\" = \"review\"\n",
+    )
+    .await;
     let pgbench = |site: &Site| {
         std::process::Command::new(common::tool("pgbench"))
             .args(["-i", "-s", "1", "-h", "127.0.0.1", "-p"])

@@ -681,6 +681,7 @@ async fn monitor_review_and_policy_reload_on_file_change() {
     let source = PolicySource {
         files: vec![policy.clone()],
         default_pack: true,
+        modes: Default::default(),
     };
     let guard = Arc::new(Guard::load(&source).unwrap());
     let log_dir = dir.join("log");

@@ -180,6 +180,7 @@ pub async fn setup_on(
         Guard::load(&PolicySource {
             files: vec![],
             default_pack: true,
+            modes: Default::default(),
         })
         .expect("default pack"),
     );

@@ -51,6 +51,7 @@ impl Setup {
         let source = PolicySource {
             files: vec![extra],
             default_pack: true,
+            modes: Default::default(),
         };
         let guard = Guard::load(&source).expect("guard loads");
         let ctx = RequestContext {

@@ -20,6 +20,28 @@ pub struct PolicyArgs {
     /// Leave out the built-in default pack (unparseable / unanalysable SQL is still denied).
     #[arg(long)]
     pub no_default_pack: bool,
+    /// Run a rule in another mode than its `@mode`, as `[policy] modes` does: `ID=MODE` with
+    /// MODE `enforce`, `monitor` or `review` (repeat for several).
+    #[arg(long = "mode", value_name = "ID=MODE", value_parser = parse_mode)]
+    pub modes: Vec<(String, parapet_guard::Mode)>,
+}
+
+/// Parses `--mode ID=MODE`.
+fn parse_mode(s: &str) -> Result<(String, parapet_guard::Mode), String> {
+    let (id, mode) = s
+        .split_once('=')
+        .ok_or_else(|| format!("{s:?} is not ID=MODE (e.g. parapet.drop=review)"))?;
+    let mode = match mode {
+        "enforce" => parapet_guard::Mode::Enforce,
+        "monitor" => parapet_guard::Mode::Monitor,
+        "review" => parapet_guard::Mode::Review,
+        other => {
+            return Err(format!(
+                "{other:?} is not a mode; use enforce, monitor or review"
+            ))
+        }
+    };
+    Ok((id.to_string(), mode))
 }
 
 impl PolicyArgs {
@@ -27,6 +49,7 @@ impl PolicyArgs {
         PolicySource {
             files: self.policy.clone(),
             default_pack: !self.no_default_pack,
+            modes: self.modes.iter().cloned().collect(),
         }
     }
 }

@@ -147,6 +147,7 @@ pub fn env() -> &'static Env {
                     Guard::load(&PolicySource {
                         files: vec![],
                         default_pack: true,
+                        modes: Default::default(),
                     })
                     .expect("default pack"),
                 );
