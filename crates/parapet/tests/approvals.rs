@@ -3,7 +3,7 @@
 //! send again; used once; bound to text, user and target; self-approval and non-approvers
 //! refused; deny; expiry; maintenance windows (and `pgbench -i` through one); holding the
 //! statement with a NOTICE until approved or denied; the audit events; and approvals that
-//! survive a `kill -9` of the gateway.
+//! survive a `kill -9` of the gateway; the extended protocol as the simple one.
 
 mod common;
 
@@ -859,4 +859,49 @@ async fn the_approvals_page_approves_in_chromium() {
         .await;
     assert_eq!(granted["reason"], "approved in the UI");
     assert_eq!(granted["approver"], "bob");
+}
+
+/// The extended protocol (tokio-postgres `execute` with parameters: Parse, Bind, Execute, Sync)
+/// is held for approval as the simple one is: refused with the request's id, then run once after
+/// the approval, with the client's session still usable throughout.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn extended_protocol_statements_are_approved_too() {
+    let e = env();
+    e.direct("CREATE TABLE IF NOT EXISTS ledger_x (id int)");
+    let site = Site::start("approvals-extended", &review_rule("ledger_x"), true, "").await;
+    let alice = site.client("alice", "main").await;
+    let stmt = "INSERT INTO ledger_x VALUES ($1)";
+    let id = refused_for_approval(&alice.execute(stmt, &[&7i32]).await.unwrap_err());
+    assert_eq!(count("ledger_x"), "0");
+    // The session goes on after the refusal.
+    let one: i32 = alice
+        .query_one("SELECT 1", &[])
+        .await
+        .expect("the session is usable")
+        .get(0);
+    assert_eq!(one, 1);
+    let req = site
+        .list()
+        .into_iter()
+        .find(|a| a["id"] == id.as_str())
+        .expect("listed");
+    assert_eq!(req["sql"], stmt);
+    let r = site.approve("bob", &id, r#"{"reason":"checked"}"#);
+    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+    let n = alice
+        .execute(stmt, &[&7i32])
+        .await
+        .expect("the approved statement runs");
+    assert_eq!(n, 1);
+    assert_eq!(count("ledger_x"), "1");
+    // Used once: sent again, it is refused with a new request.
+    let next = refused_for_approval(&alice.execute(stmt, &[&8i32]).await.unwrap_err());
+    assert_ne!(next, id);
+    assert_eq!(count("ledger_x"), "1");
+    let used = site
+        .wait_event("approval_used", |v| {
+            v["type"] == "approval_used" && v["approval"] == id.as_str()
+        })
+        .await;
+    assert_eq!(used["user"], "alice");
 }
