@@ -9,6 +9,7 @@
 //! here, off the gateway.
 
 use parapet_gateway::events::{Fed, TextReassembler};
+use rusqlite::types::Value as Val;
 use rusqlite::{params, Connection, OpenFlags, OptionalExtension};
 use serde_json::Value;
 use std::collections::{BTreeSet, HashMap};
@@ -68,34 +69,59 @@ pub struct Indexed {
     pub text: String,
 }
 
-/// A full-text query in FTS5 syntax built from the user's words (never passed through raw).
-pub fn fts_query(q: &str) -> Option<String> {
+/// One term of a full-text query: its words (as typed: split where the index splits them, case
+/// kept), and whether the last is a prefix.
+struct Term {
+    words: Vec<String>,
+    prefix: bool,
+}
+
+/// The terms of the user's query `q` (every one required; `"…"` a phrase; a trailing `*` a
+/// prefix), read once for both [`fts_query`] and [`text_matches`] so that they agree. A quoted
+/// phrase of punctuation alone stays, with no words: it matches nothing, as in FTS5. A bare word
+/// of punctuation alone is dropped.
+fn query_terms(q: &str) -> Vec<Term> {
+    let runs = |t: &str| -> Vec<String> {
+        t.split(separates)
+            .filter(|w| !w.is_empty())
+            .map(str::to_string)
+            .collect()
+    };
     let mut terms = Vec::new();
     let mut rest = q.trim();
     while !rest.is_empty() {
         if let Some(r) = rest.strip_prefix('"') {
             let (phrase, after) = r.split_once('"').unwrap_or((r, ""));
-            if !phrase.trim().is_empty() {
-                terms.push(format!("\"{}\"", phrase.replace('"', "\"\"")));
-            }
             rest = after.trim_start();
+            if !phrase.trim().is_empty() {
+                terms.push(Term {
+                    words: runs(phrase),
+                    prefix: false,
+                });
+            }
             continue;
         }
         let end = rest.find(char::is_whitespace).unwrap_or(rest.len());
         let word = &rest[..end];
         rest = rest[end..].trim_start();
-        let (w, prefix) = match word.strip_suffix('*') {
-            Some(w) => (w, true),
-            None => (word, false),
-        };
-        // The tokenizer splits words on ASCII punctuation: keep the word's runs as a phrase.
-        let cleaned: Vec<&str> = w.split(separates).filter(|s| !s.is_empty()).collect();
-        if cleaned.is_empty() {
-            continue;
+        let (w, prefix) = word.strip_suffix('*').map_or((word, false), |w| (w, true));
+        let words = runs(w);
+        if !words.is_empty() {
+            terms.push(Term { words, prefix });
         }
-        let phrase = format!("\"{}\"", cleaned.join(" "));
-        terms.push(if prefix { format!("{phrase}*") } else { phrase });
     }
+    terms
+}
+
+/// A full-text query in FTS5 syntax built from the user's words (never passed through raw).
+pub fn fts_query(q: &str) -> Option<String> {
+    let terms: Vec<String> = query_terms(q)
+        .iter()
+        .map(|t| {
+            let star = if t.prefix { "*" } else { "" };
+            format!("\"{}\"{star}", t.words.join(" "))
+        })
+        .collect();
     (!terms.is_empty()).then(|| terms.join(" AND "))
 }
 
@@ -173,35 +199,20 @@ fn words(text: &str) -> impl Iterator<Item = String> + '_ {
 /// FTS5 search built by [`fts_query`] does.
 pub fn text_matches(q: &str, text: &str) -> bool {
     let have: Vec<String> = words(text).collect();
-    let mut rest = q.trim();
-    while !rest.is_empty() {
-        let (term, prefix, after) = if let Some(r) = rest.strip_prefix('"') {
-            let (p, a) = r.split_once('"').unwrap_or((r, ""));
-            (p, false, a)
-        } else {
-            let end = rest.find(char::is_whitespace).unwrap_or(rest.len());
-            let w = &rest[..end];
-            let (w, p) = w.strip_suffix('*').map_or((w, false), |w| (w, true));
-            (w, p, &rest[end..])
+    query_terms(q).iter().all(|t| {
+        let want: Vec<String> = t.words.iter().map(|w| w.to_ascii_lowercase()).collect();
+        let Some((last, init)) = want.split_last() else {
+            return false;
         };
-        rest = after.trim_start();
-        let toks: Vec<String> = words(term).collect();
-        let Some((last, init)) = toks.split_last() else {
-            continue;
-        };
-        let found = have.windows(toks.len()).any(|w| {
+        have.windows(want.len()).any(|w| {
             w[..init.len()] == *init
-                && if prefix {
+                && if t.prefix {
                     w[init.len()].starts_with(last.as_str())
                 } else {
                     w[init.len()] == *last
                 }
-        });
-        if !found {
-            return false;
-        }
-    }
-    true
+        })
+    })
 }
 
 /// The text of an event that full-text search reads: the statement (or its normalised form)
@@ -511,7 +522,7 @@ pub fn search(path: &Path, f: &Filter) -> anyhow::Result<Page> {
             .map_err(|_| anyhow::anyhow!("before={b:?} is not a cursor from `next`"))?,
         None => i64::MAX,
     };
-    let rows = match f.q.as_deref().and_then(fts_query) {
+    let mut rows = match f.q.as_deref().and_then(fts_query) {
         None => {
             let sql = format!(
                 "SELECT e.idx, e.json FROM events e WHERE e.idx < ?{} {clause} \
@@ -535,7 +546,6 @@ pub fn search(path: &Path, f: &Filter) -> anyhow::Result<Page> {
             limit,
         )?,
     };
-    let mut rows = rows;
     let next = if rows.len() > limit {
         rows.truncate(limit);
         rows.last().map(|(i, _)| i.to_string())
@@ -544,8 +554,6 @@ pub fn search(path: &Path, f: &Filter) -> anyhow::Result<Page> {
     };
     Ok(Page { events: rows, next })
 }
-
-use rusqlite::types::Value as Val;
 
 /// `(index, json)` of a result row.
 fn row(r: &rusqlite::Row<'_>) -> rusqlite::Result<(u64, String)> {
@@ -639,10 +647,6 @@ fn search_text(
         n + 1,
         n + 2
     ))?;
-    let ids_json = |ids: &mut dyn Iterator<Item = i64>| {
-        let v: Vec<i64> = ids.collect();
-        serde_json::to_string(&v).unwrap_or_else(|_| "[]".into())
-    };
     let mut walks = [
         Walk {
             at: before,
@@ -669,7 +673,7 @@ fn search_text(
             if let Some(last) = ids.last() {
                 w.at = *last;
             }
-            let list = ids_json(&mut ids.into_iter());
+            let list = serde_json::to_string(&ids)?;
             let all = args.iter().cloned().chain([Val::Text(list)]);
             for r in check_filters.query_map(rusqlite::params_from_iter(all), row)? {
                 w.found.push(r?);
@@ -964,6 +968,8 @@ mod tests {
             "KILO zebra",
             "nothing",
             "foxt*",
+            "\"--\" kilo",
+            "-- kilo",
         ];
         for (user, decision) in filters {
             for q in queries {
@@ -1010,5 +1016,12 @@ mod tests {
         assert!(text_matches("lima", "SELECT Kilo_Lima"));
         assert!(text_matches("NAÏVE", "naÏve"));
         assert!(!text_matches("naïve", "NAÏVE"));
+        // A quoted phrase of punctuation alone matches nothing (as in FTS5); a bare one is no term.
+        assert_eq!(
+            fts_query("\"--\" kilo").as_deref(),
+            Some("\"\" AND \"kilo\"")
+        );
+        assert!(!text_matches("\"--\" kilo", "kilo"));
+        assert!(text_matches("-- kilo", "kilo"));
     }
 }
