@@ -184,6 +184,17 @@ impl<'a> DecisionEvent<'a> {
     }
 }
 
+/// The ids of the rules a logged decision event names (its `rules[].id`), in order.
+pub fn rule_ids(event: &Value) -> impl Iterator<Item = &str> {
+    event
+        .get("rules")
+        .and_then(Value::as_array)
+        .map(Vec::as_slice)
+        .unwrap_or_default()
+        .iter()
+        .filter_map(|r| r.get("id").and_then(Value::as_str))
+}
+
 /// SHA-256 of `data` as lowercase hex.
 pub fn sha256_hex(data: &[u8]) -> String {
     hex::encode(Sha256::digest(data))

@@ -94,13 +94,7 @@ impl AlertFilter {
             }
         }
         if !self.rules.is_empty() {
-            let ids = event
-                .get("rules")
-                .and_then(Value::as_array)
-                .map(Vec::as_slice)
-                .unwrap_or_default()
-                .iter()
-                .filter_map(|r| r.get("id").and_then(Value::as_str));
+            let ids = parapet_gateway::events::rule_ids(event);
             let mut hit = false;
             for id in ids {
                 if self.rules.iter().any(|p| match p.strip_suffix('*') {

@@ -103,14 +103,7 @@ pub fn slack_text(item: &Item) -> String {
     let mut line = String::from("parapet: ");
     if kind == "decision" {
         let decision = field("decision").unwrap_or("?").to_uppercase();
-        let rules: Vec<&str> = e
-            .get("rules")
-            .and_then(Value::as_array)
-            .map(Vec::as_slice)
-            .unwrap_or_default()
-            .iter()
-            .filter_map(|r| r.get("id").and_then(Value::as_str))
-            .collect();
+        let rules: Vec<&str> = parapet_gateway::events::rule_ids(e).collect();
         line.push_str(&format!("*{}*", excerpt(&decision, 16)));
         if !rules.is_empty() {
             line.push_str(&format!(" {}", excerpt(&rules.join(", "), 120)));

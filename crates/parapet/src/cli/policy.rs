@@ -372,15 +372,9 @@ fn replay(
                 guard.decide(sql, &input.context())
             }
         };
-        let old_rules: Vec<String> = event
-            .get("rules")
-            .and_then(Value::as_array)
-            .map(|a| {
-                a.iter()
-                    .filter_map(|r| r.get("id").and_then(Value::as_str).map(str::to_string))
-                    .collect()
-            })
-            .unwrap_or_default();
+        let old_rules: Vec<String> = parapet_gateway::events::rule_ids(&event)
+            .map(str::to_string)
+            .collect();
         match (blocks(old), blocks(new.verdict)) {
             (false, true) => {
                 rep.newly_blocked += 1;

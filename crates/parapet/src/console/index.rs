@@ -8,7 +8,7 @@
 //! target of their session. Tables come from the guard's analysis of the statement text, done
 //! here, off the gateway.
 
-use parapet_gateway::events::{Fed, TextReassembler};
+use parapet_gateway::events::{rule_ids, Fed, TextReassembler};
 use rusqlite::types::Value as Val;
 use rusqlite::{params, Connection, OpenFlags, OptionalExtension};
 use serde_json::Value;
@@ -449,15 +449,7 @@ impl Preparer {
                 self.sessions.remove(s);
             }
         }
-        let rules: Vec<String> = event
-            .get("rules")
-            .and_then(Value::as_array)
-            .map(|a| {
-                a.iter()
-                    .filter_map(|r| r.get("id").and_then(Value::as_str).map(str::to_string))
-                    .collect()
-            })
-            .unwrap_or_default();
+        let rules: Vec<String> = rule_ids(&event).map(str::to_string).collect();
         let sql = field(&event, "sql").or_else(|| field(&event, "normalized"));
         // The normalised text names the same tables as the statement (only literals differ).
         let shape = field(&event, "normalized").or_else(|| sql.clone());
