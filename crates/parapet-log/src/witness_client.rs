@@ -73,7 +73,7 @@ impl WitnessEndpoint {
     /// Trusts the CA certificates of PEM file `ca_file` (instead of the system's) for an
     /// `https://` witness; checks that the file holds at least one.
     pub fn with_ca_file(mut self, ca_file: &Path) -> Result<WitnessEndpoint, LogError> {
-        tls_connector(Some(ca_file))
+        tls_connector(Some(ca_file), WITNESS_CA_HINT)
             .map_err(|r| LogError::malformed(format!("witness {} ca_file", self.name), r))?;
         self.ca_file = Some(ca_file.to_path_buf());
         Ok(self)
@@ -83,12 +83,20 @@ impl WitnessEndpoint {
 /// The system's trusted CA certificates (Debian's bundle), for `https://` witnesses.
 pub const SYSTEM_ROOTS: &str = "/etc/ssl/certs/ca-certificates.crt";
 
-/// A TLS connector trusting the CAs of `ca_file` (default [`SYSTEM_ROOTS`]).
-fn tls_connector(ca_file: Option<&Path>) -> Result<tokio_rustls::TlsConnector, String> {
+/// How a witness's unreadable CA file is fixed.
+const WITNESS_CA_HINT: &str = "set ca_file for this witness";
+
+/// A TLS client connector trusting the CAs of `ca_file` (default [`SYSTEM_ROOTS`]), for the
+/// witnesses and for any other HTTPS client of Parapet (the alerts); `hint` ends the message of
+/// an unreadable file (e.g. "set ca_file for this witness").
+pub fn tls_connector(
+    ca_file: Option<&Path>,
+    hint: &str,
+) -> Result<tokio_rustls::TlsConnector, String> {
     let path = ca_file.unwrap_or(Path::new(SYSTEM_ROOTS));
     let pem = fs::read(path).map_err(|e| {
         format!(
-            "cannot read the CA certificates {}: {e} (set ca_file for this witness)",
+            "cannot read the CA certificates {}: {e} ({hint})",
             path.display()
         )
     })?;
@@ -840,7 +848,7 @@ async fn connect(t: &Target, ca_file: Option<&Path>) -> Result<Conn, String> {
     }
     let name = rustls::pki_types::ServerName::try_from(host.to_string())
         .map_err(|e| format!("{host:?} is not a TLS server name: {e}"))?;
-    let tls = tls_connector(ca_file)?
+    let tls = tls_connector(ca_file, WITNESS_CA_HINT)?
         .connect(name, stream)
         .await
         .map_err(|e| format!("TLS with {host}:{port} failed: {e}"))?;

@@ -8,12 +8,11 @@
 use base64::Engine;
 use http_body_util::{BodyExt, Full, Limited};
 use std::path::Path;
-use std::sync::Arc;
 use std::time::Duration;
 use tokio_rustls::rustls;
 
 /// The system's trusted CA certificates (Debian's bundle), the default for `https://`.
-pub const SYSTEM_ROOTS: &str = "/etc/ssl/certs/ca-certificates.crt";
+pub use parapet_log::witness_client::SYSTEM_ROOTS;
 
 /// Longest one request may take, connection and answer included.
 pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
@@ -120,33 +119,10 @@ impl Target {
     }
 }
 
-/// A TLS connector trusting the CAs of `ca_file` (default [`SYSTEM_ROOTS`]).
+/// A TLS connector trusting the CAs of `ca_file` (default [`SYSTEM_ROOTS`]): the witness
+/// client's, with the alerts' hint.
 pub fn tls_connector(ca_file: Option<&Path>) -> Result<tokio_rustls::TlsConnector, String> {
-    let path = ca_file.unwrap_or(Path::new(SYSTEM_ROOTS));
-    let pem = std::fs::read(path).map_err(|e| {
-        format!(
-            "cannot read the CA certificates {}: {e} (set ca_file)",
-            path.display()
-        )
-    })?;
-    let mut roots = rustls::RootCertStore::empty();
-    for cert in rustls_pemfile::certs(&mut pem.as_slice()) {
-        let cert = cert.map_err(|e| format!("{}: {e}", path.display()))?;
-        roots
-            .add(cert)
-            .map_err(|e| format!("{}: {e}", path.display()))?;
-    }
-    if roots.is_empty() {
-        return Err(format!("{}: no PEM certificate found", path.display()));
-    }
-    let config = rustls::ClientConfig::builder_with_provider(Arc::new(
-        rustls::crypto::aws_lc_rs::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()
-    .map_err(|e| e.to_string())?
-    .with_root_certificates(roots)
-    .with_no_client_auth();
-    Ok(tokio_rustls::TlsConnector::from(Arc::new(config)))
+    parapet_log::witness_client::tls_connector(ca_file, "set ca_file")
 }
 
 /// A client for one receiver, keeping its connection open between requests.
@@ -319,6 +295,7 @@ impl Client {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::sync::Arc;
 
     #[test]
     fn urls_are_http_or_https_with_a_host_and_errors_do_not_repeat_them() {
