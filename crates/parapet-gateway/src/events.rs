@@ -536,6 +536,7 @@ mod tests {
             normalized,
             fingerprint: None,
             statements: Vec::new(),
+            limits: Vec::new(),
         }
     }
 

@@ -129,5 +129,6 @@ fn failed(guard: &Guard) -> Decision {
         normalized: None,
         fingerprint: None,
         statements: Vec::new(),
+        limits: Vec::new(),
     }
 }

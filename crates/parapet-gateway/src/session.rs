@@ -1327,6 +1327,7 @@ impl Frontend<'_> {
             normalized: None,
             fingerprint: None,
             statements: Vec::new(),
+            limits: Vec::new(),
         };
         let ev = DecisionEvent::new(self.info, "function", None, &d, None);
         Pre {

@@ -24,6 +24,21 @@ use std::sync::{Arc, OnceLock};
 /// The built-in functions (see `gen/builtin_catalog.py`).
 const BUILTIN_DATA: &str = include_str!("../data/builtin_catalog.tsv");
 
+/// Built-in functions that write large objects (rows of `pg_largeobject`, which no command tag
+/// counts).
+const LARGE_OBJECT_WRITERS: &[&str] = &[
+    "lo_create",
+    "lo_creat",
+    "lo_import",
+    "lo_unlink",
+    "lo_put",
+    "lo_from_bytea",
+    "lo_truncate",
+    "lo_truncate64",
+    "lowrite",
+    "lo_open",
+];
+
 /// Oids below this are the server's own (initdb's); user objects get larger ones.
 const FIRST_NORMAL_OID: u32 = 16384;
 
@@ -43,8 +58,11 @@ const MAX_REACH: usize = 10_000;
 ///   transition, moving inverse and moving final function oids (`0`: none);
 /// * `operator`: oid, schema, name, function, restriction estimator, join estimator;
 /// * `cast`: oid, target type schema, target type name, function;
-/// * `type`: oid, schema, name, input, output, receive, send, typmod_in, typmod_out, analyze.
-pub const LOAD_QUERY: &str = r#"WITH ops AS (
+/// * `type`: oid, schema, name, input, output, receive, send, typmod_in, typmod_out, analyze;
+/// * `relation`: oid, schema, name, and why a write to it may change rows elsewhere (a
+///   trigger, a non-SELECT rule or a cascading foreign-key action on it, or on one of its
+///   partitions or inheritance children).
+pub const LOAD_QUERY: &str = r#"WITH RECURSIVE ops AS (
   SELECT o.oid, n.nspname, o.oprname, o.oprcode::oid AS f1, o.oprrest::oid AS f2, o.oprjoin::oid AS f3
   FROM pg_catalog.pg_operator o JOIN pg_catalog.pg_namespace n ON n.oid = o.oprnamespace
   WHERE o.oid >= 16384
@@ -64,6 +82,16 @@ pub const LOAD_QUERY: &str = r#"WITH ops AS (
          t.typmodout::oid AS f6, t.typanalyze::oid AS f7
   FROM pg_catalog.pg_type t JOIN pg_catalog.pg_namespace n ON n.oid = t.typnamespace
   WHERE t.oid >= 16384 AND t.typtype = 'b' AND t.typinput <> 'pg_catalog.array_in'::pg_catalog.regproc
+), effects AS (
+  SELECT t.tgrelid AS rel, CASE WHEN t.tgisinternal THEN 'foreign key action ' ELSE 'trigger ' END
+         || t.tgname::text AS why
+  FROM pg_catalog.pg_trigger t JOIN pg_catalog.pg_proc p ON p.oid = t.tgfoid
+  WHERE NOT t.tgisinternal OR p.proname IN ('RI_FKey_cascade_del', 'RI_FKey_cascade_upd',
+    'RI_FKey_setnull_del', 'RI_FKey_setnull_upd', 'RI_FKey_setdefault_del', 'RI_FKey_setdefault_upd')
+  UNION SELECT r.ev_class, 'rule ' || r.rulename::text FROM pg_catalog.pg_rewrite r WHERE r.ev_type <> '1'
+), reached(rel, why) AS (
+  SELECT rel, why FROM effects
+  UNION SELECT i.inhparent, e.why FROM pg_catalog.pg_inherits i JOIN reached e ON i.inhrelid = e.rel
 ), used AS (
   SELECT unnest(ARRAY[f1, f2, f3]) AS f FROM ops
   UNION SELECT unnest(ARRAY[f1, f2, f3, f4, f5, f6, f7, f8]) FROM aggs
@@ -86,7 +114,11 @@ UNION ALL SELECT 'operator', oid::text, nspname::text, oprname::text, f1::text, 
 UNION ALL SELECT 'cast', oid::text, nspname::text, typname::text, f1::text, NULL, NULL, NULL,
   NULL, NULL, NULL FROM casts
 UNION ALL SELECT 'type', oid::text, nspname::text, typname::text, f1::text, f2::text, f3::text,
-  f4::text, f5::text, f6::text, f7::text FROM types"#;
+  f4::text, f5::text, f6::text, f7::text FROM types
+UNION ALL SELECT 'relation', c.oid::text, n.nspname::text, c.relname::text, e.why, NULL, NULL,
+  NULL, NULL, NULL, NULL
+FROM reached e JOIN pg_catalog.pg_class c ON c.oid = e.rel
+JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace"#;
 
 /// Errors building a catalog from [`LOAD_QUERY`] rows.
 #[derive(Debug, thiserror::Error)]
@@ -137,6 +169,10 @@ pub struct Catalog {
     reach: HashMap<String, Arc<Reached>>,
     /// Number of operators, aggregates, casts and types of the target.
     objects: usize,
+    /// Relations a write to which may change rows elsewhere (triggers, rules, cascading
+    /// foreign keys, on them or on their partitions and children), by bare name:
+    /// (schema, why).
+    effects: HashMap<String, Vec<(String, String)>>,
 }
 
 impl std::fmt::Debug for Catalog {
@@ -163,6 +199,8 @@ struct Builder {
     /// Functions of each type name (bare and qualified): casts into it and its I/O.
     types: HashMap<String, Vec<u32>>,
     objects: usize,
+    /// Relations a write to which may change rows elsewhere, by bare name: (schema, why).
+    effects: HashMap<String, Vec<(String, String)>>,
 }
 
 /// What a body or object refers to.
@@ -296,6 +334,7 @@ impl Builder {
             by_name: self.by_name,
             reach,
             objects: self.objects,
+            effects: self.effects,
         }
     }
 
@@ -512,6 +551,16 @@ impl Catalog {
                     link(&mut b.types, schema, name, &fs);
                     b.objects += 1;
                 }
+                "relation" => {
+                    let (schema, name, why) = match (col(2), col(3), col(4)) {
+                        (Some(s), Some(n), Some(w)) => (s, n, w),
+                        _ => return Err(bad("relation without schema, name or cause")),
+                    };
+                    b.effects
+                        .entry(name.to_string())
+                        .or_default()
+                        .push((schema.to_string(), why.to_string()));
+                }
                 other => return Err(bad(&format!("unknown tag {other:?}"))),
             }
         }
@@ -544,6 +593,48 @@ impl Catalog {
     /// Number of functions known (built-in and the target's).
     pub fn function_count(&self) -> usize {
         self.funcs.len()
+    }
+
+    /// Why a write to `table` (`schema.name` as in the facts) may change rows that its command
+    /// tag does not count: a trigger, a rule or a cascading foreign key on it or on one of its
+    /// partitions or children. A table written as `public.name` may have been named without a
+    /// schema, so a relation of that name in any schema counts. `None`: nothing known.
+    pub fn write_effect(&self, table: &str) -> Option<String> {
+        let (schema, name) = table.rsplit_once('.').unwrap_or(("public", table));
+        let found = self.effects.get(name)?;
+        found
+            .iter()
+            .find(|(s, _)| schema == "public" || s == schema)
+            .map(|(s, why)| format!("{why} on {s}.{name}"))
+    }
+
+    /// A function among `facts.functions` (expanded: what calls, operators and casts reach)
+    /// that may change rows no command tag counts: any function of the target's own (its body
+    /// may write), any function not in the catalog, and the built-in large-object writers.
+    pub fn writing_function(&self, facts: &FactsData) -> Option<String> {
+        facts
+            .functions
+            .iter()
+            .find(|f| {
+                let (schema, name) = match f.rsplit_once('.') {
+                    Some((s, n)) => (Some(s), n),
+                    None => (None, f.as_str()),
+                };
+                let Some(ix) = self.by_name.get(name) else {
+                    return true;
+                };
+                let mut candidates = ix
+                    .iter()
+                    .map(|&i| &self.funcs[i])
+                    .filter(|x| schema.is_none_or(|s| x.schema == s))
+                    .peekable();
+                if candidates.peek().is_none() {
+                    return true;
+                }
+                candidates.any(|x| x.oid >= FIRST_NORMAL_OID)
+                    || LARGE_OBJECT_WRITERS.contains(&name)
+            })
+            .cloned()
     }
 
     /// Whether a function of this bare name is known.

@@ -8,7 +8,7 @@ use crate::analyze::facts::FactsData;
 use crate::analyze::Analysis;
 use crate::policy::CompiledPolicies;
 use crate::prefilter::Prefilter;
-use crate::{Decision, Mode, RequestContext, RuleHit, Verdict};
+use crate::{Decision, Mode, RequestContext, RowLimit, RuleHit, Verdict};
 use cedar_policy::{
     Authorizer, Context, Entities, Entity, EntityId, EntityTypeName, EntityUid, Policy, PolicySet,
     Request, RestrictedExpression,
@@ -96,6 +96,38 @@ pub(crate) fn cache_key(generation: u64, minute: u64, ctx: &RequestContext, sql:
     k.push('\u{1f}');
     k.push_str(sql);
     k
+}
+
+/// Why the rows a statement under a row limit changes (or returns) cannot all be counted by
+/// its command tag; `None` when they can: a SELECT, INSERT, UPDATE, DELETE or MERGE that is the
+/// only write — no data-modifying statement nested in it, no function that may write, and no
+/// trigger, rule or cascading foreign key on a table it writes (per the target's catalog).
+fn uncountable(st: &FactsData, catalog: &crate::catalog::Catalog) -> Option<String> {
+    if !matches!(
+        st.kind.as_str(),
+        "select" | "insert" | "update" | "delete" | "merge"
+    ) {
+        return Some(format!(
+            "a {} statement has no row count the gateway can check",
+            st.kind
+        ));
+    }
+    if st.nested_write {
+        return Some("it nests a data-modifying statement (INSERT, UPDATE, DELETE or MERGE in a WITH), whose rows the command tag does not count".into());
+    }
+    if let Some(f) = catalog.writing_function(st) {
+        return Some(format!(
+            "it calls {f}(), which may change rows the command tag does not count"
+        ));
+    }
+    if crate::analyze::facts::is_write_kind(&st.kind) {
+        if let Some(why) = st.writes.iter().find_map(|t| catalog.write_effect(t)) {
+            return Some(format!(
+                "a write there may change more rows than the command tag counts ({why})"
+            ));
+        }
+    }
+    None
 }
 
 fn severity(v: Verdict) -> u8 {
@@ -213,8 +245,14 @@ impl Engine {
             });
         }
         let count = analysis.statements.len();
+        let mut limits: Vec<RowLimit> = Vec::new();
         for (i, st) in analysis.statements.iter().enumerate() {
-            for hit in self.judge(st, ctx, minute, i, count) {
+            let (hits, limit) = self.judge(st, ctx, minute, i, count);
+            if let Some(mut l) = limit {
+                l.statement = i;
+                limits.push(l);
+            }
+            for hit in hits {
                 let v = verdict_of(hit.mode);
                 if severity(v) > severity(verdict) {
                     verdict = v;
@@ -225,11 +263,42 @@ impl Engine {
                 }
             }
         }
+        if matches!(verdict, Verdict::Allow | Verdict::Monitor) && !limits.is_empty() {
+            // A limit is enforced by counting rows; what cannot be counted is refused.
+            let catalog = ctx.catalog();
+            let uncountable = limits.iter().find_map(|l| {
+                let st = analysis.statements.get(l.statement)?;
+                uncountable(st, &catalog).map(|why| (l, why))
+            });
+            let controls = analysis.statements.len() > 1
+                && analysis
+                    .statements
+                    .iter()
+                    .any(|s| matches!(s.kind.as_str(), "transaction" | "copy"));
+            let uncountable = uncountable.or_else(|| {
+                controls.then(|| (&limits[0], "the message also holds transaction control or COPY, and a message with a limited statement runs in a transaction the gateway controls; send those as messages of their own".to_string()))
+            });
+            if let Some((l, why)) = uncountable {
+                verdict = Verdict::Deny;
+                rules = vec![RuleHit {
+                    id: l.rule.clone(),
+                    mode: Mode::Enforce,
+                    reason: format!(
+                        "{}: at most {} rows, but {why}, so the gateway cannot count the rows it changes; denied",
+                        l.reason, l.max_rows
+                    ),
+                }];
+            }
+        }
+        if !matches!(verdict, Verdict::Allow | Verdict::Monitor) {
+            limits.clear();
+        }
         let reason = rules.first().map(|r| r.reason.clone()).unwrap_or_default();
         Decision {
             verdict,
             rules,
             reason,
+            limits,
             policy_hash: self.policies.hash.clone(),
             normalized: analysis.normalized.clone(),
             fingerprint: analysis.fingerprint.clone(),
@@ -238,7 +307,8 @@ impl Engine {
     }
 
     /// Every rule hit for one statement (engine rules for what could not be analysed, else the
-    /// satisfied forbid policies). A policy that fails to evaluate counts as satisfied
+    /// satisfied forbid policies), and the smallest row limit of the satisfied `@max_rows`
+    /// rules (which are not hits). A policy that fails to evaluate counts as satisfied
     /// (fail closed).
     fn judge(
         &self,
@@ -247,9 +317,9 @@ impl Engine {
         minute: u64,
         index: usize,
         count: usize,
-    ) -> Vec<RuleHit> {
+    ) -> (Vec<RuleHit>, Option<RowLimit>) {
         if !facts.problems.is_empty() {
-            return facts
+            let hits = facts
                 .problems
                 .iter()
                 .map(|p| RuleHit {
@@ -258,36 +328,55 @@ impl Engine {
                     reason: p.reason.clone(),
                 })
                 .collect();
+            return (hits, None);
         }
         if self.policies.rules.is_empty() {
-            return Vec::new();
+            return (Vec::new(), None);
         }
         // Only rules whose prefilter allows a match are evaluated; a skipped rule would have
         // evaluated to false without error (see `prefilter`), so the hits are the same.
         let (mask, any) = self.candidates(facts, ctx);
         if !any && self.context_builds(ctx) {
-            return Vec::new();
+            return (Vec::new(), None);
         }
         let (request, entities) = match self.request(facts, ctx, minute, index, count) {
             Ok(x) => x,
             Err(e) => {
-                return vec![RuleHit {
+                let hit = RuleHit {
                     id: "parapet.request-error".into(),
                     mode: Mode::Enforce,
                     reason: format!(
                         "the request could not be built for policy evaluation ({e}); denied"
                     ),
-                }]
+                };
+                return (vec![hit], None);
             }
         };
         let set = self.subset(mask);
         let response = self.authorizer.is_authorized(&request, &set, &entities);
         let mut hits = Vec::new();
+        let mut limit: Option<RowLimit> = None;
+        // A satisfied `@max_rows` rule limits instead of refusing; the smallest limit wins.
+        let mut limit_by = |meta: &crate::policy::RuleMeta, n: u64| {
+            if limit.as_ref().is_none_or(|l| n < l.max_rows) {
+                limit = Some(RowLimit {
+                    statement: index,
+                    max_rows: n,
+                    rule: meta.id.clone(),
+                    reason: meta.reason.clone(),
+                    write: crate::analyze::facts::is_write_kind(&facts.kind),
+                });
+            }
+        };
         // Cedar reports satisfied rules in no particular order: use the order of the sources.
         let mut satisfied: Vec<&cedar_policy::PolicyId> = response.diagnostics().reason().collect();
         satisfied.sort_by_key(|pid| source_order(pid));
         for pid in satisfied {
             if let Some(meta) = self.policies.rules.get(pid) {
+                if let Some(n) = meta.max_rows {
+                    limit_by(meta, n);
+                    continue;
+                }
                 hits.push(RuleHit {
                     id: meta.id.clone(),
                     mode: meta.mode,
@@ -298,6 +387,11 @@ impl Engine {
         for err in response.diagnostics().errors() {
             let cedar_policy::AuthorizationError::PolicyEvaluationError(e) = err;
             if let Some(meta) = self.policies.rules.get(e.policy_id()) {
+                if let Some(n) = meta.max_rows {
+                    // Treated as matched: the limit applies.
+                    limit_by(meta, n);
+                    continue;
+                }
                 hits.push(RuleHit {
                     id: meta.id.clone(),
                     mode: meta.mode,
@@ -309,7 +403,7 @@ impl Engine {
                 });
             }
         }
-        hits
+        (hits, limit)
     }
 
     fn request(

@@ -4,7 +4,7 @@
 //! may add fields/functions, but must not rename or remove these):
 //! [`Guard::load`], [`Guard::reload`], [`Guard::policy_hash`], [`Guard::decide`],
 //! [`PolicySource`], [`RequestContext`], [`Decision`], [`Verdict`], [`RuleHit`], [`Mode`],
-//! [`PolicyReload`], [`GuardError`].
+//! [`PolicyReload`], [`GuardError`], [`RowLimit`].
 
 pub mod analyze;
 pub mod cache;
@@ -16,7 +16,7 @@ mod prefilter;
 pub use analyze::facts::{FactsData, Problem, StatementFacts};
 pub use analyze::limits::DEFAULT_MAX_STATEMENT_SIZE;
 pub use analyze::{analyze, Analysis};
-pub use policy::{PolicyDiagnostic, RuleMeta, DEFAULT_PACK, SCHEMA};
+pub use policy::{PolicyDiagnostic, RuleMeta, DEFAULT_PACK, MAX_ROWS_LIMIT, SCHEMA};
 
 use serde::Serialize;
 use std::path::PathBuf;
@@ -141,6 +141,34 @@ pub struct Decision {
     pub fingerprint: Option<String>,
     /// Facts of each statement (serialised as one JSON object per statement).
     pub statements: Vec<StatementFacts>,
+    /// The row limits of `@max_rows` rules on the statements of a forwarded message (`allow`
+    /// or `monitor`), at most one per statement (the smallest); empty otherwise.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub limits: Vec<RowLimit>,
+}
+
+impl Decision {
+    /// The smallest row limit on the message, if any.
+    pub fn max_rows(&self) -> Option<&RowLimit> {
+        self.limits.iter().min_by_key(|l| l.max_rows)
+    }
+}
+
+/// A row limit on one statement of a forwarded message (a satisfied `@max_rows("N")` rule): the
+/// gateway runs the statement so that a write changing more than `max_rows` rows is rolled back
+/// and refused, and a read returning more is stopped with an error.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, serde::Deserialize)]
+pub struct RowLimit {
+    /// Index of the statement in the message.
+    pub statement: usize,
+    /// Most rows it may change (a write) or return (a read).
+    pub max_rows: u64,
+    /// `@id` of the rule.
+    pub rule: String,
+    /// `@reason` of the rule.
+    pub reason: String,
+    /// Whether the statement is a write (INSERT, UPDATE, DELETE, MERGE) rather than a read.
+    pub write: bool,
 }
 
 /// Result of a successful reload.

@@ -66,6 +66,10 @@ pub struct RuleMeta {
     /// `@approvers("dba,security")`: the groups whose members may approve what this `review`
     /// rule holds (empty: the gateway's configured default approvers).
     pub approvers: Vec<String>,
+    /// `@max_rows("N")`: the rule does not deny what it matches but limits it to N rows
+    /// (changed, for a write; returned, for a read); the gateway enforces it (see
+    /// [`crate::RowLimit`]).
+    pub max_rows: Option<u64>,
     /// File the rule came from.
     pub file: String,
     /// Line of the rule in that file.
@@ -126,6 +130,17 @@ fn override_modes(
         let mut found = false;
         for meta in compiled.rules.values_mut().filter(|m| &m.id == id) {
             found = true;
+            if meta.max_rows.is_some() && *mode != Mode::Enforce {
+                errors.push(PolicyDiagnostic {
+                    file: "[policy] modes".into(),
+                    line: 0,
+                    column: 0,
+                    message: format!(
+                        "rule {id} has @max_rows, which limits rows instead of refusing, so it runs only as \"enforce\"; remove it from [policy] modes"
+                    ),
+                });
+                continue;
+            }
             meta.mode = *mode;
             if *mode != Mode::Review {
                 meta.approvers.clear();
@@ -254,6 +269,22 @@ fn compile_sources(sources: &[Source]) -> Result<CompiledPolicies, GuardError> {
                     groups
                 }
             };
+            let max_rows = match policy.annotation("max_rows") {
+                None => None,
+                Some(n) => match parse_max_rows(n) {
+                    Some(n) if mode == Mode::Enforce => Some(n),
+                    Some(_) => {
+                        diags.push(at(&src.name, &src.text, start,
+                            "@max_rows limits what a rule matches instead of refusing it, so it cannot be combined with @mode(\"monitor\") or @mode(\"review\"); remove the @mode"));
+                        continue;
+                    }
+                    None => {
+                        diags.push(at(&src.name, &src.text, start, &format!(
+                            "@max_rows(\"{n}\") is not a row count; give a whole number from 0 to {MAX_ROWS_LIMIT}, e.g. @max_rows(\"1000\")")));
+                        continue;
+                    }
+                },
+            };
             let internal = PolicyId::new(format!("{si}:{i}"));
             let renamed = policy.new_id(internal.clone());
             if let Err(e) = set.add(renamed) {
@@ -268,6 +299,7 @@ fn compile_sources(sources: &[Source]) -> Result<CompiledPolicies, GuardError> {
                     mode,
                     reason,
                     approvers,
+                    max_rows,
                     file: src.name.clone(),
                     line,
                 },
@@ -301,6 +333,25 @@ fn compile_sources(sources: &[Source]) -> Result<CompiledPolicies, GuardError> {
         rules,
         hash: hex::encode(h.finalize()),
     })
+}
+
+/// The largest `@max_rows` accepted (larger limits are no limit at all).
+pub const MAX_ROWS_LIMIT: u64 = 1_000_000_000_000;
+
+/// The row count of a `@max_rows("N")` annotation: a whole number, `_` allowed between digits.
+pub fn parse_max_rows(text: &str) -> Option<u64> {
+    let t = text.trim();
+    if t.is_empty()
+        || t.starts_with('_')
+        || t.ends_with('_')
+        || !t.bytes().all(|b| b.is_ascii_digit() || b == b'_')
+    {
+        return None;
+    }
+    t.replace('_', "")
+        .parse::<u64>()
+        .ok()
+        .filter(|&n| n <= MAX_ROWS_LIMIT)
 }
 
 /// The groups of an `@approvers("a, b")` annotation: comma-separated, trimmed, empty parts

@@ -244,3 +244,152 @@ fn a_real_catalog_reveals_aliases_operators_aggregates_and_wrappers() {
         .collect();
     assert!(names.len() > 2000 && missing.is_empty(), "{missing:?}");
 }
+
+/// `@max_rows` rules, decided with a real target's catalog: a statement is limited only when its
+/// command tag counts every row it changes; triggers, rules and cascading foreign keys (on the
+/// table, or on a partition or child of it) and functions of the target's own make it uncountable,
+/// so it is denied.
+#[test]
+fn row_limits_refuse_what_the_command_tag_does_not_count() {
+    let c = start_cluster();
+    c.psql(
+        "postgres",
+        r#"
+CREATE ROLE plain LOGIN;
+CREATE TABLE plain_t (id int PRIMARY KEY, v int);
+CREATE TABLE audited (id int PRIMARY KEY, v int);
+CREATE TABLE audit_trail (id int);
+CREATE FUNCTION public.note() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN INSERT INTO audit_trail VALUES (NEW.id); RETURN NEW; END $$;
+CREATE TRIGGER audited_note AFTER UPDATE ON audited FOR EACH ROW EXECUTE FUNCTION public.note();
+CREATE TABLE parent (id int PRIMARY KEY);
+CREATE TABLE child (id int, parent_id int REFERENCES parent (id) ON DELETE CASCADE);
+CREATE TABLE restricted_parent (id int PRIMARY KEY);
+CREATE TABLE restricted_child (id int, parent_id int REFERENCES restricted_parent (id));
+CREATE TABLE ruled (id int);
+CREATE RULE ruled_copy AS ON INSERT TO ruled DO ALSO INSERT INTO audit_trail VALUES (NEW.id);
+CREATE TABLE parted (id int, v int) PARTITION BY RANGE (id);
+CREATE TABLE parted_1 PARTITION OF parted FOR VALUES FROM (0) TO (100);
+CREATE TRIGGER parted_note AFTER UPDATE ON parted_1 FOR EACH ROW EXECUTE FUNCTION public.note();
+CREATE FUNCTION public.bump() RETURNS int LANGUAGE sql AS $$ UPDATE plain_t SET v = v + 1 RETURNING 1 $$;
+"#,
+    );
+    let rows = c.rows("plain", LOAD_QUERY);
+    assert!(rows.iter().all(|r| r.len() == 11), "{rows:?}");
+    let catalog = Arc::new(Catalog::from_rows(rows).expect("catalog rows"));
+    for (table, cause) in [
+        ("public.audited", "trigger audited_note"),
+        ("public.parent", "foreign key action"),
+        ("public.ruled", "rule ruled_copy"),
+        ("public.parted", "trigger parted_note"),
+        ("public.parted_1", "trigger parted_note"),
+    ] {
+        let why = catalog.write_effect(table);
+        assert!(
+            why.as_deref().is_some_and(|w| w.contains(cause)),
+            "{table}: {why:?}"
+        );
+    }
+    for table in [
+        "public.plain_t",
+        "public.restricted_parent",
+        "public.child",
+        "public.audit_trail",
+    ] {
+        assert_eq!(catalog.write_effect(table), None, "{table}");
+    }
+
+    let dir = tempfile::tempdir().expect("tempdir");
+    let rules = dir.path().join("limits.cedar");
+    std::fs::write(
+        &rules,
+        r#"
+@id("team.small-writes")
+@reason("writes change at most 10 rows")
+@max_rows("10")
+forbid (principal, action, resource)
+when { context.kinds.containsAny(["update", "delete", "insert", "merge"]) };
+
+@id("team.smaller-deletes")
+@reason("deletes change at most 5 rows")
+@max_rows("5")
+forbid (principal, action, resource)
+when { context.kind == "delete" };
+
+@id("team.small-reads")
+@reason("reads return at most 1_000 rows")
+@max_rows("1_000")
+forbid (principal, action, resource)
+when { context.kind == "select" && context.read_names.contains("public.plain_t") };
+"#,
+    )
+    .expect("write rules");
+    let guard = Guard::load(&PolicySource {
+        files: vec![rules],
+        default_pack: true,
+        modes: Default::default(),
+    })
+    .expect("rules load");
+    let target = ctx(Some(catalog));
+    let limited = |sql: &str| {
+        let d = guard.decide(sql, &target);
+        assert_eq!(d.verdict, Verdict::Allow, "{sql}: {d:?}");
+        let l = d
+            .max_rows()
+            .unwrap_or_else(|| panic!("{sql}: no limit: {d:?}"));
+        (l.max_rows, l.rule.clone(), l.write)
+    };
+    assert_eq!(
+        limited("UPDATE plain_t SET v = 1 WHERE id < 50"),
+        (10, "team.small-writes".to_string(), true)
+    );
+    // The smallest limit wins.
+    assert_eq!(
+        limited("DELETE FROM plain_t WHERE id > 3"),
+        (5, "team.smaller-deletes".to_string(), true)
+    );
+    assert_eq!(
+        limited("DELETE FROM restricted_parent WHERE id > 0"),
+        (5, "team.smaller-deletes".to_string(), true)
+    );
+    assert_eq!(
+        limited("SELECT * FROM plain_t"),
+        (1000, "team.small-reads".to_string(), false)
+    );
+    assert_eq!(
+        limited("INSERT INTO plain_t SELECT g, g FROM generate_series(1, 5) g"),
+        (10, "team.small-writes".to_string(), true)
+    );
+    let d = guard.decide("SELECT 1", &target);
+    assert!(d.limits.is_empty(), "{d:?}");
+
+    for (sql, why) in [
+        ("UPDATE audited SET v = 2 WHERE id > 0", "trigger audited_note"),
+        ("DELETE FROM parent WHERE id = 1", "foreign key action"),
+        ("INSERT INTO ruled VALUES (1)", "rule ruled_copy"),
+        ("UPDATE parted SET v = 1 WHERE id > 0", "trigger parted_note"),
+        (
+            "WITH gone AS (DELETE FROM audit_trail WHERE id > 0 RETURNING id) UPDATE plain_t SET v = 0 WHERE id IN (SELECT id FROM gone)",
+            "nests a data-modifying statement",
+        ),
+        (
+            "WITH x AS (UPDATE plain_t SET v = 3 WHERE id > 1 RETURNING id) UPDATE plain_t SET v = 4 WHERE id = 1",
+            "nests a data-modifying statement",
+        ),
+        ("UPDATE plain_t SET v = public.bump() WHERE id > 0", "public.bump"),
+        ("SELECT public.bump() FROM plain_t", "public.bump"),
+        (
+            "UPDATE plain_t SET v = 1 WHERE id = 1; COMMIT",
+            "transaction control",
+        ),
+        ("EXPLAIN ANALYZE UPDATE plain_t SET v = 1 WHERE id > 0", "has no row count"),
+    ] {
+        let d = guard.decide(sql, &target);
+        assert_eq!(d.verdict, Verdict::Deny, "{sql}: {d:?}");
+        assert!(d.limits.is_empty(), "{sql}: {d:?}");
+        assert!(
+            d.reason.contains(why) && d.reason.contains("cannot count"),
+            "{sql}: {}",
+            d.reason
+        );
+    }
+}

@@ -391,3 +391,43 @@ fn modes_override_a_rules_mode() {
         "{e:?}"
     );
 }
+
+/// `@max_rows` is read and checked: a whole number, on an enforced rule only, and not run in
+/// another mode by `[policy] modes`.
+#[test]
+fn max_rows_annotations_are_checked() {
+    let dir = tempfile::tempdir().unwrap();
+    let load = |text: &str, modes: Vec<(&str, Mode)>| {
+        let f = policy_file(&dir, "limits.cedar", text);
+        Guard::load(&PolicySource {
+            files: vec![f],
+            default_pack: false,
+            modes: modes
+                .into_iter()
+                .map(|(id, m)| (id.to_string(), m))
+                .collect(),
+        })
+    };
+    let g = load(
+        "@id(\"r\")\n@max_rows(\"25\")\nforbid(principal, action, resource) when { context.kind == \"update\" };\n",
+        vec![],
+    )
+    .unwrap();
+    assert_eq!(g.rule("r").unwrap().max_rows, Some(25));
+    let d = g.decide("UPDATE t SET a = 1", &ctx("a", &[], "prod"));
+    assert_eq!(d.verdict, Verdict::Allow);
+    assert!(d.rules.is_empty(), "a limit is not a refusing rule: {d:?}");
+    assert_eq!(d.max_rows().map(|l| l.max_rows), Some(25));
+    let json = serde_json::to_value(&d).unwrap();
+    assert_eq!(json["limits"][0]["max_rows"], 25);
+    for (text, modes, want) in [
+        ("@id(\"r\")\n@max_rows(\"ten\")\nforbid(principal, action, resource);\n", vec![], "not a row count"),
+        ("@id(\"r\")\n@max_rows(\"-1\")\nforbid(principal, action, resource);\n", vec![], "not a row count"),
+        ("@id(\"r\")\n@mode(\"review\")\n@max_rows(\"5\")\nforbid(principal, action, resource);\n", vec![], "cannot be combined"),
+        ("@id(\"r\")\n@mode(\"monitor\")\n@max_rows(\"5\")\nforbid(principal, action, resource);\n", vec![], "cannot be combined"),
+        ("@id(\"r\")\n@max_rows(\"5\")\nforbid(principal, action, resource);\n", vec![("r", Mode::Review)], "runs only as"),
+    ] {
+        let e = load(text, modes).unwrap_err();
+        assert!(format!("{e}").contains(want), "{text}: {e}");
+    }
+}

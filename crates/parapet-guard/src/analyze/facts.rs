@@ -94,6 +94,10 @@ pub struct FactsData {
     pub dynamic_sql: bool,
     /// Whether the statement has `$n` parameters.
     pub has_parameters: bool,
+    /// A data-modifying statement (INSERT, UPDATE, DELETE, MERGE) nested in this one, e.g. in a
+    /// `WITH`: rows it changes are not counted by the command tag.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub nested_write: bool,
     /// What could not be analysed (the statement is denied when non-empty).
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub problems: Vec<Problem>,
@@ -116,6 +120,11 @@ impl Serialize for StatementFacts {
     }
 }
 
+/// Whether a statement kind changes table rows (and its command tag counts them).
+pub fn is_write_kind(kind: &str) -> bool {
+    matches!(kind, "insert" | "update" | "delete" | "merge")
+}
+
 impl FactsData {
     /// Empty facts for a statement of `kind`.
     pub fn new(text: &str, kind: &str) -> Self {
@@ -130,6 +139,7 @@ impl FactsData {
     /// Merges the facts of a nested statement into these.
     pub fn absorb(&mut self, other: FactsData) {
         self.nested = true;
+        self.nested_write |= other.nested_write || is_write_kind(&other.kind);
         self.kinds.insert(other.kind);
         self.kinds.extend(other.kinds);
         self.reads.extend(other.reads);
@@ -164,7 +174,8 @@ impl FactsData {
     /// functions, operators, aggregates, casts or types: CREATE / ALTER / DROP / RENAME of
     /// functions, procedures, operators (classes, families), aggregates, casts, types, domains,
     /// extensions, schemas, languages, transforms and conversions, `ALTER … SET SCHEMA`, any
-    /// DROP, `DROP OWNED`, and a ROLLBACK (which may undo such a change). The gateway reloads the
+    /// DROP, `DROP OWNED`, CREATE TABLE, ALTER TABLE, CREATE TRIGGER and CREATE RULE (what a
+    /// write to a table reaches beyond it), and a ROLLBACK (which may undo such a change). The gateway reloads the
     /// target's catalog ([`crate::catalog::LOAD_QUERY`]) after such a statement. DDL run later
     /// by a function or procedure that a statement calls is not seen here.
     pub fn may_change_catalog(&self) -> bool {

@@ -599,6 +599,7 @@ impl<'a> Walker<'_, 'a> {
         let kind = kind_of(n);
         if !top {
             self.facts.nested = true;
+            self.facts.nested_write |= facts::is_write_kind(kind);
         }
         self.facts.kinds.insert(kind.to_string());
         if changes_catalog(n) {
@@ -1471,6 +1472,11 @@ fn changes_catalog(n: NodeRef<'_>) -> bool {
             | "AlterObjectSchemaStmt"
             | "DropStmt"
             | "DropOwnedStmt"
+            // What a write to a table may reach beyond it (see `Catalog::write_effect`).
+            | "CreateTrigStmt"
+            | "RuleStmt"
+            | "AlterTableStmt"
+            | "CreateStmt"
     )
 }
 
