@@ -145,6 +145,12 @@ pub struct DecisionEvent<'a> {
     /// or window that let it through (`allow`); see [`crate::approvals`].
     #[serde(skip_serializing_if = "Option::is_none")]
     pub approval: Option<crate::approvals::ApprovalRef>,
+    /// The smallest row limit (`@max_rows`) the statement runs under, if any.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_rows: Option<u64>,
+    /// The rule that set `max_rows`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_rows_rule: Option<&'a str>,
 }
 
 impl<'a> DecisionEvent<'a> {
@@ -180,6 +186,8 @@ impl<'a> DecisionEvent<'a> {
             policy_hash: &d.policy_hash,
             statement_name: statement_name.filter(|n| !n.is_empty()),
             approval: None,
+            max_rows: d.max_rows().map(|l| l.max_rows),
+            max_rows_rule: d.max_rows().map(|l| l.rule.as_str()),
         }
     }
 }

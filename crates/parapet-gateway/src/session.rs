@@ -37,12 +37,12 @@ use crate::shared::Shared;
 use crate::upstream::Upstream;
 use bytes::{Buf, BytesMut};
 use parapet_guard::catalog::{Catalog, LOAD_QUERY};
-use parapet_guard::{Decision, Mode, RequestContext, RuleHit, Verdict};
+use parapet_guard::{Decision, Mode, RequestContext, RowLimit, RuleHit, Verdict};
 use parapet_log::AppendTicket;
 use parking_lot::Mutex;
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::ops::Range;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadHalf, WriteHalf};
@@ -98,6 +98,8 @@ enum Expect {
         decision: Option<DecisionRef>,
         started: Instant,
         copies: Range<u64>,
+        /// Row limits on its statements: the backend half watches its reply ([`Watch`]).
+        limit: Option<LimitRun>,
     },
     /// A refused simple Query (or FunctionCall); the first ErrorResponse before ReadyForQuery is replaced.
     DenySimple { error: Vec<u8>, replaced: bool },
@@ -132,6 +134,8 @@ enum Expect {
         portal: String,
         started: Instant,
         copies: Range<u64>,
+        /// The row limit of its statement: the backend half watches its reply ([`Watch`]).
+        limit: Option<LimitRun>,
     },
     /// A Sync; ends at ReadyForQuery.
     Sync,
@@ -140,6 +144,71 @@ enum Expect {
     /// The gateway's own query of the catalog ([`crate::catalog`]); ends at ReadyForQuery.
     /// Its reply goes to the frontend half, not to the client.
     Catalog(tokio::sync::oneshot::Sender<crate::upstream::Reply>),
+}
+
+/// A statement forwarded under row limits (`@max_rows`), for the backend half to watch.
+#[derive(Debug)]
+struct LimitRun {
+    /// The limits, by statement of the message (an Execute's statement is statement 0).
+    limits: Arc<[RowLimit]>,
+    /// The decision that let it through (for the error's DETAIL).
+    decision: Option<DecisionRef>,
+    /// Told how it went: at ReadyForQuery (a simple Query; the ReadyForQuery is withheld for
+    /// the frontend half, which ends the transaction it opened) or at the Execute's answer.
+    report: tokio::sync::oneshot::Sender<LimitReport>,
+}
+
+/// How a statement under row limits went.
+#[derive(Debug)]
+struct LimitReport {
+    /// The limit was exceeded: the gateway's ErrorResponse, already sent for a simple Query;
+    /// the frontend half has the server raise an error in its place for an Execute.
+    over: Option<Vec<u8>>,
+    /// The status of the simple Query's (withheld) ReadyForQuery.
+    status: u8,
+}
+
+/// The backend half's watch over the reply to a statement under row limits: rows of a limited
+/// write are held until its command tag says how many rows it changed (RETURNING rows never
+/// reach the client before the count is known); rows of a limited read are passed on up to the
+/// limit. Past a limit, the rest of the reply is dropped.
+#[derive(Debug)]
+struct Watch {
+    run: LimitRun,
+    /// The statement of the message being answered (counted by CommandComplete).
+    stmt: usize,
+    /// Rows seen for it.
+    rows: u64,
+    /// Held DataRows.
+    held: BytesMut,
+    /// The limit was exceeded: the gateway's error.
+    over: Option<Vec<u8>>,
+}
+
+impl Watch {
+    fn limit(&self) -> Option<&RowLimit> {
+        self.run.limits.iter().find(|l| l.statement == self.stmt)
+    }
+}
+
+/// The gateway's error for a statement past its row limit (SQLSTATE 42501), naming the rule,
+/// the count and the audit entry of its decision.
+fn over_limit(l: &RowLimit, rows: u64, index: Option<u64>) -> (Vec<u8>, String) {
+    let message = if l.write {
+        format!(
+            "parapet: blocked by {}: {rows} rows affected, limit {}; nothing was changed",
+            l.rule, l.max_rows
+        )
+    } else {
+        format!(
+            "parapet: blocked by {}: more than {} rows returned, limit {}; the result was stopped",
+            l.rule, l.max_rows, l.max_rows
+        )
+    };
+    let detail = index.map(|i| format!("parapet audit entry {i}"));
+    let mut out = BytesMut::new();
+    backend::error("42501", &message, detail.as_deref(), false, &mut out);
+    (out.to_vec(), message)
 }
 
 impl Expect {
@@ -230,6 +299,9 @@ struct Progress {
     catalog_at: AtomicU64,
     /// The frontend half owes [`CatalogSlot::end_reread`].
     owed: std::sync::atomic::AtomicBool,
+    /// The transaction status of the server's last ReadyForQuery (`I`, `T` or `E`; 0 before
+    /// the first).
+    status: AtomicU8,
 }
 
 impl Progress {
@@ -321,7 +393,10 @@ where
     let (tx, rx) = mpsc::unbounded_channel();
     let (notices, notices_rx) = mpsc::unbounded_channel();
     let copy = Arc::new(CopyTrack::default());
-    let progress = Arc::new(Progress::default());
+    let progress = Arc::new(Progress {
+        status: AtomicU8::new(b'I'),
+        ..Progress::default()
+    });
     let mut ctx = info.request_context();
     ctx.catalog = Some(catalog);
     let mut front = Frontend {
@@ -348,6 +423,9 @@ where
         record_params: shared.config.statement_text == crate::config::StatementText::Full,
         reason: Mutex::new(None),
         notices,
+        ext_open: false,
+        limited_stmts: HashMap::new(),
+        limited_portals: HashMap::new(),
     };
     let mut back = Backend {
         shared: &shared,
@@ -370,6 +448,7 @@ where
         catalog_reply: None,
         catalog_slot: front.catalog_slot.clone(),
         notices: notices_rx,
+        watch: None,
     };
     let res = tokio::select! {
         r = front.run(&mut client_r, &mut up_w) => r,
@@ -422,6 +501,13 @@ where
 
 /// Client → server half.
 struct Frontend<'a> {
+    /// Extended-protocol messages were sent since the last Sync or Query (the server has not
+    /// reported its transaction status since).
+    ext_open: bool,
+    /// Prepared statements under a row limit, by name.
+    limited_stmts: HashMap<String, RowLimit>,
+    /// Portals of such statements.
+    limited_portals: HashMap<String, RowLimit>,
     shared: &'a Shared,
     info: &'a SessionInfo,
     ctx: RequestContext,
@@ -465,9 +551,13 @@ struct Frontend<'a> {
     notices: mpsc::UnboundedSender<Vec<u8>>,
 }
 
+/// The row limits of a forwarded message (`None`: none).
+type Limits = Option<Arc<[RowLimit]>>;
+
 enum Judged {
-    /// Forward it; it may start this many COPY FROM STDIN; the barrier it raises.
-    Forward(DecisionRef, u32, Raise),
+    /// Forward it; it may start this many COPY FROM STDIN; the barrier it raises; the row
+    /// limits it runs under.
+    Forward(DecisionRef, u32, Raise, Limits),
     Refuse(Vec<u8>),
 }
 
@@ -566,6 +656,25 @@ impl Frontend<'_> {
                 let judged = match pre {
                     Some(p) => Some(self.settle_pre(p).await?),
                     None => self.cross_barrier(&m, &mut out, w).await?,
+                };
+                let judged = match (judged, &m) {
+                    (
+                        Some(Judged::Forward(d, _, _, Some(limits))),
+                        FrontendMessage::Query { .. },
+                    ) if !self.discard => {
+                        match self.limited_query(msg, d, limits, &mut out, w).await? {
+                            None => continue,
+                            Some(j) => Some(j),
+                        }
+                    }
+                    (j, FrontendMessage::Execute { portal })
+                        if !self.discard && self.limited_portals.contains_key(*portal) =>
+                    {
+                        self.limited_execute(msg, portal, &mut out, w).await?;
+                        let _ = j;
+                        continue;
+                    }
+                    (j, _) => j,
                 };
                 let terminate = self.handle(msg, m, judged, &mut out).await?;
                 if terminate {
@@ -783,6 +892,169 @@ impl Frontend<'_> {
         }
     }
 
+    /// Runs a simple Query under row limits (`@max_rows`) in a transaction the gateway controls,
+    /// so that what a statement past its limit changed is undone before anything commits:
+    /// outside a transaction block, in a block it opens (`BEGIN`) and ends itself (`COMMIT`,
+    /// or `ROLLBACK` past a limit); inside the client's block, under a savepoint it releases
+    /// (or rolls back to, then fails the block as any error would). Everything sent before is
+    /// answered first, so the transaction status is known. The backend half watches the reply
+    /// ([`Watch`]) and withholds its ReadyForQuery, which is sent here once the transaction is
+    /// settled. In a failed block the Query goes as it is (the server refuses it). Returns the
+    /// judgment to handle as usual, or `None` when it has been dealt with.
+    async fn limited_query<W: AsyncWrite + Unpin>(
+        &mut self,
+        msg: &[u8],
+        d: DecisionRef,
+        limits: Arc<[RowLimit]>,
+        out: &mut BytesMut,
+        w: &mut W,
+    ) -> Result<Option<Judged>, SessionError> {
+        if self.ext_open {
+            // The server has not said whether extended-protocol messages before it opened a
+            // transaction, and a Query would commit theirs: refused (fail closed).
+            let mut error = BytesMut::new();
+            backend::error(
+                "42501",
+                "parapet: a statement under a row limit (@max_rows) cannot follow extended-protocol messages before their Sync; send Sync first",
+                d.index().map(|i| format!("parapet audit entry {i}")).as_deref(),
+                false,
+                &mut error,
+            );
+            return Ok(Some(Judged::Refuse(error.to_vec())));
+        }
+        w.write_all(out).await?;
+        out.clear();
+        self.progress.reach(self.sent.load(Ordering::Relaxed)).await;
+        let status = self.progress.status.load(Ordering::SeqCst);
+        if status == b'E' {
+            return Ok(Some(Judged::Forward(d, 0, Raise::default(), None)));
+        }
+        // The unnamed statement and portal go, as for any Query.
+        for set in [&mut self.copy_stmts, &mut self.copy_portals] {
+            set.remove("");
+        }
+        self.barrier_stmts.remove("");
+        self.barrier_portals.remove("");
+        self.limited_stmts.remove("");
+        self.limited_portals.remove("");
+        let in_block = status == b'T';
+        let (open_tx, _opened) = tokio::sync::oneshot::channel();
+        self.expect(Expect::Catalog(open_tx))?;
+        frontend::query(
+            if in_block {
+                "SAVEPOINT parapet_limit"
+            } else {
+                "BEGIN"
+            },
+            out,
+        );
+        let (report_tx, report_rx) = tokio::sync::oneshot::channel();
+        self.expect(Expect::Query {
+            decision: Some(d.clone()),
+            started: Instant::now(),
+            copies: 0..0,
+            limit: Some(LimitRun {
+                limits,
+                decision: Some(d),
+                report: report_tx,
+            }),
+        })?;
+        out.extend_from_slice(msg);
+        w.write_all(out).await?;
+        out.clear();
+        let report = report_rx
+            .await
+            .map_err(|_| SessionError::Upstream("session relay stopped".into()))?;
+        let failed = report.status == b'E';
+        let end: Vec<String> = match (in_block, report.over.is_some(), failed) {
+            (false, false, false) => vec!["COMMIT".into()],
+            (false, _, _) => vec!["ROLLBACK".into()],
+            (true, false, false) => vec!["RELEASE SAVEPOINT parapet_limit".into()],
+            // Undone at once (its locks released too), then the block fails as on any error
+            // (a text that fails in the grammar; alone, as it fails the whole string it is in).
+            (true, true, _) => vec![
+                "ROLLBACK TO SAVEPOINT parapet_limit; RELEASE SAVEPOINT parapet_limit".into(),
+                refusal_text().0,
+            ],
+            // The client's own error failed the block: it stays failed, as without the gateway.
+            (true, false, true) => Vec::new(),
+        };
+        let mut tail = BytesMut::new();
+        let mut status = report.status;
+        for q in end {
+            let (tx, rx) = tokio::sync::oneshot::channel();
+            self.expect(Expect::Catalog(tx))?;
+            frontend::query(&q, out);
+            w.write_all(out).await?;
+            out.clear();
+            let reply = rx
+                .await
+                .map_err(|_| SessionError::Upstream("session relay stopped".into()))?;
+            if let (None, Some(e)) = (&report.over, &reply.error) {
+                // The commit itself failed (a deferred constraint, say): the client sees why.
+                let code = reply.sqlstate.as_deref().unwrap_or("XX000");
+                backend::error(code, e, None, false, &mut tail);
+            }
+            status = reply.status;
+        }
+        backend::ready_for_query(status, &mut tail);
+        let _ = self.notices.send(tail.to_vec());
+        Ok(None)
+    }
+
+    /// Runs an Execute of a statement under a row limit: sent with a Flush, everything before
+    /// it answered; the backend half watches the reply ([`Watch`]). Past the limit, the server
+    /// is made to fail in its place (a Parse that fails in the grammar, under a name of the
+    /// gateway's own), so the transaction — the client's block, or the implicit one that
+    /// commits only at Sync — fails as it would on any error, and nothing is committed; the
+    /// client sees the gateway's error and what follows up to Sync is skipped.
+    async fn limited_execute<W: AsyncWrite + Unpin>(
+        &mut self,
+        msg: &[u8],
+        portal: &str,
+        out: &mut BytesMut,
+        w: &mut W,
+    ) -> Result<(), SessionError> {
+        let Some(limit) = self.limited_portals.get(portal).cloned() else {
+            return Ok(());
+        };
+        self.ext_open = true;
+        let (report_tx, report_rx) = tokio::sync::oneshot::channel();
+        self.expect(Expect::Exec {
+            portal: portal.to_string(),
+            started: Instant::now(),
+            copies: 0..0,
+            limit: Some(LimitRun {
+                limits: Arc::from(vec![RowLimit {
+                    statement: 0,
+                    ..limit
+                }]),
+                decision: None,
+                report: report_tx,
+            }),
+        })?;
+        out.extend_from_slice(msg);
+        frontend::flush(out);
+        w.write_all(out).await?;
+        out.clear();
+        // No report: the server skipped it (an earlier error), so nothing ran.
+        if let Ok(LimitReport {
+            over: Some(error), ..
+        }) = report_rx.await
+        {
+            let (text, nonce) = refusal_text();
+            let name = format!("parapet_limit_{nonce}");
+            self.expect(Expect::DenyParse {
+                name: name.clone(),
+                error,
+                nonce,
+            })?;
+            frontend::parse(&name, &text, out);
+            self.discard = true;
+        }
+        Ok(())
+    }
+
     /// Whether this Bind or Execute may lead to a COPY FROM STDIN (of a statement parsed earlier).
     fn may_copy(&self, m: &FrontendMessage<'_>) -> bool {
         match m {
@@ -850,6 +1122,7 @@ impl Frontend<'_> {
             match m {
                 FrontendMessage::Sync => {
                     self.discard = false;
+                    self.ext_open = false;
                     self.expect(Expect::Sync)?;
                     out.extend_from_slice(msg);
                 }
@@ -875,13 +1148,18 @@ impl Frontend<'_> {
                 self.copy_portals.remove("");
                 self.barrier_stmts.remove("");
                 self.barrier_portals.remove("");
+                self.limited_stmts.remove("");
+                self.limited_portals.remove("");
+                self.ext_open = false;
                 match judged {
-                    Judged::Forward(d, n, raise) => {
+                    // Limits were dealt with before (`limited_query`): none apply here.
+                    Judged::Forward(d, n, raise, _) => {
                         let copies = self.copies(n);
                         self.expect(Expect::Query {
                             decision: Some(d),
                             started: Instant::now(),
                             copies,
+                            limit: None,
                         })?;
                         out.extend_from_slice(msg);
                         if raise.any() {
@@ -910,12 +1188,24 @@ impl Frontend<'_> {
                         self.settle_pre(pre).await?
                     }
                 };
+                self.ext_open = true;
                 match judged {
-                    Judged::Forward(d, n, raise) => {
+                    Judged::Forward(d, n, raise, limits) => {
                         if n > 0 {
                             self.copy_stmts.insert(name.to_string());
                         } else if name.is_empty() {
                             self.copy_stmts.remove(name);
+                        }
+                        // A second Parse of a named statement fails on the server, so only the
+                        // unnamed one is replaced here.
+                        match limits.as_deref().and_then(|l| l.first()) {
+                            Some(l) => {
+                                self.limited_stmts.insert(name.to_string(), l.clone());
+                            }
+                            None if name.is_empty() => {
+                                self.limited_stmts.remove(name);
+                            }
+                            None => {}
                         }
                         if raise.any() {
                             self.barrier_stmts.insert(name.to_string(), raise);
@@ -938,6 +1228,7 @@ impl Frontend<'_> {
                         if name.is_empty() {
                             self.copy_stmts.remove(name);
                             self.barrier_stmts.remove(name);
+                            self.limited_stmts.remove(name);
                         }
                         let (text, nonce) = refusal_text();
                         self.expect(Expect::DenyParse {
@@ -965,6 +1256,15 @@ impl Frontend<'_> {
                 } else if portal.is_empty() {
                     self.barrier_portals.remove(portal);
                 }
+                match self.limited_stmts.get(statement).cloned() {
+                    Some(l) => {
+                        self.limited_portals.insert(portal.to_string(), l);
+                    }
+                    None => {
+                        self.limited_portals.remove(portal);
+                    }
+                }
+                self.ext_open = true;
                 let params = if self.record_params {
                     crate::params::capture(params).map(Arc::new)
                 } else {
@@ -980,10 +1280,12 @@ impl Frontend<'_> {
             FrontendMessage::Execute { portal } => {
                 let n = u32::from(self.copy_portals.contains(portal));
                 let copies = self.copies(n);
+                self.ext_open = true;
                 self.expect(Expect::Exec {
                     portal: portal.to_string(),
                     started: Instant::now(),
                     copies,
+                    limit: None,
                 })?;
                 out.extend_from_slice(msg);
                 if let Some(raise) = self.barrier_portals.get(portal) {
@@ -993,6 +1295,7 @@ impl Frontend<'_> {
             }
             FrontendMessage::Describe { statement } => {
                 let statement = statement.filter(|_| self.record_params).map(str::to_string);
+                self.ext_open = true;
                 self.expect(Expect::Describe { statement })?;
                 out.extend_from_slice(msg);
             }
@@ -1000,10 +1303,13 @@ impl Frontend<'_> {
                 if statement {
                     self.copy_stmts.remove(name);
                     self.barrier_stmts.remove(name);
+                    self.limited_stmts.remove(name);
                 } else {
                     self.copy_portals.remove(name);
                     self.barrier_portals.remove(name);
+                    self.limited_portals.remove(name);
                 }
+                self.ext_open = true;
                 self.expect(Expect::Close {
                     statement,
                     name: name.to_string(),
@@ -1011,6 +1317,7 @@ impl Frontend<'_> {
                 out.extend_from_slice(msg);
             }
             FrontendMessage::Sync => {
+                self.ext_open = false;
                 self.expect(Expect::Sync)?;
                 out.extend_from_slice(msg);
                 if self.barrier == Barrier::UntilSync {
@@ -1185,6 +1492,7 @@ impl Frontend<'_> {
         let ticket = submit_decision(&self.shared.log, ev);
         let allowed = matches!(d.verdict, Verdict::Allow | Verdict::Monitor);
         let copies = copies_from_stdin(&d);
+        let limits: Limits = (!d.limits.is_empty()).then(|| Arc::from(d.limits.clone()));
         let raise = if allowed || held.is_some() {
             self.raise(&d)
         } else {
@@ -1198,6 +1506,7 @@ impl Frontend<'_> {
                 allowed,
                 copies,
                 raise,
+                limits,
                 wait: PreWait::Ready(DecisionRef::Pending(slot)),
                 decision: None,
                 held: None,
@@ -1207,6 +1516,7 @@ impl Frontend<'_> {
             allowed,
             copies,
             raise,
+            limits,
             wait: PreWait::Ticket(ticket),
             decision: (!allowed).then_some(d),
             held,
@@ -1222,7 +1532,7 @@ impl Frontend<'_> {
         h: Held,
         d: Decision,
         index: u64,
-        (copies, raise): (u32, Raise),
+        (copies, raise, limits): (u32, Raise, Limits),
     ) -> Result<Judged, SessionError> {
         use crate::approvals::{ApprovalRef, NewRequest, WaitOutcome};
         if !h.existing {
@@ -1291,7 +1601,7 @@ impl Frontend<'_> {
                 let durable = submit_decision(&self.shared.log, ev).await;
                 self.shared.commit_latency.record(waited.elapsed());
                 Ok(match durable {
-                    Ok(i) => Judged::Forward(DecisionRef::Index(i), copies, raise),
+                    Ok(i) => Judged::Forward(DecisionRef::Index(i), copies, raise, limits),
                     Err(e) => Judged::Refuse(log_failure(&e.to_string())),
                 })
             }
@@ -1334,6 +1644,7 @@ impl Frontend<'_> {
             allowed: false,
             copies: 0,
             raise: Raise::default(),
+            limits: None,
             wait: PreWait::Ticket(submit_decision(&self.shared.log, ev)),
             decision: Some(d),
             held: None,
@@ -1345,7 +1656,7 @@ impl Frontend<'_> {
     /// refuses its statement (fail closed).
     async fn settle_pre(&self, pre: Pre) -> Result<Judged, SessionError> {
         let ticket = match pre.wait {
-            PreWait::Ready(d) => return Ok(Judged::Forward(d, pre.copies, pre.raise)),
+            PreWait::Ready(d) => return Ok(Judged::Forward(d, pre.copies, pre.raise, pre.limits)),
             PreWait::Ticket(t) => t,
         };
         let waited = Instant::now();
@@ -1354,10 +1665,16 @@ impl Frontend<'_> {
         Ok(match (durable, pre.decision) {
             (Err(e), _) => Judged::Refuse(log_failure(&e.to_string())),
             (Ok(index), Some(d)) => match pre.held {
-                Some(h) => return self.hold(h, d, index, (pre.copies, pre.raise)).await,
+                Some(h) => {
+                    return self
+                        .hold(h, d, index, (pre.copies, pre.raise, pre.limits))
+                        .await
+                }
                 None => Judged::Refuse(refusal(&d, index)),
             },
-            (Ok(index), None) => Judged::Forward(DecisionRef::Index(index), pre.copies, pre.raise),
+            (Ok(index), None) => {
+                Judged::Forward(DecisionRef::Index(index), pre.copies, pre.raise, pre.limits)
+            }
         })
     }
 }
@@ -1370,6 +1687,8 @@ struct Pre {
     copies: u32,
     /// The barrier it raises.
     raise: Raise,
+    /// The row limits it runs under.
+    limits: Limits,
     wait: PreWait,
     /// The decision of a refused statement, to build its ErrorResponse.
     decision: Option<Decision>,
@@ -1507,6 +1826,8 @@ struct Prepared {
 struct Portal {
     decision: Option<DecisionRef>,
     params: Option<Arc<PortalParams>>,
+    /// Rows it has returned so far (a read fetched in parts counts against its row limit).
+    returned: u64,
 }
 
 /// Server → client half.
@@ -1546,6 +1867,8 @@ struct Backend<'a> {
     catalog_slot: Arc<CatalogSlot>,
     /// Messages from the frontend half for the client (NOTICEs), written between replies.
     notices: mpsc::UnboundedReceiver<Vec<u8>>,
+    /// The reply being answered is to a statement under row limits.
+    watch: Option<Watch>,
 }
 
 impl Backend<'_> {
@@ -1751,10 +2074,35 @@ impl Backend<'_> {
             let reply = self.catalog_reply.get_or_insert_with(Default::default);
             if reply.take(tag, body) {
                 let reply = self.catalog_reply.take().unwrap_or_default();
+                self.progress.status.store(reply.status, Ordering::SeqCst);
                 if let Some(Expect::Catalog(tx)) = self.pop() {
                     let _ = tx.send(reply);
                 }
             }
+            return Ok(());
+        }
+        if self.watch.is_none() {
+            let returned = match self.queue.front() {
+                Some(Expect::Exec { portal, .. }) => {
+                    self.portals.get(portal).map_or(0, |p| p.returned)
+                }
+                _ => 0,
+            };
+            if let Some(Expect::Query { limit, .. } | Expect::Exec { limit, .. }) =
+                self.queue.front_mut()
+            {
+                if let Some(run) = limit.take() {
+                    self.watch = Some(Watch {
+                        run,
+                        stmt: 0,
+                        rows: returned,
+                        held: BytesMut::new(),
+                        over: None,
+                    });
+                }
+            }
+        }
+        if self.watch.is_some() && self.watched(tag, body, msg, out).await? {
             return Ok(());
         }
         match tag {
@@ -1797,6 +2145,9 @@ impl Backend<'_> {
                 if body.first() == Some(&b'I') {
                     self.portals.clear();
                 }
+                self.progress
+                    .status
+                    .store(body.first().copied().unwrap_or(b'I'), Ordering::SeqCst);
                 // A statement that may change the catalog is answered: other sessions wait for
                 // the frontend half to read it again (announced before the client sees the answer).
                 let at = self.progress.catalog_at.load(Ordering::SeqCst);
@@ -1865,6 +2216,7 @@ impl Backend<'_> {
                     {
                         let p = self.stmts.get(&stmt);
                         let portal_state = Portal {
+                            returned: 0,
                             decision: p.and_then(|p| p.decision.clone()),
                             params: params.map(|params| {
                                 Arc::new(PortalParams {
@@ -1937,6 +2289,176 @@ impl Backend<'_> {
                 out.extend_from_slice(msg);
             }
             _ => out.extend_from_slice(msg),
+        }
+        Ok(())
+    }
+
+    /// A message of the reply to a statement under row limits ([`Watch`]); true when it has been
+    /// dealt with here (held, dropped, or replaced), false to handle it as usual.
+    async fn watched(
+        &mut self,
+        tag: u8,
+        body: &[u8],
+        msg: &[u8],
+        out: &mut BytesMut,
+    ) -> Result<bool, SessionError> {
+        let query = matches!(self.queue.front(), Some(Expect::Query { .. }));
+        let Some(w) = self.watch.as_mut() else {
+            return Ok(false);
+        };
+        match tag {
+            // Settings and notifications are the session's, whatever happens to the statement.
+            b'S' | b'A' => Ok(false),
+            b'D' => {
+                if w.over.is_some() {
+                    return Ok(true);
+                }
+                let Some(l) = w.limit().cloned() else {
+                    return Ok(false);
+                };
+                w.rows += 1;
+                if l.write {
+                    w.held.extend_from_slice(msg);
+                    return Ok(true);
+                }
+                if w.rows <= l.max_rows {
+                    return Ok(false);
+                }
+                let rows = w.rows;
+                self.exceed(&l, rows, query, out).await?;
+                Ok(true)
+            }
+            b'C' | b's' => {
+                let limit = w.limit().cloned();
+                let rows = w.rows;
+                let held = std::mem::take(&mut w.held);
+                let past = w.over.is_some();
+                w.stmt += 1;
+                w.rows = 0;
+                if !past {
+                    if let Some(l) = limit.filter(|l| l.write) {
+                        // A write fetched in parts (PortalSuspended) has no count yet: it
+                        // counts as past its limit (fail closed).
+                        let count = match tag {
+                            b'C' => cstr(body).and_then(|(t, _)| tag_rows(t)).unwrap_or(rows),
+                            _ => u64::MAX,
+                        };
+                        if count > l.max_rows {
+                            self.exceed(&l, count, query, out).await?;
+                        } else {
+                            out.extend_from_slice(&held);
+                        }
+                    }
+                }
+                if query {
+                    return Ok(self.watch.as_ref().is_some_and(|w| w.over.is_some()));
+                }
+                // The Execute is answered.
+                let Some(w) = self.watch.take() else {
+                    return Ok(false);
+                };
+                match w.over {
+                    None => {
+                        if tag == b's' {
+                            if let Some(Expect::Exec { portal, .. }) = self.queue.front() {
+                                if let Some(p) = self.portals.get_mut(portal) {
+                                    p.returned = rows;
+                                }
+                            }
+                        }
+                        let _ = w.run.report.send(LimitReport {
+                            over: None,
+                            status: 0,
+                        });
+                        Ok(false)
+                    }
+                    Some(error) => {
+                        if let Some(Expect::Exec {
+                            portal, started, ..
+                        }) = self.pop()
+                        {
+                            let decision = self.portal_decision(&portal);
+                            let message = backend::parse_error(&error[5..]).message;
+                            self.outcome(
+                                decision,
+                                started,
+                                None,
+                                None,
+                                Some("42501".into()),
+                                Some(message),
+                            )
+                            .await?;
+                        }
+                        let _ = w.run.report.send(LimitReport {
+                            over: Some(error),
+                            status: 0,
+                        });
+                        Ok(true)
+                    }
+                }
+            }
+            b'E' => {
+                w.held.clear();
+                if w.over.is_some() {
+                    // A later statement of the Query, run before the transaction is undone.
+                    return Ok(query);
+                }
+                if !query {
+                    // The Execute failed on its own: handled as usual; nothing to report.
+                    self.watch = None;
+                }
+                Ok(false)
+            }
+            b'Z' => {
+                let Some(w) = self.watch.take() else {
+                    return Ok(false);
+                };
+                // Handled as usual (the outcome), but withheld: the frontend half ends the
+                // transaction it opened and then sends the client its ReadyForQuery.
+                let before = out.len();
+                self.watch = None;
+                Box::pin(self.handle(tag, msg, out)).await?;
+                out.truncate(before);
+                let _ = w.run.report.send(LimitReport {
+                    over: w.over,
+                    status: body.first().copied().unwrap_or(b'I'),
+                });
+                Ok(true)
+            }
+            _ => Ok(w.over.is_some()),
+        }
+    }
+
+    /// A statement past its row limit: for a simple Query, the gateway's error goes to the
+    /// client now (and is its outcome) and the rest of the reply is dropped; for an Execute,
+    /// the error waits for its end.
+    async fn exceed(
+        &mut self,
+        l: &RowLimit,
+        rows: u64,
+        query: bool,
+        out: &mut BytesMut,
+    ) -> Result<(), SessionError> {
+        self.settle().await?;
+        let index = match self.queue.front() {
+            Some(Expect::Exec { portal, .. }) => {
+                self.portal_decision(portal).0.and_then(|d| d.index())
+            }
+            _ => self
+                .watch
+                .as_ref()
+                .and_then(|w| w.run.decision.as_ref())
+                .and_then(DecisionRef::index),
+        };
+        let (error, message) = over_limit(l, rows, index);
+        if query {
+            out.extend_from_slice(&error);
+            self.sqlstate = Some("42501".into());
+            self.error = Some(message);
+        }
+        if let Some(w) = self.watch.as_mut() {
+            w.held.clear();
+            w.over = Some(error);
         }
         Ok(())
     }

@@ -263,7 +263,7 @@ impl Engine {
                 }
             }
         }
-        if matches!(verdict, Verdict::Allow | Verdict::Monitor) && !limits.is_empty() {
+        if verdict != Verdict::Deny && !limits.is_empty() {
             // A limit is enforced by counting rows; what cannot be counted is refused.
             let catalog = ctx.catalog();
             let uncountable = limits.iter().find_map(|l| {
@@ -276,7 +276,7 @@ impl Engine {
                     .iter()
                     .any(|s| matches!(s.kind.as_str(), "transaction" | "copy"));
             let uncountable = uncountable.or_else(|| {
-                controls.then(|| (&limits[0], "the message also holds transaction control or COPY, and a message with a limited statement runs in a transaction the gateway controls; send those as messages of their own".to_string()))
+                controls.then(|| (&limits[0], "the message also holds transaction control or COPY, which cannot run in the transaction the gateway opens to count rows; send them as messages of their own".to_string()))
             });
             if let Some((l, why)) = uncountable {
                 verdict = Verdict::Deny;
@@ -284,13 +284,13 @@ impl Engine {
                     id: l.rule.clone(),
                     mode: Mode::Enforce,
                     reason: format!(
-                        "{}: at most {} rows, but {why}, so the gateway cannot count the rows it changes; denied",
+                        "{}: at most {} rows, but {why}; denied",
                         l.reason, l.max_rows
                     ),
                 }];
             }
         }
-        if !matches!(verdict, Verdict::Allow | Verdict::Monitor) {
+        if verdict == Verdict::Deny {
             limits.clear();
         }
         let reason = rules.first().map(|r| r.reason.clone()).unwrap_or_default();

@@ -141,8 +141,9 @@ pub struct Decision {
     pub fingerprint: Option<String>,
     /// Facts of each statement (serialised as one JSON object per statement).
     pub statements: Vec<StatementFacts>,
-    /// The row limits of `@max_rows` rules on the statements of a forwarded message (`allow`
-    /// or `monitor`), at most one per statement (the smallest); empty otherwise.
+    /// The row limits of `@max_rows` rules on the statements of a message that may run
+    /// (`allow`, `monitor`, or `review` once approved), at most one per statement (the
+    /// smallest); empty for `deny`.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub limits: Vec<RowLimit>,
 }
