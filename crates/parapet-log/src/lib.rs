@@ -36,6 +36,7 @@ mod flush;
 pub mod hash;
 pub mod note;
 pub mod proof;
+mod queue;
 mod reader;
 pub mod storage;
 pub mod tile;
@@ -46,23 +47,22 @@ pub mod witness_client;
 mod writer;
 
 pub use error::LogError;
+pub use queue::{LAZY_COMMIT_DELAY, MAX_BATCH_ENTRIES};
 pub use reader::{
     EntryIter, LogReader, ProofText, CONSISTENCY_PROOF_HEADER, INCLUSION_PROOF_HEADER,
 };
 pub use witness_client::{
     WitnessEndpoint, WitnessHealth, WitnessPolicy, WitnessStatus, COSIGNED_CHECKPOINT,
 };
-pub use writer::{
-    FULL_SYNC_BYTES, FULL_SYNC_INTERVAL, JOURNAL_MAX_RECORD, LAZY_COMMIT_DELAY, MAX_BATCH_ENTRIES,
-    PUBLISH_INTERVAL,
-};
+pub use writer::{FULL_SYNC_BYTES, FULL_SYNC_INTERVAL, JOURNAL_MAX_RECORD, PUBLISH_INTERVAL};
 
 use crate::checkpoint::Checkpoint;
 use crate::hash::{empty_root, leaf_hash, Hash};
 use crate::note::{valid_key_name, NoteSigner};
+use crate::queue::{BatchData, Item, LocalQueue, Queue};
 use crate::storage::{LocalDir, Storage};
 use crate::tile::MAX_ENTRY_SIZE;
-use crate::writer::{BatchData, Item, Shared, Writer};
+use crate::writer::Writer;
 use std::fs::{self, OpenOptions};
 use std::future::Future;
 use std::io::Write;
@@ -70,7 +70,7 @@ use std::ops::Range;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::pin::Pin;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use tokio::sync::oneshot;
@@ -82,7 +82,9 @@ pub struct Log {
 }
 
 struct Inner {
-    shared: Arc<Shared>,
+    queue: Arc<LocalQueue>,
+    /// Entries acknowledged (durable); raised by the writer's flusher.
+    size: Arc<AtomicU64>,
     dir: PathBuf,
     origin: String,
     writer: Option<std::thread::JoinHandle<()>>,
@@ -93,11 +95,7 @@ impl Drop for Inner {
     /// Dropping the last handle commits what is queued, syncs the log, empties the journal and
     /// waits for all that, so the log can be reopened at once.
     fn drop(&mut self) {
-        {
-            let mut q = self.shared.queue.lock();
-            q.shutdown = true;
-            self.shared.cv.notify_one();
-        }
+        self.queue.shut_down();
         if let Some(h) = self.writer.take() {
             let _ = h.join();
         }
@@ -223,13 +221,13 @@ impl Log {
         let text = signer.verifier().open(&note, "checkpoint")?;
         let cp = Checkpoint::parse(text, &format!("{location}/checkpoint"))?;
         let tree = writer::open_tree(&mut st, &signer, &cp)?;
-        let shared = Arc::new(Shared::default());
-        shared.size.store(tree.size, Ordering::Release);
+        let queue = Arc::new(LocalQueue::default());
+        let size = Arc::new(AtomicU64::new(tree.size));
         let tree_size = tree.size;
         let flusher = {
             let location = location.clone();
             flush::Flusher::start(
-                shared.size.clone(),
+                size.clone(),
                 Arc::new(move |e, size, what| writer::io_error(&location, size, what, e)),
             )
             .map_err(|e| LogError::io("starting the log flusher thread", e))?
@@ -239,7 +237,8 @@ impl Log {
             signer,
             origin: cp.origin.clone(),
             tree,
-            shared: shared.clone(),
+            queue: queue.clone(),
+            acked: size.clone(),
             broken: false,
             close_ack: None,
             journal_bytes: 0,
@@ -257,7 +256,8 @@ impl Log {
             .map_err(|e| LogError::io("starting the log writer thread", e))?;
         Ok(Log {
             inner: Arc::new(Inner {
-                shared,
+                queue,
+                size,
                 dir: PathBuf::from(location),
                 origin: cp.origin,
                 writer: Some(writer),
@@ -288,7 +288,7 @@ impl Log {
         }
         let leaf = leaf_hash(&entry);
         let (tx, rx) = oneshot::channel();
-        match self.inner.shared.push(Item::One {
+        match self.inner.queue.push(Item::One {
             entry,
             leaf,
             tx,
@@ -320,7 +320,7 @@ impl Log {
             ));
         }
         let (tx, rx) = oneshot::channel();
-        match self.inner.shared.push(Item::Many { batch: run.0, tx }) {
+        match self.inner.queue.push(Item::Many { batch: run.0, tx }) {
             Ok(()) => AppendTicket {
                 rx: Some(TicketRx::Last(rx)),
                 ready: None,
@@ -342,8 +342,7 @@ impl Log {
             )));
             return BatchTicket { rx };
         }
-        if let Err(Item::Many { tx, .. }) =
-            self.inner.shared.push(Item::Many { batch: batch.0, tx })
+        if let Err(Item::Many { tx, .. }) = self.inner.queue.push(Item::Many { batch: batch.0, tx })
         {
             let _ = tx.send(Err(LogError::Closed));
         }
@@ -358,7 +357,7 @@ impl Log {
     /// Number of entries durably in the log (acknowledged). The checkpoint in the log directory,
     /// which readers see, catches up within [`PUBLISH_INTERVAL`].
     pub fn size(&self) -> u64 {
-        self.inner.shared.size.load(Ordering::Acquire)
+        self.inner.size.load(Ordering::Acquire)
     }
 
     /// The log's origin.
@@ -396,17 +395,8 @@ impl Log {
     /// [`LogError::Closed`].
     pub async fn close(&self) -> Result<(), LogError> {
         let (tx, rx) = oneshot::channel();
-        {
-            let mut q = self.inner.shared.queue.lock();
-            if q.closed {
-                return Ok(());
-            }
-            q.items.push_back(Item::Close { tx });
-            q.urgent += 1;
-            q.closed = true;
-            q.wake_at = 0;
-            q.writer_waiting = false;
-            self.inner.shared.cv.notify_one();
+        if !self.inner.queue.close(Item::Close { tx }) {
+            return Ok(());
         }
         rx.await.map_err(|_| LogError::WriterGone)?
     }

@@ -29,30 +29,17 @@ use crate::flush::{Ack, Flusher};
 use crate::hash::{leaf_hash, node_hash, Hash};
 use crate::note::NoteSigner;
 use crate::proof::NodeSource;
+use crate::queue::{Gather, Item, LocalQueue, Next, Queue, MAX_BATCH_ENTRIES};
 use crate::storage::{PendingSync, Storage, CHECKPOINT};
 use crate::tile::{
     bundle_path, for_each_bundle_entry, nodes_at_tile_level, push_bundle_entry, tile_levels,
     tile_path, TILE_WIDTH,
 };
 use crate::tiles::{parse_hashes, read_tile, TileNodes};
-use parking_lot::{Condvar, Mutex};
-use std::collections::VecDeque;
 use std::io;
-use std::ops::Range;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use tokio::sync::oneshot;
-
-/// Longest a writer waits for more entries to join a batch (it also waits no longer than the
-/// previous batch took: waiting longer than a commit costs more latency than it saves).
-const GATHER: std::time::Duration = std::time::Duration::from_millis(1);
-
-/// Longest a lazily submitted entry ([`crate::Log::submit_lazy`]) waits for an ordinary
-/// submission to start a commit before the writer commits it on its own.
-pub const LAZY_COMMIT_DELAY: std::time::Duration = std::time::Duration::from_millis(20);
-
-/// Most entries integrated in one batch (bounds the work and the garbage after a crash).
-pub const MAX_BATCH_ENTRIES: usize = 1 << 16;
 
 /// Largest batch (entry bytes) made durable through the journal; larger batches are synced
 /// directly, which costs less than writing their entries twice.
@@ -160,116 +147,6 @@ impl RecordBuilder {
         self.buf[8..12].copy_from_slice(&self.count.to_be_bytes());
         self.buf[44..76].copy_from_slice(root_after);
         Some(self.buf)
-    }
-}
-
-/// Entries of a bulk submission with their leaf hashes.
-#[derive(Debug, Default)]
-pub(crate) struct BatchData {
-    pub(crate) data: Vec<u8>,
-    pub(crate) ends: Vec<usize>,
-    pub(crate) leaves: Vec<Hash>,
-}
-
-impl BatchData {
-    pub(crate) fn iter(&self) -> impl Iterator<Item = (&[u8], &Hash)> + '_ {
-        let mut start = 0;
-        self.ends.iter().zip(&self.leaves).map(move |(&end, h)| {
-            let e = &self.data[start..end];
-            start = end;
-            (e, h)
-        })
-    }
-}
-
-pub(crate) enum Item {
-    One {
-        entry: Vec<u8>,
-        leaf: Hash,
-        tx: oneshot::Sender<Result<u64, LogError>>,
-        /// Does not start a commit by itself (see [`crate::Log::submit_lazy`]).
-        lazy: bool,
-    },
-    Many {
-        batch: BatchData,
-        tx: oneshot::Sender<Result<Range<u64>, LogError>>,
-    },
-    Close {
-        tx: oneshot::Sender<Result<(), LogError>>,
-    },
-}
-
-impl Item {
-    fn len(&self) -> usize {
-        match self {
-            Item::One { .. } => 1,
-            Item::Many { batch, .. } => batch.ends.len(),
-            Item::Close { .. } => 0,
-        }
-    }
-
-    /// Whether this item asks for a commit as soon as possible.
-    fn urgent(&self) -> bool {
-        !matches!(self, Item::One { lazy: true, .. })
-    }
-}
-
-#[derive(Default)]
-pub(crate) struct Queue {
-    pub(crate) items: VecDeque<Item>,
-    /// Entries in `items`.
-    pub(crate) entries: usize,
-    pub(crate) closed: bool,
-    pub(crate) shutdown: bool,
-    pub(crate) writer_waiting: bool,
-    /// Items in `items` that ask for a prompt commit (all but lazy entries).
-    pub(crate) urgent: usize,
-    /// When the oldest lazy entry still queued was queued.
-    pub(crate) lazy_since: Option<std::time::Instant>,
-    /// The sleeping writer wants to be woken once `entries` reaches this.
-    pub(crate) wake_at: usize,
-}
-
-/// State shared by the handles and the writer thread.
-#[derive(Default)]
-pub(crate) struct Shared {
-    pub(crate) queue: Mutex<Queue>,
-    pub(crate) cv: Condvar,
-    /// Entries acknowledged (durable); raised by the flusher thread.
-    pub(crate) size: Arc<AtomicU64>,
-}
-
-impl Shared {
-    /// Queues an item unless the log is closed; wakes the writer if it sleeps.
-    pub(crate) fn push(&self, item: Item) -> Result<(), Item> {
-        let mut q = self.queue.lock();
-        if q.closed {
-            return Err(item);
-        }
-        let urgent = item.urgent();
-        q.entries += item.len();
-        q.items.push_back(item);
-        let mut first_lazy = false;
-        if urgent {
-            q.urgent += 1;
-        } else if q.lazy_since.is_none() {
-            q.lazy_since = Some(std::time::Instant::now());
-            first_lazy = true;
-        }
-        // A lazy entry wakes the writer only to start its LAZY_COMMIT_DELAY clock (the first one
-        // queued); the commit itself waits for the next urgent item or for the delay.
-        let wake =
-            q.writer_waiting && (first_lazy || (urgent && (q.entries >= q.wake_at || q.closed)));
-        if wake {
-            q.writer_waiting = false;
-        }
-        // Woken after the lock is released: the writer's first step is to take it, and other
-        // appenders would otherwise spin on it meanwhile.
-        drop(q);
-        if wake {
-            self.cv.notify_one();
-        }
-        Ok(())
     }
 }
 
@@ -520,7 +397,9 @@ pub(crate) struct Writer<S: Storage> {
     pub(crate) signer: NoteSigner,
     pub(crate) origin: String,
     pub(crate) tree: TreeState,
-    pub(crate) shared: Arc<Shared>,
+    pub(crate) queue: Arc<LocalQueue>,
+    /// Entries acknowledged (durable): what `Log::size` reports; raised by the flusher.
+    pub(crate) acked: Arc<AtomicU64>,
     pub(crate) broken: bool,
     pub(crate) close_ack: Option<oneshot::Sender<Result<(), LogError>>>,
     /// Journal bytes written since the last full sync.
@@ -547,89 +426,16 @@ pub(crate) struct Writer<S: Storage> {
 impl<S: Storage> Writer<S> {
     /// Runs until every handle is dropped (or the log is closed) and the queue is empty.
     pub(crate) fn run(mut self) {
-        let mut last_batch = 0usize;
-        let mut last_commit = GATHER;
+        let mut gather = Gather::new();
         loop {
-            let mut items = Vec::new();
-            let mut idle_due = false;
-            {
-                let mut q = self.shared.queue.lock();
-                // Sleep until an item asks for a commit, the oldest lazy entry has waited
-                // LAZY_COMMIT_DELAY, a publication or full sync is due, or the log is shutting
-                // down.
-                loop {
-                    if q.items.is_empty() {
-                        if q.shutdown {
-                            drop(q);
-                            self.finish();
-                            return;
-                        }
-                    } else if q.urgent > 0 || q.shutdown || q.closed {
-                        break;
+            let (items, idle_due) =
+                match self.queue.next_batch(&mut gather, || self.idle_deadline()) {
+                    Next::Batch { items, idle_due } => (items, idle_due),
+                    Next::Stop => {
+                        self.finish();
+                        return;
                     }
-                    q.writer_waiting = true;
-                    q.wake_at = 1;
-                    let lazy_deadline = q.lazy_since.map(|since| since + LAZY_COMMIT_DELAY);
-                    let deadline = [lazy_deadline, self.idle_deadline()]
-                        .into_iter()
-                        .flatten()
-                        .min();
-                    match deadline {
-                        Some(deadline) => {
-                            if self.shared.cv.wait_until(&mut q, deadline).timed_out() {
-                                let now = std::time::Instant::now();
-                                idle_due = self.idle_deadline().is_some_and(|d| d <= now);
-                                if idle_due && q.urgent == 0 && !q.closed && !q.shutdown {
-                                    // Idle with unpublished or unsynced batches: do that now.
-                                    q.writer_waiting = false;
-                                    break;
-                                }
-                                if lazy_deadline.is_some_and(|d| d <= now) {
-                                    break;
-                                }
-                            }
-                        }
-                        None => self.shared.cv.wait(&mut q),
-                    }
-                }
-                q.writer_waiting = false;
-                // Group commit: appenders acknowledged by the previous batch are likely about to
-                // submit again; give them a moment (at most GATHER, and no longer than the last
-                // batch took) to join this batch.
-                let target = last_batch.min(MAX_BATCH_ENTRIES);
-                if q.entries < target && !q.closed && !q.shutdown {
-                    let deadline = std::time::Instant::now() + GATHER.min(last_commit);
-                    while q.entries < target && !q.closed && !q.shutdown {
-                        q.writer_waiting = true;
-                        q.wake_at = target;
-                        if self.shared.cv.wait_until(&mut q, deadline).timed_out() {
-                            break;
-                        }
-                    }
-                    q.writer_waiting = false;
-                }
-                let mut n = 0usize;
-                while let Some(front) = q.items.front() {
-                    if n > 0 && n + front.len() > MAX_BATCH_ENTRIES {
-                        break;
-                    }
-                    n += front.len();
-                    if let Some(it) = q.items.pop_front() {
-                        if it.urgent() {
-                            q.urgent -= 1;
-                        }
-                        items.push(it);
-                    }
-                }
-                q.entries -= n;
-                // Lazy entries left behind (a batch cut at MAX_BATCH_ENTRIES) restart their clock.
-                q.lazy_since = q
-                    .items
-                    .iter()
-                    .any(|it| !it.urgent())
-                    .then(std::time::Instant::now);
-                last_batch = n;
-            }
+                };
             if items.is_empty() {
                 if idle_due {
                     self.background_work();
@@ -638,7 +444,7 @@ impl<S: Storage> Writer<S> {
             }
             let started = std::time::Instant::now();
             let closing = self.process(items);
-            last_commit = started.elapsed();
+            gather.committed_in(started.elapsed());
             if closing {
                 self.finish();
                 let ack = self.close_ack.take();
@@ -799,7 +605,7 @@ impl<S: Storage> Writer<S> {
 
     /// Entries acknowledged so far (what `Log::size` reports; the directory may lag).
     fn acked_size(&self) -> u64 {
-        self.shared.size.load(Ordering::Acquire)
+        self.acked.load(Ordering::Acquire)
     }
 
     fn io_error(&self, what: &str, e: io::Error) -> LogError {
@@ -859,7 +665,7 @@ impl<S: Storage> Writer<S> {
         self.published = self.tree.size;
         self.committed = self.tree.size;
         self.last_publish = std::time::Instant::now();
-        self.shared.size.store(self.tree.size, Ordering::Release);
+        self.acked.store(self.tree.size, Ordering::Release);
         Ok(())
     }
 
@@ -876,7 +682,7 @@ impl<S: Storage> Writer<S> {
                 Ok(()) => self.broken = false,
                 Err(e) => {
                     for it in items {
-                        closing |= fail(it, e.clone());
+                        closing |= it.fail(e.clone());
                     }
                     return closing;
                 }
@@ -1007,7 +813,7 @@ impl<S: Storage> Writer<S> {
         self.storage
             .publish_checkpoint()
             .map_err(|e| self.io_error("publishing the checkpoint", e))?;
-        self.shared.size.store(cp.size, Ordering::Release);
+        self.acked.store(cp.size, Ordering::Release);
         self.committed = cp.size;
         self.published = cp.size;
         self.last_publish = std::time::Instant::now();
@@ -1112,21 +918,4 @@ pub(crate) fn open_tree<S: Storage>(
         st.remove_later(&p);
     }
     Ok(tree)
-}
-
-fn fail(it: Item, e: LogError) -> bool {
-    match it {
-        Item::One { tx, .. } => {
-            let _ = tx.send(Err(e));
-            false
-        }
-        Item::Many { tx, .. } => {
-            let _ = tx.send(Err(e));
-            false
-        }
-        Item::Close { tx } => {
-            let _ = tx.send(Err(e));
-            true
-        }
-    }
 }
