@@ -34,6 +34,7 @@ pub mod checkpoint;
 mod error;
 mod flush;
 pub mod hash;
+mod integrator;
 pub mod note;
 pub mod proof;
 mod queue;
@@ -58,6 +59,7 @@ pub use writer::{FULL_SYNC_BYTES, FULL_SYNC_INTERVAL, JOURNAL_MAX_RECORD, PUBLIS
 
 use crate::checkpoint::Checkpoint;
 use crate::hash::{empty_root, leaf_hash, Hash};
+use crate::integrator::Integrator;
 use crate::note::{valid_key_name, NoteSigner};
 use crate::queue::{BatchData, Item, LocalQueue, Queue};
 use crate::storage::{LocalDir, Storage};
@@ -222,8 +224,8 @@ impl Log {
         let cp = Checkpoint::parse(text, &format!("{location}/checkpoint"))?;
         let tree = writer::open_tree(&mut st, &signer, &cp)?;
         let queue = Arc::new(LocalQueue::default());
-        let size = Arc::new(AtomicU64::new(tree.size));
-        let tree_size = tree.size;
+        let size = Arc::new(AtomicU64::new(tree.size()));
+        let tree_size = tree.size();
         let flusher = {
             let location = location.clone();
             flush::Flusher::start(

@@ -26,16 +26,12 @@
 use crate::checkpoint::Checkpoint;
 use crate::error::LogError;
 use crate::flush::{Ack, Flusher};
-use crate::hash::{leaf_hash, node_hash, Hash};
+use crate::hash::{leaf_hash, Hash};
+use crate::integrator::{remove_garbage, Integrator, TreeState};
 use crate::note::NoteSigner;
-use crate::proof::NodeSource;
-use crate::queue::{Gather, Item, LocalQueue, Next, Queue, MAX_BATCH_ENTRIES};
+use crate::queue::{Gather, Item, LocalQueue, Next, Queue};
 use crate::storage::{PendingSync, Storage, CHECKPOINT};
-use crate::tile::{
-    bundle_path, for_each_bundle_entry, nodes_at_tile_level, push_bundle_entry, tile_levels,
-    tile_path, TILE_WIDTH,
-};
-use crate::tiles::{parse_hashes, read_tile, TileNodes};
+use crate::tile::{for_each_bundle_entry, push_bundle_entry};
 use std::io;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -150,247 +146,6 @@ impl RecordBuilder {
     }
 }
 
-/// The right edge of the tree plus the partial tiles and bundle.
-#[derive(Debug, Default)]
-pub(crate) struct TreeState {
-    pub(crate) size: u64,
-    range: Vec<Hash>,
-    levels: Vec<Vec<Hash>>,
-    dirty: Vec<bool>,
-    bundle: Vec<u8>,
-    bundle_count: u64,
-    bundle_dirty: bool,
-    /// `.p` directories of tiles completed in this batch (removed after the checkpoint).
-    completed: Vec<String>,
-    /// Per tile level: whether a partial of the level's current tile may be on disk (so that its
-    /// `.p` directory has to be removed once the tile is full). A bulk batch completes thousands
-    /// of tiles that never had a partial; removing their `.p` cost four failing system calls
-    /// each.
-    partial_written: Vec<bool>,
-    /// The same for the current entry bundle.
-    bundle_partial_written: bool,
-    /// Full tiles and bundles completed but not yet written (path, content).
-    full: Vec<(String, Vec<u8>)>,
-}
-
-fn hashes_bytes(h: &[Hash]) -> &[u8] {
-    h.as_flattened()
-}
-
-impl TreeState {
-    /// Root hash of the current tree.
-    pub(crate) fn root(&self) -> Hash {
-        let mut it = self.range.iter().rev();
-        match it.next() {
-            None => crate::hash::empty_root(),
-            Some(last) => it.fold(*last, |r, h| node_hash(h, &r)),
-        }
-    }
-
-    fn push_hash(&mut self, tl: usize, h: Hash, new_size: u64) {
-        if self.levels.len() <= tl {
-            self.levels.resize_with(tl + 1, Vec::new);
-            self.dirty.resize(tl + 1, false);
-            self.partial_written.resize(tl + 1, false);
-        }
-        self.levels[tl].push(h);
-        self.dirty[tl] = true;
-        if self.levels[tl].len() as u64 == TILE_WIDTH {
-            let index = nodes_at_tile_level(tl as u32, new_size) / TILE_WIDTH - 1;
-            let path = tile_path(tl as u32, index, TILE_WIDTH);
-            self.full
-                .push((path.clone(), hashes_bytes(&self.levels[tl]).to_vec()));
-            if std::mem::take(&mut self.partial_written[tl]) {
-                self.completed.push(format!("{path}.p"));
-            }
-            self.levels[tl].clear();
-            self.dirty[tl] = false;
-        }
-    }
-
-    /// Appends one entry (whose leaf hash is `leaf`). Tiles that become full are kept for
-    /// [`TreeState::write_full`].
-    pub(crate) fn append(&mut self, entry: &[u8], leaf: Hash) -> io::Result<()> {
-        let index = self.size;
-        let new_size = index + 1;
-        push_bundle_entry(&mut self.bundle, entry);
-        self.bundle_count += 1;
-        self.bundle_dirty = true;
-        if self.bundle_count == TILE_WIDTH {
-            let path = bundle_path(index / TILE_WIDTH, TILE_WIDTH);
-            let cap = self.bundle.capacity();
-            let data = std::mem::replace(&mut self.bundle, Vec::with_capacity(cap));
-            self.full.push((path.clone(), data));
-            if std::mem::take(&mut self.bundle_partial_written) {
-                self.completed.push(format!("{path}.p"));
-            }
-            self.bundle_count = 0;
-            self.bundle_dirty = false;
-        }
-        self.push_hash(0, leaf, new_size);
-        let mut h = leaf;
-        let mut level = 0u32;
-        let mut s = index;
-        while s & 1 == 1 {
-            let left = self
-                .range
-                .pop()
-                .ok_or_else(|| io::Error::other("internal error: compact range too short"))?;
-            h = node_hash(&left, &h);
-            level += 1;
-            s >>= 1;
-            if level % crate::tile::TILE_HEIGHT == 0 {
-                self.push_hash((level / crate::tile::TILE_HEIGHT) as usize, h, new_size);
-            }
-        }
-        self.range.push(h);
-        self.size = new_size;
-        Ok(())
-    }
-
-    /// Bytes of completed tiles not yet written.
-    fn pending_bytes(&self) -> usize {
-        self.full.iter().map(|(_, d)| d.len()).sum()
-    }
-
-    /// Writes the tiles and bundles that became full since the last call.
-    pub(crate) fn write_full(&mut self, st: &mut dyn Storage) -> io::Result<()> {
-        for (path, data) in std::mem::take(&mut self.full) {
-            st.write(&path, &data)?;
-        }
-        Ok(())
-    }
-
-    /// Writes the full tiles not yet written and the partial tiles and bundle changed since the
-    /// last call.
-    pub(crate) fn write_partials(&mut self, st: &mut dyn Storage) -> io::Result<()> {
-        self.write_full(st)?;
-        if self.bundle_dirty && self.bundle_count > 0 {
-            let path = bundle_path(self.size / TILE_WIDTH, self.bundle_count);
-            self.bundle_partial_written = true;
-            st.write(&path, &self.bundle)?;
-        }
-        self.bundle_dirty = false;
-        for tl in 0..self.levels.len() {
-            if self.dirty[tl] && !self.levels[tl].is_empty() {
-                let index = nodes_at_tile_level(tl as u32, self.size) / TILE_WIDTH;
-                let path = tile_path(tl as u32, index, self.levels[tl].len() as u64);
-                self.partial_written[tl] = true;
-                st.write(&path, hashes_bytes(&self.levels[tl]))?;
-            }
-            self.dirty[tl] = false;
-        }
-        Ok(())
-    }
-
-    /// Rebuilds the state of the published tree of checkpoint `cp` from storage.
-    pub(crate) fn load<S: Storage + ?Sized>(
-        st: &S,
-        cp: &Checkpoint,
-    ) -> Result<TreeState, LogError> {
-        let n = cp.size;
-        let mut nodes = TileNodes::new(st, n);
-        let mut range = Vec::new();
-        for l in (0..64u32).rev() {
-            if (n >> l) & 1 == 1 {
-                range.push(nodes.node(l, (n >> l) - 1)?);
-            }
-        }
-        let levels_n = tile_levels(n) as usize;
-        let mut levels = Vec::with_capacity(levels_n);
-        let mut buf = Vec::new();
-        for tl in 0..levels_n {
-            let nodes_here = nodes_at_tile_level(tl as u32, n);
-            let width = nodes_here % TILE_WIDTH;
-            if width == 0 {
-                levels.push(Vec::new());
-            } else {
-                let path = read_tile(
-                    st,
-                    Some(tl as u32),
-                    nodes_here / TILE_WIDTH,
-                    width,
-                    &mut buf,
-                )?;
-                levels.push(parse_hashes(&path, &buf, width)?);
-            }
-        }
-        let bundle_count = n % TILE_WIDTH;
-        let mut bundle = Vec::new();
-        if bundle_count > 0 {
-            let path = read_tile(st, None, n / TILE_WIDTH, bundle_count, &mut bundle)?;
-            let mut end = 0usize;
-            let parsed = for_each_bundle_entry::<()>(&bundle, bundle_count as usize, |_, e| {
-                end += 2 + e.len();
-                Ok(())
-            });
-            match parsed {
-                Ok(_) => {}
-                Err(crate::tile::BundleError::TrailingBytes(_))
-                    if path == bundle_path(n / TILE_WIDTH, TILE_WIDTH) => {}
-                Err(e) => return Err(LogError::Tampered(format!("{path}: {e}"))),
-            }
-            bundle.truncate(end);
-        }
-        let state = TreeState {
-            size: n,
-            range,
-            dirty: vec![false; levels.len()],
-            // What an earlier run wrote is unknown: assume the current tiles have partials.
-            partial_written: vec![true; levels.len()],
-            bundle_partial_written: true,
-            levels,
-            bundle,
-            bundle_count,
-            bundle_dirty: false,
-            completed: Vec::new(),
-            full: Vec::new(),
-        };
-        if state.root() != cp.root {
-            return Err(LogError::Tampered(format!(
-                "{}: the hash tiles do not match the checkpoint's root hash; run `parapet verify` to find the damaged tile",
-                st.location()
-            )));
-        }
-        Ok(state)
-    }
-}
-
-/// Removes what an interrupted batch may have left beyond the published tree of `size` leaves:
-/// temporary files, unpublished full tiles and bundles, and partial tiles wider than published.
-pub(crate) fn remove_garbage(st: &mut dyn Storage, size: u64) -> io::Result<()> {
-    let max_tiles = (MAX_BATCH_ENTRIES as u64) / TILE_WIDTH + 2;
-    let top = tile_levels(size + MAX_BATCH_ENTRIES as u64) + 1;
-    let mut levels: Vec<Option<u32>> = vec![None];
-    levels.extend((0..top).map(Some));
-    for level in levels {
-        let nodes = nodes_at_tile_level(level.unwrap_or(0), size);
-        let cur = nodes / TILE_WIDTH;
-        let width = nodes % TILE_WIDTH;
-        let path = |i: u64, w: u64| match level {
-            Some(l) => tile_path(l, i, w),
-            None => bundle_path(i, w),
-        };
-        for i in [cur, cur + max_tiles] {
-            let full = path(i, TILE_WIDTH);
-            let dir = full.rsplit_once('/').map(|(d, _)| d).unwrap_or("");
-            st.remove_temp_files(dir)?;
-            st.remove_temp_files(&format!("{full}.p"))?;
-        }
-        for i in cur..cur + max_tiles {
-            st.remove(&path(i, TILE_WIDTH))?;
-            if i > cur {
-                st.remove(&format!("{}.p", path(i, TILE_WIDTH)))?;
-            }
-        }
-        for w in width + 1..TILE_WIDTH {
-            st.remove(&path(cur, w))?;
-        }
-    }
-    st.remove_temp_files("")?;
-    Ok(())
-}
-
 /// The writer thread's state.
 pub(crate) struct Writer<S: Storage> {
     pub(crate) storage: S,
@@ -474,7 +229,7 @@ impl<S: Storage> Writer<S> {
         }
         let sync = self.unsynced_since.map(|t| t + FULL_SYNC_INTERVAL);
         let publish =
-            (self.published < self.tree.size).then_some(self.last_publish + PUBLISH_INTERVAL);
+            (self.published < self.tree.size()).then_some(self.last_publish + PUBLISH_INTERVAL);
         [sync, publish].into_iter().flatten().min()
     }
 
@@ -498,7 +253,7 @@ impl<S: Storage> Writer<S> {
             || self.journal_bytes >= FULL_SYNC_BYTES;
         if sync_due {
             self.full_sync_logged();
-        } else if self.published < self.tree.size
+        } else if self.published < self.tree.size()
             && (self.last_publish.elapsed() >= PUBLISH_INTERVAL
                 || self.tree.pending_bytes() >= PUBLISH_PENDING_BYTES)
         {
@@ -515,7 +270,7 @@ impl<S: Storage> Writer<S> {
     /// checkpoint of the current tree, without waiting for the disk (the journal already holds
     /// every batch they cover).
     fn publish(&mut self) -> Result<(), LogError> {
-        if self.published == self.tree.size {
+        if self.published == self.tree.size() {
             return Ok(());
         }
         self.drain()?;
@@ -526,8 +281,7 @@ impl<S: Storage> Writer<S> {
         self.published = cp.size;
         self.last_publish = std::time::Instant::now();
         // Superseded partials stay until the next full sync: replay starts from the synced tree.
-        self.deferred_removals
-            .append(&mut std::mem::take(&mut self.tree.completed));
+        self.deferred_removals.extend(self.tree.take_superseded());
         Ok(())
     }
 
@@ -539,7 +293,7 @@ impl<S: Storage> Writer<S> {
             .map_err(|e| self.io_error("writing tiles", e))?;
         let cp = Checkpoint {
             origin: self.origin.clone(),
-            size: self.tree.size,
+            size: self.tree.size(),
             root: self.tree.root(),
             extensions: Vec::new(),
         };
@@ -567,7 +321,7 @@ impl<S: Storage> Writer<S> {
     /// Once everything written is synced: clears the journal (its records are covered) and
     /// removes the superseded partial tiles that had to wait for this.
     fn after_sync(&mut self) -> Result<(), LogError> {
-        self.deferred_removals.append(&mut self.tree.completed);
+        self.deferred_removals.extend(self.tree.take_superseded());
         self.clear_synced()
     }
 
@@ -662,10 +416,10 @@ impl<S: Storage> Writer<S> {
         }
         self.journal_bytes = 0;
         self.unsynced_since = None;
-        self.published = self.tree.size;
-        self.committed = self.tree.size;
+        self.published = self.tree.size();
+        self.committed = self.tree.size();
         self.last_publish = std::time::Instant::now();
-        self.acked.store(self.tree.size, Ordering::Release);
+        self.acked.store(self.tree.size(), Ordering::Release);
         Ok(())
     }
 
@@ -691,14 +445,14 @@ impl<S: Storage> Writer<S> {
         let mut acks = Vec::with_capacity(items.len());
         let mut close = None;
         let mut result = Ok(());
-        let first = self.tree.size;
+        let first = self.tree.size();
         let mut record = RecordBuilder::new(first, &self.tree.root());
         for it in items {
             match it {
                 Item::One {
                     entry, leaf, tx, ..
                 } => {
-                    let idx = self.tree.size;
+                    let idx = self.tree.size();
                     if result.is_ok() {
                         result = self.tree.append(&entry, leaf);
                         record.push(&entry);
@@ -706,7 +460,7 @@ impl<S: Storage> Writer<S> {
                     acks.push(Ack::One(tx, idx));
                 }
                 Item::Many { batch, tx } => {
-                    let start = self.tree.size;
+                    let start = self.tree.size();
                     for (e, h) in batch.iter() {
                         if result.is_err() {
                             break;
@@ -714,7 +468,7 @@ impl<S: Storage> Writer<S> {
                         result = self.tree.append(e, *h);
                         record.push(e);
                     }
-                    acks.push(Ack::Many(tx, start..self.tree.size));
+                    acks.push(Ack::Many(tx, start..self.tree.size()));
                 }
                 Item::Close { tx } => {
                     closing = true;
@@ -732,14 +486,14 @@ impl<S: Storage> Writer<S> {
             // Journaled: acknowledged once the record is durable, by the flusher (or at once, for a
             // small batch synced here; see `crate::flush`).
             Ok(Some(sync)) => {
-                let entries = self.tree.size - first;
-                self.flusher.submit(sync, acks, self.tree.size, entries)
+                let entries = self.tree.size() - first;
+                self.flusher.submit(sync, acks, self.tree.size(), entries)
             }
             Ok(None) => acks.into_iter().for_each(Ack::ok),
             Err(e) => {
                 tracing::error!(error = %e, "log batch failed");
                 self.mark_broken();
-                self.tree.completed.clear();
+                self.tree.take_superseded();
                 for a in acks {
                     a.fail(e.clone());
                 }
@@ -761,7 +515,7 @@ impl<S: Storage> Writer<S> {
     /// checkpoint. A journaled batch is durable once the returned sync has run (the flusher
     /// runs it); `None` means the batch is durable already.
     fn commit(&mut self, record: Option<Vec<u8>>) -> Result<Option<PendingSync>, LogError> {
-        if self.tree.size == self.committed {
+        if self.tree.size() == self.committed {
             return Ok(None);
         }
         if let Some(rec) = record {
@@ -772,7 +526,7 @@ impl<S: Storage> Writer<S> {
             }
             match self.storage.journal_write(&rec) {
                 Ok(Some(sync)) => {
-                    self.committed = self.tree.size;
+                    self.committed = self.tree.size();
                     self.journal_bytes += rec.len();
                     self.unsynced_since
                         .get_or_insert_with(std::time::Instant::now);
@@ -800,7 +554,7 @@ impl<S: Storage> Writer<S> {
                 self.committed = cp.size;
                 self.published = cp.size;
                 self.last_publish = std::time::Instant::now();
-                self.deferred_removals.append(&mut self.tree.completed);
+                self.deferred_removals.extend(self.tree.take_superseded());
                 self.direct_in_flight = true;
                 return Ok(Some(sync));
             }
@@ -877,7 +631,7 @@ pub(crate) fn open_tree<S: Storage>(
     let mut tree = TreeState::load(st, &base)?;
     for rec in &records {
         let rec = JournalRecord::parse(rec)?;
-        if rec.start != tree.size {
+        if rec.start != tree.size() {
             break;
         }
         for_each_bundle_entry(rec.entries, rec.count as usize, |_, e| {
@@ -894,7 +648,7 @@ pub(crate) fn open_tree<S: Storage>(
             )));
         }
     }
-    if tree.size < cp.size {
+    if tree.size() < cp.size {
         // The checkpoint is ahead of the journal (cannot happen unless the journal was lost):
         // the checkpoint is the truth as long as its tiles are intact.
         tree = TreeState::load(st, cp)?;
@@ -903,7 +657,7 @@ pub(crate) fn open_tree<S: Storage>(
         .map_err(|e| io("writing partial tiles", e))?;
     let now = Checkpoint {
         origin: cp.origin.clone(),
-        size: tree.size,
+        size: tree.size(),
         root: tree.root(),
         extensions: Vec::new(),
     };
@@ -913,8 +667,8 @@ pub(crate) fn open_tree<S: Storage>(
         .map_err(|e| io("publishing the recovered checkpoint", e))?;
     st.journal_clear()
         .map_err(|e| io("clearing the journal", e))?;
-    remove_garbage(st, tree.size).map_err(|e| io("cleaning up", e))?;
-    for p in std::mem::take(&mut tree.completed) {
+    remove_garbage(st, tree.size()).map_err(|e| io("cleaning up", e))?;
+    for p in tree.take_superseded() {
         st.remove_later(&p);
     }
     Ok(tree)
