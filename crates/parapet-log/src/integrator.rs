@@ -4,16 +4,16 @@
 //!
 //! It owns the right edge of the tree (the compact range: one hash per level), at most one
 //! partial tile per tile level and one partial bundle, and the tiles completed since they were
-//! last written. It computes; where the bytes go is the [`Storage`] driver's business, which
+//! last written. It computes; where the bytes go is the [`Driver`] driver's business, which
 //! entries come (and that they are durable) the sequencer's. C2SP tlog-tiles layout, tile height
 //! 8: see [`crate::tile`].
 
 use crate::checkpoint::Checkpoint;
+use crate::driver::Driver;
 use crate::error::LogError;
 use crate::hash::{node_hash, Hash};
 use crate::proof::NodeSource;
 use crate::queue::MAX_BATCH_ENTRIES;
-use crate::storage::Storage;
 use crate::tile::{
     bundle_path, for_each_bundle_entry, nodes_at_tile_level, push_bundle_entry, tile_levels,
     tile_path, TILE_WIDTH,
@@ -44,10 +44,10 @@ pub(crate) trait Integrator {
     /// Bytes of completed tiles and bundles not yet written.
     fn pending_bytes(&self) -> usize;
     /// Writes the tiles and bundles that became full since the last call.
-    fn write_full(&mut self, st: &mut dyn Storage) -> io::Result<()>;
+    fn write_full(&mut self, st: &mut dyn Driver) -> io::Result<()>;
     /// Writes the full tiles not yet written and the partial tiles and bundle changed since the
     /// last call: afterwards storage holds every tile of the current tree.
-    fn write_partials(&mut self, st: &mut dyn Storage) -> io::Result<()>;
+    fn write_partials(&mut self, st: &mut dyn Driver) -> io::Result<()>;
     /// Takes the partial tiles (`.p` directories) superseded by full ones since the last call:
     /// removable once nothing needs the older trees they belong to.
     fn take_superseded(&mut self) -> Vec<String>;
@@ -103,10 +103,7 @@ impl TreeState {
     }
 
     /// Rebuilds the state of the published tree of checkpoint `cp` from storage.
-    pub(crate) fn load<S: Storage + ?Sized>(
-        st: &S,
-        cp: &Checkpoint,
-    ) -> Result<TreeState, LogError> {
+    pub(crate) fn load<S: Driver + ?Sized>(st: &S, cp: &Checkpoint) -> Result<TreeState, LogError> {
         let n = cp.size;
         let mut nodes = TileNodes::new(st, n);
         let mut range = Vec::new();
@@ -235,7 +232,7 @@ impl Integrator for TreeState {
     }
 
     /// Writes the tiles and bundles that became full since the last call.
-    fn write_full(&mut self, st: &mut dyn Storage) -> io::Result<()> {
+    fn write_full(&mut self, st: &mut dyn Driver) -> io::Result<()> {
         for (path, data) in std::mem::take(&mut self.full) {
             st.write(&path, &data)?;
         }
@@ -244,7 +241,7 @@ impl Integrator for TreeState {
 
     /// Writes the full tiles not yet written and the partial tiles and bundle changed since the
     /// last call.
-    fn write_partials(&mut self, st: &mut dyn Storage) -> io::Result<()> {
+    fn write_partials(&mut self, st: &mut dyn Driver) -> io::Result<()> {
         self.write_full(st)?;
         if self.bundle_dirty && self.bundle_count > 0 {
             let path = bundle_path(self.size / TILE_WIDTH, self.bundle_count);
@@ -271,7 +268,7 @@ impl Integrator for TreeState {
 
 /// Removes what an interrupted batch may have left beyond the published tree of `size` leaves:
 /// temporary files, unpublished full tiles and bundles, and partial tiles wider than published.
-pub(crate) fn remove_garbage(st: &mut dyn Storage, size: u64) -> io::Result<()> {
+pub(crate) fn remove_garbage(st: &mut dyn Driver, size: u64) -> io::Result<()> {
     let max_tiles = (MAX_BATCH_ENTRIES as u64) / TILE_WIDTH + 2;
     let top = tile_levels(size + MAX_BATCH_ENTRIES as u64) + 1;
     let mut levels: Vec<Option<u32>> = vec![None];

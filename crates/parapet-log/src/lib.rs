@@ -31,6 +31,7 @@
 
 pub mod bulk;
 pub mod checkpoint;
+pub mod driver;
 mod error;
 mod flush;
 pub mod hash;
@@ -39,7 +40,7 @@ pub mod note;
 pub mod proof;
 mod queue;
 mod reader;
-pub mod storage;
+pub mod sequencer;
 pub mod tile;
 mod tiles;
 pub mod verify;
@@ -52,17 +53,19 @@ pub use queue::{LAZY_COMMIT_DELAY, MAX_BATCH_ENTRIES};
 pub use reader::{
     EntryIter, LogReader, ProofText, CONSISTENCY_PROOF_HEADER, INCLUSION_PROOF_HEADER,
 };
+pub use sequencer::JOURNAL_MAX_RECORD;
 pub use witness_client::{
     WitnessEndpoint, WitnessHealth, WitnessPolicy, WitnessStatus, COSIGNED_CHECKPOINT,
 };
-pub use writer::{FULL_SYNC_BYTES, FULL_SYNC_INTERVAL, JOURNAL_MAX_RECORD, PUBLISH_INTERVAL};
+pub use writer::{FULL_SYNC_BYTES, FULL_SYNC_INTERVAL, PUBLISH_INTERVAL};
 
 use crate::checkpoint::Checkpoint;
+use crate::driver::{Driver, LocalDir};
 use crate::hash::{empty_root, leaf_hash, Hash};
 use crate::integrator::Integrator;
 use crate::note::{valid_key_name, NoteSigner};
 use crate::queue::{BatchData, Item, LocalQueue, Queue};
-use crate::storage::{LocalDir, Storage};
+use crate::sequencer::{DirJournal, Sequencer};
 use crate::tile::MAX_ENTRY_SIZE;
 use crate::writer::Writer;
 use std::fs::{self, OpenOptions};
@@ -147,7 +150,7 @@ impl Log {
                 origin: origin.to_string(),
             });
         }
-        let cp_path = dir.join(storage::CHECKPOINT);
+        let cp_path = dir.join(driver::CHECKPOINT);
         if cp_path.exists() {
             return Err(LogError::AlreadyExists {
                 path: cp_path.display().to_string(),
@@ -197,7 +200,7 @@ impl Log {
     /// Opens an existing log for appending, recovering from any interrupted batch.
     pub fn open(dir: &Path, key_file: &Path) -> Result<Log, LogError> {
         let signer = read_signer(key_file)?;
-        Self::open_with_storage(LocalDir::new(dir), signer).map_err(|e| match e {
+        Self::open_with(LocalDir::new(dir), DirJournal::new(dir), signer).map_err(|e| match e {
             LogError::Tampered(m) if m.starts_with("checkpoint:") => LogError::BadSigningKey {
                 path: key_file.display().to_string(),
                 reason: format!(
@@ -209,20 +212,26 @@ impl Log {
         })
     }
 
-    /// Opens the log held by any [`Storage`] driver with signing key `signer`, recovering from
-    /// any interrupted batch (the checkpoint is the truth; anything beyond it is discarded).
-    pub fn open_with_storage<S: Storage>(mut st: S, signer: NoteSigner) -> Result<Log, LogError> {
-        let location = st.location();
+    /// Opens the log whose files `driver` holds and whose batches `sequencer` makes durable,
+    /// with signing key `signer`, recovering from any interrupted batch (the published
+    /// checkpoint plus the sequencer's records are the truth; anything beyond is discarded).
+    /// [`Log::open`] is `open_with(LocalDir::new(dir), DirJournal::new(dir), signer)`.
+    pub fn open_with<D: Driver, Q: Sequencer>(
+        mut driver: D,
+        mut sequencer: Q,
+        signer: NoteSigner,
+    ) -> Result<Log, LogError> {
+        let location = driver.location();
         let mut note = Vec::new();
-        let found = st
-            .read_into(storage::CHECKPOINT, &mut note)
+        let found = driver
+            .read_into(driver::CHECKPOINT, &mut note)
             .map_err(|e| LogError::io(format!("{location}: reading the checkpoint"), e))?;
         if !found {
             return Err(LogError::NotALog { dir: location });
         }
         let text = signer.verifier().open(&note, "checkpoint")?;
         let cp = Checkpoint::parse(text, &format!("{location}/checkpoint"))?;
-        let tree = writer::open_tree(&mut st, &signer, &cp)?;
+        let tree = writer::open_tree(&mut driver, &mut sequencer, &signer, &cp)?;
         let queue = Arc::new(LocalQueue::default());
         let size = Arc::new(AtomicU64::new(tree.size()));
         let tree_size = tree.size();
@@ -235,7 +244,8 @@ impl Log {
             .map_err(|e| LogError::io("starting the log flusher thread", e))?
         };
         let w = Writer {
-            storage: st,
+            driver,
+            sequencer,
             signer,
             origin: cp.origin.clone(),
             tree,
@@ -409,9 +419,9 @@ impl Log {
 /// published them (up to [`PUBLISH_INTERVAL`]), or after it stopped without doing so (a crash;
 /// `parapet log recover` publishes them). Reads only.
 pub fn unpublished_entries(dir: &Path, published: u64) -> Result<u64, LogError> {
-    let records = storage::read_journal(dir)
+    let records = sequencer::read_journal(dir)
         .map_err(|e| LogError::io(format!("{}: reading the journal", dir.display()), e))?;
-    Ok(writer::journal_end(&records)?.map_or(0, |end| end.saturating_sub(published)))
+    Ok(sequencer::journal_end(&records)?.map_or(0, |end| end.saturating_sub(published)))
 }
 
 /// A queued append: resolves to the entry's index (for [`Log::submit_run`], the index of the

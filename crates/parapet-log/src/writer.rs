@@ -24,22 +24,19 @@
 //! staged checkpoint are synced, then the checkpoint is published and its directory synced.
 
 use crate::checkpoint::Checkpoint;
+use crate::driver::{Driver, CHECKPOINT};
 use crate::error::LogError;
 use crate::flush::{Ack, Flusher};
-use crate::hash::{leaf_hash, Hash};
+use crate::hash::leaf_hash;
 use crate::integrator::{remove_garbage, Integrator, TreeState};
 use crate::note::NoteSigner;
 use crate::queue::{Gather, Item, LocalQueue, Next, Queue};
-use crate::storage::{PendingSync, Storage, CHECKPOINT};
-use crate::tile::{for_each_bundle_entry, push_bundle_entry};
+use crate::sequencer::{JournalRecord, PendingSync, RecordBuilder, Sequencer};
+use crate::tile::for_each_bundle_entry;
 use std::io;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use tokio::sync::oneshot;
-
-/// Largest batch (entry bytes) made durable through the journal; larger batches are synced
-/// directly, which costs less than writing their entries twice.
-pub const JOURNAL_MAX_RECORD: usize = 1 << 20;
 
 /// Longest the tiles and checkpoint stay unsynced (durable only through the journal).
 pub const FULL_SYNC_INTERVAL: std::time::Duration = std::time::Duration::from_millis(1000);
@@ -56,99 +53,12 @@ const PUBLISH_PENDING_BYTES: usize = 8 << 20;
 /// (bounds the journal and the replay work when the log is next opened).
 pub const FULL_SYNC_BYTES: usize = 32 << 20;
 
-/// A journal record: one batch, with where it starts and the roots before and after it.
-/// Layout: start u64 BE, count u32 BE, root before (32), root after (32), then each entry as
-/// u16 BE length and bytes (the entry-bundle encoding).
-struct JournalRecord<'a> {
-    start: u64,
-    count: u32,
-    root_before: Hash,
-    root_after: Hash,
-    entries: &'a [u8],
-}
-
-const RECORD_HEAD: usize = 8 + 4 + 32 + 32;
-
-impl<'a> JournalRecord<'a> {
-    fn parse(rec: &'a [u8]) -> Result<JournalRecord<'a>, LogError> {
-        let bad = || LogError::Tampered("journal: a record is malformed".into());
-        if rec.len() < RECORD_HEAD {
-            return Err(bad());
-        }
-        let hash = |r: &[u8]| -> Result<Hash, LogError> { r.try_into().map_err(|_| bad()) };
-        Ok(JournalRecord {
-            start: u64::from_be_bytes(rec[0..8].try_into().map_err(|_| bad())?),
-            count: u32::from_be_bytes(rec[8..12].try_into().map_err(|_| bad())?),
-            root_before: hash(&rec[12..44])?,
-            root_after: hash(&rec[44..76])?,
-            entries: &rec[RECORD_HEAD..],
-        })
-    }
-}
-
-/// Where the entries of journal `records` end (the tree size after the last record that
-/// follows on from the one before), or `None` without records.
-pub(crate) fn journal_end(records: &[Vec<u8>]) -> Result<Option<u64>, LogError> {
-    let mut end: Option<u64> = None;
-    for rec in records {
-        let r = JournalRecord::parse(rec)?;
-        if end.is_some_and(|e| e != r.start) {
-            break;
-        }
-        end = Some(r.start + u64::from(r.count));
-    }
-    Ok(end)
-}
-
-/// Builds the journal record of the batch being integrated.
-struct RecordBuilder {
-    buf: Vec<u8>,
-    count: u32,
-    /// Too big for the journal: the batch is synced directly.
-    overflow: bool,
-}
-
-impl RecordBuilder {
-    fn new(start: u64, root_before: &Hash) -> RecordBuilder {
-        let mut buf = Vec::with_capacity(64 << 10);
-        buf.extend_from_slice(&start.to_be_bytes());
-        buf.extend_from_slice(&0u32.to_be_bytes());
-        buf.extend_from_slice(root_before);
-        buf.extend_from_slice(&[0u8; 32]);
-        RecordBuilder {
-            buf,
-            count: 0,
-            overflow: false,
-        }
-    }
-
-    fn push(&mut self, entry: &[u8]) {
-        if self.overflow {
-            return;
-        }
-        if self.buf.len() + 2 + entry.len() > RECORD_HEAD + JOURNAL_MAX_RECORD {
-            self.overflow = true;
-            self.buf = Vec::new();
-            return;
-        }
-        push_bundle_entry(&mut self.buf, entry);
-        self.count += 1;
-    }
-
-    /// The finished record, or `None` if the batch is too big for the journal.
-    fn finish(mut self, root_after: &Hash) -> Option<Vec<u8>> {
-        if self.overflow {
-            return None;
-        }
-        self.buf[8..12].copy_from_slice(&self.count.to_be_bytes());
-        self.buf[44..76].copy_from_slice(root_after);
-        Some(self.buf)
-    }
-}
-
 /// The writer thread's state.
-pub(crate) struct Writer<S: Storage> {
-    pub(crate) storage: S,
+pub(crate) struct Writer<D: Driver, Q: Sequencer> {
+    /// Reads and writes the log's files.
+    pub(crate) driver: D,
+    /// Makes each batch durable (assigns its indices for good).
+    pub(crate) sequencer: Q,
     pub(crate) signer: NoteSigner,
     pub(crate) origin: String,
     pub(crate) tree: TreeState,
@@ -178,7 +88,7 @@ pub(crate) struct Writer<S: Storage> {
     pub(crate) direct_in_flight: bool,
 }
 
-impl<S: Storage> Writer<S> {
+impl<D: Driver, Q: Sequencer> Writer<D, Q> {
     /// Runs until every handle is dropped (or the log is closed) and the queue is empty.
     pub(crate) fn run(mut self) {
         let mut gather = Gather::new();
@@ -275,7 +185,7 @@ impl<S: Storage> Writer<S> {
         }
         self.drain()?;
         let cp = self.stage_current()?;
-        self.storage
+        self.driver
             .publish_checkpoint_unsynced()
             .map_err(|e| self.io_error("publishing the checkpoint", e))?;
         self.published = cp.size;
@@ -288,17 +198,21 @@ impl<S: Storage> Writer<S> {
     /// Writes the tiles not yet written and stages a signed checkpoint of the current tree
     /// (not yet published); returns that checkpoint.
     fn stage_current(&mut self) -> Result<Checkpoint, LogError> {
-        self.tree
-            .write_partials(&mut self.storage)
-            .map_err(|e| self.io_error("writing tiles", e))?;
         let cp = Checkpoint {
             origin: self.origin.clone(),
             size: self.tree.size(),
             root: self.tree.root(),
             extensions: Vec::new(),
         };
+        // Only the holder of the integration lock publishes (see `Sequencer::fence`).
+        self.sequencer
+            .fence(cp.size, &cp.root)
+            .map_err(|e| self.io_error("publishing (integration fence)", e))?;
+        self.tree
+            .write_partials(&mut self.driver)
+            .map_err(|e| self.io_error("writing tiles", e))?;
         let note = self.signer.sign(&cp.to_text());
-        self.storage
+        self.driver
             .stage_checkpoint(note.as_bytes())
             .map_err(|e| self.io_error("writing the checkpoint", e))?;
         Ok(cp)
@@ -312,7 +226,7 @@ impl<S: Storage> Writer<S> {
         }
         self.drain()?;
         self.publish()?;
-        self.storage
+        self.driver
             .sync()
             .map_err(|e| self.io_error("syncing tiles", e))?;
         self.after_sync()
@@ -329,14 +243,14 @@ impl<S: Storage> Writer<S> {
     /// last sync's start is synced (the tiles completed since stay for the next one).
     fn clear_synced(&mut self) -> Result<(), LogError> {
         if self.unsynced_since.is_some() {
-            self.storage
-                .journal_clear()
+            self.sequencer
+                .clear()
                 .map_err(|e| self.io_error("clearing the journal", e))?;
             self.journal_bytes = 0;
             self.unsynced_since = None;
         }
         for p in std::mem::take(&mut self.deferred_removals) {
-            self.storage.remove_later(&p);
+            self.driver.remove_later(&p);
         }
         Ok(())
     }
@@ -363,7 +277,7 @@ impl<S: Storage> Writer<S> {
     }
 
     fn io_error(&self, what: &str, e: io::Error) -> LogError {
-        io_error(&self.storage.location(), self.acked_size(), what, e)
+        io_error(&self.driver.location(), self.acked_size(), what, e)
     }
 
     /// Waits until every batch handed to the flusher is durable and acknowledged (or failed),
@@ -376,7 +290,7 @@ impl<S: Storage> Writer<S> {
             // A batch that skipped the journal is synced: so is everything written before it.
             return if direct { self.clear_synced() } else { Ok(()) };
         };
-        if let Err(w) = self.storage.journal_withdraw_from(mark) {
+        if let Err(w) = self.sequencer.withdraw_from(mark) {
             tracing::error!(error = %w, "withdrawing failed batches from the journal failed");
         }
         self.mark_broken();
@@ -390,17 +304,17 @@ impl<S: Storage> Writer<S> {
         let _ = self.drain();
         let mut buf = Vec::new();
         let found = self
-            .storage
+            .driver
             .read_into(CHECKPOINT, &mut buf)
             .map_err(|e| self.io_error("reading the checkpoint", e))?;
         if !found {
             return Err(LogError::NotALog {
-                dir: self.storage.location(),
+                dir: self.driver.location(),
             });
         }
         let text = self.signer.verifier().open(&buf, "checkpoint")?.to_string();
         let cp = Checkpoint::parse(&text, "checkpoint")?;
-        self.tree = match open_tree(&mut self.storage, &self.signer, &cp) {
+        self.tree = match open_tree(&mut self.driver, &mut self.sequencer, &self.signer, &cp) {
             Ok(tree) => tree,
             Err(LogError::Io { source, .. }) if source.raw_os_error() == Some(libc::ENOSPC) => {
                 return Err(self.io_error(
@@ -412,7 +326,7 @@ impl<S: Storage> Writer<S> {
         };
         // open_tree synced everything and cleared the journal.
         for p in std::mem::take(&mut self.deferred_removals) {
-            self.storage.remove_later(&p);
+            self.driver.remove_later(&p);
         }
         self.journal_bytes = 0;
         self.unsynced_since = None;
@@ -524,7 +438,7 @@ impl<S: Storage> Writer<S> {
                 // written before it, which must not include this record.
                 self.drain()?;
             }
-            match self.storage.journal_write(&rec) {
+            match self.sequencer.sequence(&rec) {
                 Ok(Some(sync)) => {
                     self.committed = self.tree.size();
                     self.journal_bytes += rec.len();
@@ -536,7 +450,7 @@ impl<S: Storage> Writer<S> {
                 Err(e) => {
                     // The record may be on disk in full: withdraw it, so that the failed batch
                     // is never replayed.
-                    if let Err(e) = self.storage.journal_discard_last(&rec) {
+                    if let Err(e) = self.sequencer.discard_last(&rec) {
                         tracing::error!(error = %e, "withdrawing a failed batch from the journal failed");
                     }
                     return Err(self.io_error("writing the journal", e));
@@ -549,22 +463,23 @@ impl<S: Storage> Writer<S> {
         // The flusher syncs the files and publishes the checkpoint, then acknowledges the
         // batch, while this thread integrates the next one (bulk loads: the next batch's
         // hashing overlaps this one's disk flush).
-        match self.storage.sync_and_publish_later() {
+        match self.driver.sync_and_publish_later() {
             Ok(Some(sync)) => {
                 self.committed = cp.size;
                 self.published = cp.size;
                 self.last_publish = std::time::Instant::now();
                 self.deferred_removals.extend(self.tree.take_superseded());
                 self.direct_in_flight = true;
-                return Ok(Some(sync));
+                // If it fails, withdrawing from the sequencer's end withdraws nothing.
+                return Ok(Some(sync.marked(self.sequencer.end_mark())));
             }
             Ok(None) => {}
             Err(e) => return Err(self.io_error("syncing tiles", e)),
         }
-        self.storage
+        self.driver
             .sync()
             .map_err(|e| self.io_error("syncing tiles", e))?;
-        self.storage
+        self.driver
             .publish_checkpoint()
             .map_err(|e| self.io_error("publishing the checkpoint", e))?;
         self.acked.store(cp.size, Ordering::Release);
@@ -599,16 +514,15 @@ pub(crate) fn io_error(location: &str, size: u64, what: &str, e: io::Error) -> L
 /// journal's records onto it (rewriting their tiles), syncs everything, publishes the
 /// checkpoint, clears the journal and removes what an interrupted batch left behind.
 /// `cp` is the checkpoint file's content, verified by the caller.
-pub(crate) fn open_tree<S: Storage>(
-    st: &mut S,
+pub(crate) fn open_tree<D: Driver, Q: Sequencer>(
+    st: &mut D,
+    seq: &mut Q,
     signer: &NoteSigner,
     cp: &Checkpoint,
 ) -> Result<TreeState, LogError> {
     let location = st.location();
     let io = |what: &str, e: io::Error| LogError::io(format!("{location}: {what}"), e);
-    let records = st
-        .journal_records()
-        .map_err(|e| io("reading the journal", e))?;
+    let records = seq.records().map_err(|e| io("reading the journal", e))?;
     let Some(first) = records.first() else {
         let tree = TreeState::load(st, cp)?;
         remove_garbage(st, cp.size).map_err(|e| io("cleaning up", e))?;
@@ -653,6 +567,9 @@ pub(crate) fn open_tree<S: Storage>(
         // the checkpoint is the truth as long as its tiles are intact.
         tree = TreeState::load(st, cp)?;
     }
+    // Full tiles rewritten above hold the bytes they always had; what follows publishes.
+    seq.fence(tree.size(), &tree.root())
+        .map_err(|e| io("taking over integration", e))?;
     tree.write_partials(st)
         .map_err(|e| io("writing partial tiles", e))?;
     let now = Checkpoint {
@@ -665,8 +582,7 @@ pub(crate) fn open_tree<S: Storage>(
         .and_then(|()| st.sync())
         .and_then(|()| st.publish_checkpoint())
         .map_err(|e| io("publishing the recovered checkpoint", e))?;
-    st.journal_clear()
-        .map_err(|e| io("clearing the journal", e))?;
+    seq.clear().map_err(|e| io("clearing the journal", e))?;
     remove_garbage(st, tree.size()).map_err(|e| io("cleaning up", e))?;
     for p in tree.take_superseded() {
         st.remove_later(&p);
