@@ -3,7 +3,7 @@
 //! The log follows the transparency-log standards exactly, so independent verifiers, witnesses
 //! and monitors work with it unchanged:
 //! - Merkle tree and proofs: RFC 9162 / RFC 6962 ([`hash`], [`proof`]).
-//! - Storage layout: C2SP tlog-tiles on a local directory ([`tile`], [`storage`]).
+//! - Storage layout: C2SP tlog-tiles on a local directory ([`tile`], [`driver`]).
 //! - Checkpoints: C2SP tlog-checkpoint signed as a C2SP signed-note with Ed25519
 //!   ([`checkpoint`], [`note`]).
 //! - Proof output: C2SP tlog-proof ([`LogReader::inclusion_proof_text`]).
@@ -11,6 +11,14 @@
 //!   the witness's protocol logic and state ([`witness`]), the log's client
 //!   ([`Log::start_witnessing`], [`witness_client`]) and quorum verification
 //!   ([`verify::verify_witnessed`]).
+//!
+//! Architecture, after Tessera: four roles, each in its module behind one small trait. The
+//! queue (`queue`: submission, group commit) feeds one writer thread; the [`sequencer`] makes
+//! each batch durable, assigning its indices for good ([`sequencer::Sequencer`]; the local
+//! directory's is the journal, [`sequencer::DirJournal`]); the integrator (`integrator`) turns
+//! the tree's state into tiles, bundles and a checkpoint; the storage [`driver`] does the I/O
+//! ([`driver::Driver`]; [`driver::LocalDir`]). [`Log::open_with`] takes any driver and
+//! sequencer. See `docs/log.md`, "Architecture".
 //!
 //! PINNED PUBLIC API (other crates compile against these signatures):
 //!

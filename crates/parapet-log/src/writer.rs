@@ -1,27 +1,22 @@
-//! The writer: sequencing and integration on one dedicated thread.
+//! The writer: the thread that runs the log's four roles in turn (see `docs/log.md`,
+//! "Architecture"). It takes a batch from the [`crate::queue`], integrates it (extends the
+//! tree's right edge, [`crate::integrator`]), hands its batch record to the
+//! [`crate::sequencer`] and the record's sync to the flusher thread ([`crate::flush`]), which
+//! acknowledges the batch once it is durable; it publishes tiles and a signed checkpoint through
+//! the storage [`crate::driver`] later, and recovers after an error. It owns the timing policy:
+//! when to publish, to sync fully, to recover.
 //!
-//! Sequencing: `submit` pushes entries (with their leaf hashes, computed by the caller) onto a
-//! queue under a short lock; queue order is index order. Integration: the writer thread takes
-//! everything queued (group commit), extends the tree's right edge, and makes the batch durable;
-//! full tiles and bundles as they complete, the current partial ones and a signed checkpoint are
-//! written (published) from it. Memory is bounded: the compact range (one hash per tree level),
-//! at most one partial tile per tile level and one partial bundle, and the tiles completed since
-//! the last publication (at most [`PUBLISH_PENDING_BYTES`] before it is done early).
-//!
-//! Durability comes one of two ways. A batch of up to [`JOURNAL_MAX_RECORD`] entry bytes is
-//! made durable by one record in the storage's write-ahead journal (one durable append: entries,
-//! start index and the roots before and after); its tiles and signed checkpoint are reproduced
-//! exactly from the journal if the process dies, so the batch is acknowledged as soon as that
-//! record is durable. The writer only writes the record; the flusher thread ([`crate::flush`])
-//! syncs it and acknowledges the batch while the writer integrates the next one, and one sync
-//! covers every record written meanwhile. Whatever needs a durable tree first (publication, a
-//! full sync, recovery) waits for the flusher to catch up. The files themselves are written
-//! (publication) at most [`PUBLISH_INTERVAL`] later, together for every batch since the last
-//! publication, without waiting for the disk; every
-//! [`FULL_SYNC_INTERVAL`] (or [`FULL_SYNC_BYTES`] of journal) they are synced and the journal is
-//! cleared. Opening the log replays the journal onto the last synced tree. Larger batches (bulk
-//! loads), and storage without a journal, are made durable directly: tiles, directories and the
-//! staged checkpoint are synced, then the checkpoint is published and its directory synced.
+//! Durability comes one of two ways. A batch of up to [`crate::JOURNAL_MAX_RECORD`] entry bytes
+//! is made durable by its record alone (entries, start index and the roots before and after);
+//! its tiles and signed checkpoint are reproduced exactly from the records if the process dies,
+//! so the batch is acknowledged as soon as its record is durable. Whatever needs a durable tree
+//! first (publication, a full sync, recovery) waits for the flusher to catch up. The files are
+//! written (published) at most [`PUBLISH_INTERVAL`] later, together for every batch since the
+//! last publication, without waiting for the disk; every [`FULL_SYNC_INTERVAL`] (or
+//! [`FULL_SYNC_BYTES`] of records) they are synced and the sequencer's records cleared. Opening
+//! the log replays the records onto the last synced tree. Larger batches (bulk loads), and
+//! sequencers that keep no records, are made durable directly: tiles and the staged checkpoint
+//! are synced, then the checkpoint is published.
 
 use crate::checkpoint::Checkpoint;
 use crate::driver::{Driver, CHECKPOINT};

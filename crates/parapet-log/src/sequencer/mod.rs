@@ -1,8 +1,9 @@
 //! The sequencer: assigns indices durably. Second of the log's four roles (queue → sequencer →
 //! integrator → storage driver; see `docs/log.md`, "Architecture").
 //!
-//! The writer hands the sequencer one **batch record** per batch ([`RecordBuilder`]): the
-//! index of its first entry, the tree's roots before and after it, and its entries. Once the
+//! The writer hands the sequencer one **batch record** per batch: the index of its first entry
+//! (u64 BE), the number of entries (u32 BE), the tree's roots before and after it (32 bytes
+//! each), then each entry as a u16 BE length and its bytes (the entry-bundle encoding). Once the
 //! record is durable the batch's indices are assigned for good, and its tickets resolve: the
 //! tiles and checkpoint follow from the records deterministically, so they can be published
 //! later (and re-published after a crash, byte for byte). [`DirJournal`] is the sequencer of a
@@ -33,7 +34,7 @@ use std::io;
 ///
 /// The writer calls it from one thread; only [`PendingSync::run`] runs elsewhere.
 pub trait Sequencer: Send + 'static {
-    /// Writes `record` (see [`RecordBuilder`]) without waiting for it to be durable, and returns
+    /// Writes `record` (a batch record, see the module documentation) without waiting for it to be durable, and returns
     /// the [`PendingSync`] that makes it durable, which another thread may run while the next
     /// record is being prepared (pipelining). `Ok(None)` if this sequencer keeps no records:
     /// the writer then makes every batch durable by syncing the driver directly.
