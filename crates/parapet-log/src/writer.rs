@@ -26,7 +26,7 @@ use crate::hash::leaf_hash;
 use crate::integrator::{remove_garbage, Integrator, TreeState};
 use crate::note::NoteSigner;
 use crate::queue::{Gather, Item, LocalQueue, Next, Queue};
-use crate::sequencer::{JournalRecord, PendingSync, RecordBuilder, Sequencer};
+use crate::sequencer::{BatchRecord, PendingSync, RecordBuilder, Sequencer};
 use crate::tile::for_each_bundle_entry;
 use std::io;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -523,7 +523,7 @@ pub(crate) fn open_tree<D: Driver, Q: Sequencer>(
         remove_garbage(st, cp.size).map_err(|e| io("cleaning up", e))?;
         return Ok(tree);
     };
-    let first = JournalRecord::parse(first)?;
+    let first = BatchRecord::parse(first)?;
     if first.start > cp.size {
         return Err(LogError::Tampered(format!(
             "{location}: the journal starts at entry {} but the checkpoint has only {} entries; \
@@ -539,7 +539,7 @@ pub(crate) fn open_tree<D: Driver, Q: Sequencer>(
     };
     let mut tree = TreeState::load(st, &base)?;
     for rec in &records {
-        let rec = JournalRecord::parse(rec)?;
+        let rec = BatchRecord::parse(rec)?;
         if rec.start != tree.size() {
             break;
         }

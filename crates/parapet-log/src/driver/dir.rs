@@ -14,7 +14,8 @@ use std::io::{self, Read, Write};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering as AtomicOrdering};
 
-/// A log in a local directory.
+/// The storage driver of a log in a local directory: its files (its sequencer, the journal, is
+/// [`crate::sequencer::DirJournal`]).
 #[derive(Debug)]
 pub struct LocalDir {
     root: PathBuf,

@@ -89,8 +89,9 @@ impl PendingSync {
         }
     }
 
-    /// A sync that no later one covers (it syncs files other than the journal, see
-    /// [`crate::driver::Driver::sync_and_publish_later`]); `mark` is the journal's end when it was made.
+    /// A sync that no later one covers (it syncs a driver's files, see
+    /// [`crate::driver::Driver::sync_and_publish_later`]); the writer sets its mark to
+    /// [`Sequencer::end_mark`].
     pub fn standalone(
         mark: u64,
         run: impl FnOnce() -> io::Result<()> + Send + 'static,
@@ -116,9 +117,16 @@ impl PendingSync {
         self.standalone
     }
 
-    /// Where the record starts, as the driver counts (see [`Sequencer::withdraw_from`]).
+    /// Where the record starts, as the sequencer counts (see [`Sequencer::withdraw_from`]).
     pub fn mark(&self) -> u64 {
         self.mark
+    }
+
+    /// The same sync, with `mark` as its mark (the writer marks a driver's standalone sync with
+    /// the sequencer's end, so that withdrawing from it, should it fail, withdraws nothing).
+    pub(crate) fn marked(mut self, mark: u64) -> PendingSync {
+        self.mark = mark;
+        self
     }
 
     /// Makes the record (and those before it) durable.
@@ -138,23 +146,14 @@ impl std::fmt::Debug for PendingSync {
     }
 }
 
-impl PendingSync {
-    /// The same sync, with `mark` as its mark (the writer marks a driver's standalone sync with
-    /// the sequencer's end, so that withdrawing from it, should it fail, withdraws nothing).
-    pub(crate) fn marked(mut self, mark: u64) -> PendingSync {
-        self.mark = mark;
-        self
-    }
-}
-
 /// Largest batch (entry bytes) made durable through the journal; larger batches are synced
 /// directly, which costs less than writing their entries twice.
 pub const JOURNAL_MAX_RECORD: usize = 1 << 20;
 
-/// A journal record: one batch, with where it starts and the roots before and after it.
+/// A batch record: one batch, with where it starts and the roots before and after it.
 /// Layout: start u64 BE, count u32 BE, root before (32), root after (32), then each entry as
 /// u16 BE length and bytes (the entry-bundle encoding).
-pub(crate) struct JournalRecord<'a> {
+pub(crate) struct BatchRecord<'a> {
     pub(crate) start: u64,
     pub(crate) count: u32,
     pub(crate) root_before: Hash,
@@ -164,14 +163,14 @@ pub(crate) struct JournalRecord<'a> {
 
 const RECORD_HEAD: usize = 8 + 4 + 32 + 32;
 
-impl<'a> JournalRecord<'a> {
-    pub(crate) fn parse(rec: &'a [u8]) -> Result<JournalRecord<'a>, LogError> {
+impl<'a> BatchRecord<'a> {
+    pub(crate) fn parse(rec: &'a [u8]) -> Result<BatchRecord<'a>, LogError> {
         let bad = || LogError::Tampered("journal: a record is malformed".into());
         if rec.len() < RECORD_HEAD {
             return Err(bad());
         }
         let hash = |r: &[u8]| -> Result<Hash, LogError> { r.try_into().map_err(|_| bad()) };
-        Ok(JournalRecord {
+        Ok(BatchRecord {
             start: u64::from_be_bytes(rec[0..8].try_into().map_err(|_| bad())?),
             count: u32::from_be_bytes(rec[8..12].try_into().map_err(|_| bad())?),
             root_before: hash(&rec[12..44])?,
@@ -186,7 +185,7 @@ impl<'a> JournalRecord<'a> {
 pub(crate) fn journal_end(records: &[Vec<u8>]) -> Result<Option<u64>, LogError> {
     let mut end: Option<u64> = None;
     for rec in records {
-        let r = JournalRecord::parse(rec)?;
+        let r = BatchRecord::parse(rec)?;
         if end.is_some_and(|e| e != r.start) {
             break;
         }
