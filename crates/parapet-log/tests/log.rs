@@ -907,3 +907,58 @@ async fn a_pool_file_that_is_also_the_checkpoint_is_never_reused() {
     assert_eq!(e[0], b"first 0");
     assert_eq!(e[949], b"third 49");
 }
+
+/// The journal of a writer that another process has fenced off (it took over integration with
+/// a newer generation): sequencing still works, publishing must not.
+struct Fenced(DirJournal);
+
+impl Sequencer for Fenced {
+    fn sequence(&mut self, record: &[u8]) -> std::io::Result<Option<PendingSync>> {
+        self.0.sequence(record)
+    }
+    fn withdraw_from(&mut self, mark: u64) -> std::io::Result<()> {
+        self.0.withdraw_from(mark)
+    }
+    fn discard_last(&mut self, record: &[u8]) -> std::io::Result<()> {
+        self.0.discard_last(record)
+    }
+    fn records(&mut self) -> std::io::Result<Vec<Vec<u8>>> {
+        self.0.records()
+    }
+    fn clear(&mut self) -> std::io::Result<()> {
+        self.0.clear()
+    }
+    fn end_mark(&self) -> u64 {
+        self.0.end_mark()
+    }
+    fn fence(&mut self, _size: u64, _root: &parapet_log::hash::Hash) -> std::io::Result<()> {
+        Err(std::io::Error::other("a newer integrator holds the lock"))
+    }
+}
+
+/// A writer whose sequencer fences it off has its batches sequenced durably but publishes no
+/// tile and no checkpoint, not even when it closes; the next writer publishes them.
+#[tokio::test]
+async fn a_fenced_writer_publishes_nothing() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (dir, key, v) = new_log(tmp.path());
+    let signer = read_signing_key(&key).unwrap();
+    let log = Log::open_with(LocalDir::new(&dir), Fenced(DirJournal::new(&dir)), signer).unwrap();
+    // One run: one batch, sequenced before any publication is attempted.
+    let run = batch_of((0..10).map(|i| format!("f{i}")));
+    assert_eq!(log.submit_run(run).await.unwrap(), 9);
+    // Closing tries to publish, and is refused (its result depends on whether a publication was
+    // attempted before it).
+    let _ = log.close().await;
+    drop(log);
+    assert_eq!(LogReader::open(&dir).unwrap().size(), 0);
+    assert!(!dir.join("tile").exists(), "the fenced writer wrote tiles");
+    assert_eq!(parapet_log::unpublished_entries(&dir, 0).unwrap(), 10);
+    verify_log(&dir, &v, None, &no_progress).unwrap();
+    // The next writer (holding the lock) publishes what was sequenced.
+    drop(Log::open(&dir, &key).unwrap());
+    let e = all_entries(&dir);
+    assert_eq!(e.len(), 10);
+    assert_eq!(e[9], b"f9");
+    verify_log(&dir, &v, None, &no_progress).unwrap();
+}
