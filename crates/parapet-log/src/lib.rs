@@ -70,12 +70,10 @@ pub use writer::{FULL_SYNC_BYTES, FULL_SYNC_INTERVAL, PUBLISH_INTERVAL};
 use crate::checkpoint::Checkpoint;
 use crate::driver::{Driver, LocalDir};
 use crate::hash::{empty_root, leaf_hash, Hash};
-use crate::integrator::Integrator;
 use crate::note::{valid_key_name, NoteSigner};
 use crate::queue::{BatchData, Item, LocalQueue, Queue};
 use crate::sequencer::{DirJournal, Sequencer};
 use crate::tile::MAX_ENTRY_SIZE;
-use crate::writer::Writer;
 use std::fs::{self, OpenOptions};
 use std::future::Future;
 use std::io::Write;
@@ -225,8 +223,8 @@ impl Log {
     /// checkpoint plus the sequencer's records are the truth; anything beyond is discarded).
     /// [`Log::open`] is `open_with(LocalDir::new(dir), DirJournal::new(dir), signer)`.
     pub fn open_with<D: Driver, Q: Sequencer>(
-        mut driver: D,
-        mut sequencer: Q,
+        driver: D,
+        sequencer: Q,
         signer: NoteSigner,
     ) -> Result<Log, LogError> {
         let location = driver.location();
@@ -239,48 +237,14 @@ impl Log {
         }
         let text = signer.verifier().open(&note, "checkpoint")?;
         let cp = Checkpoint::parse(text, &format!("{location}/checkpoint"))?;
-        let tree = writer::open_tree(&mut driver, &mut sequencer, &signer, &cp)?;
-        let queue = Arc::new(LocalQueue::default());
-        let size = Arc::new(AtomicU64::new(tree.size()));
-        let tree_size = tree.size();
-        let flusher = {
-            let location = location.clone();
-            flush::Flusher::start(
-                size.clone(),
-                Arc::new(move |e, size, what| writer::io_error(&location, size, what, e)),
-            )
-            .map_err(|e| LogError::io("starting the log flusher thread", e))?
-        };
-        let w = Writer {
-            driver,
-            sequencer,
-            signer,
-            origin: cp.origin.clone(),
-            tree,
-            queue: queue.clone(),
-            acked: size.clone(),
-            broken: false,
-            close_ack: None,
-            journal_bytes: 0,
-            unsynced_since: None,
-            deferred_removals: Vec::new(),
-            published: tree_size,
-            last_publish: std::time::Instant::now(),
-            committed: tree_size,
-            flusher,
-            direct_in_flight: false,
-        };
-        let writer = std::thread::Builder::new()
-            .name("parapet-log-writer".into())
-            .spawn(move || w.run())
-            .map_err(|e| LogError::io("starting the log writer thread", e))?;
+        let started = writer::start(driver, sequencer, signer, &cp)?;
         Ok(Log {
             inner: Arc::new(Inner {
-                queue,
-                size,
+                queue: started.queue,
+                size: started.acked,
                 dir: PathBuf::from(location),
                 origin: cp.origin,
-                writer: Some(writer),
+                writer: Some(started.thread),
                 witness: std::sync::OnceLock::new(),
             }),
         })

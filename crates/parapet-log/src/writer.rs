@@ -48,44 +48,102 @@ const PUBLISH_PENDING_BYTES: usize = 8 << 20;
 /// (bounds the journal and the replay work when the log is next opened).
 pub const FULL_SYNC_BYTES: usize = 32 << 20;
 
-/// The writer thread's state.
-pub(crate) struct Writer<D: Driver, Q: Sequencer> {
-    /// Reads and writes the log's files.
-    pub(crate) driver: D,
-    /// Makes each batch durable (assigns its indices for good).
-    pub(crate) sequencer: Q,
-    pub(crate) signer: NoteSigner,
-    pub(crate) origin: String,
-    pub(crate) tree: TreeState,
+/// What [`start`] hands the log's handles.
+pub(crate) struct Started {
+    /// Where submissions go.
     pub(crate) queue: Arc<LocalQueue>,
-    /// Entries acknowledged (durable): what `Log::size` reports; raised by the flusher.
+    /// Entries acknowledged (durable).
     pub(crate) acked: Arc<AtomicU64>,
-    pub(crate) broken: bool,
-    pub(crate) close_ack: Option<oneshot::Sender<Result<(), LogError>>>,
+    /// The writer thread (joined when the last handle is dropped).
+    pub(crate) thread: std::thread::JoinHandle<()>,
+}
+
+/// Recovers the log whose verified checkpoint is `cp` (see [`open_tree`]) and starts its writer
+/// and flusher threads.
+pub(crate) fn start<D: Driver, Q: Sequencer>(
+    mut driver: D,
+    mut sequencer: Q,
+    signer: NoteSigner,
+    cp: &Checkpoint,
+) -> Result<Started, LogError> {
+    let location = driver.location();
+    let tree = open_tree(&mut driver, &mut sequencer, &signer, cp)?;
+    let queue = Arc::new(LocalQueue::default());
+    let acked = Arc::new(AtomicU64::new(tree.size()));
+    let tree_size = tree.size();
+    let flusher = Flusher::start(
+        acked.clone(),
+        Arc::new(move |e, size, what| io_error(&location, size, what, e)),
+    )
+    .map_err(|e| LogError::io("starting the log flusher thread", e))?;
+    let w = Writer {
+        driver,
+        sequencer,
+        signer,
+        origin: cp.origin.clone(),
+        tree,
+        queue: queue.clone(),
+        acked: acked.clone(),
+        broken: false,
+        close_ack: None,
+        journal_bytes: 0,
+        unsynced_since: None,
+        deferred_removals: Vec::new(),
+        published: tree_size,
+        last_publish: std::time::Instant::now(),
+        committed: tree_size,
+        flusher,
+        direct_in_flight: false,
+    };
+    let thread = std::thread::Builder::new()
+        .name("parapet-log-writer".into())
+        .spawn(move || w.run())
+        .map_err(|e| LogError::io("starting the log writer thread", e))?;
+    Ok(Started {
+        queue,
+        acked,
+        thread,
+    })
+}
+
+/// The writer thread's state.
+struct Writer<D: Driver, Q: Sequencer> {
+    /// Reads and writes the log's files.
+    driver: D,
+    /// Makes each batch durable (assigns its indices for good).
+    sequencer: Q,
+    signer: NoteSigner,
+    origin: String,
+    tree: TreeState,
+    queue: Arc<LocalQueue>,
+    /// Entries acknowledged (durable): what `Log::size` reports; raised by the flusher.
+    acked: Arc<AtomicU64>,
+    broken: bool,
+    close_ack: Option<oneshot::Sender<Result<(), LogError>>>,
     /// Journal bytes written since the last full sync.
-    pub(crate) journal_bytes: usize,
+    journal_bytes: usize,
     /// When the first batch not yet fully synced (durable only through the journal) committed.
-    pub(crate) unsynced_since: Option<std::time::Instant>,
+    unsynced_since: Option<std::time::Instant>,
     /// `.p` directories superseded since the last full sync: removed only after the next one,
     /// because the journal's replay starts from the last synced tree, whose partials they are.
-    pub(crate) deferred_removals: Vec<String>,
+    deferred_removals: Vec<String>,
     /// Size of the checkpoint last written to storage (at most the acknowledged size).
-    pub(crate) published: u64,
+    published: u64,
     /// When the checkpoint was last written (or, while `broken`, recovery last failed).
-    pub(crate) last_publish: std::time::Instant,
+    last_publish: std::time::Instant,
     /// Tree size handed to the journal (or synced): at least the acknowledged size, which
     /// catches up once the flusher has synced the journal.
-    pub(crate) committed: u64,
+    committed: u64,
     /// Syncs journal records and acknowledges their batches on its own thread.
-    pub(crate) flusher: Flusher,
+    flusher: Flusher,
     /// A batch that skipped the journal is with the flusher, which syncs its files and
     /// publishes its checkpoint (see [`Writer::commit`]); [`Writer::drain`] settles it.
-    pub(crate) direct_in_flight: bool,
+    direct_in_flight: bool,
 }
 
 impl<D: Driver, Q: Sequencer> Writer<D, Q> {
     /// Runs until every handle is dropped (or the log is closed) and the queue is empty.
-    pub(crate) fn run(mut self) {
+    fn run(mut self) {
         let mut gather = Gather::new();
         loop {
             let (items, idle_due) =
