@@ -17,7 +17,7 @@
 //! share the next commit.
 
 use crate::error::LogError;
-use crate::storage::PendingSync;
+use crate::sequencer::PendingSync;
 use std::io;
 use std::ops::Range;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};

@@ -3,7 +3,7 @@
 //! The log follows the transparency-log standards exactly, so independent verifiers, witnesses
 //! and monitors work with it unchanged:
 //! - Merkle tree and proofs: RFC 9162 / RFC 6962 ([`hash`], [`proof`]).
-//! - Storage layout: C2SP tlog-tiles on a local directory ([`tile`], [`storage`]).
+//! - Storage layout: C2SP tlog-tiles on a local directory ([`tile`], [`driver`]).
 //! - Checkpoints: C2SP tlog-checkpoint signed as a C2SP signed-note with Ed25519
 //!   ([`checkpoint`], [`note`]).
 //! - Proof output: C2SP tlog-proof ([`LogReader::inclusion_proof_text`]).
@@ -11,6 +11,14 @@
 //!   the witness's protocol logic and state ([`witness`]), the log's client
 //!   ([`Log::start_witnessing`], [`witness_client`]) and quorum verification
 //!   ([`verify::verify_witnessed`]).
+//!
+//! Architecture, after Tessera: four roles, each in its module behind one small trait. The
+//! queue (`queue`: submission, group commit) feeds one writer thread; the [`sequencer`] makes
+//! each batch durable, assigning its indices for good ([`sequencer::Sequencer`]; the local
+//! directory's is the journal, [`sequencer::DirJournal`]); the integrator (`integrator`) turns
+//! the tree's state into tiles, bundles and a checkpoint; the storage [`driver`] does the I/O
+//! ([`driver::Driver`]; [`driver::LocalDir`]). [`Log::open_with`] takes any driver and
+//! sequencer. See `docs/log.md`, "Architecture".
 //!
 //! PINNED PUBLIC API (other crates compile against these signatures):
 //!
@@ -31,13 +39,16 @@
 
 pub mod bulk;
 pub mod checkpoint;
+pub mod driver;
 mod error;
 mod flush;
 pub mod hash;
+mod integrator;
 pub mod note;
 pub mod proof;
+mod queue;
 mod reader;
-pub mod storage;
+pub mod sequencer;
 pub mod tile;
 mod tiles;
 pub mod verify;
@@ -46,23 +57,23 @@ pub mod witness_client;
 mod writer;
 
 pub use error::LogError;
+pub use queue::{LAZY_COMMIT_DELAY, MAX_BATCH_ENTRIES};
 pub use reader::{
     EntryIter, LogReader, ProofText, CONSISTENCY_PROOF_HEADER, INCLUSION_PROOF_HEADER,
 };
+pub use sequencer::JOURNAL_MAX_RECORD;
 pub use witness_client::{
     WitnessEndpoint, WitnessHealth, WitnessPolicy, WitnessStatus, COSIGNED_CHECKPOINT,
 };
-pub use writer::{
-    FULL_SYNC_BYTES, FULL_SYNC_INTERVAL, JOURNAL_MAX_RECORD, LAZY_COMMIT_DELAY, MAX_BATCH_ENTRIES,
-    PUBLISH_INTERVAL,
-};
+pub use writer::{FULL_SYNC_BYTES, FULL_SYNC_INTERVAL, PUBLISH_INTERVAL};
 
 use crate::checkpoint::Checkpoint;
+use crate::driver::{Driver, LocalDir};
 use crate::hash::{empty_root, leaf_hash, Hash};
 use crate::note::{valid_key_name, NoteSigner};
-use crate::storage::{LocalDir, Storage};
+use crate::queue::{BatchData, Item, LocalQueue, Queue};
+use crate::sequencer::{DirJournal, Sequencer};
 use crate::tile::MAX_ENTRY_SIZE;
-use crate::writer::{BatchData, Item, Shared, Writer};
 use std::fs::{self, OpenOptions};
 use std::future::Future;
 use std::io::Write;
@@ -70,7 +81,7 @@ use std::ops::Range;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::pin::Pin;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use tokio::sync::oneshot;
@@ -82,7 +93,9 @@ pub struct Log {
 }
 
 struct Inner {
-    shared: Arc<Shared>,
+    queue: Arc<LocalQueue>,
+    /// Entries acknowledged (durable); raised by the writer's flusher.
+    size: Arc<AtomicU64>,
     dir: PathBuf,
     origin: String,
     writer: Option<std::thread::JoinHandle<()>>,
@@ -93,11 +106,7 @@ impl Drop for Inner {
     /// Dropping the last handle commits what is queued, syncs the log, empties the journal and
     /// waits for all that, so the log can be reopened at once.
     fn drop(&mut self) {
-        {
-            let mut q = self.shared.queue.lock();
-            q.shutdown = true;
-            self.shared.cv.notify_one();
-        }
+        self.queue.shut_down();
         if let Some(h) = self.writer.take() {
             let _ = h.join();
         }
@@ -147,7 +156,7 @@ impl Log {
                 origin: origin.to_string(),
             });
         }
-        let cp_path = dir.join(storage::CHECKPOINT);
+        let cp_path = dir.join(driver::CHECKPOINT);
         if cp_path.exists() {
             return Err(LogError::AlreadyExists {
                 path: cp_path.display().to_string(),
@@ -197,7 +206,7 @@ impl Log {
     /// Opens an existing log for appending, recovering from any interrupted batch.
     pub fn open(dir: &Path, key_file: &Path) -> Result<Log, LogError> {
         let signer = read_signer(key_file)?;
-        Self::open_with_storage(LocalDir::new(dir), signer).map_err(|e| match e {
+        Self::open_with(LocalDir::new(dir), DirJournal::new(dir), signer).map_err(|e| match e {
             LogError::Tampered(m) if m.starts_with("checkpoint:") => LogError::BadSigningKey {
                 path: key_file.display().to_string(),
                 reason: format!(
@@ -209,58 +218,33 @@ impl Log {
         })
     }
 
-    /// Opens the log held by any [`Storage`] driver with signing key `signer`, recovering from
-    /// any interrupted batch (the checkpoint is the truth; anything beyond it is discarded).
-    pub fn open_with_storage<S: Storage>(mut st: S, signer: NoteSigner) -> Result<Log, LogError> {
-        let location = st.location();
+    /// Opens the log whose files `driver` holds and whose batches `sequencer` makes durable,
+    /// with signing key `signer`, recovering from any interrupted batch (the published
+    /// checkpoint plus the sequencer's records are the truth; anything beyond is discarded).
+    /// [`Log::open`] is `open_with(LocalDir::new(dir), DirJournal::new(dir), signer)`.
+    pub fn open_with<D: Driver, Q: Sequencer>(
+        driver: D,
+        sequencer: Q,
+        signer: NoteSigner,
+    ) -> Result<Log, LogError> {
+        let location = driver.location();
         let mut note = Vec::new();
-        let found = st
-            .read_into(storage::CHECKPOINT, &mut note)
+        let found = driver
+            .read_into(driver::CHECKPOINT, &mut note)
             .map_err(|e| LogError::io(format!("{location}: reading the checkpoint"), e))?;
         if !found {
             return Err(LogError::NotALog { dir: location });
         }
         let text = signer.verifier().open(&note, "checkpoint")?;
         let cp = Checkpoint::parse(text, &format!("{location}/checkpoint"))?;
-        let tree = writer::open_tree(&mut st, &signer, &cp)?;
-        let shared = Arc::new(Shared::default());
-        shared.size.store(tree.size, Ordering::Release);
-        let tree_size = tree.size;
-        let flusher = {
-            let location = location.clone();
-            flush::Flusher::start(
-                shared.size.clone(),
-                Arc::new(move |e, size, what| writer::io_error(&location, size, what, e)),
-            )
-            .map_err(|e| LogError::io("starting the log flusher thread", e))?
-        };
-        let w = Writer {
-            storage: st,
-            signer,
-            origin: cp.origin.clone(),
-            tree,
-            shared: shared.clone(),
-            broken: false,
-            close_ack: None,
-            journal_bytes: 0,
-            unsynced_since: None,
-            deferred_removals: Vec::new(),
-            published: tree_size,
-            last_publish: std::time::Instant::now(),
-            committed: tree_size,
-            flusher,
-            direct_in_flight: false,
-        };
-        let writer = std::thread::Builder::new()
-            .name("parapet-log-writer".into())
-            .spawn(move || w.run())
-            .map_err(|e| LogError::io("starting the log writer thread", e))?;
+        let started = writer::start(driver, sequencer, signer, &cp)?;
         Ok(Log {
             inner: Arc::new(Inner {
-                shared,
+                queue: started.queue,
+                size: started.acked,
                 dir: PathBuf::from(location),
                 origin: cp.origin,
-                writer: Some(writer),
+                writer: Some(started.thread),
                 witness: std::sync::OnceLock::new(),
             }),
         })
@@ -288,7 +272,7 @@ impl Log {
         }
         let leaf = leaf_hash(&entry);
         let (tx, rx) = oneshot::channel();
-        match self.inner.shared.push(Item::One {
+        match self.inner.queue.push(Item::One {
             entry,
             leaf,
             tx,
@@ -320,7 +304,7 @@ impl Log {
             ));
         }
         let (tx, rx) = oneshot::channel();
-        match self.inner.shared.push(Item::Many { batch: run.0, tx }) {
+        match self.inner.queue.push(Item::Many { batch: run.0, tx }) {
             Ok(()) => AppendTicket {
                 rx: Some(TicketRx::Last(rx)),
                 ready: None,
@@ -342,8 +326,7 @@ impl Log {
             )));
             return BatchTicket { rx };
         }
-        if let Err(Item::Many { tx, .. }) =
-            self.inner.shared.push(Item::Many { batch: batch.0, tx })
+        if let Err(Item::Many { tx, .. }) = self.inner.queue.push(Item::Many { batch: batch.0, tx })
         {
             let _ = tx.send(Err(LogError::Closed));
         }
@@ -358,7 +341,7 @@ impl Log {
     /// Number of entries durably in the log (acknowledged). The checkpoint in the log directory,
     /// which readers see, catches up within [`PUBLISH_INTERVAL`].
     pub fn size(&self) -> u64 {
-        self.inner.shared.size.load(Ordering::Acquire)
+        self.inner.size.load(Ordering::Acquire)
     }
 
     /// The log's origin.
@@ -396,17 +379,8 @@ impl Log {
     /// [`LogError::Closed`].
     pub async fn close(&self) -> Result<(), LogError> {
         let (tx, rx) = oneshot::channel();
-        {
-            let mut q = self.inner.shared.queue.lock();
-            if q.closed {
-                return Ok(());
-            }
-            q.items.push_back(Item::Close { tx });
-            q.urgent += 1;
-            q.closed = true;
-            q.wake_at = 0;
-            q.writer_waiting = false;
-            self.inner.shared.cv.notify_one();
+        if !self.inner.queue.close(Item::Close { tx }) {
+            return Ok(());
         }
         rx.await.map_err(|_| LogError::WriterGone)?
     }
@@ -417,9 +391,9 @@ impl Log {
 /// published them (up to [`PUBLISH_INTERVAL`]), or after it stopped without doing so (a crash;
 /// `parapet log recover` publishes them). Reads only.
 pub fn unpublished_entries(dir: &Path, published: u64) -> Result<u64, LogError> {
-    let records = storage::read_journal(dir)
+    let records = sequencer::read_journal(dir)
         .map_err(|e| LogError::io(format!("{}: reading the journal", dir.display()), e))?;
-    Ok(writer::journal_end(&records)?.map_or(0, |end| end.saturating_sub(published)))
+    Ok(sequencer::journal_end(&records)?.map_or(0, |end| end.saturating_sub(published)))
 }
 
 /// A queued append: resolves to the entry's index (for [`Log::submit_run`], the index of the

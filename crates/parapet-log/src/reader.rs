@@ -2,10 +2,10 @@
 //! The reader does not check signatures or hashes; `verify` does.
 
 use crate::checkpoint::Checkpoint;
+use crate::driver::{read_checkpoint_file, LocalDir};
 use crate::error::LogError;
 use crate::hash::Hash;
 use crate::proof::{consistency_proof, inclusion_proof};
-use crate::storage::{read_checkpoint_file, LocalDir};
 use crate::tile::{for_each_bundle_entry, tile_width, BundleError, TILE_WIDTH};
 use crate::tiles::{read_tile, TileNodes};
 use base64::engine::general_purpose::STANDARD as B64;

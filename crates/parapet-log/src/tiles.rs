@@ -1,17 +1,17 @@
-//! Reading hash tiles of a published tree: a [`NodeSource`] over a [`Storage`], used for crash
+//! Reading hash tiles of a published tree: a [`NodeSource`] over a [`Driver`], used for crash
 //! recovery (rebuilding the right edge), proofs and the root check of `verify`.
 
+use crate::driver::Driver;
 use crate::error::LogError;
 use crate::hash::{fold_perfect, Hash, HASH_SIZE};
 use crate::proof::NodeSource;
-use crate::storage::Storage;
 use crate::tile::{bundle_path, tile_path, tile_width, TILE_HEIGHT, TILE_WIDTH};
 use std::collections::HashMap;
 
 /// Reads tile `level`/`index` of width `width` into `buf`. If a partial tile is missing but the
 /// full tile exists (the log grew and removed the partial), the full tile's prefix is used.
 /// Returns the path that was read.
-pub(crate) fn read_tile<S: Storage + ?Sized>(
+pub(crate) fn read_tile<S: Driver + ?Sized>(
     st: &S,
     level: Option<u32>,
     index: u64,
@@ -69,14 +69,14 @@ pub(crate) fn parse_hashes(path: &str, data: &[u8], width: u64) -> Result<Vec<Ha
 }
 
 /// Complete-subtree hashes of the tree of `size` leaves, read from its hash tiles.
-pub(crate) struct TileNodes<'a, S: Storage + ?Sized> {
+pub(crate) struct TileNodes<'a, S: Driver + ?Sized> {
     storage: &'a S,
     size: u64,
     cache: HashMap<(u32, u64), Vec<Hash>>,
     buf: Vec<u8>,
 }
 
-impl<'a, S: Storage + ?Sized> TileNodes<'a, S> {
+impl<'a, S: Driver + ?Sized> TileNodes<'a, S> {
     pub(crate) fn new(storage: &'a S, size: u64) -> Self {
         TileNodes {
             storage,
@@ -109,7 +109,7 @@ impl<'a, S: Storage + ?Sized> TileNodes<'a, S> {
     }
 }
 
-impl<S: Storage + ?Sized> NodeSource for TileNodes<'_, S> {
+impl<S: Driver + ?Sized> NodeSource for TileNodes<'_, S> {
     fn node(&mut self, level: u32, index: u64) -> Result<Hash, LogError> {
         let tile_level = level / TILE_HEIGHT;
         let r = level % TILE_HEIGHT;

@@ -6,11 +6,11 @@
 //! its buffers, so there is no per-entry allocation.
 
 use crate::checkpoint::Checkpoint;
+use crate::driver::{read_checkpoint_file, Driver, LocalDir};
 use crate::error::LogError;
 use crate::hash::{fold_perfect, leaf_hash, Hash, HASH_SIZE};
 use crate::note::NoteVerifier;
 use crate::proof::{consistency_proof, root_hash, verify_consistency};
-use crate::storage::{read_checkpoint_file, LocalDir, Storage};
 use crate::tile::{
     bundle_path, for_each_bundle_entry, nodes_at_tile_level, tile_count, tile_levels, tile_path,
     tile_width, TILE_WIDTH,

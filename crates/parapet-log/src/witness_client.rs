@@ -393,7 +393,7 @@ impl ClientState {
 
     /// Whether the published checkpoint differs from the one every witness cosigned last.
     fn changed(&self) -> bool {
-        match crate::storage::read_checkpoint_file(&self.dir) {
+        match crate::driver::read_checkpoint_file(&self.dir) {
             Ok(note) => self.done.as_deref() != Some(&note[..]),
             Err(_) => false,
         }

@@ -1,62 +1,37 @@
-//! The writer: sequencing and integration on one dedicated thread.
+//! The writer: the thread that runs the log's four roles in turn (see `docs/log.md`,
+//! "Architecture"). It takes a batch from the [`crate::queue`], integrates it (extends the
+//! tree's right edge, [`crate::integrator`]), hands its batch record to the
+//! [`crate::sequencer`] and the record's sync to the flusher thread ([`crate::flush`]), which
+//! acknowledges the batch once it is durable; it publishes tiles and a signed checkpoint through
+//! the storage [`crate::driver`] later, and recovers after an error. It owns the timing policy:
+//! when to publish, to sync fully, to recover.
 //!
-//! Sequencing: `submit` pushes entries (with their leaf hashes, computed by the caller) onto a
-//! queue under a short lock; queue order is index order. Integration: the writer thread takes
-//! everything queued (group commit), extends the tree's right edge, and makes the batch durable;
-//! full tiles and bundles as they complete, the current partial ones and a signed checkpoint are
-//! written (published) from it. Memory is bounded: the compact range (one hash per tree level),
-//! at most one partial tile per tile level and one partial bundle, and the tiles completed since
-//! the last publication (at most [`PUBLISH_PENDING_BYTES`] before it is done early).
-//!
-//! Durability comes one of two ways. A batch of up to [`JOURNAL_MAX_RECORD`] entry bytes is
-//! made durable by one record in the storage's write-ahead journal (one durable append: entries,
-//! start index and the roots before and after); its tiles and signed checkpoint are reproduced
-//! exactly from the journal if the process dies, so the batch is acknowledged as soon as that
-//! record is durable. The writer only writes the record; the flusher thread ([`crate::flush`])
-//! syncs it and acknowledges the batch while the writer integrates the next one, and one sync
-//! covers every record written meanwhile. Whatever needs a durable tree first (publication, a
-//! full sync, recovery) waits for the flusher to catch up. The files themselves are written
-//! (publication) at most [`PUBLISH_INTERVAL`] later, together for every batch since the last
-//! publication, without waiting for the disk; every
-//! [`FULL_SYNC_INTERVAL`] (or [`FULL_SYNC_BYTES`] of journal) they are synced and the journal is
-//! cleared. Opening the log replays the journal onto the last synced tree. Larger batches (bulk
-//! loads), and storage without a journal, are made durable directly: tiles, directories and the
-//! staged checkpoint are synced, then the checkpoint is published and its directory synced.
+//! Durability comes one of two ways. A batch of up to [`crate::JOURNAL_MAX_RECORD`] entry bytes
+//! is made durable by its record alone (entries, start index and the roots before and after);
+//! its tiles and signed checkpoint are reproduced exactly from the records if the process dies,
+//! so the batch is acknowledged as soon as its record is durable. Whatever needs a durable tree
+//! first (publication, a full sync, recovery) waits for the flusher to catch up. The files are
+//! written (published) at most [`PUBLISH_INTERVAL`] later, together for every batch since the
+//! last publication, without waiting for the disk; every [`FULL_SYNC_INTERVAL`] (or
+//! [`FULL_SYNC_BYTES`] of records) they are synced and the sequencer's records cleared. Opening
+//! the log replays the records onto the last synced tree. Larger batches (bulk loads), and
+//! sequencers that keep no records, are made durable directly: tiles and the staged checkpoint
+//! are synced, then the checkpoint is published.
 
 use crate::checkpoint::Checkpoint;
+use crate::driver::{Driver, CHECKPOINT};
 use crate::error::LogError;
 use crate::flush::{Ack, Flusher};
-use crate::hash::{leaf_hash, node_hash, Hash};
+use crate::hash::leaf_hash;
+use crate::integrator::{remove_garbage, Integrator, TreeState};
 use crate::note::NoteSigner;
-use crate::proof::NodeSource;
-use crate::storage::{PendingSync, Storage, CHECKPOINT};
-use crate::tile::{
-    bundle_path, for_each_bundle_entry, nodes_at_tile_level, push_bundle_entry, tile_levels,
-    tile_path, TILE_WIDTH,
-};
-use crate::tiles::{parse_hashes, read_tile, TileNodes};
-use parking_lot::{Condvar, Mutex};
-use std::collections::VecDeque;
+use crate::queue::{Gather, Item, LocalQueue, Next, Queue};
+use crate::sequencer::{BatchRecord, PendingSync, RecordBuilder, Sequencer};
+use crate::tile::for_each_bundle_entry;
 use std::io;
-use std::ops::Range;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use tokio::sync::oneshot;
-
-/// Longest a writer waits for more entries to join a batch (it also waits no longer than the
-/// previous batch took: waiting longer than a commit costs more latency than it saves).
-const GATHER: std::time::Duration = std::time::Duration::from_millis(1);
-
-/// Longest a lazily submitted entry ([`crate::Log::submit_lazy`]) waits for an ordinary
-/// submission to start a commit before the writer commits it on its own.
-pub const LAZY_COMMIT_DELAY: std::time::Duration = std::time::Duration::from_millis(20);
-
-/// Most entries integrated in one batch (bounds the work and the garbage after a crash).
-pub const MAX_BATCH_ENTRIES: usize = 1 << 16;
-
-/// Largest batch (entry bytes) made durable through the journal; larger batches are synced
-/// directly, which costs less than writing their entries twice.
-pub const JOURNAL_MAX_RECORD: usize = 1 << 20;
 
 /// Longest the tiles and checkpoint stay unsynced (durable only through the journal).
 pub const FULL_SYNC_INTERVAL: std::time::Duration = std::time::Duration::from_millis(1000);
@@ -73,563 +48,112 @@ const PUBLISH_PENDING_BYTES: usize = 8 << 20;
 /// (bounds the journal and the replay work when the log is next opened).
 pub const FULL_SYNC_BYTES: usize = 32 << 20;
 
-/// A journal record: one batch, with where it starts and the roots before and after it.
-/// Layout: start u64 BE, count u32 BE, root before (32), root after (32), then each entry as
-/// u16 BE length and bytes (the entry-bundle encoding).
-struct JournalRecord<'a> {
-    start: u64,
-    count: u32,
-    root_before: Hash,
-    root_after: Hash,
-    entries: &'a [u8],
+/// What [`start`] hands the log's handles.
+pub(crate) struct Started {
+    /// Where submissions go.
+    pub(crate) queue: Arc<LocalQueue>,
+    /// Entries acknowledged (durable).
+    pub(crate) acked: Arc<AtomicU64>,
+    /// The writer thread (joined when the last handle is dropped).
+    pub(crate) thread: std::thread::JoinHandle<()>,
 }
 
-const RECORD_HEAD: usize = 8 + 4 + 32 + 32;
-
-impl<'a> JournalRecord<'a> {
-    fn parse(rec: &'a [u8]) -> Result<JournalRecord<'a>, LogError> {
-        let bad = || LogError::Tampered("journal: a record is malformed".into());
-        if rec.len() < RECORD_HEAD {
-            return Err(bad());
-        }
-        let hash = |r: &[u8]| -> Result<Hash, LogError> { r.try_into().map_err(|_| bad()) };
-        Ok(JournalRecord {
-            start: u64::from_be_bytes(rec[0..8].try_into().map_err(|_| bad())?),
-            count: u32::from_be_bytes(rec[8..12].try_into().map_err(|_| bad())?),
-            root_before: hash(&rec[12..44])?,
-            root_after: hash(&rec[44..76])?,
-            entries: &rec[RECORD_HEAD..],
-        })
-    }
-}
-
-/// Where the entries of journal `records` end (the tree size after the last record that
-/// follows on from the one before), or `None` without records.
-pub(crate) fn journal_end(records: &[Vec<u8>]) -> Result<Option<u64>, LogError> {
-    let mut end: Option<u64> = None;
-    for rec in records {
-        let r = JournalRecord::parse(rec)?;
-        if end.is_some_and(|e| e != r.start) {
-            break;
-        }
-        end = Some(r.start + u64::from(r.count));
-    }
-    Ok(end)
-}
-
-/// Builds the journal record of the batch being integrated.
-struct RecordBuilder {
-    buf: Vec<u8>,
-    count: u32,
-    /// Too big for the journal: the batch is synced directly.
-    overflow: bool,
-}
-
-impl RecordBuilder {
-    fn new(start: u64, root_before: &Hash) -> RecordBuilder {
-        let mut buf = Vec::with_capacity(64 << 10);
-        buf.extend_from_slice(&start.to_be_bytes());
-        buf.extend_from_slice(&0u32.to_be_bytes());
-        buf.extend_from_slice(root_before);
-        buf.extend_from_slice(&[0u8; 32]);
-        RecordBuilder {
-            buf,
-            count: 0,
-            overflow: false,
-        }
-    }
-
-    fn push(&mut self, entry: &[u8]) {
-        if self.overflow {
-            return;
-        }
-        if self.buf.len() + 2 + entry.len() > RECORD_HEAD + JOURNAL_MAX_RECORD {
-            self.overflow = true;
-            self.buf = Vec::new();
-            return;
-        }
-        push_bundle_entry(&mut self.buf, entry);
-        self.count += 1;
-    }
-
-    /// The finished record, or `None` if the batch is too big for the journal.
-    fn finish(mut self, root_after: &Hash) -> Option<Vec<u8>> {
-        if self.overflow {
-            return None;
-        }
-        self.buf[8..12].copy_from_slice(&self.count.to_be_bytes());
-        self.buf[44..76].copy_from_slice(root_after);
-        Some(self.buf)
-    }
-}
-
-/// Entries of a bulk submission with their leaf hashes.
-#[derive(Debug, Default)]
-pub(crate) struct BatchData {
-    pub(crate) data: Vec<u8>,
-    pub(crate) ends: Vec<usize>,
-    pub(crate) leaves: Vec<Hash>,
-}
-
-impl BatchData {
-    pub(crate) fn iter(&self) -> impl Iterator<Item = (&[u8], &Hash)> + '_ {
-        let mut start = 0;
-        self.ends.iter().zip(&self.leaves).map(move |(&end, h)| {
-            let e = &self.data[start..end];
-            start = end;
-            (e, h)
-        })
-    }
-}
-
-pub(crate) enum Item {
-    One {
-        entry: Vec<u8>,
-        leaf: Hash,
-        tx: oneshot::Sender<Result<u64, LogError>>,
-        /// Does not start a commit by itself (see [`crate::Log::submit_lazy`]).
-        lazy: bool,
-    },
-    Many {
-        batch: BatchData,
-        tx: oneshot::Sender<Result<Range<u64>, LogError>>,
-    },
-    Close {
-        tx: oneshot::Sender<Result<(), LogError>>,
-    },
-}
-
-impl Item {
-    fn len(&self) -> usize {
-        match self {
-            Item::One { .. } => 1,
-            Item::Many { batch, .. } => batch.ends.len(),
-            Item::Close { .. } => 0,
-        }
-    }
-
-    /// Whether this item asks for a commit as soon as possible.
-    fn urgent(&self) -> bool {
-        !matches!(self, Item::One { lazy: true, .. })
-    }
-}
-
-#[derive(Default)]
-pub(crate) struct Queue {
-    pub(crate) items: VecDeque<Item>,
-    /// Entries in `items`.
-    pub(crate) entries: usize,
-    pub(crate) closed: bool,
-    pub(crate) shutdown: bool,
-    pub(crate) writer_waiting: bool,
-    /// Items in `items` that ask for a prompt commit (all but lazy entries).
-    pub(crate) urgent: usize,
-    /// When the oldest lazy entry still queued was queued.
-    pub(crate) lazy_since: Option<std::time::Instant>,
-    /// The sleeping writer wants to be woken once `entries` reaches this.
-    pub(crate) wake_at: usize,
-}
-
-/// State shared by the handles and the writer thread.
-#[derive(Default)]
-pub(crate) struct Shared {
-    pub(crate) queue: Mutex<Queue>,
-    pub(crate) cv: Condvar,
-    /// Entries acknowledged (durable); raised by the flusher thread.
-    pub(crate) size: Arc<AtomicU64>,
-}
-
-impl Shared {
-    /// Queues an item unless the log is closed; wakes the writer if it sleeps.
-    pub(crate) fn push(&self, item: Item) -> Result<(), Item> {
-        let mut q = self.queue.lock();
-        if q.closed {
-            return Err(item);
-        }
-        let urgent = item.urgent();
-        q.entries += item.len();
-        q.items.push_back(item);
-        let mut first_lazy = false;
-        if urgent {
-            q.urgent += 1;
-        } else if q.lazy_since.is_none() {
-            q.lazy_since = Some(std::time::Instant::now());
-            first_lazy = true;
-        }
-        // A lazy entry wakes the writer only to start its LAZY_COMMIT_DELAY clock (the first one
-        // queued); the commit itself waits for the next urgent item or for the delay.
-        let wake =
-            q.writer_waiting && (first_lazy || (urgent && (q.entries >= q.wake_at || q.closed)));
-        if wake {
-            q.writer_waiting = false;
-        }
-        // Woken after the lock is released: the writer's first step is to take it, and other
-        // appenders would otherwise spin on it meanwhile.
-        drop(q);
-        if wake {
-            self.cv.notify_one();
-        }
-        Ok(())
-    }
-}
-
-/// The right edge of the tree plus the partial tiles and bundle.
-#[derive(Debug, Default)]
-pub(crate) struct TreeState {
-    pub(crate) size: u64,
-    range: Vec<Hash>,
-    levels: Vec<Vec<Hash>>,
-    dirty: Vec<bool>,
-    bundle: Vec<u8>,
-    bundle_count: u64,
-    bundle_dirty: bool,
-    /// `.p` directories of tiles completed in this batch (removed after the checkpoint).
-    completed: Vec<String>,
-    /// Per tile level: whether a partial of the level's current tile may be on disk (so that its
-    /// `.p` directory has to be removed once the tile is full). A bulk batch completes thousands
-    /// of tiles that never had a partial; removing their `.p` cost four failing system calls
-    /// each.
-    partial_written: Vec<bool>,
-    /// The same for the current entry bundle.
-    bundle_partial_written: bool,
-    /// Full tiles and bundles completed but not yet written (path, content).
-    full: Vec<(String, Vec<u8>)>,
-}
-
-fn hashes_bytes(h: &[Hash]) -> &[u8] {
-    h.as_flattened()
-}
-
-impl TreeState {
-    /// Root hash of the current tree.
-    pub(crate) fn root(&self) -> Hash {
-        let mut it = self.range.iter().rev();
-        match it.next() {
-            None => crate::hash::empty_root(),
-            Some(last) => it.fold(*last, |r, h| node_hash(h, &r)),
-        }
-    }
-
-    fn push_hash(&mut self, tl: usize, h: Hash, new_size: u64) {
-        if self.levels.len() <= tl {
-            self.levels.resize_with(tl + 1, Vec::new);
-            self.dirty.resize(tl + 1, false);
-            self.partial_written.resize(tl + 1, false);
-        }
-        self.levels[tl].push(h);
-        self.dirty[tl] = true;
-        if self.levels[tl].len() as u64 == TILE_WIDTH {
-            let index = nodes_at_tile_level(tl as u32, new_size) / TILE_WIDTH - 1;
-            let path = tile_path(tl as u32, index, TILE_WIDTH);
-            self.full
-                .push((path.clone(), hashes_bytes(&self.levels[tl]).to_vec()));
-            if std::mem::take(&mut self.partial_written[tl]) {
-                self.completed.push(format!("{path}.p"));
-            }
-            self.levels[tl].clear();
-            self.dirty[tl] = false;
-        }
-    }
-
-    /// Appends one entry (whose leaf hash is `leaf`). Tiles that become full are kept for
-    /// [`TreeState::write_full`].
-    pub(crate) fn append(&mut self, entry: &[u8], leaf: Hash) -> io::Result<()> {
-        let index = self.size;
-        let new_size = index + 1;
-        push_bundle_entry(&mut self.bundle, entry);
-        self.bundle_count += 1;
-        self.bundle_dirty = true;
-        if self.bundle_count == TILE_WIDTH {
-            let path = bundle_path(index / TILE_WIDTH, TILE_WIDTH);
-            let cap = self.bundle.capacity();
-            let data = std::mem::replace(&mut self.bundle, Vec::with_capacity(cap));
-            self.full.push((path.clone(), data));
-            if std::mem::take(&mut self.bundle_partial_written) {
-                self.completed.push(format!("{path}.p"));
-            }
-            self.bundle_count = 0;
-            self.bundle_dirty = false;
-        }
-        self.push_hash(0, leaf, new_size);
-        let mut h = leaf;
-        let mut level = 0u32;
-        let mut s = index;
-        while s & 1 == 1 {
-            let left = self
-                .range
-                .pop()
-                .ok_or_else(|| io::Error::other("internal error: compact range too short"))?;
-            h = node_hash(&left, &h);
-            level += 1;
-            s >>= 1;
-            if level % crate::tile::TILE_HEIGHT == 0 {
-                self.push_hash((level / crate::tile::TILE_HEIGHT) as usize, h, new_size);
-            }
-        }
-        self.range.push(h);
-        self.size = new_size;
-        Ok(())
-    }
-
-    /// Bytes of completed tiles not yet written.
-    fn pending_bytes(&self) -> usize {
-        self.full.iter().map(|(_, d)| d.len()).sum()
-    }
-
-    /// Writes the tiles and bundles that became full since the last call.
-    pub(crate) fn write_full(&mut self, st: &mut dyn Storage) -> io::Result<()> {
-        for (path, data) in std::mem::take(&mut self.full) {
-            st.write(&path, &data)?;
-        }
-        Ok(())
-    }
-
-    /// Writes the full tiles not yet written and the partial tiles and bundle changed since the
-    /// last call.
-    pub(crate) fn write_partials(&mut self, st: &mut dyn Storage) -> io::Result<()> {
-        self.write_full(st)?;
-        if self.bundle_dirty && self.bundle_count > 0 {
-            let path = bundle_path(self.size / TILE_WIDTH, self.bundle_count);
-            self.bundle_partial_written = true;
-            st.write(&path, &self.bundle)?;
-        }
-        self.bundle_dirty = false;
-        for tl in 0..self.levels.len() {
-            if self.dirty[tl] && !self.levels[tl].is_empty() {
-                let index = nodes_at_tile_level(tl as u32, self.size) / TILE_WIDTH;
-                let path = tile_path(tl as u32, index, self.levels[tl].len() as u64);
-                self.partial_written[tl] = true;
-                st.write(&path, hashes_bytes(&self.levels[tl]))?;
-            }
-            self.dirty[tl] = false;
-        }
-        Ok(())
-    }
-
-    /// Rebuilds the state of the published tree of checkpoint `cp` from storage.
-    pub(crate) fn load<S: Storage + ?Sized>(
-        st: &S,
-        cp: &Checkpoint,
-    ) -> Result<TreeState, LogError> {
-        let n = cp.size;
-        let mut nodes = TileNodes::new(st, n);
-        let mut range = Vec::new();
-        for l in (0..64u32).rev() {
-            if (n >> l) & 1 == 1 {
-                range.push(nodes.node(l, (n >> l) - 1)?);
-            }
-        }
-        let levels_n = tile_levels(n) as usize;
-        let mut levels = Vec::with_capacity(levels_n);
-        let mut buf = Vec::new();
-        for tl in 0..levels_n {
-            let nodes_here = nodes_at_tile_level(tl as u32, n);
-            let width = nodes_here % TILE_WIDTH;
-            if width == 0 {
-                levels.push(Vec::new());
-            } else {
-                let path = read_tile(
-                    st,
-                    Some(tl as u32),
-                    nodes_here / TILE_WIDTH,
-                    width,
-                    &mut buf,
-                )?;
-                levels.push(parse_hashes(&path, &buf, width)?);
-            }
-        }
-        let bundle_count = n % TILE_WIDTH;
-        let mut bundle = Vec::new();
-        if bundle_count > 0 {
-            let path = read_tile(st, None, n / TILE_WIDTH, bundle_count, &mut bundle)?;
-            let mut end = 0usize;
-            let parsed = for_each_bundle_entry::<()>(&bundle, bundle_count as usize, |_, e| {
-                end += 2 + e.len();
-                Ok(())
-            });
-            match parsed {
-                Ok(_) => {}
-                Err(crate::tile::BundleError::TrailingBytes(_))
-                    if path == bundle_path(n / TILE_WIDTH, TILE_WIDTH) => {}
-                Err(e) => return Err(LogError::Tampered(format!("{path}: {e}"))),
-            }
-            bundle.truncate(end);
-        }
-        let state = TreeState {
-            size: n,
-            range,
-            dirty: vec![false; levels.len()],
-            // What an earlier run wrote is unknown: assume the current tiles have partials.
-            partial_written: vec![true; levels.len()],
-            bundle_partial_written: true,
-            levels,
-            bundle,
-            bundle_count,
-            bundle_dirty: false,
-            completed: Vec::new(),
-            full: Vec::new(),
-        };
-        if state.root() != cp.root {
-            return Err(LogError::Tampered(format!(
-                "{}: the hash tiles do not match the checkpoint's root hash; run `parapet verify` to find the damaged tile",
-                st.location()
-            )));
-        }
-        Ok(state)
-    }
-}
-
-/// Removes what an interrupted batch may have left beyond the published tree of `size` leaves:
-/// temporary files, unpublished full tiles and bundles, and partial tiles wider than published.
-pub(crate) fn remove_garbage(st: &mut dyn Storage, size: u64) -> io::Result<()> {
-    let max_tiles = (MAX_BATCH_ENTRIES as u64) / TILE_WIDTH + 2;
-    let top = tile_levels(size + MAX_BATCH_ENTRIES as u64) + 1;
-    let mut levels: Vec<Option<u32>> = vec![None];
-    levels.extend((0..top).map(Some));
-    for level in levels {
-        let nodes = nodes_at_tile_level(level.unwrap_or(0), size);
-        let cur = nodes / TILE_WIDTH;
-        let width = nodes % TILE_WIDTH;
-        let path = |i: u64, w: u64| match level {
-            Some(l) => tile_path(l, i, w),
-            None => bundle_path(i, w),
-        };
-        for i in [cur, cur + max_tiles] {
-            let full = path(i, TILE_WIDTH);
-            let dir = full.rsplit_once('/').map(|(d, _)| d).unwrap_or("");
-            st.remove_temp_files(dir)?;
-            st.remove_temp_files(&format!("{full}.p"))?;
-        }
-        for i in cur..cur + max_tiles {
-            st.remove(&path(i, TILE_WIDTH))?;
-            if i > cur {
-                st.remove(&format!("{}.p", path(i, TILE_WIDTH)))?;
-            }
-        }
-        for w in width + 1..TILE_WIDTH {
-            st.remove(&path(cur, w))?;
-        }
-    }
-    st.remove_temp_files("")?;
-    Ok(())
+/// Recovers the log whose verified checkpoint is `cp` (see [`open_tree`]) and starts its writer
+/// and flusher threads.
+pub(crate) fn start<D: Driver, Q: Sequencer>(
+    mut driver: D,
+    mut sequencer: Q,
+    signer: NoteSigner,
+    cp: &Checkpoint,
+) -> Result<Started, LogError> {
+    let location = driver.location();
+    let tree = open_tree(&mut driver, &mut sequencer, &signer, cp)?;
+    let queue = Arc::new(LocalQueue::default());
+    let acked = Arc::new(AtomicU64::new(tree.size()));
+    let tree_size = tree.size();
+    let flusher = Flusher::start(
+        acked.clone(),
+        Arc::new(move |e, size, what| io_error(&location, size, what, e)),
+    )
+    .map_err(|e| LogError::io("starting the log flusher thread", e))?;
+    let w = Writer {
+        driver,
+        sequencer,
+        signer,
+        origin: cp.origin.clone(),
+        tree,
+        queue: queue.clone(),
+        acked: acked.clone(),
+        broken: false,
+        close_ack: None,
+        journal_bytes: 0,
+        unsynced_since: None,
+        deferred_removals: Vec::new(),
+        published: tree_size,
+        last_publish: std::time::Instant::now(),
+        committed: tree_size,
+        flusher,
+        direct_in_flight: false,
+    };
+    let thread = std::thread::Builder::new()
+        .name("parapet-log-writer".into())
+        .spawn(move || w.run())
+        .map_err(|e| LogError::io("starting the log writer thread", e))?;
+    Ok(Started {
+        queue,
+        acked,
+        thread,
+    })
 }
 
 /// The writer thread's state.
-pub(crate) struct Writer<S: Storage> {
-    pub(crate) storage: S,
-    pub(crate) signer: NoteSigner,
-    pub(crate) origin: String,
-    pub(crate) tree: TreeState,
-    pub(crate) shared: Arc<Shared>,
-    pub(crate) broken: bool,
-    pub(crate) close_ack: Option<oneshot::Sender<Result<(), LogError>>>,
+struct Writer<D: Driver, Q: Sequencer> {
+    /// Reads and writes the log's files.
+    driver: D,
+    /// Makes each batch durable (assigns its indices for good).
+    sequencer: Q,
+    signer: NoteSigner,
+    origin: String,
+    tree: TreeState,
+    queue: Arc<LocalQueue>,
+    /// Entries acknowledged (durable): what `Log::size` reports; raised by the flusher.
+    acked: Arc<AtomicU64>,
+    broken: bool,
+    close_ack: Option<oneshot::Sender<Result<(), LogError>>>,
     /// Journal bytes written since the last full sync.
-    pub(crate) journal_bytes: usize,
+    journal_bytes: usize,
     /// When the first batch not yet fully synced (durable only through the journal) committed.
-    pub(crate) unsynced_since: Option<std::time::Instant>,
+    unsynced_since: Option<std::time::Instant>,
     /// `.p` directories superseded since the last full sync: removed only after the next one,
     /// because the journal's replay starts from the last synced tree, whose partials they are.
-    pub(crate) deferred_removals: Vec<String>,
+    deferred_removals: Vec<String>,
     /// Size of the checkpoint last written to storage (at most the acknowledged size).
-    pub(crate) published: u64,
+    published: u64,
     /// When the checkpoint was last written (or, while `broken`, recovery last failed).
-    pub(crate) last_publish: std::time::Instant,
+    last_publish: std::time::Instant,
     /// Tree size handed to the journal (or synced): at least the acknowledged size, which
     /// catches up once the flusher has synced the journal.
-    pub(crate) committed: u64,
+    committed: u64,
     /// Syncs journal records and acknowledges their batches on its own thread.
-    pub(crate) flusher: Flusher,
+    flusher: Flusher,
     /// A batch that skipped the journal is with the flusher, which syncs its files and
     /// publishes its checkpoint (see [`Writer::commit`]); [`Writer::drain`] settles it.
-    pub(crate) direct_in_flight: bool,
+    direct_in_flight: bool,
 }
 
-impl<S: Storage> Writer<S> {
+impl<D: Driver, Q: Sequencer> Writer<D, Q> {
     /// Runs until every handle is dropped (or the log is closed) and the queue is empty.
-    pub(crate) fn run(mut self) {
-        let mut last_batch = 0usize;
-        let mut last_commit = GATHER;
+    fn run(mut self) {
+        let mut gather = Gather::new();
         loop {
-            let mut items = Vec::new();
-            let mut idle_due = false;
-            {
-                let mut q = self.shared.queue.lock();
-                // Sleep until an item asks for a commit, the oldest lazy entry has waited
-                // LAZY_COMMIT_DELAY, a publication or full sync is due, or the log is shutting
-                // down.
-                loop {
-                    if q.items.is_empty() {
-                        if q.shutdown {
-                            drop(q);
-                            self.finish();
-                            return;
-                        }
-                    } else if q.urgent > 0 || q.shutdown || q.closed {
-                        break;
+            let (items, idle_due) =
+                match self.queue.next_batch(&mut gather, || self.idle_deadline()) {
+                    Next::Batch { items, idle_due } => (items, idle_due),
+                    Next::Stop => {
+                        self.finish();
+                        return;
                     }
-                    q.writer_waiting = true;
-                    q.wake_at = 1;
-                    let lazy_deadline = q.lazy_since.map(|since| since + LAZY_COMMIT_DELAY);
-                    let deadline = [lazy_deadline, self.idle_deadline()]
-                        .into_iter()
-                        .flatten()
-                        .min();
-                    match deadline {
-                        Some(deadline) => {
-                            if self.shared.cv.wait_until(&mut q, deadline).timed_out() {
-                                let now = std::time::Instant::now();
-                                idle_due = self.idle_deadline().is_some_and(|d| d <= now);
-                                if idle_due && q.urgent == 0 && !q.closed && !q.shutdown {
-                                    // Idle with unpublished or unsynced batches: do that now.
-                                    q.writer_waiting = false;
-                                    break;
-                                }
-                                if lazy_deadline.is_some_and(|d| d <= now) {
-                                    break;
-                                }
-                            }
-                        }
-                        None => self.shared.cv.wait(&mut q),
-                    }
-                }
-                q.writer_waiting = false;
-                // Group commit: appenders acknowledged by the previous batch are likely about to
-                // submit again; give them a moment (at most GATHER, and no longer than the last
-                // batch took) to join this batch.
-                let target = last_batch.min(MAX_BATCH_ENTRIES);
-                if q.entries < target && !q.closed && !q.shutdown {
-                    let deadline = std::time::Instant::now() + GATHER.min(last_commit);
-                    while q.entries < target && !q.closed && !q.shutdown {
-                        q.writer_waiting = true;
-                        q.wake_at = target;
-                        if self.shared.cv.wait_until(&mut q, deadline).timed_out() {
-                            break;
-                        }
-                    }
-                    q.writer_waiting = false;
-                }
-                let mut n = 0usize;
-                while let Some(front) = q.items.front() {
-                    if n > 0 && n + front.len() > MAX_BATCH_ENTRIES {
-                        break;
-                    }
-                    n += front.len();
-                    if let Some(it) = q.items.pop_front() {
-                        if it.urgent() {
-                            q.urgent -= 1;
-                        }
-                        items.push(it);
-                    }
-                }
-                q.entries -= n;
-                // Lazy entries left behind (a batch cut at MAX_BATCH_ENTRIES) restart their clock.
-                q.lazy_since = q
-                    .items
-                    .iter()
-                    .any(|it| !it.urgent())
-                    .then(std::time::Instant::now);
-                last_batch = n;
-            }
+                };
             if items.is_empty() {
                 if idle_due {
                     self.background_work();
@@ -638,7 +162,7 @@ impl<S: Storage> Writer<S> {
             }
             let started = std::time::Instant::now();
             let closing = self.process(items);
-            last_commit = started.elapsed();
+            gather.committed_in(started.elapsed());
             if closing {
                 self.finish();
                 let ack = self.close_ack.take();
@@ -668,7 +192,7 @@ impl<S: Storage> Writer<S> {
         }
         let sync = self.unsynced_since.map(|t| t + FULL_SYNC_INTERVAL);
         let publish =
-            (self.published < self.tree.size).then_some(self.last_publish + PUBLISH_INTERVAL);
+            (self.published < self.tree.size()).then_some(self.last_publish + PUBLISH_INTERVAL);
         [sync, publish].into_iter().flatten().min()
     }
 
@@ -692,7 +216,7 @@ impl<S: Storage> Writer<S> {
             || self.journal_bytes >= FULL_SYNC_BYTES;
         if sync_due {
             self.full_sync_logged();
-        } else if self.published < self.tree.size
+        } else if self.published < self.tree.size()
             && (self.last_publish.elapsed() >= PUBLISH_INTERVAL
                 || self.tree.pending_bytes() >= PUBLISH_PENDING_BYTES)
         {
@@ -709,36 +233,39 @@ impl<S: Storage> Writer<S> {
     /// checkpoint of the current tree, without waiting for the disk (the journal already holds
     /// every batch they cover).
     fn publish(&mut self) -> Result<(), LogError> {
-        if self.published == self.tree.size {
+        if self.published == self.tree.size() {
             return Ok(());
         }
         self.drain()?;
         let cp = self.stage_current()?;
-        self.storage
+        self.driver
             .publish_checkpoint_unsynced()
             .map_err(|e| self.io_error("publishing the checkpoint", e))?;
         self.published = cp.size;
         self.last_publish = std::time::Instant::now();
         // Superseded partials stay until the next full sync: replay starts from the synced tree.
-        self.deferred_removals
-            .append(&mut std::mem::take(&mut self.tree.completed));
+        self.deferred_removals.extend(self.tree.take_superseded());
         Ok(())
     }
 
     /// Writes the tiles not yet written and stages a signed checkpoint of the current tree
     /// (not yet published); returns that checkpoint.
     fn stage_current(&mut self) -> Result<Checkpoint, LogError> {
-        self.tree
-            .write_partials(&mut self.storage)
-            .map_err(|e| self.io_error("writing tiles", e))?;
         let cp = Checkpoint {
             origin: self.origin.clone(),
-            size: self.tree.size,
+            size: self.tree.size(),
             root: self.tree.root(),
             extensions: Vec::new(),
         };
+        // Only the holder of the integration lock publishes (see `Sequencer::fence`).
+        self.sequencer
+            .fence(cp.size, &cp.root)
+            .map_err(|e| self.io_error("publishing (integration fence)", e))?;
+        self.tree
+            .write_partials(&mut self.driver)
+            .map_err(|e| self.io_error("writing tiles", e))?;
         let note = self.signer.sign(&cp.to_text());
-        self.storage
+        self.driver
             .stage_checkpoint(note.as_bytes())
             .map_err(|e| self.io_error("writing the checkpoint", e))?;
         Ok(cp)
@@ -752,7 +279,7 @@ impl<S: Storage> Writer<S> {
         }
         self.drain()?;
         self.publish()?;
-        self.storage
+        self.driver
             .sync()
             .map_err(|e| self.io_error("syncing tiles", e))?;
         self.after_sync()
@@ -761,7 +288,7 @@ impl<S: Storage> Writer<S> {
     /// Once everything written is synced: clears the journal (its records are covered) and
     /// removes the superseded partial tiles that had to wait for this.
     fn after_sync(&mut self) -> Result<(), LogError> {
-        self.deferred_removals.append(&mut self.tree.completed);
+        self.deferred_removals.extend(self.tree.take_superseded());
         self.clear_synced()
     }
 
@@ -769,14 +296,14 @@ impl<S: Storage> Writer<S> {
     /// last sync's start is synced (the tiles completed since stay for the next one).
     fn clear_synced(&mut self) -> Result<(), LogError> {
         if self.unsynced_since.is_some() {
-            self.storage
-                .journal_clear()
+            self.sequencer
+                .clear()
                 .map_err(|e| self.io_error("clearing the journal", e))?;
             self.journal_bytes = 0;
             self.unsynced_since = None;
         }
         for p in std::mem::take(&mut self.deferred_removals) {
-            self.storage.remove_later(&p);
+            self.driver.remove_later(&p);
         }
         Ok(())
     }
@@ -799,11 +326,11 @@ impl<S: Storage> Writer<S> {
 
     /// Entries acknowledged so far (what `Log::size` reports; the directory may lag).
     fn acked_size(&self) -> u64 {
-        self.shared.size.load(Ordering::Acquire)
+        self.acked.load(Ordering::Acquire)
     }
 
     fn io_error(&self, what: &str, e: io::Error) -> LogError {
-        io_error(&self.storage.location(), self.acked_size(), what, e)
+        io_error(&self.driver.location(), self.acked_size(), what, e)
     }
 
     /// Waits until every batch handed to the flusher is durable and acknowledged (or failed),
@@ -816,7 +343,7 @@ impl<S: Storage> Writer<S> {
             // A batch that skipped the journal is synced: so is everything written before it.
             return if direct { self.clear_synced() } else { Ok(()) };
         };
-        if let Err(w) = self.storage.journal_withdraw_from(mark) {
+        if let Err(w) = self.sequencer.withdraw_from(mark) {
             tracing::error!(error = %w, "withdrawing failed batches from the journal failed");
         }
         self.mark_broken();
@@ -830,17 +357,17 @@ impl<S: Storage> Writer<S> {
         let _ = self.drain();
         let mut buf = Vec::new();
         let found = self
-            .storage
+            .driver
             .read_into(CHECKPOINT, &mut buf)
             .map_err(|e| self.io_error("reading the checkpoint", e))?;
         if !found {
             return Err(LogError::NotALog {
-                dir: self.storage.location(),
+                dir: self.driver.location(),
             });
         }
         let text = self.signer.verifier().open(&buf, "checkpoint")?.to_string();
         let cp = Checkpoint::parse(&text, "checkpoint")?;
-        self.tree = match open_tree(&mut self.storage, &self.signer, &cp) {
+        self.tree = match open_tree(&mut self.driver, &mut self.sequencer, &self.signer, &cp) {
             Ok(tree) => tree,
             Err(LogError::Io { source, .. }) if source.raw_os_error() == Some(libc::ENOSPC) => {
                 return Err(self.io_error(
@@ -852,14 +379,14 @@ impl<S: Storage> Writer<S> {
         };
         // open_tree synced everything and cleared the journal.
         for p in std::mem::take(&mut self.deferred_removals) {
-            self.storage.remove_later(&p);
+            self.driver.remove_later(&p);
         }
         self.journal_bytes = 0;
         self.unsynced_since = None;
-        self.published = self.tree.size;
-        self.committed = self.tree.size;
+        self.published = self.tree.size();
+        self.committed = self.tree.size();
         self.last_publish = std::time::Instant::now();
-        self.shared.size.store(self.tree.size, Ordering::Release);
+        self.acked.store(self.tree.size(), Ordering::Release);
         Ok(())
     }
 
@@ -876,7 +403,7 @@ impl<S: Storage> Writer<S> {
                 Ok(()) => self.broken = false,
                 Err(e) => {
                     for it in items {
-                        closing |= fail(it, e.clone());
+                        closing |= it.fail(e.clone());
                     }
                     return closing;
                 }
@@ -885,14 +412,14 @@ impl<S: Storage> Writer<S> {
         let mut acks = Vec::with_capacity(items.len());
         let mut close = None;
         let mut result = Ok(());
-        let first = self.tree.size;
+        let first = self.tree.size();
         let mut record = RecordBuilder::new(first, &self.tree.root());
         for it in items {
             match it {
                 Item::One {
                     entry, leaf, tx, ..
                 } => {
-                    let idx = self.tree.size;
+                    let idx = self.tree.size();
                     if result.is_ok() {
                         result = self.tree.append(&entry, leaf);
                         record.push(&entry);
@@ -900,7 +427,7 @@ impl<S: Storage> Writer<S> {
                     acks.push(Ack::One(tx, idx));
                 }
                 Item::Many { batch, tx } => {
-                    let start = self.tree.size;
+                    let start = self.tree.size();
                     for (e, h) in batch.iter() {
                         if result.is_err() {
                             break;
@@ -908,7 +435,7 @@ impl<S: Storage> Writer<S> {
                         result = self.tree.append(e, *h);
                         record.push(e);
                     }
-                    acks.push(Ack::Many(tx, start..self.tree.size));
+                    acks.push(Ack::Many(tx, start..self.tree.size()));
                 }
                 Item::Close { tx } => {
                     closing = true;
@@ -926,14 +453,14 @@ impl<S: Storage> Writer<S> {
             // Journaled: acknowledged once the record is durable, by the flusher (or at once, for a
             // small batch synced here; see `crate::flush`).
             Ok(Some(sync)) => {
-                let entries = self.tree.size - first;
-                self.flusher.submit(sync, acks, self.tree.size, entries)
+                let entries = self.tree.size() - first;
+                self.flusher.submit(sync, acks, self.tree.size(), entries)
             }
             Ok(None) => acks.into_iter().for_each(Ack::ok),
             Err(e) => {
                 tracing::error!(error = %e, "log batch failed");
                 self.mark_broken();
-                self.tree.completed.clear();
+                self.tree.take_superseded();
                 for a in acks {
                     a.fail(e.clone());
                 }
@@ -955,7 +482,7 @@ impl<S: Storage> Writer<S> {
     /// checkpoint. A journaled batch is durable once the returned sync has run (the flusher
     /// runs it); `None` means the batch is durable already.
     fn commit(&mut self, record: Option<Vec<u8>>) -> Result<Option<PendingSync>, LogError> {
-        if self.tree.size == self.committed {
+        if self.tree.size() == self.committed {
             return Ok(None);
         }
         if let Some(rec) = record {
@@ -964,9 +491,9 @@ impl<S: Storage> Writer<S> {
                 // written before it, which must not include this record.
                 self.drain()?;
             }
-            match self.storage.journal_write(&rec) {
+            match self.sequencer.sequence(&rec) {
                 Ok(Some(sync)) => {
-                    self.committed = self.tree.size;
+                    self.committed = self.tree.size();
                     self.journal_bytes += rec.len();
                     self.unsynced_since
                         .get_or_insert_with(std::time::Instant::now);
@@ -976,7 +503,7 @@ impl<S: Storage> Writer<S> {
                 Err(e) => {
                     // The record may be on disk in full: withdraw it, so that the failed batch
                     // is never replayed.
-                    if let Err(e) = self.storage.journal_discard_last(&rec) {
+                    if let Err(e) = self.sequencer.discard_last(&rec) {
                         tracing::error!(error = %e, "withdrawing a failed batch from the journal failed");
                     }
                     return Err(self.io_error("writing the journal", e));
@@ -989,25 +516,26 @@ impl<S: Storage> Writer<S> {
         // The flusher syncs the files and publishes the checkpoint, then acknowledges the
         // batch, while this thread integrates the next one (bulk loads: the next batch's
         // hashing overlaps this one's disk flush).
-        match self.storage.sync_and_publish_later() {
+        match self.driver.sync_and_publish_later() {
             Ok(Some(sync)) => {
                 self.committed = cp.size;
                 self.published = cp.size;
                 self.last_publish = std::time::Instant::now();
-                self.deferred_removals.append(&mut self.tree.completed);
+                self.deferred_removals.extend(self.tree.take_superseded());
                 self.direct_in_flight = true;
-                return Ok(Some(sync));
+                // If it fails, withdrawing from the sequencer's end withdraws nothing.
+                return Ok(Some(sync.marked(self.sequencer.end_mark())));
             }
             Ok(None) => {}
             Err(e) => return Err(self.io_error("syncing tiles", e)),
         }
-        self.storage
+        self.driver
             .sync()
             .map_err(|e| self.io_error("syncing tiles", e))?;
-        self.storage
+        self.driver
             .publish_checkpoint()
             .map_err(|e| self.io_error("publishing the checkpoint", e))?;
-        self.shared.size.store(cp.size, Ordering::Release);
+        self.acked.store(cp.size, Ordering::Release);
         self.committed = cp.size;
         self.published = cp.size;
         self.last_publish = std::time::Instant::now();
@@ -1039,22 +567,21 @@ pub(crate) fn io_error(location: &str, size: u64, what: &str, e: io::Error) -> L
 /// journal's records onto it (rewriting their tiles), syncs everything, publishes the
 /// checkpoint, clears the journal and removes what an interrupted batch left behind.
 /// `cp` is the checkpoint file's content, verified by the caller.
-pub(crate) fn open_tree<S: Storage>(
-    st: &mut S,
+pub(crate) fn open_tree<D: Driver, Q: Sequencer>(
+    st: &mut D,
+    seq: &mut Q,
     signer: &NoteSigner,
     cp: &Checkpoint,
 ) -> Result<TreeState, LogError> {
     let location = st.location();
     let io = |what: &str, e: io::Error| LogError::io(format!("{location}: {what}"), e);
-    let records = st
-        .journal_records()
-        .map_err(|e| io("reading the journal", e))?;
+    let records = seq.records().map_err(|e| io("reading the journal", e))?;
     let Some(first) = records.first() else {
         let tree = TreeState::load(st, cp)?;
         remove_garbage(st, cp.size).map_err(|e| io("cleaning up", e))?;
         return Ok(tree);
     };
-    let first = JournalRecord::parse(first)?;
+    let first = BatchRecord::parse(first)?;
     if first.start > cp.size {
         return Err(LogError::Tampered(format!(
             "{location}: the journal starts at entry {} but the checkpoint has only {} entries; \
@@ -1070,8 +597,8 @@ pub(crate) fn open_tree<S: Storage>(
     };
     let mut tree = TreeState::load(st, &base)?;
     for rec in &records {
-        let rec = JournalRecord::parse(rec)?;
-        if rec.start != tree.size {
+        let rec = BatchRecord::parse(rec)?;
+        if rec.start != tree.size() {
             break;
         }
         for_each_bundle_entry(rec.entries, rec.count as usize, |_, e| {
@@ -1088,16 +615,19 @@ pub(crate) fn open_tree<S: Storage>(
             )));
         }
     }
-    if tree.size < cp.size {
+    if tree.size() < cp.size {
         // The checkpoint is ahead of the journal (cannot happen unless the journal was lost):
         // the checkpoint is the truth as long as its tiles are intact.
         tree = TreeState::load(st, cp)?;
     }
+    // Full tiles rewritten above hold the bytes they always had; what follows publishes.
+    seq.fence(tree.size(), &tree.root())
+        .map_err(|e| io("taking over integration", e))?;
     tree.write_partials(st)
         .map_err(|e| io("writing partial tiles", e))?;
     let now = Checkpoint {
         origin: cp.origin.clone(),
-        size: tree.size,
+        size: tree.size(),
         root: tree.root(),
         extensions: Vec::new(),
     };
@@ -1105,28 +635,10 @@ pub(crate) fn open_tree<S: Storage>(
         .and_then(|()| st.sync())
         .and_then(|()| st.publish_checkpoint())
         .map_err(|e| io("publishing the recovered checkpoint", e))?;
-    st.journal_clear()
-        .map_err(|e| io("clearing the journal", e))?;
-    remove_garbage(st, tree.size).map_err(|e| io("cleaning up", e))?;
-    for p in std::mem::take(&mut tree.completed) {
+    seq.clear().map_err(|e| io("clearing the journal", e))?;
+    remove_garbage(st, tree.size()).map_err(|e| io("cleaning up", e))?;
+    for p in tree.take_superseded() {
         st.remove_later(&p);
     }
     Ok(tree)
-}
-
-fn fail(it: Item, e: LogError) -> bool {
-    match it {
-        Item::One { tx, .. } => {
-            let _ = tx.send(Err(e));
-            false
-        }
-        Item::Many { tx, .. } => {
-            let _ = tx.send(Err(e));
-            false
-        }
-        Item::Close { tx } => {
-            let _ = tx.send(Err(e));
-            true
-        }
-    }
 }

@@ -2,10 +2,11 @@
 //! recovery, entry limits, the on-disk layout, verification, and I/O failures.
 
 use parapet_log::checkpoint::Checkpoint;
+use parapet_log::driver::{Driver, LocalDir};
 use parapet_log::hash::leaf_hash;
 use parapet_log::note::NoteVerifier;
 use parapet_log::proof::{root_hash, verify_consistency, verify_inclusion, MemoryTree};
-use parapet_log::storage::{LocalDir, PendingSync, Storage};
+use parapet_log::sequencer::{DirJournal, PendingSync, Sequencer};
 use parapet_log::verify::verify_log;
 use parapet_log::{read_signing_key, Batch, Log, LogError, LogReader, ProofText};
 use std::collections::HashSet;
@@ -389,11 +390,19 @@ fn a_file_already_at_a_full_tile_path_is_replaced_whole() {
 
 /// Real directory storage that fails with ENOSPC while `full` is set, or only its tile writes
 /// while `tiles_full` is set, or, while `journal_fails` is set, reports EIO from journal appends
-/// after the record was written and synced (fault injection).
+/// after the record was written and synced (fault injection). The files' side (the driver);
+/// [`FillableJournal`] is the journal's.
 struct FillableDisk {
     inner: LocalDir,
     full: Arc<AtomicBool>,
     tiles_full: Arc<AtomicBool>,
+    sync_fails: Arc<AtomicBool>,
+}
+
+/// The journal (sequencer) of a [`FillableDisk`], with the same switches.
+struct FillableJournal {
+    inner: DirJournal,
+    full: Arc<AtomicBool>,
     journal_fails: Arc<AtomicBool>,
     sync_fails: Arc<AtomicBool>,
 }
@@ -421,23 +430,32 @@ impl FillableDisk {
             inner: LocalDir::new(dir),
             full: faults.full.clone(),
             tiles_full: faults.tiles_full.clone(),
+            sync_fails: faults.sync_fails.clone(),
+        };
+        let journal = FillableJournal {
+            inner: DirJournal::new(dir),
+            full: faults.full.clone(),
             journal_fails: faults.journal_fails.clone(),
             sync_fails: faults.sync_fails.clone(),
         };
-        let log = Log::open_with_storage(st, read_signing_key(key).unwrap()).unwrap();
+        let log = Log::open_with(st, journal, read_signing_key(key).unwrap()).unwrap();
         (log, faults)
     }
 
     fn check(&self) -> std::io::Result<()> {
-        if self.full.load(Ordering::SeqCst) {
-            Err(std::io::Error::from_raw_os_error(libc::ENOSPC))
-        } else {
-            Ok(())
-        }
+        enospc_if(&self.full)
     }
 }
 
-impl Storage for FillableDisk {
+fn enospc_if(full: &AtomicBool) -> std::io::Result<()> {
+    if full.load(Ordering::SeqCst) {
+        Err(std::io::Error::from_raw_os_error(libc::ENOSPC))
+    } else {
+        Ok(())
+    }
+}
+
+impl Driver for FillableDisk {
     fn location(&self) -> String {
         self.inner.location()
     }
@@ -464,9 +482,29 @@ impl Storage for FillableDisk {
     fn publish_checkpoint_unsynced(&mut self) -> std::io::Result<()> {
         self.inner.publish_checkpoint_unsynced()
     }
-    fn journal_write(&mut self, record: &[u8]) -> std::io::Result<Option<PendingSync>> {
-        self.check()?;
-        let sync = self.inner.journal_write(record)?;
+    fn sync_and_publish_later(&mut self) -> std::io::Result<Option<PendingSync>> {
+        match self.inner.sync_and_publish_later()? {
+            // Fails before anything is synced or the checkpoint replaced.
+            Some(s) if self.sync_fails.load(Ordering::SeqCst) => {
+                Ok(Some(PendingSync::standalone(s.mark(), || {
+                    Err(std::io::Error::from_raw_os_error(libc::EIO))
+                })))
+            }
+            s => Ok(s),
+        }
+    }
+    fn remove(&mut self, path: &str) -> std::io::Result<()> {
+        self.inner.remove(path)
+    }
+    fn remove_temp_files(&mut self, dir: &str) -> std::io::Result<()> {
+        self.inner.remove_temp_files(dir)
+    }
+}
+
+impl Sequencer for FillableJournal {
+    fn sequence(&mut self, record: &[u8]) -> std::io::Result<Option<PendingSync>> {
+        enospc_if(&self.full)?;
+        let sync = self.inner.sequence(record)?;
         if self.journal_fails.load(Ordering::SeqCst) {
             return Err(std::io::Error::from_raw_os_error(libc::EIO));
         }
@@ -482,34 +520,20 @@ impl Storage for FillableDisk {
             s => Ok(s),
         }
     }
-    fn sync_and_publish_later(&mut self) -> std::io::Result<Option<PendingSync>> {
-        match self.inner.sync_and_publish_later()? {
-            // Fails before anything is synced or the checkpoint replaced.
-            Some(s) if self.sync_fails.load(Ordering::SeqCst) => {
-                Ok(Some(PendingSync::standalone(s.mark(), || {
-                    Err(std::io::Error::from_raw_os_error(libc::EIO))
-                })))
-            }
-            s => Ok(s),
-        }
+    fn withdraw_from(&mut self, mark: u64) -> std::io::Result<()> {
+        self.inner.withdraw_from(mark)
     }
-    fn journal_withdraw_from(&mut self, mark: u64) -> std::io::Result<()> {
-        self.inner.journal_withdraw_from(mark)
+    fn discard_last(&mut self, record: &[u8]) -> std::io::Result<()> {
+        self.inner.discard_last(record)
     }
-    fn journal_discard_last(&mut self, record: &[u8]) -> std::io::Result<()> {
-        self.inner.journal_discard_last(record)
+    fn records(&mut self) -> std::io::Result<Vec<Vec<u8>>> {
+        self.inner.records()
     }
-    fn journal_records(&mut self) -> std::io::Result<Vec<Vec<u8>>> {
-        self.inner.journal_records()
+    fn clear(&mut self) -> std::io::Result<()> {
+        self.inner.clear()
     }
-    fn journal_clear(&mut self) -> std::io::Result<()> {
-        self.inner.journal_clear()
-    }
-    fn remove(&mut self, path: &str) -> std::io::Result<()> {
-        self.inner.remove(path)
-    }
-    fn remove_temp_files(&mut self, dir: &str) -> std::io::Result<()> {
-        self.inner.remove_temp_files(dir)
+    fn end_mark(&self) -> u64 {
+        self.inner.end_mark()
     }
 }
 
@@ -625,14 +649,14 @@ async fn open_replays_the_journal_file_when_tiles_were_lost() {
     for t in tickets {
         acked.push(t.await.unwrap());
     }
-    let journal = std::fs::read(dir.join(parapet_log::storage::JOURNAL)).unwrap();
+    let journal = std::fs::read(dir.join(parapet_log::sequencer::JOURNAL)).unwrap();
     drop(log);
     // The disk after the cut: the size-0 checkpoint and the journal, nothing else.
     let cut = tmp.path().join("cut");
     std::fs::create_dir(&cut).unwrap();
     std::fs::write(cut.join("checkpoint"), &empty_checkpoint).unwrap();
-    std::fs::write(cut.join(parapet_log::storage::JOURNAL), &journal).unwrap();
-    let records = LocalDir::new(&cut).journal_records().unwrap();
+    std::fs::write(cut.join(parapet_log::sequencer::JOURNAL), &journal).unwrap();
+    let records = DirJournal::new(&cut).records().unwrap();
     assert!(
         !records.is_empty(),
         "the journal copy holds no records (a full sync ran first; the machine is too slow?)"
@@ -640,7 +664,7 @@ async fn open_replays_the_journal_file_when_tiles_were_lost() {
     let log = Log::open(&cut, &key).unwrap();
     assert_eq!(log.size(), 300);
     log.close().await.unwrap();
-    assert!(LocalDir::new(&cut).journal_records().unwrap().is_empty());
+    assert!(DirJournal::new(&cut).records().unwrap().is_empty());
     verify_log(&cut, &v, None, &no_progress).unwrap();
     let e = all_entries(&cut);
     for (i, idx) in acked.iter().enumerate() {
@@ -653,8 +677,8 @@ async fn open_replays_the_journal_file_when_tiles_were_lost() {
     let cut2 = tmp.path().join("cut2");
     std::fs::create_dir(&cut2).unwrap();
     std::fs::write(cut2.join("checkpoint"), &empty_checkpoint).unwrap();
-    std::fs::write(cut2.join(parapet_log::storage::JOURNAL), &torn).unwrap();
-    let kept = LocalDir::new(&cut2).journal_records().unwrap();
+    std::fs::write(cut2.join(parapet_log::sequencer::JOURNAL), &torn).unwrap();
+    let kept = DirJournal::new(&cut2).records().unwrap();
     assert_eq!(kept.len(), records.len() - 1);
     let log = Log::open(&cut2, &key).unwrap();
     assert!(log.size() < 300);
@@ -882,4 +906,59 @@ async fn a_pool_file_that_is_also_the_checkpoint_is_never_reused() {
     assert_eq!(e.len(), 950);
     assert_eq!(e[0], b"first 0");
     assert_eq!(e[949], b"third 49");
+}
+
+/// The journal of a writer that another process has fenced off (it took over integration with
+/// a newer generation): sequencing still works, publishing must not.
+struct Fenced(DirJournal);
+
+impl Sequencer for Fenced {
+    fn sequence(&mut self, record: &[u8]) -> std::io::Result<Option<PendingSync>> {
+        self.0.sequence(record)
+    }
+    fn withdraw_from(&mut self, mark: u64) -> std::io::Result<()> {
+        self.0.withdraw_from(mark)
+    }
+    fn discard_last(&mut self, record: &[u8]) -> std::io::Result<()> {
+        self.0.discard_last(record)
+    }
+    fn records(&mut self) -> std::io::Result<Vec<Vec<u8>>> {
+        self.0.records()
+    }
+    fn clear(&mut self) -> std::io::Result<()> {
+        self.0.clear()
+    }
+    fn end_mark(&self) -> u64 {
+        self.0.end_mark()
+    }
+    fn fence(&mut self, _size: u64, _root: &parapet_log::hash::Hash) -> std::io::Result<()> {
+        Err(std::io::Error::other("a newer integrator holds the lock"))
+    }
+}
+
+/// A writer whose sequencer fences it off has its batches sequenced durably but publishes no
+/// tile and no checkpoint, not even when it closes; the next writer publishes them.
+#[tokio::test]
+async fn a_fenced_writer_publishes_nothing() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (dir, key, v) = new_log(tmp.path());
+    let signer = read_signing_key(&key).unwrap();
+    let log = Log::open_with(LocalDir::new(&dir), Fenced(DirJournal::new(&dir)), signer).unwrap();
+    // One run: one batch, sequenced before any publication is attempted.
+    let run = batch_of((0..10).map(|i| format!("f{i}")));
+    assert_eq!(log.submit_run(run).await.unwrap(), 9);
+    // Closing tries to publish, and is refused (its result depends on whether a publication was
+    // attempted before it).
+    let _ = log.close().await;
+    drop(log);
+    assert_eq!(LogReader::open(&dir).unwrap().size(), 0);
+    assert!(!dir.join("tile").exists(), "the fenced writer wrote tiles");
+    assert_eq!(parapet_log::unpublished_entries(&dir, 0).unwrap(), 10);
+    verify_log(&dir, &v, None, &no_progress).unwrap();
+    // The next writer (holding the lock) publishes what was sequenced.
+    drop(Log::open(&dir, &key).unwrap());
+    let e = all_entries(&dir);
+    assert_eq!(e.len(), 10);
+    assert_eq!(e[9], b"f9");
+    verify_log(&dir, &v, None, &no_progress).unwrap();
 }

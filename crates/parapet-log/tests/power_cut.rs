@@ -4,8 +4,9 @@
 //! keeps the durable layer alone; the log is reopened on it and must hold every acknowledged
 //! entry and verify.
 
+use parapet_log::driver::{Driver, CHECKPOINT};
 use parapet_log::note::NoteVerifier;
-use parapet_log::storage::{Storage, CHECKPOINT};
+use parapet_log::sequencer::{PendingSync, Sequencer};
 use parapet_log::verify::verify_log;
 use parapet_log::{read_signing_key, Log, LogReader};
 use std::collections::BTreeMap;
@@ -71,7 +72,7 @@ impl Disk {
 #[derive(Clone)]
 struct SimDisk(Arc<Mutex<Disk>>);
 
-impl Storage for SimDisk {
+impl Driver for SimDisk {
     fn location(&self) -> String {
         "simulated disk".into()
     }
@@ -124,22 +125,35 @@ impl Storage for SimDisk {
         d.written.insert(CHECKPOINT.into(), Some(staged));
         Ok(())
     }
-    fn journal_append(&mut self, record: &[u8]) -> std::io::Result<bool> {
-        self.0.lock().unwrap().journal.push(record.to_vec());
-        Ok(true)
+    fn remove(&mut self, path: &str) -> std::io::Result<()> {
+        self.0.lock().unwrap().remove(path);
+        Ok(())
     }
-    fn journal_records(&mut self) -> std::io::Result<Vec<Vec<u8>>> {
+}
+
+/// The simulated disk's journal: a record is durable as soon as it is written.
+impl Sequencer for SimDisk {
+    fn sequence(&mut self, record: &[u8]) -> std::io::Result<Option<PendingSync>> {
+        self.0.lock().unwrap().journal.push(record.to_vec());
+        Ok(Some(PendingSync::done(0)))
+    }
+    fn withdraw_from(&mut self, _mark: u64) -> std::io::Result<()> {
+        Ok(())
+    }
+    fn discard_last(&mut self, _record: &[u8]) -> std::io::Result<()> {
+        Ok(())
+    }
+    fn records(&mut self) -> std::io::Result<Vec<Vec<u8>>> {
         Ok(self.0.lock().unwrap().journal.clone())
     }
-    fn journal_clear(&mut self) -> std::io::Result<()> {
+    fn clear(&mut self) -> std::io::Result<()> {
         let mut d = self.0.lock().unwrap();
         d.journal.clear();
         d.journal_clears += 1;
         Ok(())
     }
-    fn remove(&mut self, path: &str) -> std::io::Result<()> {
-        self.0.lock().unwrap().remove(path);
-        Ok(())
+    fn end_mark(&self) -> u64 {
+        0
     }
 }
 
@@ -170,7 +184,8 @@ async fn acknowledged_entries_survive_a_power_cut() {
     let mut acked_total: BTreeMap<u64, Vec<u8>> = BTreeMap::new();
     for (round, cut_ms) in [150u64, 1300, 40, 2200].into_iter().enumerate() {
         let sim = SimDisk(Arc::new(Mutex::new(disk.clone())));
-        let log = Log::open_with_storage(sim.clone(), read_signing_key(&key).unwrap()).unwrap();
+        let log =
+            Log::open_with(sim.clone(), sim.clone(), read_signing_key(&key).unwrap()).unwrap();
         let start_size = log.size();
         assert!(start_size >= acked_total.len() as u64);
         let acked = Arc::new(Mutex::new(Vec::<(u64, Vec<u8>)>::new()));
@@ -221,7 +236,8 @@ async fn acknowledged_entries_survive_a_power_cut() {
         }
         // Reopen on what survived: recovery replays the journal.
         let sim = SimDisk(Arc::new(Mutex::new(survived)));
-        let log = Log::open_with_storage(sim.clone(), read_signing_key(&key).unwrap()).unwrap();
+        let log =
+            Log::open_with(sim.clone(), sim.clone(), read_signing_key(&key).unwrap()).unwrap();
         let size = log.size();
         log.close().await.unwrap();
         let max_acked = acked_total.keys().next_back().copied().unwrap_or(0);
