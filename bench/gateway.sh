@@ -13,6 +13,8 @@
 #   CONSOLE=off bench/gateway.sh         # Parapet without its console (default: console on)
 #   CONSOLE_COST=0 bench/gateway.sh      # skip the console-cost table (pgbench -S with the
 #                                        # console on and off, and how far its index lags)
+#   LIMIT_COST=0 bench/gateway.sh        # skip the row-limit table (TPC-B with every write under
+#                                        # a @max_rows rule, and without; LIMIT_CLIENTS="1 8")
 #
 # Needs: postgresql (initdb, postgres, pgbench), pgbouncer; builds parapet in release mode unless
 # PARAPET=/path/to/parapet is given. Everything runs in a temp dir that is removed at exit.
@@ -27,6 +29,8 @@ UPSTREAM=${UPSTREAM:-tcp}
 SCALE=${SCALE:-10}
 CONSOLE=${CONSOLE:-on}
 CONSOLE_COST=${CONSOLE_COST:-1}
+LIMIT_COST=${LIMIT_COST:-1}
+LIMIT_CLIENTS=${LIMIT_CLIENTS:-"1 8"}
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 need() { command -v "$1" >/dev/null || { echo "$1 not found; install it with: apt-get install $2" >&2; exit 1; }; }
 BINDIR=$(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -1)
@@ -107,7 +111,7 @@ PIDS+=($!)
 VERIFIER=$(printf '%s\n' "$PGPW" | "$PARAPET" user add alice --groups eng --password-stdin | sed -n 's/^scram = //p')
 CTOKEN=$("$PARAPET" console token --name bench --role auditor | sed -n 1p)
 CSHA=$(printf %s "$CTOKEN" | sha256sum | cut -d' ' -f1)
-start_parapet() { # $1 = durability, $2 = console on|off, $3 = instance name; sets PORT, CPORT
+start_parapet() { # $1 = durability, $2 = console on|off, $3 = instance name, $4 = extra policy file; sets PORT, CPORT
   local name=${3:-$1}
   local d=$WORK/parapet-$name port
   port=$(free_port)
@@ -132,6 +136,9 @@ groups = ["eng"]
 [policy]
 default_pack = true
 TOML
+  if [ -n "${4:-}" ]; then
+    printf 'files = ["%s"]\n' "$4" >> "$d/parapet.toml"
+  fi
   if [ "${2:-$CONSOLE}" = on ]; then
     cat >> "$d/parapet.toml" <<TOML
 [console]
@@ -153,6 +160,19 @@ start_parapet before_reply "$CONSOLE"; RPORT=$PORT; RPID=$PPID_LAST
 if [ "$CONSOLE_COST" = 1 ]; then
   start_parapet before_forward on with-console; WPORT=$PORT; WPID=$PPID_LAST; WCPORT=$CPORT
   start_parapet before_forward off no-console; NPORT=$PORT; NPID=$PPID_LAST
+fi
+if [ "$LIMIT_COST" = 1 ]; then
+  # Every write of TPC-B under a row limit it never reaches (each changes one row).
+  cat > "$WORK/limits.cedar" <<'CEDAR'
+@id("bench.small-writes")
+@reason("a TPC-B write changes one row")
+@max_rows("1000")
+forbid (principal, action, resource)
+when { context.kinds.containsAny(["update", "insert", "delete"]) };
+CEDAR
+  chmod 644 "$WORK/limits.cedar"
+  start_parapet before_forward off limited "$WORK/limits.cedar"; LPORT=$PORT; LPID=$PPID_LAST
+  start_parapet before_forward off unlimited; UPORT=$PORT; UNPID=$PPID_LAST
 fi
 BPID=$(cat "$WORK/pgbouncer.pid" 2>/dev/null || echo)
 TCK=$(getconf CLK_TCK)
@@ -246,5 +266,25 @@ PY
     rate=$(awk -v a="$n1" -v b="$n2" -v s="${RATE_SHARE:-50}" 'BEGIN{ printf "%d", (a + b) / 2 * s / 100 }')
     read -r r lagr p99r maxr < <(EXTRA="-R $rate" measured $m)
     printf "%-11s | %10.0f %10s %10s %10s | %6s | %10s %12s %14s\n" "$m -R" "$r" "(-R $rate)" "" "" "" "$lagr" "${p99r}s" "${maxr}s"
+  done
+fi
+
+# The cost of row limits: TPC-B through two identical before_forward gateways (no console), one
+# with every write under a @max_rows rule (simple protocol: a savepoint per write inside the
+# script's block; extended: the Execute awaited alone), one without, in turns (ABBA).
+if [ "$LIMIT_COST" = 1 ]; then
+  echo
+  echo "row limits: TPC-B, ${DURATION}s per run, every write under @max_rows (limited) and not (ABBA)"
+  printf "%-9s %4s | %10s %10s %10s %10s | %6s | %8s %8s\n" mode cl "limited-1" "plain-1" "plain-2" "limited-2" "ratio" "us/tx L" "us/tx P"
+  for m in $MODES; do
+    for c in $LIMIT_CLIENTS; do
+      read -r l1 _ lu1 < <(run parapet "$LPORT" alice tpcb $m $c "$LPID")
+      read -r p1 _ pu1 < <(run parapet "$UPORT" alice tpcb $m $c "$UNPID")
+      read -r p2 _ pu2 < <(run parapet "$UPORT" alice tpcb $m $c "$UNPID")
+      read -r l2 _ lu2 < <(run parapet "$LPORT" alice tpcb $m $c "$LPID")
+      printf "%-9s %4s | %10.0f %10.0f %10.0f %10.0f | %6s | %8s %8s\n" $m $c "$l1" "$p1" "$p2" "$l2" \
+        "$(awk -v a="$l1" -v b="$l2" -v c="$p1" -v d="$p2" 'BEGIN{ if (c + d > 0) printf "%.3f", (a + b) / (c + d); else print "-" }')" \
+        "$(awk -v a="$lu1" -v b="$lu2" 'BEGIN{ printf "%.0f", (a + b) / 2 }')" "$(awk -v a="$pu1" -v b="$pu2" 'BEGIN{ printf "%.0f", (a + b) / 2 }')"
+    done
   done
 fi
