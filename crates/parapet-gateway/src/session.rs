@@ -376,9 +376,10 @@ pub(crate) async fn run<S>(
     client: S,
     upstream: Upstream,
     (catalog_slot, (catalog, catalog_version)): (Arc<CatalogSlot>, (Arc<Catalog>, u64)),
-    (stats, mut kill): (
+    (stats, mut kill, cancel_key): (
         Arc<crate::control::SessionStats>,
         watch::Receiver<Option<String>>,
+        (i32, i32),
     ),
     mut shutdown: watch::Receiver<bool>,
 ) -> Result<(), SessionError>
@@ -449,6 +450,7 @@ where
         catalog_slot: front.catalog_slot.clone(),
         notices: notices_rx,
         watch: None,
+        cancel_key,
     };
     let res = tokio::select! {
         r = front.run(&mut client_r, &mut up_w) => r,
@@ -1869,6 +1871,8 @@ struct Backend<'a> {
     notices: mpsc::UnboundedReceiver<Vec<u8>>,
     /// The reply being answered is to a statement under row limits.
     watch: Option<Watch>,
+    /// The client's cancel key (the gateway's), to stop a read past its row limit.
+    cancel_key: (i32, i32),
 }
 
 impl Backend<'_> {
@@ -2399,9 +2403,34 @@ impl Backend<'_> {
             }
             b'E' => {
                 w.held.clear();
-                if w.over.is_some() {
-                    // A later statement of the Query, run before the transaction is undone.
-                    return Ok(query);
+                if query && w.over.is_some() {
+                    // The statement stopped by the gateway's cancel, or a later one of the Query,
+                    // run before the transaction is undone: the gateway's error was sent.
+                    return Ok(true);
+                }
+                if let Some(error) = w.over.clone() {
+                    // An Execute stopped by the gateway's cancel: the server fails it and skips
+                    // to Sync, as it would for any error; the client sees the gateway's.
+                    self.skipping = true;
+                    self.watch = None;
+                    if let Some(Expect::Exec {
+                        portal, started, ..
+                    }) = self.pop()
+                    {
+                        let decision = self.portal_decision(&portal);
+                        let message = backend::parse_error(&error[5..]).message;
+                        self.outcome(
+                            decision,
+                            started,
+                            None,
+                            None,
+                            Some("42501".into()),
+                            Some(message),
+                        )
+                        .await?;
+                    }
+                    out.extend_from_slice(&error);
+                    return Ok(true);
                 }
                 if !query {
                     // The Execute failed on its own: handled as usual; nothing to report.
@@ -2459,6 +2488,16 @@ impl Backend<'_> {
         if let Some(w) = self.watch.as_mut() {
             w.held.clear();
             w.over = Some(error);
+        }
+        if !l.write {
+            // Stop the server computing the rest of the result. Awaited (the server has
+            // signalled its backend when it closes the connection), so that a cancel arriving
+            // after the statement has ended finds the backend idle, where PostgreSQL ignores
+            // it, and never a statement sent later.
+            let target = self.shared.cancels.lock().get(&self.cancel_key).cloned();
+            if let Some(t) = target {
+                t.cancel().await;
+            }
         }
         Ok(())
     }

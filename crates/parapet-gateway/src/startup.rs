@@ -311,7 +311,7 @@ where
         stream,
         upstream,
         (slot, catalog),
-        (stats, kill_rx),
+        (stats, kill_rx, key),
         shutdown,
     )
     .await;

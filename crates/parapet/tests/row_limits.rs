@@ -262,6 +262,29 @@ async fn simple_protocol_limits_roll_back_and_refuse() {
         10
     );
 
+    // Past the limit the server is stopped (cancelled), not left to compute the rest: a
+    // sequence advanced per row shows how far it got (non-transactional, so it stays).
+    env().direct(
+        "DROP SEQUENCE IF EXISTS lim_seq; CREATE SEQUENCE lim_seq; GRANT ALL ON lim_seq TO PUBLIC",
+    );
+    let e = c
+        .simple_query("SELECT nextval('lim_seq') FROM lim_read, generate_series(1, 200000) g")
+        .await
+        .expect_err("4,000,000 rows to read");
+    blocked(&e, "long read");
+    let reached: i64 = env()
+        .direct("SELECT last_value FROM lim_seq")
+        .parse()
+        .expect("sequence value");
+    eprintln!("rows computed before the cancel: {reached}");
+    assert!(
+        (11..4_000_000).contains(&reached),
+        "the read past its limit was not stopped: {reached} rows computed"
+    );
+    c.simple_query("SELECT 1")
+        .await
+        .expect("usable after a cancel");
+
     // A trigger writes rows the tag does not count: refused before it runs.
     let e = c
         .simple_query("UPDATE lim_trig SET v = 1 WHERE id = 1")
