@@ -193,6 +193,22 @@ async fn simple_protocol_limits_roll_back_and_refuse() {
     assert_eq!(returned, 2);
     assert_eq!(state("lim"), "18/3");
 
+    // INSERT … SELECT and MERGE are counted by their tags too.
+    let e = c
+        .simple_query("INSERT INTO lim SELECT g, 0 FROM generate_series(101, 106) g")
+        .await
+        .expect_err("6 rows inserted");
+    blocked(&e, "insert select");
+    let e = c
+        .simple_query(
+            "MERGE INTO lim USING generate_series(1, 12) g ON lim.id = g \
+             WHEN MATCHED THEN UPDATE SET v = lim.v + 1",
+        )
+        .await
+        .expect_err("12 rows merged");
+    blocked(&e, "merge");
+    assert_eq!(state("lim"), "18/3");
+
     // A multi-statement message is one implicit transaction: all of it is undone.
     let e = c
         .simple_query(
