@@ -983,6 +983,18 @@ impl Frontend<'_> {
         };
         let mut tail = BytesMut::new();
         let mut status = report.status;
+        if in_block && report.over.is_none() && !failed {
+            // RELEASE of the savepoint just made cannot fail, and leaves the block as it was:
+            // the client is answered without waiting for it (its reply is the gateway's own).
+            let (tx, _released) = tokio::sync::oneshot::channel();
+            self.expect(Expect::Catalog(tx))?;
+            frontend::query("RELEASE SAVEPOINT parapet_limit", out);
+            w.write_all(out).await?;
+            out.clear();
+            backend::ready_for_query(b'T', &mut tail);
+            let _ = self.notices.send(tail.to_vec());
+            return Ok(None);
+        }
         for q in end {
             let (tx, rx) = tokio::sync::oneshot::channel();
             self.expect(Expect::Catalog(tx))?;
