@@ -968,10 +968,24 @@ impl Frontend<'_> {
             .await
             .map_err(|_| SessionError::Upstream("session relay stopped".into()))?;
         let failed = report.status == b'E';
+        if in_block && report.over.is_none() && !failed {
+            // RELEASE of the savepoint just made cannot fail, and leaves the block as it was:
+            // the client is answered without waiting for it (its reply is the gateway's own).
+            let (tx, _released) = tokio::sync::oneshot::channel();
+            self.expect(Expect::Catalog(tx))?;
+            frontend::query("RELEASE SAVEPOINT parapet_limit", out);
+            w.write_all(out).await?;
+            out.clear();
+            let mut tail = BytesMut::new();
+            backend::ready_for_query(b'T', &mut tail);
+            let _ = self.notices.send(tail.to_vec());
+            return Ok(None);
+        }
         let end: Vec<String> = match (in_block, report.over.is_some(), failed) {
             (false, false, false) => vec!["COMMIT".into()],
             (false, _, _) => vec!["ROLLBACK".into()],
-            (true, false, false) => vec!["RELEASE SAVEPOINT parapet_limit".into()],
+            // Released above.
+            (true, false, false) => Vec::new(),
             // Undone at once (its locks released too), then the block fails as on any error
             // (a text that fails in the grammar; alone, as it fails the whole string it is in).
             (true, true, _) => vec![
@@ -983,18 +997,6 @@ impl Frontend<'_> {
         };
         let mut tail = BytesMut::new();
         let mut status = report.status;
-        if in_block && report.over.is_none() && !failed {
-            // RELEASE of the savepoint just made cannot fail, and leaves the block as it was:
-            // the client is answered without waiting for it (its reply is the gateway's own).
-            let (tx, _released) = tokio::sync::oneshot::channel();
-            self.expect(Expect::Catalog(tx))?;
-            frontend::query("RELEASE SAVEPOINT parapet_limit", out);
-            w.write_all(out).await?;
-            out.clear();
-            backend::ready_for_query(b'T', &mut tail);
-            let _ = self.notices.send(tail.to_vec());
-            return Ok(None);
-        }
         for q in end {
             let (tx, rx) = tokio::sync::oneshot::channel();
             self.expect(Expect::Catalog(tx))?;
