@@ -431,3 +431,43 @@ fn max_rows_annotations_are_checked() {
         assert!(format!("{e}").contains(want), "{text}: {e}");
     }
 }
+
+/// DDL that can make a write reach beyond its table makes the gateway read the catalog again;
+/// plain CREATE / ALTER TABLE does not (so pipelined DDL is not held up).
+#[test]
+fn ddl_that_extends_writes_changes_the_catalog() {
+    let g = Guard::load(&PolicySource {
+        files: vec![],
+        default_pack: false,
+        modes: Default::default(),
+    })
+    .unwrap();
+    let changes = |sql: &str| {
+        g.decide(sql, &ctx("a", &[], "dev"))
+            .statements
+            .iter()
+            .any(|s| s.may_change_catalog())
+    };
+    for sql in [
+        "CREATE TRIGGER t AFTER UPDATE ON x FOR EACH ROW EXECUTE FUNCTION f()",
+        "CREATE RULE r AS ON INSERT TO x DO ALSO INSERT INTO y VALUES (1)",
+        "CREATE TABLE c (id int, p int REFERENCES p (id) ON DELETE CASCADE)",
+        "CREATE TABLE c (id int, p int, FOREIGN KEY (p) REFERENCES p (id) ON UPDATE SET NULL)",
+        "CREATE TABLE part_1 PARTITION OF part FOR VALUES FROM (0) TO (10)",
+        "CREATE TABLE kid () INHERITS (parent)",
+        "ALTER TABLE c ADD CONSTRAINT fk FOREIGN KEY (p) REFERENCES p (id) ON DELETE SET DEFAULT",
+        "ALTER TABLE c ADD COLUMN q int REFERENCES p (id) ON DELETE CASCADE",
+        "ALTER TABLE part ATTACH PARTITION part_2 FOR VALUES FROM (10) TO (20)",
+        "ALTER TABLE kid INHERIT parent",
+    ] {
+        assert!(changes(sql), "{sql}");
+    }
+    for sql in [
+        "CREATE TABLE t (id int PRIMARY KEY, v text)",
+        "CREATE TABLE c (id int, p int REFERENCES p (id))",
+        "ALTER TABLE t ADD COLUMN w int",
+        "ALTER TABLE c ADD CONSTRAINT fk FOREIGN KEY (p) REFERENCES p (id) ON DELETE RESTRICT",
+    ] {
+        assert!(!changes(sql), "{sql}");
+    }
+}

@@ -174,8 +174,9 @@ impl FactsData {
     /// functions, operators, aggregates, casts or types: CREATE / ALTER / DROP / RENAME of
     /// functions, procedures, operators (classes, families), aggregates, casts, types, domains,
     /// extensions, schemas, languages, transforms and conversions, `ALTER … SET SCHEMA`, any
-    /// DROP, `DROP OWNED`, CREATE TABLE, ALTER TABLE, CREATE TRIGGER and CREATE RULE (what a
-    /// write to a table reaches beyond it), and a ROLLBACK (which may undo such a change). The gateway reloads the
+    /// DROP, `DROP OWNED`, CREATE TRIGGER, CREATE RULE and CREATE / ALTER TABLE adding a
+    /// cascading foreign key, a partition or a parent (what a write to a table reaches beyond
+    /// it), and a ROLLBACK (which may undo such a change). The gateway reloads the
     /// target's catalog ([`crate::catalog::LOAD_QUERY`]) after such a statement. DDL run later
     /// by a function or procedure that a statement calls is not seen here.
     pub fn may_change_catalog(&self) -> bool {

@@ -1472,12 +1472,46 @@ fn changes_catalog(n: NodeRef<'_>) -> bool {
             | "AlterObjectSchemaStmt"
             | "DropStmt"
             | "DropOwnedStmt"
-            // What a write to a table may reach beyond it (see `Catalog::write_effect`).
-            | "CreateTrigStmt"
-            | "RuleStmt"
-            | "AlterTableStmt"
-            | "CreateStmt"
-    )
+    ) || reaches_beyond(n)
+}
+
+/// Whether a statement may make a write to a table reach rows beyond it (see
+/// `Catalog::write_effect`): CREATE TRIGGER, CREATE RULE, and CREATE or ALTER TABLE adding a
+/// cascading foreign key (`ON DELETE|UPDATE CASCADE | SET NULL | SET DEFAULT`), a partition or an
+/// inheritance parent.
+fn reaches_beyond(n: NodeRef<'_>) -> bool {
+    fn cascades(n: &pg_query::protobuf::Node) -> bool {
+        match &n.node {
+            Some(NodeEnum::Constraint(c)) => {
+                c.contype == pg_query::protobuf::ConstrType::ConstrForeign as i32
+                    && [c.fk_del_action.as_str(), c.fk_upd_action.as_str()]
+                        .iter()
+                        .any(|a| matches!(*a, "c" | "n" | "d"))
+            }
+            Some(NodeEnum::ColumnDef(d)) => d.constraints.iter().any(cascades),
+            _ => false,
+        }
+    }
+    match n {
+        NodeRef::CreateTrigStmt(_) | NodeRef::RuleStmt(_) => true,
+        NodeRef::CreateStmt(s) => {
+            !s.inh_relations.is_empty()
+                || s.partbound.is_some()
+                || s.table_elts.iter().any(cascades)
+                || s.constraints.iter().any(cascades)
+        }
+        NodeRef::AlterTableStmt(s) => s.cmds.iter().any(|c| match &c.node {
+            Some(NodeEnum::AlterTableCmd(cmd)) => {
+                use pg_query::protobuf::AlterTableType as T;
+                matches!(
+                    T::try_from(cmd.subtype),
+                    Ok(T::AtAttachPartition | T::AtAddInherit)
+                ) || cmd.def.as_deref().is_some_and(cascades)
+            }
+            _ => false,
+        }),
+        _ => false,
+    }
 }
 
 /// The run-time settings that turn integrity checks off at some value.
