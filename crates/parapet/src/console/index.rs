@@ -866,8 +866,63 @@ mod tests {
         assert!(Index::open(dir.path(), "other/log").is_err());
     }
 
-    /// Every search, whichever of its two walks answers, gives what filtering all events one by
-    /// one gives, page after page.
+    /// A page is read from the log as the live stream has it: a decision whose text is stored
+    /// in parts comes with its `sql` put back; other entries are their own bytes.
+    #[test]
+    fn pages_are_read_from_the_log_as_the_stream_shows_them() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (log_dir, key) = (dir.path().join("log"), dir.path().join("log.key"));
+        parapet_log::Log::init(&log_dir, "test/log", &key).expect("init");
+        let log = parapet_log::Log::open(&log_dir, &key).expect("open log");
+        let sql = "SELECT 'kilo' || 'lima'";
+        let sha = parapet_gateway::events::sha256_hex(sql.as_bytes());
+        let lines = [
+            r#"{"type":"session_start","time":"2026-01-01T00:00:00.000000Z","session":"s1","user":"alice","target":"main"}"#.to_string(),
+            serde_json::json!({"type":"statement_text","session":"s1","field":"sql","part":1,"parts":2,"sha256":sha,"text":"SELECT 'kilo' "}).to_string(),
+            serde_json::json!({"type":"statement_text","session":"s1","field":"sql","part":2,"parts":2,"sha256":sha,"text":"|| 'lima'"}).to_string(),
+            serde_json::json!({"type":"decision","time":"2026-01-01T00:00:01.000000Z","session":"s1","user":"alice","target":"main","decision":"allow","rules":[],"sql_sha256":sha,"sql_parts":2,"normalized":"SELECT $1 || $2","reason":""}).to_string(),
+            r#"{"type":"outcome","time":"2026-01-01T00:00:02.000000Z","session":"s1","decision":3,"tag":"SELECT 1","rows":1}"#.to_string(),
+        ];
+        parapet_log::bulk::append_lines(&log, lines.join("\n").as_bytes(), |_| {})
+            .expect("append");
+        drop(log);
+        let reader = parapet_log::LogReader::open(&log_dir).expect("reader");
+        let mut ix = Index::open(&dir.path().join("index"), "test/log").expect("open");
+        let batch: Vec<Indexed> = reader
+            .entries(0, reader.size())
+            .map(|r| r.expect("entry"))
+            .map(|(i, bytes)| ix.prepare(i, &bytes))
+            .collect();
+        assert_eq!(batch.len(), 5);
+        ix.store(&batch).expect("store");
+        let page = search(
+            ix.path(),
+            &Filter {
+                q: Some("\"kilo lima\"".into()),
+                user: Some("alice".into()),
+                ..Filter::default()
+            },
+        )
+        .expect("search");
+        assert_eq!(page.ids, vec![3]);
+        let loaded = load(&reader, &[4, 3, 0]).expect("load");
+        let want: Vec<(u64, String)> = [4, 3, 0]
+            .iter()
+            .map(|&i| (i, batch[i as usize].json.clone()))
+            .collect();
+        assert_eq!(loaded, want);
+        assert!(loaded[1].1.contains(sql), "{}", loaded[1].1);
+        // An index whose mark of what it holds is wrong is rebuilt on open.
+        ix.conn
+            .execute("UPDATE meta SET v = '9' WHERE k = 'indexed'", [])
+            .expect("mark");
+        drop(ix);
+        let ix = Index::open(&dir.path().join("index"), "test/log").expect("reopen");
+        assert_eq!(ix.indexed().expect("indexed"), 0);
+        assert_eq!(newest(ix.path()).expect("newest"), None);
+    }
+
+    /// Every search gives what filtering all events one by one gives, page after page.
     #[test]
     fn text_and_filter_searches_agree_with_the_live_filter_at_every_page() {
         use rand::{Rng, SeedableRng};
@@ -904,20 +959,74 @@ mod tests {
             } else {
                 "allow"
             };
-            let e = serde_json::json!({
-                "type": "decision", "time": "2026-01-01T00:00:00.000000Z", "session": format!("s{}", i % 7),
-                "user": user, "target": "main", "decision": decision, "rules": [],
-                "sql": format!("SELECT '{w1} {w2}' FROM public.t{}", i % 5), "reason": "",
-            });
+            let rules = if decision == "deny" {
+                serde_json::json!([{"id": "parapet.drop", "mode": "enforce", "reason": "r"}])
+            } else {
+                serde_json::json!([])
+            };
+            // Times out of index order, as sessions interleave; some events are outcomes.
+            let e = if i % 9 == 4 {
+                serde_json::json!({
+                    "type": "outcome", "time": format!("2026-01-01T00:00:{:02}.000000Z", (i * 7) % 60),
+                    "session": format!("s{}", i % 7), "decision": i - 1, "tag": "SELECT 1",
+                })
+            } else {
+                serde_json::json!({
+                    "type": "decision", "time": format!("2026-01-01T00:00:{:02}.000000Z", (i * 7) % 60),
+                    "session": format!("s{}", i % 7), "user": user, "target": if i % 3 == 0 { "main" } else { "other" },
+                    "decision": decision, "rules": rules,
+                    "sql": format!("SELECT '{w1} {w2}' FROM public.t{}", i % 5), "reason": "",
+                })
+            };
             batch.push(ix.prepare(i, e.to_string().as_bytes()));
         }
         ix.store(&batch).expect("store");
+        let some = |s: &str| Some(s.to_string());
         let filters = [
-            (None, None),
-            (Some("rare"), None),
-            (Some("alice"), None),
-            (Some("rare"), Some("deny")),
-            (Some("nobody"), None),
+            Filter::default(),
+            Filter {
+                user: some("rare"),
+                ..Filter::default()
+            },
+            Filter {
+                user: some("alice"),
+                ..Filter::default()
+            },
+            Filter {
+                user: some("rare"),
+                decision: some("deny"),
+                ..Filter::default()
+            },
+            Filter {
+                user: some("nobody"),
+                ..Filter::default()
+            },
+            Filter {
+                rule: some("parapet.drop"),
+                table: some("t3"),
+                ..Filter::default()
+            },
+            Filter {
+                table: some("public.t2"),
+                target: some("main"),
+                ..Filter::default()
+            },
+            Filter {
+                session: some("s4"),
+                kind: some("outcome"),
+                user: some("alice"),
+                ..Filter::default()
+            },
+            Filter {
+                since: some("2026-01-01T00:00:10Z"),
+                until: some("2026-01-01T00:00:20Z"),
+                user: some("bob"),
+                ..Filter::default()
+            },
+            Filter {
+                until: some("2026-01-01T00:00:03Z"),
+                ..Filter::default()
+            },
         ];
         let queries = [
             "kilo",
@@ -932,15 +1041,13 @@ mod tests {
             "\"--\" kilo",
             "-- kilo",
         ];
-        for (user, decision) in filters {
-            for q in queries {
+        for filter in &filters {
+            for q in queries.iter().map(|q| Some(q.to_string())).chain([None]) {
                 for limit in [5, 50] {
                     let base = Filter {
-                        user: user.map(str::to_string),
-                        decision: decision.map(str::to_string),
-                        q: Some(q.to_string()),
+                        q: q.clone(),
                         limit: Some(limit),
-                        ..Filter::default()
+                        ..filter.clone()
                     };
                     let mut want: Vec<u64> = batch
                         .iter()
@@ -966,10 +1073,7 @@ mod tests {
                             None => break,
                         }
                     }
-                    assert_eq!(
-                        got, want,
-                        "user {user:?} decision {decision:?} q {q:?} limit {limit}"
-                    );
+                    assert_eq!(got, want, "{base:?}");
                 }
             }
         }
