@@ -309,7 +309,12 @@ fn run_indexer(
         indexed += batch.len() as u64;
         counted = indexed;
         for e in batch {
-            metrics.count(&e.event);
+            metrics.count_fields(
+                e.kind.as_deref(),
+                e.decision.as_deref(),
+                e.rules.first().map(String::as_str),
+                e.count,
+            );
             let _ = live.send(Arc::new(e));
         }
         metrics.progress(size, indexed);
