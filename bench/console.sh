@@ -123,7 +123,13 @@ index_mb=$(du -sm "$WORK/console-index" | cut -f1)
 
 "$PARAPET" --log-format json serve --config "$WORK/parapet.toml" 2>"$WORK/serve.err" &
 SERVE_PID=$!
-for _ in $(seq 100); do curl -sf -o /dev/null -H "Authorization: Bearer $TOKEN" "http://127.0.0.1:$PORT/api/health" && break; sleep 0.1; done
+# `parapet serve` reads the whole log before it listens (about 3 s per million entries).
+up=
+for _ in $(seq 1200); do
+  curl -sf -o /dev/null -H "Authorization: Bearer $TOKEN" "http://127.0.0.1:$PORT/api/health" && { up=1; break; }
+  sleep 0.1
+done
+[ -n "$up" ] || { echo "the console did not answer within 120 s; see $WORK/serve.err (KEEP=1 keeps it)" >&2; exit 1; }
 
 # p50 and p90 (ms) of RUNS requests of a query, and how many events its first page holds.
 timeq() {
