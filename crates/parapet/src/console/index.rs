@@ -431,6 +431,7 @@ PRAGMA journal_mode = WAL;
 PRAGMA synchronous = OFF;
 CREATE TABLE IF NOT EXISTS meta (k TEXT PRIMARY KEY, v TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS events (idx INTEGER PRIMARY KEY, time TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS blocks (block INTEGER PRIMARY KEY, lo TEXT NOT NULL, hi TEXT NOT NULL);
 CREATE VIRTUAL TABLE IF NOT EXISTS terms USING fts5(
   body, tags, content='', columnsize=0, tokenize='ascii');
 ";
@@ -551,6 +552,28 @@ impl Index {
         };
         let tx = self.conn.transaction()?;
         {
+            // The earliest and latest time of each block of events this batch touches.
+            let mut blocks: Vec<(i64, &str, &str)> = Vec::new();
+            for e in batch {
+                let (b, t) = (
+                    i64::try_from(e.index / BLOCK)?,
+                    e.time.as_deref().unwrap_or(""),
+                );
+                match blocks.last_mut() {
+                    Some((lb, lo, hi)) if *lb == b => {
+                        *lo = (*lo).min(t);
+                        *hi = (*hi).max(t);
+                    }
+                    _ => blocks.push((b, t, t)),
+                }
+            }
+            let mut block = tx.prepare_cached(
+                "INSERT INTO blocks (block, lo, hi) VALUES (?1, ?2, ?3) ON CONFLICT (block) \
+                 DO UPDATE SET lo = min(lo, excluded.lo), hi = max(hi, excluded.hi)",
+            )?;
+            for (b, lo, hi) in blocks {
+                block.execute(params![b, lo, hi])?;
+            }
             let mut ev = tx.prepare_cached("INSERT INTO events (idx, time) VALUES (?1, ?2)")?;
             let mut fts =
                 tx.prepare_cached("INSERT INTO terms (rowid, body, tags) VALUES (?1, ?2, ?3)")?;
@@ -782,33 +805,50 @@ pub fn search(path: &Path, f: &Filter) -> anyhow::Result<Page> {
             .map_err(|_| anyhow::anyhow!("before={b:?} is not a cursor from `next`"))?,
         None => i64::MAX,
     };
-    let mut args = vec![Val::Integer(before)];
+    let since = f.since.as_deref().map(normalise_time).transpose()?;
+    let until = f.until.as_deref().map(normalise_time).transpose()?;
+    // ?1 and ?2: the range of indexes searched; ?3: the FTS5 query; then the times.
+    let mut args = vec![Val::Integer(0), Val::Integer(before), Val::Null];
     let query = match_query(f);
     let (from, id, time) = match &query {
         Some(q) => {
-            args.push(Val::Text(q.clone()));
+            args[2] = Val::Text(q.clone());
             (
-                "terms WHERE terms MATCH ?2 AND rowid < ?1",
+                "terms WHERE terms MATCH ?3 AND rowid >= ?1 AND rowid < ?2",
                 "rowid",
                 "(SELECT time FROM events WHERE idx = terms.rowid)",
             )
         }
-        None => ("events WHERE idx < ?1", "idx", "time"),
+        None => ("events WHERE idx >= ?1 AND idx < ?2", "idx", "time"),
     };
     let mut sql = format!("SELECT {id} FROM {from}");
-    for (t, op) in [(&f.since, ">="), (&f.until, "<")] {
+    for (t, op) in [(&since, ">="), (&until, "<")] {
         if let Some(t) = t {
-            args.push(Val::Text(normalise_time(t)?));
+            args.push(Val::Text(t.clone()));
             sql.push_str(&format!(" AND {time} {op} ?{}", args.len()));
         }
     }
-    sql.push_str(&format!(" ORDER BY {id} DESC LIMIT {}", limit + 1));
+    sql.push_str(&format!(" ORDER BY {id} DESC LIMIT ?{}", args.len() + 1));
     let mut stmt = conn.prepare(&sql)?;
-    let mut ids: Vec<u64> = stmt
-        .query_map(rusqlite::params_from_iter(args), |r| {
-            Ok(r.get::<_, i64>(0)? as u64)
-        })?
-        .collect::<Result<_, _>>()?;
+    let mut ids: Vec<u64> = Vec::new();
+    // With times, only the runs of blocks whose times meet the window are searched.
+    let runs = if since.is_some() || until.is_some() {
+        time_runs(&conn, since.as_deref(), until.as_deref(), before)?
+    } else {
+        vec![(0, before)]
+    };
+    for (lo, hi) in runs {
+        args[0] = Val::Integer(lo);
+        args[1] = Val::Integer(hi.min(before));
+        let want = (limit + 1 - ids.len()) as i64;
+        let all = args.iter().cloned().chain([Val::Integer(want)]);
+        for id in stmt.query_map(rusqlite::params_from_iter(all), |r| r.get::<_, i64>(0))? {
+            ids.push(id? as u64);
+        }
+        if ids.len() > limit {
+            break;
+        }
+    }
     let next = if ids.len() > limit {
         ids.truncate(limit);
         ids.last().map(u64::to_string)
@@ -816,6 +856,35 @@ pub fn search(path: &Path, f: &Filter) -> anyhow::Result<Page> {
         None
     };
     Ok(Page { ids, next })
+}
+
+/// Events per block of the `blocks` table, which keeps each block's earliest and latest time.
+const BLOCK: u64 = 1024;
+
+/// The ranges of indexes `[lo, hi)` below `before`, newest first, outside which no event's time
+/// is in `[since, until)`: consecutive blocks whose times meet the window, merged. Times follow
+/// the log's order closely, so a window of the past skips the blocks after it.
+fn time_runs(
+    conn: &Connection,
+    since: Option<&str>,
+    until: Option<&str>,
+    before: i64,
+) -> anyhow::Result<Vec<(i64, i64)>> {
+    let last = (before.max(1) - 1) / BLOCK as i64;
+    let mut stmt = conn.prepare_cached(
+        "SELECT block FROM blocks WHERE block <= ?1 AND (?2 IS NULL OR hi >= ?2) \
+         AND (?3 IS NULL OR lo < ?3) ORDER BY block DESC",
+    )?;
+    let mut runs: Vec<(i64, i64)> = Vec::new();
+    for b in stmt.query_map(params![last, since, until], |r| r.get::<_, i64>(0))? {
+        let lo = b? * BLOCK as i64;
+        let hi = lo + BLOCK as i64;
+        match runs.last_mut() {
+            Some(run) if run.0 == hi => run.0 = lo,
+            _ => runs.push((lo, hi)),
+        }
+    }
+    Ok(runs)
 }
 
 /// The events at `ids` as served (the JSON of [`Indexed::json`]), read from the log's entry
@@ -1047,6 +1116,84 @@ mod tests {
         // Another log's index is refused.
         drop(ix);
         assert!(Index::open(dir.path(), "other/log").is_err());
+    }
+
+    /// Time windows over events whose times mostly follow the log (a few out of order, some
+    /// without a time): the blocks skipped hold no event of the window, page after page.
+    #[test]
+    fn time_windows_skip_only_blocks_outside_them() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut ix = Index::open(dir.path(), "test/log").expect("open");
+        let n = 5000u64;
+        let mut batch = Vec::new();
+        for i in 0..n {
+            let secs = if i % 997 == 0 { 4000 - i / 2 } else { i };
+            let e = if i % 1500 == 7 {
+                serde_json::json!({"type": "decision", "user": "u", "sql": "SELECT 1"})
+            } else {
+                serde_json::json!({
+                    "type": "decision", "user": if i % 2 == 0 { "even" } else { "odd" },
+                    "time": format!("2026-01-01T{:02}:{:02}:{:02}.000000Z", secs / 3600, secs / 60 % 60, secs % 60),
+                    "sql": "SELECT 1",
+                })
+            };
+            batch.push(ix.prepare(i, e.to_string().as_bytes()));
+        }
+        // In several batches, so that blocks are widened across transactions.
+        for part in batch.chunks(700) {
+            ix.store(part).expect("store");
+        }
+        let t = |s: u64| {
+            format!(
+                "2026-01-01T{:02}:{:02}:{:02}Z",
+                s / 3600,
+                s / 60 % 60,
+                s % 60
+            )
+        };
+        let windows = [
+            (Some(1000), Some(1100)),
+            (None, Some(10)),
+            (Some(4990), None),
+            (Some(2100), Some(2101)),
+            (Some(6000), None),
+            (Some(3000), Some(3999)),
+        ];
+        for (since, until) in windows {
+            for user in [None, Some("even")] {
+                let base = Filter {
+                    since: since.map(t),
+                    until: until.map(t),
+                    user: user.map(str::to_string),
+                    limit: Some(40),
+                    ..Filter::default()
+                };
+                let mut want: Vec<u64> = batch
+                    .iter()
+                    .filter(|e| matches(&base, e))
+                    .map(|e| e.index)
+                    .collect();
+                want.reverse();
+                let mut got = Vec::new();
+                let mut before = None;
+                loop {
+                    let page = search(
+                        ix.path(),
+                        &Filter {
+                            before: before.clone(),
+                            ..base.clone()
+                        },
+                    )
+                    .expect("search");
+                    got.extend(page.ids.iter().copied());
+                    match page.next {
+                        Some(n) => before = Some(n),
+                        None => break,
+                    }
+                }
+                assert_eq!(got, want, "{base:?}");
+            }
+        }
     }
 
     /// The typed read of an entry gives what reading it as a `Value` gives, odd entries too.
