@@ -5,11 +5,12 @@
 //!
 //! One contentless FTS5 table holds it: the statement text and reason in column `body`, and every
 //! filter's value as one token of column `tags` (`u`+hex(user), `d`+hex(decision), …), so FTS5
-//! intersects filters and words itself, newest first; a plain table keeps each event's time. The
-//! events are not copied: a page is read from the log's entry bundles. Indexing is cheap because
-//! it appends to few B-trees (about 9 µs of CPU and 100 bytes written per event; a row, six
-//! indexes and two side tables per event cost 54 µs and 3.4 KB). Outcomes and session ends take
-//! the user and target of their session; tables come from the guard's analysis of the statement.
+//! intersects filters and words itself, newest first; plain tables keep each event's time and each
+//! block of 1,024 events' earliest and latest time (for `since`/`until`). The events are not
+//! copied: a page is read from the log's entry bundles. Indexing is cheap because it appends to
+//! few B-trees (about 9 µs of CPU and 100 bytes written per event; a row, six indexes and two side
+//! tables per event cost 54 µs and 3.4 KB). Outcomes and session ends take the user and target of
+//! their session; tables come from the guard's analysis of the statement.
 
 use parapet_gateway::events::{rule_ids, Fed, TextReassembler};
 use rusqlite::types::Value as Val;
