@@ -527,6 +527,25 @@ impl Index {
         })
     }
 
+    /// Opens the index as [`Index::open`] does, for a log whose published size is `size`: an
+    /// index that holds more entries than that (a log restored from an older copy) is rebuilt,
+    /// so that it never claims an entry the log lacks.
+    pub fn open_for_log(dir: &Path, origin: &str, size: u64) -> anyhow::Result<Index> {
+        let ix = Index::open(dir, origin)?;
+        let held = ix.indexed()?;
+        if held <= size {
+            return Ok(ix);
+        }
+        tracing::warn!(
+            "the search index {} holds {held} entries but the log only {size}: rebuilding it from the log",
+            ix.path.display()
+        );
+        let path = ix.path.clone();
+        drop(ix);
+        remove_db(&path)?;
+        Index::open(dir, origin)
+    }
+
     /// The database file (readers open it read-only).
     pub fn path(&self) -> &Path {
         &self.path
@@ -1272,9 +1291,17 @@ mod tests {
             .execute("UPDATE meta SET v = '9' WHERE k = 'indexed'", [])
             .expect("mark");
         drop(ix);
-        let ix = Index::open(&dir.path().join("index"), "test/log").expect("reopen");
+        let mut ix = Index::open(&dir.path().join("index"), "test/log").expect("reopen");
         assert_eq!(ix.indexed().expect("indexed"), 0);
         assert_eq!(newest(ix.path()).expect("newest"), None);
+        // An index that holds more than the log is rebuilt too.
+        ix.store(&batch).expect("store");
+        drop(ix);
+        let ix = Index::open_for_log(&dir.path().join("index"), "test/log", 5).expect("open");
+        assert_eq!(ix.indexed().expect("indexed"), 5);
+        drop(ix);
+        let ix = Index::open_for_log(&dir.path().join("index"), "test/log", 3).expect("open");
+        assert_eq!(ix.indexed().expect("indexed"), 0);
     }
 
     /// Every search gives what filtering all events one by one gives, page after page.

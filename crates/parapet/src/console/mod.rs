@@ -88,7 +88,7 @@ impl Console {
             .with_context(|| format!("the console cannot read the log in {}", log_dir.display()))?;
         let origin = reader.checkpoint().origin.clone();
         let index_dir = index_dir(Some(section), log_dir);
-        let ix = index::Index::open(&index_dir, &origin)?;
+        let ix = index::Index::open_for_log(&index_dir, &origin, reader.size())?;
         let index_path = ix.path().to_path_buf();
         let metrics = Arc::new(metrics::Metrics::with_alerts(alerts));
         let (live, _) = broadcast::channel(4096);
