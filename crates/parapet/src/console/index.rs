@@ -617,7 +617,9 @@ impl Index {
 }
 
 /// Appends to `out` the token of a filter's value: the filter's letter and the value's bytes in
-/// hex, one word for FTS5's `ascii` tokenizer whatever the value holds (case kept).
+/// hex, one word for FTS5's `ascii` tokenizer whatever the value holds (case kept). (Shorter
+/// tokens, with only the bytes other than `a`–`y` and `0`–`9` escaped, made no measurable
+/// difference to indexing.)
 fn token(out: &mut String, kind: char, value: &str) {
     const HEX: &[u8; 16] = b"0123456789abcdef";
     if !out.is_empty() {
@@ -998,6 +1000,31 @@ mod tests {
             Some("\"NEAR a\" AND \"b\" AND \"col x\"")
         );
         assert_eq!(fts_query("  ").as_deref(), None);
+    }
+
+    #[test]
+    fn filter_values_are_one_word_and_never_collide() {
+        let tok = |v: &str| {
+            let mut t = String::new();
+            token(&mut t, 'u', v);
+            t
+        };
+        assert_eq!(tok("alice"), "u616c696365");
+        assert_eq!(tok("Zé"), "u5ac3a9");
+        let values = [
+            "a.b", "a_b", "A.b", "az2eb", "a b", "ab", "", "z", "Z", "zz", "é", "a\u{0}",
+        ];
+        let tokens: Vec<String> = values.iter().map(|v| tok(v)).collect();
+        for (i, t) in tokens.iter().enumerate() {
+            assert!(
+                t.bytes()
+                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit()),
+                "{t}"
+            );
+            for (j, u) in tokens.iter().enumerate() {
+                assert_eq!(i == j, t == u, "{:?} {:?}", values[i], values[j]);
+            }
+        }
     }
 
     #[test]
