@@ -89,7 +89,8 @@ fn filter(a: &EventsArgs) -> anyhow::Result<Filter> {
 
 /// One line of the table.
 fn row(e: &Indexed) -> String {
-    let f = |k: &str| e.event.get(k).and_then(|v| v.as_str()).unwrap_or("");
+    let event = e.event();
+    let f = |k: &str| event.get(k).and_then(|v| v.as_str()).unwrap_or("");
     let time = f("time").get(..19).unwrap_or(f("time")).replace('T', " ");
     let what = match f("type") {
         "decision" => {
@@ -99,10 +100,10 @@ fn row(e: &Indexed) -> String {
         "outcome" => format!(
             "{:<7} {:<28}",
             "",
-            e.event
+            event
                 .get("tag")
                 .and_then(|v| v.as_str())
-                .or(e.event.get("sqlstate").and_then(|v| v.as_str()))
+                .or(event.get("sqlstate").and_then(|v| v.as_str()))
                 .unwrap_or("")
         ),
         other => format!("{:<36}", other),
@@ -123,7 +124,7 @@ fn row(e: &Indexed) -> String {
 
 fn print(e: &Indexed, json: bool) -> anyhow::Result<()> {
     if json {
-        crate::outln!("{{\"index\":{},\"event\":{}}}", e.index, e.event)
+        crate::outln!("{{\"index\":{},\"event\":{}}}", e.index, e.event())
     } else {
         crate::outln!("{}", row(e))
     }

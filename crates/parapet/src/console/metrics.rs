@@ -107,20 +107,32 @@ impl Metrics {
 
     /// Counts one event of the log.
     pub fn count(&self, event: &Value) {
-        let f = |k: &str| event.get(k).and_then(Value::as_str).unwrap_or("");
-        match f("type") {
+        let f = |k: &str| event.get(k).and_then(Value::as_str);
+        let rule = event
+            .get("rules")
+            .and_then(Value::as_array)
+            .and_then(|r| r.first())
+            .and_then(|r| r.get("id"))
+            .and_then(Value::as_str);
+        let n = event.get("count").and_then(Value::as_u64).unwrap_or(0);
+        self.count_fields(f("type"), f("decision"), rule, n);
+    }
+
+    /// Counts one event of the log from its fields: type, decision, first rule's id, and the
+    /// `count` of an `auth_failure_summary`.
+    pub fn count_fields(
+        &self,
+        kind: Option<&str>,
+        decision: Option<&str>,
+        first_rule: Option<&str>,
+        count: u64,
+    ) {
+        match kind.unwrap_or("") {
             "decision" => {
-                let rule = event
-                    .get("rules")
-                    .and_then(Value::as_array)
-                    .and_then(|r| r.first())
-                    .and_then(|r| r.get("id"))
-                    .and_then(Value::as_str)
-                    .unwrap_or("none");
                 self.decisions
                     .get_or_create(&DecisionLabels {
-                        decision: f("decision").to_string(),
-                        rule: rule.to_string(),
+                        decision: decision.unwrap_or("").to_string(),
+                        rule: first_rule.unwrap_or("none").to_string(),
                     })
                     .inc();
             }
@@ -134,8 +146,7 @@ impl Metrics {
                 self.auth_failures.inc();
             }
             "auth_failure_summary" => {
-                let n = event.get("count").and_then(Value::as_u64).unwrap_or(0);
-                self.auth_failures.inc_by(n);
+                self.auth_failures.inc_by(count);
             }
             _ => {}
         }

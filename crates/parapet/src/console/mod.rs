@@ -40,8 +40,9 @@ use tokio::sync::broadcast;
 
 /// How often the indexer looks for newly published entries.
 const POLL: Duration = Duration::from_millis(100);
-/// Entries indexed per transaction.
-const BATCH: u64 = 2_000;
+/// Entries indexed per transaction, at most (a larger batch costs less per entry: FTS5 writes a
+/// segment per transaction).
+const BATCH: u64 = 10_000;
 
 struct AppState {
     control: Option<parapet_gateway::control::Control>,
@@ -87,7 +88,7 @@ impl Console {
             .with_context(|| format!("the console cannot read the log in {}", log_dir.display()))?;
         let origin = reader.checkpoint().origin.clone();
         let index_dir = index_dir(Some(section), log_dir);
-        let ix = index::Index::open(&index_dir, &origin)?;
+        let ix = index::Index::open_for_log(&index_dir, &origin, reader.size())?;
         let index_path = ix.path().to_path_buf();
         let metrics = Arc::new(metrics::Metrics::with_alerts(alerts));
         let (live, _) = broadcast::channel(4096);
@@ -308,7 +309,12 @@ fn run_indexer(
         indexed += batch.len() as u64;
         counted = indexed;
         for e in batch {
-            metrics.count(&e.event);
+            metrics.count_fields(
+                e.kind.as_deref(),
+                e.decision.as_deref(),
+                e.rules.first().map(String::as_str),
+                e.count,
+            );
             let _ = live.send(Arc::new(e));
         }
         metrics.progress(size, indexed);
@@ -803,21 +809,32 @@ async fn events(
     if let Err(r) = authorize(&state, &headers) {
         return r;
     }
-    let path = state.index_path.clone();
-    let page = match tokio::task::spawn_blocking(move || index::search(&path, &f)).await {
-        Ok(Ok(p)) => p,
+    let (path, dir) = (state.index_path.clone(), state.log_dir.clone());
+    // A bad filter is the caller's error; a log that cannot be read is ours.
+    let found = tokio::task::spawn_blocking(move || {
+        let page = index::search(&path, &f)?;
+        anyhow::Ok((|| {
+            // The events are read from the log, which holds every entry the index does.
+            let reader = LogReader::open(&dir)?;
+            anyhow::Ok((index::load(&reader, &page.ids)?, page.next))
+        })())
+    })
+    .await;
+    let (events, next) = match found {
+        Ok(Ok(Ok(page))) => page,
+        Ok(Ok(Err(e))) => return internal(format_args!("{e:#}")),
         Ok(Err(e)) => return bad_request(format_args!("{e:#}")),
         Err(e) => return internal(e),
     };
     let mut body = String::from("{\"events\":[");
-    for (n, (i, json)) in page.events.iter().enumerate() {
+    for (n, (i, json)) in events.iter().enumerate() {
         if n > 0 {
             body.push(',');
         }
         body.push_str(&format!("{{\"index\":{i},\"event\":{json}}}"));
     }
     body.push_str("],\"next\":");
-    body.push_str(&match page.next {
+    body.push_str(&match next {
         Some(n) => serde_json::Value::String(n).to_string(),
         None => "null".into(),
     });
@@ -889,26 +906,31 @@ async fn metrics_text(State(state): State<Arc<AppState>>, headers: HeaderMap) ->
         .into_response()
 }
 
-/// Events for the stream, from the index: those after `last` passing `f`, oldest first.
-fn catch_up(path: &Path, f: &Filter, last: Option<u64>) -> anyhow::Result<Vec<(u64, String)>> {
+/// Events for the stream, from the index (read from the log in `dir`): those after `last`
+/// passing `f`, oldest first.
+fn catch_up(
+    path: &Path,
+    dir: &Path,
+    f: &Filter,
+    last: Option<u64>,
+) -> anyhow::Result<Vec<(u64, String)>> {
     let mut out = Vec::new();
     let mut cursor = last;
+    let reader = LogReader::open(dir)?;
     loop {
-        let rows = index::after(path, cursor, 1000)?;
-        let Some(&(end, _)) = rows.last() else {
+        let ids = index::after(path, cursor, 1000)?;
+        let (Some(&from), Some(&to)) = (ids.first(), ids.last()) else {
             return Ok(out);
         };
-        let ids: Vec<u64> = rows.iter().map(|(i, _)| *i).collect();
-        let (from, to) = (ids[0], end);
         // The same filters as the search, over this range.
         let mut page_filter = f.clone();
         page_filter.before = Some((to + 1).to_string());
         page_filter.limit = Some(1000);
-        let mut hits = index::search(path, &page_filter)?.events;
-        hits.retain(|(i, _)| *i >= from);
+        let mut hits = index::search(path, &page_filter)?.ids;
+        hits.retain(|i| *i >= from);
         hits.reverse();
-        out.extend(hits);
-        cursor = Some(end);
+        out.extend(index::load(&reader, &hits)?);
+        cursor = Some(to);
         if out.len() >= 10_000 {
             return Ok(out);
         }
@@ -931,7 +953,7 @@ async fn stream(
         .and_then(|v| v.trim().parse::<u64>().ok());
     // Subscribe first, then catch up from the index: nothing falls between.
     let mut sub = state.live.subscribe();
-    let path = state.index_path.clone();
+    let (path, dir) = (state.index_path.clone(), state.log_dir.clone());
     let start = match resume {
         Some(n) => Some(n),
         // A new stream starts after the newest event indexed.
@@ -954,8 +976,9 @@ async fn stream(
         };
         'outer: loop {
             // Catch up (at the start, and after falling behind the live feed).
-            let (p, ff) = (path.clone(), f.clone());
-            let rows = match tokio::task::spawn_blocking(move || catch_up(&p, &ff, last)).await {
+            let (p, d, ff) = (path.clone(), dir.clone(), f.clone());
+            let rows = match tokio::task::spawn_blocking(move || catch_up(&p, &d, &ff, last)).await
+            {
                 Ok(Ok(rows)) => rows,
                 _ => break,
             };
