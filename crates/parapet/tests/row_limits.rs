@@ -229,6 +229,7 @@ async fn simple_protocol_limits_roll_back_and_refuse() {
         .await
         .expect_err("past the limit in a block");
     blocked(&e, "in a block");
+    env().direct("SET lock_timeout = '5s'; UPDATE lim SET v = v WHERE id BETWEEN 2 AND 10");
     let e = c.simple_query("SELECT 1").await.expect_err("block failed");
     assert_eq!(
         e.as_db_error().map(|d| d.code().code()),
@@ -394,6 +395,9 @@ async fn extended_protocol_limits_with_pipelining() {
             &t.execute(&upd, &[&6i32]).await.expect_err("6 rows"),
             "transaction",
         );
+        // Rolled back to the gateway's savepoint at once: the rows' locks are released (only
+        // row 1, updated within the limit before, stays locked until the block ends).
+        env().direct("SET lock_timeout = '5s'; UPDATE lim SET v = v WHERE id BETWEEN 2 AND 6");
         let e = t.query("SELECT 1", &[]).await.expect_err("failed block");
         assert_eq!(e.as_db_error().map(|d| d.code().code()), Some("25P02"));
         let _ = t.rollback().await;
