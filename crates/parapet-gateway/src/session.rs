@@ -2391,22 +2391,7 @@ impl Backend<'_> {
                         Ok(false)
                     }
                     Some(error) => {
-                        if let Some(Expect::Exec {
-                            portal, started, ..
-                        }) = self.pop()
-                        {
-                            let decision = self.portal_decision(&portal);
-                            let message = backend::parse_error(&error[5..]).message;
-                            self.outcome(
-                                decision,
-                                started,
-                                None,
-                                None,
-                                Some("42501".into()),
-                                Some(message),
-                            )
-                            .await?;
-                        }
+                        self.exec_refused(&error).await?;
                         let _ = w.run.report.send(LimitReport {
                             over: Some(error),
                             status: 0,
@@ -2427,22 +2412,7 @@ impl Backend<'_> {
                     // to Sync, as it would for any error; the client sees the gateway's.
                     self.skipping = true;
                     self.watch = None;
-                    if let Some(Expect::Exec {
-                        portal, started, ..
-                    }) = self.pop()
-                    {
-                        let decision = self.portal_decision(&portal);
-                        let message = backend::parse_error(&error[5..]).message;
-                        self.outcome(
-                            decision,
-                            started,
-                            None,
-                            None,
-                            Some("42501".into()),
-                            Some(message),
-                        )
-                        .await?;
-                    }
+                    self.exec_refused(&error).await?;
                     out.extend_from_slice(&error);
                     return Ok(true);
                 }
@@ -2470,6 +2440,28 @@ impl Backend<'_> {
             }
             _ => Ok(w.over.is_some()),
         }
+    }
+
+    /// The Execute at the front is answered by the gateway's `error` (past its row limit): its
+    /// outcome says so.
+    async fn exec_refused(&mut self, error: &[u8]) -> Result<(), SessionError> {
+        if let Some(Expect::Exec {
+            portal, started, ..
+        }) = self.pop()
+        {
+            let decision = self.portal_decision(&portal);
+            let message = backend::parse_error(error.get(5..).unwrap_or_default()).message;
+            self.outcome(
+                decision,
+                started,
+                None,
+                None,
+                Some("42501".into()),
+                Some(message),
+            )
+            .await?;
+        }
+        Ok(())
     }
 
     /// A statement past its row limit: for a simple Query, the gateway's error goes to the

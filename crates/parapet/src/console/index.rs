@@ -985,6 +985,39 @@ pub fn after(path: &Path, after: Option<u64>, limit: usize) -> anyhow::Result<Ve
 mod tests {
     use super::*;
 
+    /// The ids the live filter passes in `batch`, newest first.
+    fn live_ids(batch: &[Indexed], f: &Filter) -> Vec<u64> {
+        batch
+            .iter()
+            .rev()
+            .filter(|e| matches(f, e))
+            .map(|e| e.index)
+            .collect()
+    }
+
+    /// The ids of every page of a search, each page fetched with the previous one's cursor
+    /// and no longer than the filter's limit.
+    fn every_page(path: &Path, f: &Filter) -> Vec<u64> {
+        let mut got = Vec::new();
+        let mut before = None;
+        loop {
+            let page = search(
+                path,
+                &Filter {
+                    before: before.clone(),
+                    ..f.clone()
+                },
+            )
+            .expect("search");
+            assert!(page.ids.len() <= f.limit.unwrap_or(50));
+            got.extend(page.ids.iter().copied());
+            match page.next {
+                Some(n) => before = Some(n),
+                None => return got,
+            }
+        }
+    }
+
     #[test]
     fn full_text_queries_are_built_not_passed_through() {
         assert_eq!(
@@ -1215,30 +1248,8 @@ mod tests {
                     limit: Some(40),
                     ..Filter::default()
                 };
-                let mut want: Vec<u64> = batch
-                    .iter()
-                    .filter(|e| matches(&base, e))
-                    .map(|e| e.index)
-                    .collect();
-                want.reverse();
-                let mut got = Vec::new();
-                let mut before = None;
-                loop {
-                    let page = search(
-                        ix.path(),
-                        &Filter {
-                            before: before.clone(),
-                            ..base.clone()
-                        },
-                    )
-                    .expect("search");
-                    got.extend(page.ids.iter().copied());
-                    match page.next {
-                        Some(n) => before = Some(n),
-                        None => break,
-                    }
-                }
-                assert_eq!(got, want, "{base:?}");
+                let want = live_ids(&batch, &base);
+                assert_eq!(every_page(ix.path(), &base), want, "{base:?}");
             }
         }
     }
@@ -1458,31 +1469,8 @@ mod tests {
                         limit: Some(limit),
                         ..filter.clone()
                     };
-                    let mut want: Vec<u64> = batch
-                        .iter()
-                        .filter(|e| matches(&base, e))
-                        .map(|e| e.index)
-                        .collect();
-                    want.reverse();
-                    let mut got = Vec::new();
-                    let mut before = None;
-                    loop {
-                        let page = search(
-                            ix.path(),
-                            &Filter {
-                                before: before.clone(),
-                                ..base.clone()
-                            },
-                        )
-                        .expect("search");
-                        assert!(page.ids.len() <= limit);
-                        got.extend(page.ids.iter().copied());
-                        match page.next {
-                            Some(n) => before = Some(n),
-                            None => break,
-                        }
-                    }
-                    assert_eq!(got, want, "{base:?}");
+                    let want = live_ids(&batch, &base);
+                    assert_eq!(every_page(ix.path(), &base), want, "{base:?}");
                 }
             }
         }
