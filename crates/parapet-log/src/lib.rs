@@ -11,6 +11,8 @@
 //!   the witness's protocol logic and state ([`witness`]), the log's client
 //!   ([`Log::start_witnessing`], [`witness_client`]) and quorum verification
 //!   ([`verify::verify_witnessed`]).
+//! - Reading a published log, for verification, from any [`TileSource`]: a directory, or a log
+//!   served over HTTP by the tlog-tiles read API ([`http_source`]).
 //!
 //! Architecture, after Tessera: four roles, each in its module behind one small trait. The
 //! queue (`queue`: submission, group commit) feeds one writer thread; the [`sequencer`] makes
@@ -43,6 +45,7 @@ pub mod driver;
 mod error;
 mod flush;
 pub mod hash;
+pub mod http_source;
 mod integrator;
 pub mod note;
 pub mod proof;
@@ -62,6 +65,7 @@ pub use reader::{
     EntryIter, LogReader, ProofText, CONSISTENCY_PROOF_HEADER, INCLUSION_PROOF_HEADER,
 };
 pub use sequencer::JOURNAL_MAX_RECORD;
+pub use tiles::TileSource;
 pub use witness_client::{
     WitnessEndpoint, WitnessHealth, WitnessPolicy, WitnessStatus, COSIGNED_CHECKPOINT,
 };
