@@ -4,6 +4,7 @@
 //! served publicly, any static web server. HTTP/1.1 over `http://` or `https://` (rustls,
 //! trusting the system's CAs or a given CA file); idle connections are kept for the next request.
 
+use crate::blocking::BlockingRuntime;
 use crate::error::LogError;
 use crate::tiles::TileSource;
 use crate::witness_client::tls_connector;
@@ -31,7 +32,7 @@ pub struct HttpSource {
     prefix: String,
     authorization: Option<String>,
     idle: Mutex<Vec<Conn>>,
-    rt: tokio::runtime::Runtime,
+    rt: BlockingRuntime,
 }
 
 impl std::fmt::Debug for HttpSource {
@@ -96,11 +97,7 @@ impl HttpSource {
                 Some(format!("Bearer {t}"))
             }
         };
-        let rt = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(1)
-            .thread_name("parapet-http-source")
-            .enable_all()
-            .build()
+        let rt = BlockingRuntime::new("parapet-http-source", 1)
             .map_err(|e| LogError::io("starting the HTTP client's runtime", e))?;
         let base = format!("{}://{}{}", u.scheme(), authority(&host, port), prefix);
         Ok(HttpSource {
@@ -126,7 +123,7 @@ impl HttpSource {
         let url = format!("{}/{path}", self.base);
         let fut =
             async { tokio::time::timeout(REQUEST_TIMEOUT, self.fetch(path, &url, buf)).await };
-        match self.rt.block_on(fut) {
+        match self.rt.block_on(fut)? {
             Ok(r) => r,
             Err(_) => Err(io::Error::new(
                 io::ErrorKind::TimedOut,
