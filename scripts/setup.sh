@@ -38,7 +38,7 @@ fi
 GARAGE_VERSION=2.5.0
 garage_bin="${CARGO_HOME:-$HOME/.cargo}/bin/garage"
 if [ "${PARAPET_SKIP_GARAGE:-0}" != 1 ] &&
-    ! "$garage_bin" --version 2>/dev/null | grep -q "v$GARAGE_VERSION\b"; then
+    ! "$garage_bin" --version 2>/dev/null | grep -qF "$GARAGE_VERSION"; then
     echo "setup: building Garage $GARAGE_VERSION with cargo install (once; this takes a while)" >&2
     cargo install garage --version "$GARAGE_VERSION" --locked --force \
         --no-default-features --features bundled-libs,lmdb >/dev/null
