@@ -1,6 +1,7 @@
 //! The test harness's Garage (tests/common/garage.rs): a real single-node Garage starts on free
 //! ports with a layout, a bucket and a key, its S3 API refuses an unsigned request, and its
-//! website endpoint serves the bucket (404 for an object that is not there).
+//! website endpoint serves the bucket (404 for an object that is not there); without the binary,
+//! the harness says how to install it.
 
 #[path = "common/garage.rs"]
 mod garage;
@@ -28,6 +29,16 @@ fn status(addr: &str, host: &str, path: &str) -> (u16, String) {
 
 #[test]
 fn a_single_node_garage_starts_with_a_bucket_and_a_key() {
+    // No binary: the install hint (one test in this binary: nothing else reads GARAGE_BIN).
+    std::env::set_var("GARAGE_BIN", "/nonexistent/garage");
+    let missing = std::panic::catch_unwind(|| garage::Garage::start("nothing")).err();
+    std::env::remove_var("GARAGE_BIN");
+    let msg = missing
+        .as_ref()
+        .and_then(|p| p.downcast_ref::<String>())
+        .expect("Garage::start must panic without a binary");
+    assert!(msg.contains("run scripts/setup.sh"), "{msg}");
+
     let g = garage::Garage::start("parapet-log");
     assert!(g.key_id.starts_with("GK"), "{}", g.key_id);
     assert!(!g.secret.is_empty());
