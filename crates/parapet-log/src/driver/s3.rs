@@ -46,8 +46,9 @@ pub struct S3Driver {
     limit: Arc<Semaphore>,
     /// PUTs and DELETEs started and not yet waited for.
     pending: Vec<JoinHandle<io::Result<()>>>,
-    /// Whether `pending` holds DELETEs (a write waits for them first: a delete must not land
-    /// after a later write of the same key).
+    /// Whether `pending` holds DELETEs. Requests of one kind run concurrently; a write waits
+    /// for the DELETEs before it, and a DELETE for the writes before it, so that none lands
+    /// out of order on the same key.
     pending_removes: bool,
     staged: Option<Vec<u8>>,
 }
@@ -296,6 +297,10 @@ impl Driver for S3Driver {
     }
 
     fn sync_and_publish_later(&mut self) -> io::Result<Option<PendingSync>> {
+        // Deletes land before anything written after this call (which waits on nothing).
+        if self.pending_removes {
+            self.wait_pending()?;
+        }
         let handles = std::mem::take(&mut self.pending);
         self.pending_removes = false;
         let staged = self.staged.take();
@@ -322,6 +327,10 @@ impl Driver for S3Driver {
     }
 
     fn remove(&mut self, path: &str) -> io::Result<()> {
+        // A delete must not overtake a PUT in flight (of the same key, or of one under it).
+        if !self.pending_removes && !self.pending.is_empty() {
+            self.wait_pending()?;
+        }
         let (store, location) = (self.store.clone(), self.location.clone());
         let path = path.to_string();
         self.pending_removes = true;
