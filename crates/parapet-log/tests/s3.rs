@@ -3,7 +3,8 @@
 //! several full tiles, reopened and appended to again; it verifies read from the bucket through
 //! the driver and read over HTTP from Garage's website endpoint (`HttpSource`, as
 //! `parapet verify --url` does), with the same size; an object changed in the bucket fails
-//! verification, naming it; a second init and missing credentials are clear errors.
+//! verification, naming it; a full tile is written once (a different re-write is an alarm);
+//! a second init and missing credentials are clear errors.
 
 #[path = "common/garage.rs"]
 mod garage;
@@ -108,6 +109,31 @@ async fn a_log_in_a_garage_bucket_verifies_from_the_bucket_and_over_http() {
         err.contains("(in tile/entries/001) does not match hash"),
         "{err}"
     );
-    raw.put(&key, PutPayload::from(bundle)).await.unwrap();
+    raw.put(&key, PutPayload::from(bundle.clone()))
+        .await
+        .unwrap();
+    verify_source(&web, &vkey, None, &|_| {}).unwrap();
+
+    // A full tile is written once: the same bytes again are a no-op, different ones an alarm,
+    // and the object keeps its bytes (Garage ignores If-None-Match: the driver checks first).
+    let mut d = S3Driver::new(&config).unwrap();
+    d.write("tile/entries/001", &bundle).unwrap();
+    d.sync().unwrap();
+    d.write("tile/entries/001", b"a forked bundle").unwrap();
+    let alarm = d.sync().unwrap_err().to_string();
+    assert!(
+        alarm.contains("ALARM: full tile tile/entries/001 already exists with different bytes"),
+        "{alarm}"
+    );
+    let mut now = Vec::new();
+    assert!(d.read_into("tile/entries/001", &mut now).unwrap());
+    assert_eq!(now, bundle);
+    // A partial tile (here one beyond the log) is replaced as usual.
+    d.write("tile/entries/009.p/1", b"partial one").unwrap();
+    d.sync().unwrap();
+    d.write("tile/entries/009.p/1", b"partial two").unwrap();
+    d.sync().unwrap();
+    assert!(d.read_into("tile/entries/009.p/1", &mut now).unwrap());
+    assert_eq!(now, b"partial two");
     verify_source(&web, &vkey, None, &|_| {}).unwrap();
 }

@@ -6,10 +6,11 @@
 //! `write` starts the PUT and returns; `sync` waits for every PUT started since (an object is
 //! durable once its PUT is answered). The staged checkpoint is held in memory and PUT by
 //! `publish_checkpoint` after the tiles it covers, so a reader who follows the checkpoint finds
-//! them. A full tile or bundle is written once: its PUT carries `If-None-Match: *`, and where the
-//! store honours it an existing object is read back and must hold the same bytes (a different
-//! one is refused as an alarm: two writers forked the log). Stores that ignore the header (Garage
-//! 2.5) overwrite; preventing two writers is then the sequencer's fencing, not the store's.
+//! them. A full tile or bundle is written once: an existing one must hold the same bytes (a
+//! re-write after a crash or takeover: nothing is written) and a different one is refused as an
+//! alarm (two writers forked the log); the PUT carries `If-None-Match: *` for the race between
+//! check and PUT, where the store honours it (Garage 2.5 does not: there the sequencer's
+//! fencing keeps a second writer out).
 //! Credentials come from `AWS_ACCESS_KEY_ID` and `AWS_SECRET_ACCESS_KEY` (and
 //! `AWS_SESSION_TOKEN` if set).
 
@@ -180,8 +181,45 @@ impl S3Driver {
     }
 }
 
-/// PUTs `data` at `key`; a full tile with `If-None-Match: *`, and where the store refuses
-/// because the object exists, checks that it holds the same bytes.
+/// The object at `key`, or `None`.
+async fn get_opt(
+    store: &AmazonS3,
+    key: &ObjectPath,
+    what: &str,
+) -> io::Result<Option<bytes::Bytes>> {
+    match store.get(key).await {
+        Ok(g) => g.bytes().await.map(Some).map_err(|e| io_error(what, e)),
+        Err(object_store::Error::NotFound { .. }) => Ok(None),
+        Err(e) => Err(io_error(what, e)),
+    }
+}
+
+/// Compares a full tile found in the store with the bytes to be written: the same bytes are a
+/// re-write after a crash or takeover (nothing to do); different ones are an alarm.
+fn same_or_alarm(location: &str, path: &str, existing: &[u8], data: &[u8]) -> io::Result<()> {
+    if existing == data {
+        return Ok(());
+    }
+    tracing::error!(
+        "{location}: full tile {path} already exists with different bytes: two writers forked \
+         the log; refusing to overwrite it"
+    );
+    Err(io::Error::new(
+        io::ErrorKind::AlreadyExists,
+        format!(
+            "{location}: ALARM: full tile {path} already exists with different bytes ({} bytes \
+             stored, {} to write): two writers forked the log; it was not overwritten. Stop \
+             every writer of this log and investigate",
+            existing.len(),
+            data.len()
+        ),
+    ))
+}
+
+/// PUTs `data` at `path`. A full tile is written once: if the object exists it must hold the
+/// same bytes (then nothing is written) or the write fails with an alarm; it is PUT with
+/// `If-None-Match: *`, which closes the race between the check and the PUT on stores that
+/// honour it (Garage 2.5 does not: there, the sequencer's fencing keeps a second writer out).
 async fn put(
     store: Arc<AmazonS3>,
     location: String,
@@ -190,6 +228,12 @@ async fn put(
 ) -> io::Result<()> {
     let key = ObjectPath::from(path.as_str());
     let full = is_full_tile(&path);
+    let reading = format!("{location}: reading {path}");
+    if full {
+        if let Some(existing) = get_opt(&store, &key, &reading).await? {
+            return same_or_alarm(&location, &path, &existing, &data);
+        }
+    }
     let opts = PutOptions {
         mode: if full {
             PutMode::Create
@@ -198,38 +242,19 @@ async fn put(
         },
         ..Default::default()
     };
-    let payload = PutPayload::from(data.clone());
-    match store.put_opts(&key, payload, opts).await {
+    match store
+        .put_opts(&key, PutPayload::from(data.clone()), opts)
+        .await
+    {
         Ok(_) => Ok(()),
         Err(
             object_store::Error::AlreadyExists { .. } | object_store::Error::Precondition { .. },
-        ) if full => {
-            let existing = store
-                .get(&key)
-                .await
-                .map_err(|e| io_error(&format!("{location}: reading back {path}"), e))?
-                .bytes()
-                .await
-                .map_err(|e| io_error(&format!("{location}: reading back {path}"), e))?;
-            if existing.as_ref() == data.as_slice() {
-                Ok(())
-            } else {
-                tracing::error!(
-                    "{location}: full tile {path} already exists with different bytes: two \
-                     writers forked the log; refusing to overwrite it"
-                );
-                Err(io::Error::new(
-                    io::ErrorKind::AlreadyExists,
-                    format!(
-                        "{location}: ALARM: full tile {path} already exists with different \
-                         bytes ({} vs {} bytes written now): two writers forked the log; it \
-                         was not overwritten. Stop every writer of this log and investigate",
-                        existing.len(),
-                        data.len()
-                    ),
-                ))
-            }
-        }
+        ) if full => match get_opt(&store, &key, &reading).await? {
+            Some(existing) => same_or_alarm(&location, &path, &existing, &data),
+            None => Err(io::Error::other(format!(
+                "{location}: writing {path}: the store refused it as existing, yet it is not there"
+            ))),
+        },
         Err(e) => Err(io_error(&format!("{location}: writing {path}"), e)),
     }
 }
