@@ -5,6 +5,9 @@
 #   pgbouncer            - the baseline in bench/gateway.sh
 #   systemd              - systemd-analyze, to check the packaged unit (tests/package.rs)
 #   chromium(-driver)    - the console's web UI tests (tests/console_ui.rs, WebDriver)
+# and Garage (an S3-compatible object store; the object-storage tests start a single node), built
+# once with `cargo install` into ~/.cargo/bin and kept there (a build takes tens of minutes on a
+# small machine; PARAPET_SKIP_GARAGE=1 skips it, the tests that need it then say so).
 # Idempotent and quiet when everything is present (no apt-get update then).
 set -euo pipefail
 
@@ -28,4 +31,16 @@ fi
 if ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1; then
     echo "setup: PostgreSQL server binaries not found under /usr/lib/postgresql/*/bin after install" >&2
     exit 1
+fi
+
+# Garage: exactly this version (the S3 tests depend on its CLI's output and behaviour), built
+# once; a binary of another version is replaced.
+GARAGE_VERSION=2.5.0
+garage_bin="${CARGO_HOME:-$HOME/.cargo}/bin/garage"
+if [ "${PARAPET_SKIP_GARAGE:-0}" != 1 ] &&
+    ! "$garage_bin" --version 2>/dev/null | grep -qF "$GARAGE_VERSION"; then
+    echo "setup: building Garage $GARAGE_VERSION with cargo install (once; this takes a while)" >&2
+    cargo install garage --version "$GARAGE_VERSION" --locked --force \
+        --no-default-features --features bundled-libs,lmdb >/dev/null
+    "$garage_bin" --version >/dev/null
 fi

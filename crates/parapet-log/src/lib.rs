@@ -11,6 +11,8 @@
 //!   the witness's protocol logic and state ([`witness`]), the log's client
 //!   ([`Log::start_witnessing`], [`witness_client`]) and quorum verification
 //!   ([`verify::verify_witnessed`]).
+//! - Reading a published log, for verification, from any [`TileSource`]: a directory, or a log
+//!   served over HTTP by the tlog-tiles read API ([`http_source`]).
 //!
 //! Architecture, after Tessera: four roles, each in its module behind one small trait. The
 //! queue (`queue`: submission, group commit) feeds one writer thread; the [`sequencer`] makes
@@ -37,12 +39,14 @@
 
 #![warn(missing_docs)]
 
+mod blocking;
 pub mod bulk;
 pub mod checkpoint;
 pub mod driver;
 mod error;
 mod flush;
 pub mod hash;
+pub mod http_source;
 mod integrator;
 pub mod note;
 pub mod proof;
@@ -62,6 +66,7 @@ pub use reader::{
     EntryIter, LogReader, ProofText, CONSISTENCY_PROOF_HEADER, INCLUSION_PROOF_HEADER,
 };
 pub use sequencer::JOURNAL_MAX_RECORD;
+pub use tiles::TileSource;
 pub use witness_client::{
     WitnessEndpoint, WitnessHealth, WitnessPolicy, WitnessStatus, COSIGNED_CHECKPOINT,
 };
@@ -200,6 +205,35 @@ impl Log {
             .and_then(|()| st.publish_checkpoint())
             .map_err(|e| LogError::io(format!("writing {}", cp_path.display()), e))?;
         sync_parent(dir)?;
+        Ok(signer.verifier().to_key_text())
+    }
+
+    /// Creates an empty log in the storage of `driver` (any backend): publishes the size-0
+    /// checkpoint of origin `signer.name()`, signed by `signer`; refuses if the storage holds
+    /// a checkpoint already. Returns the verifier key. [`Log::init`] does this for a directory
+    /// (and creates the key file).
+    pub fn init_with<D: Driver>(driver: &mut D, signer: &NoteSigner) -> Result<String, LogError> {
+        let location = driver.location();
+        let mut existing = Vec::new();
+        let found = driver
+            .read_into(driver::CHECKPOINT, &mut existing)
+            .map_err(|e| LogError::io(format!("{location}: reading the checkpoint"), e))?;
+        if found {
+            return Err(LogError::AlreadyExists {
+                path: format!("{location}: {}", driver::CHECKPOINT),
+            });
+        }
+        let cp = Checkpoint {
+            origin: signer.name().to_string(),
+            size: 0,
+            root: empty_root(),
+            extensions: Vec::new(),
+        };
+        driver
+            .stage_checkpoint(signer.sign(&cp.to_text()).as_bytes())
+            .and_then(|()| driver.sync())
+            .and_then(|()| driver.publish_checkpoint())
+            .map_err(|e| LogError::io(format!("{location}: writing the checkpoint"), e))?;
         Ok(signer.verifier().to_key_text())
     }
 

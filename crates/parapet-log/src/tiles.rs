@@ -1,5 +1,6 @@
-//! Reading hash tiles of a published tree: a [`NodeSource`] over a [`Driver`], used for crash
-//! recovery (rebuilding the right edge), proofs and the root check of `verify`.
+//! Reading hash tiles of a published tree: a [`NodeSource`] over a [`TileSource`] (any
+//! [`Driver`], or a log served over HTTP), used for crash recovery (rebuilding the right edge),
+//! proofs and `verify`.
 
 use crate::driver::Driver;
 use crate::error::LogError;
@@ -7,11 +8,32 @@ use crate::hash::{fold_perfect, Hash, HASH_SIZE};
 use crate::proof::NodeSource;
 use crate::tile::{bundle_path, tile_path, tile_width, TILE_HEIGHT, TILE_WIDTH};
 use std::collections::HashMap;
+use std::io;
+
+/// Where a published log is read from, by tlog-tiles relative path (`checkpoint`,
+/// `tile/0/x001/234`, `tile/entries/005.p/20`): every storage [`Driver`] (a local directory, an
+/// object store), or a log served over HTTP by the C2SP tlog-tiles read API
+/// ([`crate::http_source::HttpSource`]). The verifier reads a log only through this trait.
+pub trait TileSource {
+    /// Human-readable location (for error messages).
+    fn location(&self) -> String;
+    /// Reads a whole file into `buf` (cleared first); `Ok(false)` if it does not exist.
+    fn read_into(&self, path: &str, buf: &mut Vec<u8>) -> io::Result<bool>;
+}
+
+impl<D: Driver + ?Sized> TileSource for D {
+    fn location(&self) -> String {
+        Driver::location(self)
+    }
+    fn read_into(&self, path: &str, buf: &mut Vec<u8>) -> io::Result<bool> {
+        Driver::read_into(self, path, buf)
+    }
+}
 
 /// Reads tile `level`/`index` of width `width` into `buf`. If a partial tile is missing but the
 /// full tile exists (the log grew and removed the partial), the full tile's prefix is used.
 /// Returns the path that was read.
-pub(crate) fn read_tile<S: Driver + ?Sized>(
+pub(crate) fn read_tile<S: TileSource + ?Sized>(
     st: &S,
     level: Option<u32>,
     index: u64,
@@ -69,14 +91,14 @@ pub(crate) fn parse_hashes(path: &str, data: &[u8], width: u64) -> Result<Vec<Ha
 }
 
 /// Complete-subtree hashes of the tree of `size` leaves, read from its hash tiles.
-pub(crate) struct TileNodes<'a, S: Driver + ?Sized> {
+pub(crate) struct TileNodes<'a, S: TileSource + ?Sized> {
     storage: &'a S,
     size: u64,
     cache: HashMap<(u32, u64), Vec<Hash>>,
     buf: Vec<u8>,
 }
 
-impl<'a, S: Driver + ?Sized> TileNodes<'a, S> {
+impl<'a, S: TileSource + ?Sized> TileNodes<'a, S> {
     pub(crate) fn new(storage: &'a S, size: u64) -> Self {
         TileNodes {
             storage,
@@ -109,7 +131,7 @@ impl<'a, S: Driver + ?Sized> TileNodes<'a, S> {
     }
 }
 
-impl<S: Driver + ?Sized> NodeSource for TileNodes<'_, S> {
+impl<S: TileSource + ?Sized> NodeSource for TileNodes<'_, S> {
     fn node(&mut self, level: u32, index: u64) -> Result<Hash, LogError> {
         let tile_level = level / TILE_HEIGHT;
         let r = level % TILE_HEIGHT;

@@ -1,12 +1,14 @@
 //! Offline verification of a whole log: the checkpoint signature, every entry against its leaf
 //! hash, every hash tile against the tiles below it, the root against the checkpoint, and
-//! optionally consistency with an older checkpoint. Reports the first bad entry or tile.
+//! optionally consistency with an older checkpoint. Reports the first bad entry or tile. The
+//! log is read through a [`TileSource`]: a local directory ([`verify_log`]) or a log served over
+//! HTTP ([`crate::http_source::HttpSource`], [`verify_source`]), with the same checks.
 //!
 //! Level-0 work (reading bundles, hashing entries) dominates and runs on two threads; each keeps
 //! its buffers, so there is no per-entry allocation.
 
 use crate::checkpoint::Checkpoint;
-use crate::driver::{read_checkpoint_file, Driver, LocalDir};
+use crate::driver::{LocalDir, CHECKPOINT};
 use crate::error::LogError;
 use crate::hash::{fold_perfect, leaf_hash, Hash, HASH_SIZE};
 use crate::note::NoteVerifier;
@@ -15,7 +17,7 @@ use crate::tile::{
     bundle_path, for_each_bundle_entry, nodes_at_tile_level, tile_count, tile_levels, tile_path,
     tile_width, TILE_WIDTH,
 };
-use crate::tiles::{read_tile, TileNodes};
+use crate::tiles::{read_tile, TileNodes, TileSource};
 use base64::engine::general_purpose::STANDARD as B64;
 use base64::Engine;
 use std::path::Path;
@@ -58,8 +60,8 @@ struct Level0 {
     error: Option<(u64, LogError)>,
 }
 
-fn check_level0_tile(
-    st: &LocalDir,
+fn check_level0_tile<S: TileSource + ?Sized>(
+    st: &S,
     size: u64,
     i: u64,
     bundle: &mut Vec<u8>,
@@ -125,10 +127,32 @@ pub fn verify_log(
     old: Option<&[u8]>,
     progress: &(dyn Fn(u64) + Sync),
 ) -> Result<VerifyReport, LogError> {
-    let note = read_checkpoint_file(dir)?;
+    verify_source(&LocalDir::new(dir), vkey, old, progress)
+}
+
+/// Reads the checkpoint of `st`; a missing one means `st` holds no log.
+fn read_checkpoint<S: TileSource + ?Sized>(st: &S) -> Result<Vec<u8>, LogError> {
+    let mut note = Vec::new();
+    let found = st
+        .read_into(CHECKPOINT, &mut note)
+        .map_err(|e| LogError::io(format!("{}: reading {CHECKPOINT}", st.location()), e))?;
+    if !found {
+        return Err(LogError::NotALog { dir: st.location() });
+    }
+    Ok(note)
+}
+
+/// [`verify_log`] of the log read from `st` (a directory, an object store, or a log served over
+/// HTTP): the same checks, the same errors.
+pub fn verify_source<S: TileSource + Sync + ?Sized>(
+    st: &S,
+    vkey: &NoteVerifier,
+    old: Option<&[u8]>,
+    progress: &(dyn Fn(u64) + Sync),
+) -> Result<VerifyReport, LogError> {
+    let note = read_checkpoint(st)?;
     let text = vkey.open(&note, "checkpoint")?;
     let cp = Checkpoint::parse(text, "checkpoint")?;
-    let st = LocalDir::new(dir);
     let n = cp.size;
 
     // Level 0: entries against leaf hashes, on two threads (interleaved tiles).
@@ -143,7 +167,7 @@ pub fn verify_log(
     let results: Vec<Level0> = std::thread::scope(|s| {
         let handles: Vec<_> = (0..threads)
             .map(|t| {
-                let (st, first_bad, done) = (&st, &first_bad, &done);
+                let (first_bad, done) = (&first_bad, &done);
                 s.spawn(move || {
                     let mut out = Level0 {
                         roots: Vec::new(),
@@ -206,7 +230,7 @@ pub fn verify_log(
         let mut next = Vec::new();
         for i in 0..tile_count(level, n) {
             let w = tile_width(level, i, n);
-            let path = read_tile(&st, Some(level), i, w, &mut buf)?;
+            let path = read_tile(st, Some(level), i, w, &mut buf)?;
             let want = w as usize * HASH_SIZE;
             if buf.len() != want {
                 return Err(LogError::Tampered(format!(
@@ -236,7 +260,7 @@ pub fn verify_log(
     }
 
     // The root of the verified tiles must be the checkpoint's.
-    let mut nodes = TileNodes::new(&st, n);
+    let mut nodes = TileNodes::new(st, n);
     let root = root_hash(&mut nodes, n)?;
     if root != cp.root {
         return Err(LogError::Tampered(format!(
@@ -274,7 +298,6 @@ pub fn verify_log(
             Some(ocp.size)
         }
     };
-    let _ = st.location();
     Ok(VerifyReport {
         checkpoint: cp,
         entry_bytes: bytes,
@@ -330,15 +353,31 @@ pub fn verify_witnessed(
     witnesses: &[crate::note::CosignatureVerifier],
     min: usize,
 ) -> Result<WitnessReport, LogError> {
+    verify_witnessed_source(&LocalDir::new(dir), vkey, report, witnesses, min)
+}
+
+/// [`verify_witnessed`] of the log read from `st`, after [`verify_source`] passed on it.
+pub fn verify_witnessed_source<S: TileSource + ?Sized>(
+    st: &S,
+    vkey: &NoteVerifier,
+    report: &VerifyReport,
+    witnesses: &[crate::note::CosignatureVerifier],
+    min: usize,
+) -> Result<WitnessReport, LogError> {
     let n = report.checkpoint.size;
-    let st = LocalDir::new(dir);
-    let mut nodes = TileNodes::new(&st, n);
-    let mut candidates = vec![(read_checkpoint_file(dir)?, "checkpoint".to_string())];
-    let cosigned = dir.join(crate::COSIGNED_CHECKPOINT);
-    match std::fs::read(&cosigned) {
-        Ok(b) => candidates.push((b, crate::COSIGNED_CHECKPOINT.to_string())),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-        Err(e) => return Err(LogError::io(format!("reading {}", cosigned.display()), e)),
+    let mut nodes = TileNodes::new(st, n);
+    let mut candidates = vec![(read_checkpoint(st)?, CHECKPOINT.to_string())];
+    let mut cosigned = Vec::new();
+    let found = st
+        .read_into(crate::COSIGNED_CHECKPOINT, &mut cosigned)
+        .map_err(|e| {
+            LogError::io(
+                format!("{}: reading {}", st.location(), crate::COSIGNED_CHECKPOINT),
+                e,
+            )
+        })?;
+    if found {
+        candidates.push((cosigned, crate::COSIGNED_CHECKPOINT.to_string()));
     }
     let mut best = WitnessReport {
         log_size: n,

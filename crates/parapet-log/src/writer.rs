@@ -578,7 +578,14 @@ pub(crate) fn open_tree<D: Driver, Q: Sequencer>(
     let records = seq.records().map_err(|e| io("reading the journal", e))?;
     let Some(first) = records.first() else {
         let tree = TreeState::load(st, cp)?;
-        remove_garbage(st, cp.size).map_err(|e| io("cleaning up", e))?;
+        // Only the holder of the integration lock removes anything: a stale writer recovering
+        // from an older checkpoint would remove what the holder published since. A writer that
+        // cannot pass the fence leaves the garbage for the holder (or the next open).
+        if seq.fence(tree.size(), &tree.root()).is_ok() {
+            remove_garbage(st, cp.size)
+                .and_then(|()| st.sync())
+                .map_err(|e| io("cleaning up", e))?;
+        }
         return Ok(tree);
     };
     let first = BatchRecord::parse(first)?;
@@ -636,7 +643,11 @@ pub(crate) fn open_tree<D: Driver, Q: Sequencer>(
         .and_then(|()| st.publish_checkpoint())
         .map_err(|e| io("publishing the recovered checkpoint", e))?;
     seq.clear().map_err(|e| io("clearing the journal", e))?;
-    remove_garbage(st, tree.size()).map_err(|e| io("cleaning up", e))?;
+    // Removals are done (synced) before the log opens: a driver that removes in the background
+    // (S3) must not leave deletes in flight that land after another writer took over.
+    remove_garbage(st, tree.size())
+        .and_then(|()| st.sync())
+        .map_err(|e| io("cleaning up", e))?;
     for p in tree.take_superseded() {
         st.remove_later(&p);
     }

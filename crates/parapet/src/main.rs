@@ -38,7 +38,8 @@ enum Command {
     /// Create, append to and prove things about a tamper-evident log.
     #[command(subcommand)]
     Log(cli::log::LogCommand),
-    /// Verify a log offline: checkpoint signature, every tile, every entry, and consistency.
+    /// Verify a log (a directory, or one served over HTTP): checkpoint signature, every tile,
+    /// every entry, and consistency.
     Verify(cli::log::VerifyArgs),
     /// Search the audit log, or follow it live, from a terminal.
     Events(cli::events::EventsArgs),

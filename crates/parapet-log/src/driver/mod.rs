@@ -5,14 +5,16 @@
 //! durable, and publishes the checkpoint. It computes nothing and decides nothing: which tiles
 //! exist is the integrator's business, durability of entries the sequencer's.
 //!
-//! [`LocalDir`] is the driver of a local directory. An object-store driver (S3) implements the
-//! same trait: `write` = PUT, `sync` = wait for the uploads, `publish_checkpoint` = PUT of the
-//! checkpoint object.
+//! [`LocalDir`] is the driver of a local directory; [`S3Driver`] that of an S3-compatible bucket
+//! (`write` = PUT, `sync` = wait for the uploads, `publish_checkpoint` = PUT of the checkpoint
+//! object).
 
 pub(crate) mod dir;
 mod pool;
+mod s3;
 
 pub use dir::{read_checkpoint_file, LocalDir};
+pub use s3::{S3Config, S3Driver};
 
 use crate::sequencer::PendingSync;
 use std::io;

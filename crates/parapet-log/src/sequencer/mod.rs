@@ -7,12 +7,14 @@
 //! record is durable the batch's indices are assigned for good, and its tickets resolve: the
 //! tiles and checkpoint follow from the records deterministically, so they can be published
 //! later (and re-published after a crash, byte for byte). [`DirJournal`] is the sequencer of a
-//! local directory (a write-ahead journal file); a PostgreSQL sequencer implements the same
-//! trait (a row per batch, committed with `synchronous_commit = on`).
+//! local directory (a write-ahead journal file); [`PgSequencer`] keeps the records in PostgreSQL
+//! (a row per batch, committed with `synchronous_commit = on`, fenced by generation).
 
 mod journal;
+mod postgres;
 
 pub use journal::{read_journal, DirJournal, JOURNAL};
+pub use postgres::PgSequencer;
 
 use crate::error::LogError;
 use crate::hash::Hash;

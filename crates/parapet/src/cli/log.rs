@@ -3,9 +3,10 @@
 
 use anyhow::{bail, Context};
 use indicatif::{ProgressBar, ProgressStyle};
+use parapet_log::http_source::HttpSource;
 use parapet_log::note::{CosignatureVerifier, NoteVerifier};
-use parapet_log::verify::{verify_log, verify_witnessed};
-use parapet_log::{Log, LogReader};
+use parapet_log::verify::{verify_source, verify_witnessed_source};
+use parapet_log::{Log, LogReader, TileSource};
 use std::io::{IsTerminal, Write};
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -111,10 +112,23 @@ pub enum ProofCommand {
 
 /// Arguments of `parapet verify`.
 #[derive(clap::Args, Debug)]
+#[command(group(clap::ArgGroup::new("log").required(true).args(["dir", "url"])))]
 pub struct VerifyArgs {
     /// Log directory.
     #[arg(long)]
-    pub dir: PathBuf,
+    pub dir: Option<PathBuf>,
+    /// Base URL of a log served over HTTP(S) by the C2SP tlog-tiles read API (URL/checkpoint,
+    /// URL/tile/…), e.g. the console's http://HOST:PORT/log/ or a public bucket.
+    #[arg(long, conflicts_with = "dir")]
+    pub url: Option<String>,
+    /// With --url: send `Authorization: Bearer TOKEN` (the console's /log/ needs a token
+    /// unless `[console] public_log = true`).
+    #[arg(long, requires = "url")]
+    pub token: Option<String>,
+    /// With an https:// --url: PEM file of the CA certificates to trust (default: the
+    /// system's).
+    #[arg(long, requires = "url")]
+    pub ca_file: Option<PathBuf>,
     /// Verifier key (name+keyid+base64), or a file containing it.
     #[arg(long)]
     pub vkey: String,
@@ -366,8 +380,11 @@ fn check_receipt(
     Ok(ExitCode::SUCCESS)
 }
 
-/// Runs `parapet verify`.
+/// Runs `parapet verify`: the log of `--dir`, or the one served at `--url`.
 pub fn verify(args: VerifyArgs) -> anyhow::Result<ExitCode> {
+    if args.dir.is_some() && (args.token.is_some() || args.ca_file.is_some()) {
+        bail!("--token and --ca-file are for a log served over HTTP (--url), not --dir");
+    }
     let vkey = parse_vkey(&args.vkey)?;
     let (witnesses, min_witnesses) = witness_args(&args.witnesses, args.min_witnesses)?;
     let old = match &args.old {
@@ -376,14 +393,31 @@ pub fn verify(args: VerifyArgs) -> anyhow::Result<ExitCode> {
         ),
         None => None,
     };
+    let (source, what): (Box<dyn TileSource + Sync>, String) = match (&args.dir, &args.url) {
+        (Some(dir), _) => (
+            Box::new(parapet_log::driver::LocalDir::new(dir)),
+            dir.display().to_string(),
+        ),
+        (None, Some(url)) => {
+            let s = HttpSource::new(url, args.token.as_deref(), args.ca_file.as_deref())?;
+            let what = s.base().to_string();
+            (Box::new(s), what)
+        }
+        (None, None) => bail!("give the log to verify: --dir DIR or --url URL"),
+    };
     let bar = if std::io::stderr().is_terminal() {
-        let size = LogReader::open(&args.dir).map(|r| r.size()).unwrap_or(0);
+        let size = match &args.dir {
+            Some(dir) => LogReader::open(dir).map(|r| r.size()).unwrap_or(0),
+            None => 0,
+        };
         let b = ProgressBar::new(size);
+        let template = if size > 0 {
+            "{bar:40} {human_pos}/{human_len} entries ({per_sec}, {eta})"
+        } else {
+            "{spinner} {human_pos} entries ({per_sec})"
+        };
         b.set_style(
-            ProgressStyle::with_template(
-                "{bar:40} {human_pos}/{human_len} entries ({per_sec}, {eta})",
-            )
-            .unwrap_or_else(|_| ProgressStyle::default_bar()),
+            ProgressStyle::with_template(template).unwrap_or_else(|_| ProgressStyle::default_bar()),
         );
         Some(b)
     } else {
@@ -394,7 +428,7 @@ pub fn verify(args: VerifyArgs) -> anyhow::Result<ExitCode> {
             b.set_position(n);
         }
     };
-    let result = verify_log(&args.dir, &vkey, old.as_deref(), &progress);
+    let result = verify_source(source.as_ref(), &vkey, old.as_deref(), &progress);
     if let Some(b) = &bar {
         b.finish_and_clear();
     }
@@ -402,7 +436,8 @@ pub fn verify(args: VerifyArgs) -> anyhow::Result<ExitCode> {
         if min_witnesses == 0 {
             return Ok((report, None));
         }
-        let w = verify_witnessed(&args.dir, &vkey, &report, &witnesses, min_witnesses)?;
+        let w =
+            verify_witnessed_source(source.as_ref(), &vkey, &report, &witnesses, min_witnesses)?;
         Ok((report, Some(w)))
     });
     match result {
@@ -424,13 +459,12 @@ pub fn verify(args: VerifyArgs) -> anyhow::Result<ExitCode> {
                         format!("; invalid cosignatures: {}", w.invalid.join("; "))
                     };
                     bail!(
-                        "verification FAILED for {}: the log is unwitnessed beyond entry {}: \
+                        "verification FAILED for {what}: the log is unwitnessed beyond entry {}: \
                          {} of its {} entries (indices {}..{}) lack {} valid cosignature(s) \
                          ({by}{invalid}). A running log has new entries cosigned within \
                          seconds: verify again once it is idle. If this persists, the witnesses \
                          refuse to cosign the log: it may have been rewritten or truncated (see \
                          the log's warnings).",
-                        args.dir.display(),
                         w.witnessed_size,
                         w.unwitnessed(),
                         w.log_size,
@@ -450,21 +484,28 @@ pub fn verify(args: VerifyArgs) -> anyhow::Result<ExitCode> {
                 crate::outln!("{report}")?;
             }
             // The summary stays one line on stdout; what the journal adds goes to stderr.
-            match parapet_log::unpublished_entries(&args.dir, report.checkpoint.size) {
-                Ok(0) => {}
-                Ok(n) => eprintln!(
-                    "note: the journal of {} holds {n} acknowledged entries beyond this checkpoint: \
-                     a running writer publishes them within {} ms; if none is running (a crash), \
-                     run `parapet log recover --dir {} --key KEYFILE` and verify again",
-                    args.dir.display(),
-                    parapet_log::PUBLISH_INTERVAL.as_millis(),
-                    args.dir.display()
-                ),
-                Err(e) => eprintln!("note: could not read the journal: {e}"),
+            if let Some(dir) = &args.dir {
+                journal_note(dir, report.checkpoint.size);
             }
             Ok(ExitCode::SUCCESS)
         }
-        Err(e) => bail!("verification FAILED for {}: {e}", args.dir.display()),
+        Err(e) => bail!("verification FAILED for {what}: {e}"),
+    }
+}
+
+/// Says on stderr if the journal of `dir` holds acknowledged entries beyond size `size`.
+fn journal_note(dir: &std::path::Path, size: u64) {
+    match parapet_log::unpublished_entries(dir, size) {
+        Ok(0) => {}
+        Ok(n) => eprintln!(
+            "note: the journal of {} holds {n} acknowledged entries beyond this checkpoint: \
+             a running writer publishes them within {} ms; if none is running (a crash), \
+             run `parapet log recover --dir {} --key KEYFILE` and verify again",
+            dir.display(),
+            parapet_log::PUBLISH_INTERVAL.as_millis(),
+            dir.display()
+        ),
+        Err(e) => eprintln!("note: could not read the journal: {e}"),
     }
 }
 
