@@ -3,7 +3,7 @@
 # Each test binary that needs PostgreSQL starts its own throw-away cluster (initdb in a temp dir, free port).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-scripts/setup.sh
+scripts/setup.sh --tests
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets --locked -- -D warnings
 out=$(mktemp)

@@ -5,7 +5,7 @@
 //! `localhost`). Std only, so that any crate's tests can include it (`#[path]`).
 //!
 //! The binary is `$GARAGE_BIN`, else `garage` on PATH, else `~/.cargo/bin/garage`;
-//! `scripts/setup.sh` installs it. Without it, [`Garage::start`] panics with that hint.
+//! `scripts/setup.sh --tests` installs it. Without it, [`Garage::start`] panics with that hint.
 #![allow(dead_code)]
 
 use std::net::{SocketAddr, TcpListener, TcpStream};
@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 
 /// How to get Garage when it is missing.
 pub const GARAGE_HINT: &str = "Garage (the S3-compatible object store of the object-storage \
-    tests) is not installed: run scripts/setup.sh (it builds Garage 2.5.0 once with `cargo install \
+    tests) is not installed: run scripts/setup.sh --tests (it builds Garage 2.5.0 once with `cargo install \
     garage --version 2.5.0 --locked`), or set GARAGE_BIN to a garage binary";
 
 /// A running single-node Garage with one bucket and one key.
