@@ -21,6 +21,8 @@ pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(60);
 /// bytes) with room to spare.
 const MAX_ANSWER_BYTES: usize = 32 * 1024 * 1024;
 
+use crate::witness_client::ConnectError;
+
 type Conn = hyper::client::conn::http1::SendRequest<Empty<bytes::Bytes>>;
 
 /// A log served over HTTP at a base URL, read with blocking calls (from any thread).
@@ -219,43 +221,23 @@ impl HttpSource {
     /// Opens an HTTP/1.1 connection (over TLS for `https://`, checking the server's
     /// certificate); its driver runs on the source's runtime until the sender is dropped.
     async fn connect(&self, url: &str) -> io::Result<Conn> {
-        let (host, port) = (self.host.as_str(), self.port);
-        let stream = tokio::net::TcpStream::connect((host, port))
+        let host = self.host.as_str();
+        crate::witness_client::http1_connect(host, self.port, self.tls.as_ref())
             .await
-            .map_err(|e| io::Error::new(e.kind(), format!("GET {url}: cannot connect: {e}")))?;
-        let _ = stream.set_nodelay(true);
-        let handshake_failed =
-            |e: hyper::Error| io::Error::other(format!("GET {url}: HTTP handshake failed: {e}"));
-        match &self.tls {
-            None => {
-                let (sender, conn) =
-                    hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
-                        .await
-                        .map_err(handshake_failed)?;
-                tokio::spawn(async move {
-                    let _ = conn.await;
-                });
-                Ok(sender)
-            }
-            Some(connector) => {
-                let name =
-                    rustls::pki_types::ServerName::try_from(host.to_string()).map_err(|e| {
-                        io::Error::other(format!("{host:?} is not a TLS server name: {e}"))
-                    })?;
-                let tls = connector
-                    .connect(name, stream)
-                    .await
-                    .map_err(|e| io::Error::new(e.kind(), format!("GET {url}: TLS failed: {e}")))?;
-                let (sender, conn) =
-                    hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tls))
-                        .await
-                        .map_err(handshake_failed)?;
-                tokio::spawn(async move {
-                    let _ = conn.await;
-                });
-                Ok(sender)
-            }
-        }
+            .map_err(|e| match e {
+                ConnectError::Connect(e) => {
+                    io::Error::new(e.kind(), format!("GET {url}: cannot connect: {e}"))
+                }
+                ConnectError::ServerName(e) => {
+                    io::Error::other(format!("{host:?} is not a TLS server name: {e}"))
+                }
+                ConnectError::Tls(e) => {
+                    io::Error::new(e.kind(), format!("GET {url}: TLS failed: {e}"))
+                }
+                ConnectError::Handshake(e) => {
+                    io::Error::other(format!("GET {url}: HTTP handshake failed: {e}"))
+                }
+            })
     }
 }
 

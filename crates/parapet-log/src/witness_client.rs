@@ -825,38 +825,78 @@ async fn post(
     Ok((status, ctype, body, Some(sender)))
 }
 
+/// Why [`http1_connect`] failed, by step, for the caller to word.
+#[derive(Debug)]
+pub enum ConnectError {
+    /// The TCP connection.
+    Connect(std::io::Error),
+    /// The host is not a name a TLS certificate can be checked against.
+    ServerName(String),
+    /// The TLS handshake.
+    Tls(std::io::Error),
+    /// The HTTP/1.1 handshake.
+    Handshake(hyper::Error),
+}
+
+/// Opens an HTTP/1.1 connection to `host:port`, over TLS with `tls` (the server's certificate
+/// checked for `host`) or plain without it; the connection's driver is spawned on the current
+/// runtime and runs until the sender is dropped or the server closes it. The one way the log's
+/// HTTP clients (witnesses, [`crate::http_source`]) and the gateway's alerts connect.
+pub async fn http1_connect<B>(
+    host: &str,
+    port: u16,
+    tls: Option<&tokio_rustls::TlsConnector>,
+) -> Result<hyper::client::conn::http1::SendRequest<B>, ConnectError>
+where
+    B: hyper::body::Body + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    let stream = tokio::net::TcpStream::connect((host, port))
+        .await
+        .map_err(ConnectError::Connect)?;
+    let _ = stream.set_nodelay(true);
+    let Some(connector) = tls else {
+        let (sender, conn) =
+            hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
+                .await
+                .map_err(ConnectError::Handshake)?;
+        tokio::spawn(async move {
+            let _ = conn.await;
+        });
+        return Ok(sender);
+    };
+    let name = rustls::pki_types::ServerName::try_from(host.to_string())
+        .map_err(|e| ConnectError::ServerName(e.to_string()))?;
+    let tls = connector
+        .connect(name, stream)
+        .await
+        .map_err(ConnectError::Tls)?;
+    let (sender, conn) = hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tls))
+        .await
+        .map_err(ConnectError::Handshake)?;
+    tokio::spawn(async move {
+        let _ = conn.await;
+    });
+    Ok(sender)
+}
+
 /// Opens an HTTP/1.1 connection (over TLS for `https://`, checking the witness's certificate
 /// against `ca_file` or the system's CAs); its driver runs on the client's runtime until the
 /// sender is dropped or the witness closes it.
 async fn connect(t: &Target, ca_file: Option<&Path>) -> Result<Conn, String> {
     let (host, port) = (t.host.as_str(), t.port);
-    let stream = tokio::net::TcpStream::connect((host, port))
+    let connector = if t.tls {
+        Some(tls_connector(ca_file, WITNESS_CA_HINT)?)
+    } else {
+        None
+    };
+    http1_connect(host, port, connector.as_ref())
         .await
-        .map_err(|e| format!("cannot connect to {host}:{port}: {e}"))?;
-    let _ = stream.set_nodelay(true);
-    let handshake_failed =
-        |e: hyper::Error| format!("HTTP handshake with {host}:{port} failed: {e}");
-    if !t.tls {
-        let (sender, conn) =
-            hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
-                .await
-                .map_err(handshake_failed)?;
-        tokio::spawn(async move {
-            let _ = conn.await;
-        });
-        return Ok(sender);
-    }
-    let name = rustls::pki_types::ServerName::try_from(host.to_string())
-        .map_err(|e| format!("{host:?} is not a TLS server name: {e}"))?;
-    let tls = tls_connector(ca_file, WITNESS_CA_HINT)?
-        .connect(name, stream)
-        .await
-        .map_err(|e| format!("TLS with {host}:{port} failed: {e}"))?;
-    let (sender, conn) = hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tls))
-        .await
-        .map_err(handshake_failed)?;
-    tokio::spawn(async move {
-        let _ = conn.await;
-    });
-    Ok(sender)
+        .map_err(|e| match e {
+            ConnectError::Connect(e) => format!("cannot connect to {host}:{port}: {e}"),
+            ConnectError::ServerName(e) => format!("{host:?} is not a TLS server name: {e}"),
+            ConnectError::Tls(e) => format!("TLS with {host}:{port} failed: {e}"),
+            ConnectError::Handshake(e) => format!("HTTP handshake with {host}:{port} failed: {e}"),
+        })
 }

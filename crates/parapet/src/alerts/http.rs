@@ -9,7 +9,6 @@ use base64::Engine;
 use http_body_util::{BodyExt, Full, Limited};
 use std::path::Path;
 use std::time::Duration;
-use tokio_rustls::rustls;
 
 /// The system's trusted CA certificates (Debian's bundle), the default for `https://`.
 pub use parapet_log::witness_client::SYSTEM_ROOTS;
@@ -254,41 +253,18 @@ impl Client {
     /// Opens an HTTP/1.1 connection (over TLS for `https://`); its driver runs on the runtime
     /// until the sender is dropped or the receiver closes it.
     async fn connect(&self) -> Result<Conn, String> {
+        use parapet_log::witness_client::{http1_connect, ConnectError};
         let (host, port) = (self.target.host.as_str(), self.target.port);
-        let stream = tokio::net::TcpStream::connect((host, port))
+        http1_connect(host, port, self.tls.as_ref())
             .await
-            .map_err(|e| format!("cannot connect to {}: {e}", self.origin()))?;
-        let _ = stream.set_nodelay(true);
-        let handshake_failed =
-            |e: hyper::Error| format!("HTTP handshake with {host}:{port} failed: {e}");
-        match &self.tls {
-            None => {
-                let (sender, conn) =
-                    hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
-                        .await
-                        .map_err(handshake_failed)?;
-                tokio::spawn(async move {
-                    let _ = conn.await;
-                });
-                Ok(sender)
-            }
-            Some(connector) => {
-                let name = rustls::pki_types::ServerName::try_from(host.to_string())
-                    .map_err(|e| format!("{host:?} is not a TLS server name: {e}"))?;
-                let tls = connector
-                    .connect(name, stream)
-                    .await
-                    .map_err(|e| format!("TLS with {host}:{port} failed: {e}"))?;
-                let (sender, conn) =
-                    hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tls))
-                        .await
-                        .map_err(handshake_failed)?;
-                tokio::spawn(async move {
-                    let _ = conn.await;
-                });
-                Ok(sender)
-            }
-        }
+            .map_err(|e| match e {
+                ConnectError::Connect(e) => format!("cannot connect to {}: {e}", self.origin()),
+                ConnectError::ServerName(e) => format!("{host:?} is not a TLS server name: {e}"),
+                ConnectError::Tls(e) => format!("TLS with {host}:{port} failed: {e}"),
+                ConnectError::Handshake(e) => {
+                    format!("HTTP handshake with {host}:{port} failed: {e}")
+                }
+            })
     }
 }
 
