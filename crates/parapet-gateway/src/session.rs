@@ -299,8 +299,8 @@ struct Progress {
     catalog_at: AtomicU64,
     /// The frontend half owes [`CatalogSlot::end_reread`].
     owed: std::sync::atomic::AtomicBool,
-    /// The transaction status of the server's last ReadyForQuery (`I`, `T` or `E`; 0 before
-    /// the first).
+    /// The transaction status of the server's last ReadyForQuery (`I`, `T` or `E`; `I` before
+    /// the first, as a new session is idle).
     status: AtomicU8,
 }
 
@@ -661,19 +661,21 @@ impl Frontend<'_> {
                 };
                 let judged = match (judged, &m) {
                     (
-                        Some(Judged::Forward(d, _, _, Some(limits))),
+                        Some(Judged::Forward(d, n, raise, Some(limits))),
                         FrontendMessage::Query { .. },
                     ) if !self.discard => {
-                        match self.limited_query(msg, d, limits, &mut out, w).await? {
+                        match self
+                            .limited_query(msg, (d, n, raise, limits), &mut out, w)
+                            .await?
+                        {
                             None => continue,
                             Some(j) => Some(j),
                         }
                     }
-                    (j, FrontendMessage::Execute { portal })
+                    (_, FrontendMessage::Execute { portal })
                         if !self.discard && self.limited_portals.contains_key(*portal) =>
                     {
                         self.limited_execute(msg, portal, &mut out, w).await?;
-                        let _ = j;
                         continue;
                     }
                     (j, _) => j,
@@ -906,8 +908,7 @@ impl Frontend<'_> {
     async fn limited_query<W: AsyncWrite + Unpin>(
         &mut self,
         msg: &[u8],
-        d: DecisionRef,
-        limits: Arc<[RowLimit]>,
+        (d, copies, raise, limits): (DecisionRef, u32, Raise, Arc<[RowLimit]>),
         out: &mut BytesMut,
         w: &mut W,
     ) -> Result<Option<Judged>, SessionError> {
@@ -929,16 +930,10 @@ impl Frontend<'_> {
         self.progress.reach(self.sent.load(Ordering::Relaxed)).await;
         let status = self.progress.status.load(Ordering::SeqCst);
         if status == b'E' {
-            return Ok(Some(Judged::Forward(d, 0, Raise::default(), None)));
+            return Ok(Some(Judged::Forward(d, copies, raise, None)));
         }
         // The unnamed statement and portal go, as for any Query.
-        for set in [&mut self.copy_stmts, &mut self.copy_portals] {
-            set.remove("");
-        }
-        self.barrier_stmts.remove("");
-        self.barrier_portals.remove("");
-        self.limited_stmts.remove("");
-        self.limited_portals.remove("");
+        self.forget_unnamed();
         let in_block = status == b'T';
         let (open_tx, _opened) = tokio::sync::oneshot::channel();
         self.expect(Expect::Catalog(open_tx))?;
@@ -984,16 +979,15 @@ impl Frontend<'_> {
         let end: Vec<String> = match (in_block, report.over.is_some(), failed) {
             (false, false, false) => vec!["COMMIT".into()],
             (false, _, _) => vec!["ROLLBACK".into()],
-            // Released above.
-            (true, false, false) => Vec::new(),
+            // Released above (no error), or the client's own error failed the block, which
+            // stays failed, as without the gateway.
+            (true, false, _) => Vec::new(),
             // Undone at once (its locks released too), then the block fails as on any error
             // (a text that fails in the grammar; alone, as it fails the whole string it is in).
             (true, true, _) => vec![
                 "ROLLBACK TO SAVEPOINT parapet_limit; RELEASE SAVEPOINT parapet_limit".into(),
                 refusal_text().0,
             ],
-            // The client's own error failed the block: it stays failed, as without the gateway.
-            (true, false, true) => Vec::new(),
         };
         let mut tail = BytesMut::new();
         let mut status = report.status;
@@ -1034,22 +1028,16 @@ impl Frontend<'_> {
         let Some(limit) = self.limited_portals.get(portal).cloned() else {
             return Ok(());
         };
-        self.ext_open = true;
         let (report_tx, report_rx) = tokio::sync::oneshot::channel();
-        self.expect(Expect::Exec {
-            portal: portal.to_string(),
-            started: Instant::now(),
-            copies: 0..0,
-            limit: Some(LimitRun {
-                limits: Arc::from(vec![RowLimit {
-                    statement: 0,
-                    ..limit
-                }]),
-                decision: None,
-                report: report_tx,
-            }),
-        })?;
-        out.extend_from_slice(msg);
+        let run = LimitRun {
+            limits: Arc::from(vec![RowLimit {
+                statement: 0,
+                ..limit
+            }]),
+            decision: None,
+            report: report_tx,
+        };
+        self.execute(msg, portal, Some(run), out)?;
         frontend::flush(out);
         w.write_all(out).await?;
         out.clear();
@@ -1123,6 +1111,42 @@ impl Frontend<'_> {
         start..self.next_copy
     }
 
+    /// Forwards an Execute of `portal` (`limit`: watched under its row limit): the COPY it may
+    /// start, and the barrier its statement raises.
+    fn execute(
+        &mut self,
+        msg: &[u8],
+        portal: &str,
+        limit: Option<LimitRun>,
+        out: &mut BytesMut,
+    ) -> Result<(), SessionError> {
+        let n = u32::from(self.copy_portals.contains(portal));
+        let copies = self.copies(n);
+        self.ext_open = true;
+        self.expect(Expect::Exec {
+            portal: portal.to_string(),
+            started: Instant::now(),
+            copies,
+            limit,
+        })?;
+        out.extend_from_slice(msg);
+        if let Some(raise) = self.barrier_portals.get(portal) {
+            self.barrier = Barrier::UntilSync;
+            self.reload_catalog |= raise.catalog;
+        }
+        Ok(())
+    }
+
+    /// What a simple Query does to the server's unnamed statement and portal: drops them.
+    fn forget_unnamed(&mut self) {
+        self.copy_stmts.remove("");
+        self.copy_portals.remove("");
+        self.barrier_stmts.remove("");
+        self.barrier_portals.remove("");
+        self.limited_stmts.remove("");
+        self.limited_portals.remove("");
+    }
+
     /// Handles one client message (`msg`, decoded as `m`); returns true on Terminate. `judged` is
     /// the decision phase 1 made for a Query, Parse or FunctionCall (when absent, the statement
     /// is judged here).
@@ -1160,12 +1184,7 @@ impl Frontend<'_> {
                     }
                 };
                 // A simple Query drops the unnamed statement and portal, as the server does.
-                self.copy_stmts.remove("");
-                self.copy_portals.remove("");
-                self.barrier_stmts.remove("");
-                self.barrier_portals.remove("");
-                self.limited_stmts.remove("");
-                self.limited_portals.remove("");
+                self.forget_unnamed();
                 self.ext_open = false;
                 match judged {
                     // Limits were dealt with before (`limited_query`): none apply here.
@@ -1293,22 +1312,7 @@ impl Frontend<'_> {
                 })?;
                 out.extend_from_slice(msg);
             }
-            FrontendMessage::Execute { portal } => {
-                let n = u32::from(self.copy_portals.contains(portal));
-                let copies = self.copies(n);
-                self.ext_open = true;
-                self.expect(Expect::Exec {
-                    portal: portal.to_string(),
-                    started: Instant::now(),
-                    copies,
-                    limit: None,
-                })?;
-                out.extend_from_slice(msg);
-                if let Some(raise) = self.barrier_portals.get(portal) {
-                    self.barrier = Barrier::UntilSync;
-                    self.reload_catalog |= raise.catalog;
-                }
-            }
+            FrontendMessage::Execute { portal } => self.execute(msg, portal, None, out)?,
             FrontendMessage::Describe { statement } => {
                 let statement = statement.filter(|_| self.record_params).map(str::to_string);
                 self.ext_open = true;
