@@ -248,10 +248,8 @@ impl Engine {
         let mut limits: Vec<RowLimit> = Vec::new();
         for (i, st) in analysis.statements.iter().enumerate() {
             let (hits, limit) = self.judge(st, ctx, minute, i, count);
-            if let Some(mut l) = limit {
-                l.statement = i;
-                limits.push(l);
-            }
+            // `judge` numbers the limit with the statement's index.
+            limits.extend(limit);
             for hit in hits {
                 let v = verdict_of(hit.mode);
                 if severity(v) > severity(verdict) {
