@@ -188,8 +188,24 @@ pub enum ConsoleRole {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct LogSection {
-    /// Log directory (created by `parapet log init`).
+    /// Where the log is kept: `dir` (default, a local directory) or `postgres` (a fleet's
+    /// log: sequenced in PostgreSQL, published to an S3-compatible bucket).
+    #[serde(default)]
+    pub backend: LogBackend,
+    /// Log directory (created by `parapet log init`). With `backend = "postgres"` it is this
+    /// gateway's local working directory (search index, alert cursors); default
+    /// `parapet-local` beside the config file.
+    #[serde(default)]
     pub dir: PathBuf,
+    /// `backend = "postgres"`: the PostgreSQL that sequences the log (libpq URL).
+    pub postgres_url: Option<String>,
+    /// `backend = "postgres"`: the bucket the log is published to.
+    pub bucket: Option<String>,
+    /// `backend = "postgres"`: endpoint URL of an S3-compatible store (e.g.
+    /// `http://127.0.0.1:3900`); AWS S3 when absent.
+    pub endpoint: Option<String>,
+    /// `backend = "postgres"`: the bucket's region (default `us-east-1`).
+    pub region: Option<String>,
     /// Signing key file.
     pub key: PathBuf,
     /// Log origin (checkpoint name); informational here, fixed at `parapet log init`.
@@ -222,7 +238,76 @@ pub struct WitnessSection {
     pub ca_file: Option<PathBuf>,
 }
 
+/// `[log] backend`.
+#[derive(Debug, Deserialize, Default, Clone, Copy, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum LogBackend {
+    /// A local directory (the default).
+    #[default]
+    Dir,
+    /// Sequenced in PostgreSQL (`postgres_url`), published to an S3-compatible bucket
+    /// (`bucket`, `endpoint`, `region`; credentials from `AWS_ACCESS_KEY_ID` and
+    /// `AWS_SECRET_ACCESS_KEY`).
+    Postgres,
+}
+
+/// Default local working directory of a gateway whose log is in PostgreSQL.
+const FLEET_LOCAL_DIR: &str = "parapet-local";
+
 impl LogSection {
+    /// For `backend = "postgres"`: the PostgreSQL URL and where the bucket is.
+    pub fn fleet(&self) -> Option<(&str, parapet_log::driver::S3Config)> {
+        if self.backend != LogBackend::Postgres {
+            return None;
+        }
+        let url = self.postgres_url.as_deref()?;
+        let bucket = self.bucket.clone()?;
+        Some((
+            url,
+            parapet_log::driver::S3Config {
+                bucket,
+                endpoint: self.endpoint.clone(),
+                region: self
+                    .region
+                    .clone()
+                    .unwrap_or_else(|| "us-east-1".to_string()),
+            },
+        ))
+    }
+
+    /// Checks the keys of the backend chosen and fills in defaults.
+    fn check(&mut self) -> anyhow::Result<()> {
+        match self.backend {
+            LogBackend::Dir => {
+                if self.dir.as_os_str().is_empty() {
+                    bail!("[log] dir is missing: name the log directory (created by `parapet log init`)");
+                }
+                for (key, set) in [
+                    ("postgres_url", self.postgres_url.is_some()),
+                    ("bucket", self.bucket.is_some()),
+                    ("endpoint", self.endpoint.is_some()),
+                    ("region", self.region.is_some()),
+                ] {
+                    if set {
+                        bail!("[log] {key} is only used with backend = \"postgres\": add that, or remove {key}");
+                    }
+                }
+            }
+            LogBackend::Postgres => {
+                if self.postgres_url.as_deref().is_none_or(str::is_empty) {
+                    bail!("[log] backend = \"postgres\" needs postgres_url (e.g. \"postgres://parapet@db.internal/parapet\")");
+                }
+                if self.bucket.as_deref().is_none_or(str::is_empty) {
+                    bail!("[log] backend = \"postgres\" needs bucket (the S3 bucket the log is published to)");
+                }
+                if self.dir.as_os_str().is_empty() {
+                    self.dir = PathBuf::from(FLEET_LOCAL_DIR);
+                }
+            }
+        }
+        Ok(())
+    }
+
     /// The witness policy of `[[log.witnesses]]` and `min_witnesses`; `None` without witnesses.
     pub fn witness_policy(&self) -> anyhow::Result<Option<parapet_log::WitnessPolicy>> {
         if self.witnesses.is_empty() {
@@ -396,6 +481,8 @@ impl Config {
         let text = std::fs::read_to_string(path)
             .with_context(|| format!("cannot read config file {}", path.display()))?;
         let mut c = Config::parse(&text).with_context(|| format!("in {}", path.display()))?;
+        // Config::parse filled in the default working directory of a fleet's gateway
+        // relative to the config file, as every other relative path.
         let base = path.parent().unwrap_or(Path::new("."));
         let fix = |p: &mut PathBuf| {
             if p.is_relative() {
@@ -423,7 +510,8 @@ impl Config {
 
     /// Parses TOML text.
     pub fn parse(text: &str) -> anyhow::Result<Config> {
-        let c: Config = toml::from_str(text).context("invalid configuration")?;
+        let mut c: Config = toml::from_str(text).context("invalid configuration")?;
+        c.log.check()?;
         if c.targets.is_empty() {
             bail!("no [[targets]] configured: add one with name, upstream and environment");
         }
@@ -673,6 +761,30 @@ mod tests {
             Config::parse(&base.replace("[log]\n", "[log]\ndurability='sometimes'\n")).is_err()
         );
         assert!(Config::parse("[log]\ndir='l'\nkey='k'\n").is_err());
+        // Backends: dir needs dir; postgres needs postgres_url and bucket, and its keys are
+        // refused under dir.
+        let targets = "[[targets]]\nname='m'\nupstream='postgres://u@h/d'\n";
+        assert!(Config::parse(&format!("[log]\nkey='k'\n{targets}")).is_err());
+        assert!(Config::parse(&format!("[log]\ndir='l'\nkey='k'\nbucket='b'\n{targets}")).is_err());
+        assert!(Config::parse(&format!(
+            "[log]\nbackend='postgres'\nkey='k'\nbucket='b'\n{targets}"
+        ))
+        .is_err());
+        assert!(Config::parse(&format!(
+            "[log]\nbackend='postgres'\nkey='k'\npostgres_url='postgres://p@h/d'\n{targets}"
+        ))
+        .is_err());
+        let c = Config::parse(&format!(
+            "[log]\nbackend='postgres'\nkey='k'\npostgres_url='postgres://p@h/d'\nbucket='b'\nendpoint='http://127.0.0.1:3900'\n{targets}"
+        ))
+        .unwrap();
+        assert_eq!(c.log.dir, PathBuf::from("parapet-local"));
+        let (url, s3) = c.log.fleet().unwrap();
+        assert_eq!(url, "postgres://p@h/d");
+        assert_eq!(s3.bucket, "b");
+        assert_eq!(s3.endpoint.as_deref(), Some("http://127.0.0.1:3900"));
+        assert_eq!(s3.region, "us-east-1");
+        assert!(Config::parse(base).unwrap().log.fleet().is_none());
     }
 
     #[test]
