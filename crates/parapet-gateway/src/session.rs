@@ -191,19 +191,38 @@ impl Watch {
     }
 }
 
+/// Most bytes of RETURNING rows the reply to a limited write may hold until its command tag
+/// gives the count: past it the write is refused (fail closed), so one statement cannot make
+/// the gateway hold an unbounded result. Rows past the limit itself are never held (the tag
+/// will refuse the write anyway).
+pub const HELD_MAX_BYTES: usize = 64 * 1024 * 1024;
+
+/// Why a statement under a row limit is refused.
+#[derive(Debug, Clone, Copy)]
+enum Over {
+    /// This many rows (a write's count, or the read's row past the limit).
+    Rows(u64),
+    /// A write's RETURNING rows, held until the count is known, passed [`HELD_MAX_BYTES`].
+    HeldBytes,
+}
+
 /// The gateway's error for a statement past its row limit (SQLSTATE 42501), naming the rule,
 /// the count and the audit entry of its decision.
-fn over_limit(l: &RowLimit, rows: u64, index: Option<u64>) -> (Vec<u8>, String) {
-    let message = if l.write {
-        format!(
+fn over_limit(l: &RowLimit, over: Over, index: Option<u64>) -> (Vec<u8>, String) {
+    let message = match over {
+        Over::HeldBytes => format!(
+            "parapet: blocked by {}: the rows this limited write returns exceed {} MiB, more than the gateway holds until their count is known; nothing was changed",
+            l.rule,
+            HELD_MAX_BYTES / (1024 * 1024)
+        ),
+        Over::Rows(rows) if l.write => format!(
             "parapet: blocked by {}: {rows} rows affected, limit {}; nothing was changed",
             l.rule, l.max_rows
-        )
-    } else {
-        format!(
+        ),
+        Over::Rows(_) => format!(
             "parapet: blocked by {}: more than {} rows returned, limit {}; the result was stopped",
             l.rule, l.max_rows, l.max_rows
-        )
+        ),
     };
     let detail = index.map(|i| format!("parapet audit entry {i}"));
     let mut out = BytesMut::new();
@@ -2340,14 +2359,21 @@ impl Backend<'_> {
                 };
                 w.rows += 1;
                 if l.write {
-                    w.held.extend_from_slice(msg);
+                    if w.rows > l.max_rows {
+                        // Past the limit: the tag will refuse the write; its rows are dropped.
+                        w.held.clear();
+                    } else if w.held.len() + msg.len() > HELD_MAX_BYTES {
+                        self.exceed(&l, Over::HeldBytes, query, out).await?;
+                    } else {
+                        w.held.extend_from_slice(msg);
+                    }
                     return Ok(true);
                 }
                 if w.rows <= l.max_rows {
                     return Ok(false);
                 }
                 let rows = w.rows;
-                self.exceed(&l, rows, query, out).await?;
+                self.exceed(&l, Over::Rows(rows), query, out).await?;
                 Ok(true)
             }
             b'C' | b's' => {
@@ -2362,11 +2388,15 @@ impl Backend<'_> {
                         // A write fetched in parts (PortalSuspended) has no count yet: it
                         // counts as past its limit (fail closed).
                         let count = match tag {
-                            b'C' => cstr(body).and_then(|(t, _)| tag_rows(t)).unwrap_or(rows),
+                            // Never fewer than the rows seen: those past the limit were
+                            // dropped, so a smaller count must not pass the rest on.
+                            b'C' => cstr(body)
+                                .and_then(|(t, _)| tag_rows(t))
+                                .map_or(rows, |c| c.max(rows)),
                             _ => u64::MAX,
                         };
                         if count > l.max_rows {
-                            self.exceed(&l, count, query, out).await?;
+                            self.exceed(&l, Over::Rows(count), query, out).await?;
                         } else {
                             out.extend_from_slice(&held);
                         }
@@ -2474,7 +2504,7 @@ impl Backend<'_> {
     async fn exceed(
         &mut self,
         l: &RowLimit,
-        rows: u64,
+        over: Over,
         query: bool,
         out: &mut BytesMut,
     ) -> Result<(), SessionError> {
@@ -2489,7 +2519,7 @@ impl Backend<'_> {
                 .and_then(|w| w.run.decision.as_ref())
                 .and_then(DecisionRef::index),
         };
-        let (error, message) = over_limit(l, rows, index);
+        let (error, message) = over_limit(l, over, index);
         if query {
             out.extend_from_slice(&error);
             self.sqlstate = Some("42501".into());

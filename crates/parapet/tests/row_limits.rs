@@ -192,6 +192,25 @@ async fn simple_protocol_limits_roll_back_and_refuse() {
         .count();
     assert_eq!(returned, 2);
     assert_eq!(state("lim"), "18/3");
+    // RETURNING rows are held only up to 64 MiB: a write within its limit whose rows are larger
+    // is refused, and nothing changes.
+    let e = c
+        .simple_query("UPDATE lim SET v = v + 1 WHERE id <= 5 RETURNING repeat('x', 14000000)")
+        .await
+        .expect_err("70 MB of rows");
+    blocked(&e, "held bytes");
+    let msg = e
+        .as_db_error()
+        .map(|d| d.message().to_string())
+        .unwrap_or_default();
+    assert!(
+        msg.contains(
+            "blocked by team.small-writes: the rows this limited write returns exceed 64 MiB"
+        ),
+        "{msg}"
+    );
+    assert_eq!(state("lim"), "18/3");
+    c.simple_query("SELECT 1").await.expect("usable after");
 
     // INSERT … SELECT and MERGE are counted by their tags too.
     let e = c
@@ -385,6 +404,15 @@ async fn extended_protocol_limits_with_pipelining() {
         .await
         .expect_err("7 rows");
     blocked(&e, "returning");
+    assert_eq!(state("lim"), "20/5");
+    let e = c
+        .query(
+            "UPDATE lim SET v = v + 1 WHERE id <= $1 RETURNING repeat('x', 14000000)",
+            &[&5i32],
+        )
+        .await
+        .expect_err("70 MB of rows");
+    blocked(&e, "held bytes");
     assert_eq!(state("lim"), "20/5");
 
     // In a transaction: the transaction fails, nothing commits.
