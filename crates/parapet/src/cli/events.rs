@@ -204,16 +204,7 @@ pub fn index(cmd: IndexCommand) -> anyhow::Result<ExitCode> {
             let config = crate::config::Config::load(&config)?;
             let log_dir = &config.log.dir;
             let dir = crate::console::index_dir(config.console.as_ref(), log_dir);
-            for f in ["events.sqlite", "events.sqlite-wal", "events.sqlite-shm"] {
-                match std::fs::remove_file(dir.join(f)) {
-                    Ok(()) => {}
-                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-                    Err(e) => {
-                        return Err(e)
-                            .context(format!("cannot remove the old index in {}", dir.display()))
-                    }
-                }
-            }
+            index::remove(&dir)?;
             let r = LogReader::open(log_dir)?;
             let (origin, size) = (r.checkpoint().origin.clone(), r.size());
             let mut ix = index::Index::open(&dir, &origin)?;
@@ -227,6 +218,7 @@ pub fn index(cmd: IndexCommand) -> anyhow::Result<ExitCode> {
                 }
             }
             ix.store(&batch)?;
+            ix.settle()?;
             crate::outln!("indexed {size} entries of {origin} into {}", dir.display())?;
             Ok(ExitCode::SUCCESS)
         }
