@@ -358,14 +358,16 @@ impl<'a> Fields<'a> {
 
     /// The text full-text search reads: the statement (or its normalised form) and the reason.
     fn text(&self) -> String {
-        let mut text = self
+        let sql = self
             .sql
             .0
             .as_deref()
             .or(self.normalized.0.as_deref())
-            .unwrap_or_default()
-            .to_string();
-        if let Some(r) = self.reason.0.as_deref() {
+            .unwrap_or_default();
+        let reason = self.reason.0.as_deref();
+        let mut text = String::with_capacity(sql.len() + reason.map_or(0, |r| r.len() + 1));
+        text.push_str(sql);
+        if let Some(r) = reason {
             text.push('\n');
             text.push_str(r);
         }
@@ -485,10 +487,13 @@ fn read_meta(dir: &Path) -> Option<(String, String)> {
     Some((schema?, origin?))
 }
 
+/// A segment's events, `[start, end)`.
+type Range = (u64, u64);
+
 /// The ranges of the segment files in `dir`: those that cover events `0..n` one after another
 /// (the largest where they overlap, as a merge's output and its inputs do until these are
 /// removed), and the others.
-fn cover(dir: &Path) -> anyhow::Result<(Vec<(u64, u64)>, Vec<(u64, u64)>)> {
+fn cover(dir: &Path) -> anyhow::Result<(Vec<Range>, Vec<Range>)> {
     let mut all = Vec::new();
     let entries = std::fs::read_dir(dir).map_err(|e| {
         anyhow::anyhow!(
@@ -833,10 +838,17 @@ impl Preparer {
         let session = owned(&f.session);
         let (mut user, mut target) = (owned(&f.user), owned(&f.target));
         if let Some(s) = &session {
-            let known = self.sessions.entry(s.clone()).or_default();
+            // Without cloning what the session already has (most events repeat it).
             if user.is_some() || target.is_some() {
-                *known = (user.clone(), target.clone());
-            } else {
+                match self.sessions.get_mut(s.as_str()) {
+                    Some(known) if known.0 == user && known.1 == target => {}
+                    Some(known) => *known = (user.clone(), target.clone()),
+                    None => {
+                        self.sessions
+                            .insert(s.clone(), (user.clone(), target.clone()));
+                    }
+                }
+            } else if let Some(known) = self.sessions.get(s.as_str()) {
                 (user, target) = known.clone();
             }
             if f.kind.0.as_deref() == Some("session_end") {

@@ -263,7 +263,7 @@ impl Builder {
             }
             self.key.clear();
             self.key.push(b'w');
-            while i < b.len() && !(b[i].is_ascii() && !b[i].is_ascii_alphanumeric()) {
+            while i < b.len() && (b[i].is_ascii_alphanumeric() || !b[i].is_ascii()) {
                 self.key.push(b[i].to_ascii_lowercase());
                 i += 1;
             }
@@ -504,7 +504,10 @@ pub struct Segment {
     pub start: u64,
     /// Events it covers.
     pub count: u64,
-    blocks: Vec<BlockRef>,
+    /// The dictionary's index, read when a term is first looked up.
+    blocks: std::cell::OnceCell<Vec<BlockRef>>,
+    index_off: u64,
+    index_len: u64,
     times_off: u64,
     tblocks_off: u64,
     odd_off: u64,
@@ -529,9 +532,12 @@ fn decode(b: &[u8], count: u64, out: &mut Vec<u32>) -> std::io::Result<()> {
     Ok(())
 }
 
+/// A dictionary entry: term, count, postings offset within its block's postings, postings length.
+type Entry<'a> = (&'a [u8], u64, u64, u64);
+
 /// Reads a dictionary block's entries: (term, count, postings offset within the block's
 /// postings, postings length).
-fn entries(b: &[u8]) -> std::io::Result<Vec<(&[u8], u64, u64, u64)>> {
+fn entries(b: &[u8]) -> std::io::Result<Vec<Entry<'_>>> {
     let mut out = Vec::with_capacity(BLOCK_TERMS);
     let (mut pos, mut acc) = (0, 0u64);
     let bad = || corrupt("dictionary");
@@ -566,7 +572,26 @@ impl Segment {
         if odd_off + odd_len != len - FOOTER || index_off + index_len > times_off {
             return Err(corrupt("layout"));
         }
-        let raw = read_at(&file, index_off, index_len)?;
+        Ok(Segment {
+            file,
+            start,
+            count,
+            blocks: std::cell::OnceCell::new(),
+            index_off,
+            index_len,
+            times_off,
+            tblocks_off,
+            odd_off,
+            odd_len,
+        })
+    }
+
+    /// The dictionary's index (read once).
+    fn blocks(&self) -> std::io::Result<&[BlockRef]> {
+        if let Some(b) = self.blocks.get() {
+            return Ok(b);
+        }
+        let raw = read_at(&self.file, self.index_off, self.index_len)?;
         let mut blocks = Vec::new();
         let mut pos = 0;
         let bad = || corrupt("dictionary index");
@@ -582,16 +607,7 @@ impl Segment {
                 entries_len,
             });
         }
-        Ok(Segment {
-            file,
-            start,
-            count,
-            blocks,
-            times_off,
-            tblocks_off,
-            odd_off,
-            odd_len,
-        })
+        Ok(self.blocks.get_or_init(|| blocks))
     }
 
     /// Whether the file at `path` is whole: its checksum holds and its footer names `range`.
@@ -623,25 +639,24 @@ impl Segment {
     }
 
     /// The block that would hold `term`.
-    fn block_of(&self, term: &[u8]) -> Option<usize> {
-        self.blocks
-            .partition_point(|b| &*b.first <= term)
-            .checked_sub(1)
+    fn block_of(blocks: &[BlockRef], term: &[u8]) -> Option<usize> {
+        blocks.partition_point(|b| &*b.first <= term).checked_sub(1)
     }
 
-    fn block_entries(&self, b: usize) -> std::io::Result<Vec<u8>> {
-        read_at(&self.file, self.blocks[b].off, self.blocks[b].entries_len)
+    fn block_entries(&self, b: &BlockRef) -> std::io::Result<Vec<u8>> {
+        read_at(&self.file, b.off, b.entries_len)
     }
 
     /// The events (local, ascending) holding `term`.
     pub fn postings(&self, term: &[u8]) -> std::io::Result<Vec<u32>> {
         let mut out = Vec::new();
-        let Some(b) = self.block_of(term) else {
+        let blocks = self.blocks()?;
+        let Some(b) = Segment::block_of(blocks, term) else {
             return Ok(out);
         };
-        let raw = self.block_entries(b)?;
+        let blk = &blocks[b];
+        let raw = self.block_entries(blk)?;
         if let Some(&(_, count, at, plen)) = entries(&raw)?.iter().find(|e| e.0 == term) {
-            let blk = &self.blocks[b];
             let bytes = read_at(&self.file, blk.off + blk.entries_len + at, plen)?;
             decode(&bytes, count, &mut out)?;
         }
@@ -651,11 +666,12 @@ impl Segment {
     /// The events (local, ascending, once each) holding a term that starts with `prefix`.
     pub fn prefixed(&self, prefix: &[u8]) -> std::io::Result<Vec<u32>> {
         let mut out = Vec::new();
-        let mut b = self.block_of(prefix).unwrap_or(0);
+        let blocks = self.blocks()?;
+        let mut b = Segment::block_of(blocks, prefix).unwrap_or(0);
         let mut lists = 0;
-        'blocks: while b < self.blocks.len() {
-            let raw = self.block_entries(b)?;
-            let blk = &self.blocks[b];
+        'blocks: while b < blocks.len() {
+            let blk = &blocks[b];
+            let raw = self.block_entries(blk)?;
             for (term, count, at, plen) in entries(&raw)? {
                 if term.starts_with(prefix) {
                     let bytes = read_at(&self.file, blk.off + blk.entries_len + at, plen)?;
@@ -737,7 +753,7 @@ impl Segment {
         let mut f = self.file.try_clone()?;
         std::io::Seek::seek(&mut f, std::io::SeekFrom::Start(MAGIC.len() as u64))?;
         Ok(TermCursor {
-            seg: self,
+            blocks: self.blocks()?,
             r: BufReader::with_capacity(1 << 16, f),
             block: 0,
             pending: Vec::new(),
@@ -747,7 +763,7 @@ impl Segment {
 
 /// Reads a segment's terms and postings in order.
 struct TermCursor<'a> {
-    seg: &'a Segment,
+    blocks: &'a [BlockRef],
     r: BufReader<File>,
     block: usize,
     /// The current block's entries not yet read: (term, count, postings length), reversed.
@@ -757,10 +773,10 @@ struct TermCursor<'a> {
 impl TermCursor<'_> {
     fn next(&mut self) -> std::io::Result<Option<(Vec<u8>, Vec<u32>)>> {
         if self.pending.is_empty() {
-            if self.block >= self.seg.blocks.len() {
+            if self.block >= self.blocks.len() {
                 return Ok(None);
             }
-            let len = self.seg.blocks[self.block].entries_len;
+            let len = self.blocks[self.block].entries_len;
             let mut raw = vec![0u8; len as usize];
             self.r.read_exact(&mut raw)?;
             self.pending = entries(&raw)?
@@ -816,10 +832,7 @@ fn merge_into(
         .map(TermCursor::next)
         .collect::<std::io::Result<Vec<_>>>()?;
     let mut postings = Vec::new();
-    loop {
-        let Some(min) = heads.iter().flatten().map(|(t, _)| t).min().cloned() else {
-            break;
-        };
+    while let Some(min) = heads.iter().flatten().map(|(t, _)| t).min().cloned() {
         postings.clear();
         for (i, head) in heads.iter_mut().enumerate() {
             if head.as_ref().is_some_and(|(t, _)| *t == min) {
