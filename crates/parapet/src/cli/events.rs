@@ -211,7 +211,7 @@ pub fn index(cmd: IndexCommand) -> anyhow::Result<ExitCode> {
             let mut batch = Vec::with_capacity(10_000);
             for item in r.entries(0, size) {
                 let (i, bytes) = item?;
-                batch.push(ix.prepare(i, &bytes));
+                batch.push(ix.prepare_owned(i, bytes));
                 if batch.len() == 10_000 {
                     ix.store(&batch)?;
                     batch.clear();

@@ -188,8 +188,9 @@ pub fn matches(f: &Filter, e: &Indexed) -> bool {
     true
 }
 
-/// Whether a character separates words, as FTS5's `ascii` tokenizer (the index's) has it: ASCII
-/// characters other than letters and digits. Every other character is part of a word.
+/// Whether a character separates words, as the index has it (as FTS5's `ascii` tokenizer, which
+/// earlier indexes used, did): ASCII characters other than letters and digits. Every other
+/// character is part of a word.
 fn separates(c: char) -> bool {
     c.is_ascii() && !c.is_ascii_alphanumeric()
 }
@@ -635,6 +636,11 @@ impl Index {
         self.prep.prepare(index, bytes)
     }
 
+    /// [`Index::prepare`] for an entry the caller gives up (see [`Preparer::prepare_owned`]).
+    pub fn prepare_owned(&mut self, index: u64, bytes: Vec<u8>) -> Indexed {
+        self.prep.prepare_owned(index, bytes)
+    }
+
     /// Stores a batch of prepared events (in index order, starting at [`Index::indexed`]) as
     /// one segment, searchable when this returns, and merges segments of a size tier that has
     /// [`FANOUT`] of them.
@@ -803,6 +809,27 @@ fn read_entry(texts: &mut TextReassembler, bytes: &[u8]) -> (Value, String) {
 impl Preparer {
     /// Builds the indexed form of the entry at `index` (entries in order).
     pub fn prepare(&mut self, index: u64, bytes: &[u8]) -> Indexed {
+        let (mut e, own) = self.prepare_inner(index, bytes);
+        if own {
+            e.json = String::from_utf8_lossy(bytes).into_owned();
+        }
+        e
+    }
+
+    /// [`Preparer::prepare`] for an entry the caller gives up: its bytes become the event's
+    /// JSON when they are served as they are (most entries), without a copy.
+    pub fn prepare_owned(&mut self, index: u64, bytes: Vec<u8>) -> Indexed {
+        let (mut e, own) = self.prepare_inner(index, &bytes);
+        if own {
+            e.json = String::from_utf8(bytes)
+                .unwrap_or_else(|e| String::from_utf8_lossy(e.as_bytes()).into_owned());
+        }
+        e
+    }
+
+    /// The indexed form of an entry, and whether its JSON is the entry's own bytes (left empty
+    /// here, for the caller to fill).
+    fn prepare_inner(&mut self, index: u64, bytes: &[u8]) -> (Indexed, bool) {
         // Most entries are one line of JSON that is neither a part of a long text nor a decision
         // whose text is in parts: they are read into [`Fields`] alone, without a `Value` (a
         // third of the indexer's time went to building and dropping it).
@@ -823,12 +850,11 @@ impl Preparer {
             Some(fields) => {
                 // What feeding the entry itself would do: end any run of parts.
                 let _ = self.texts.feed(&Value::Null);
-                let json = line.unwrap_or_default().to_string();
-                self.indexed(index, &fields, json)
+                (self.indexed(index, &fields, String::new()), true)
             }
             None => {
                 let (event, json) = read_entry(&mut self.texts, bytes);
-                self.indexed(index, &Fields::of_value(&event), json)
+                (self.indexed(index, &Fields::of_value(&event), json), false)
             }
         }
     }
@@ -1597,8 +1623,11 @@ mod tests {
             br#"{"type":"session_end","session":"s"}"#,
         ];
         let (mut fast, mut slow) = (Preparer::default(), Preparer::default());
+        let mut owned = Preparer::default();
         for (i, bytes) in entries.iter().enumerate() {
             let a = fast.prepare(i as u64, bytes);
+            let o = owned.prepare_owned(i as u64, bytes.to_vec());
+            assert_eq!(format!("{a:?}"), format!("{o:?}"), "entry {i}");
             let (event, json) = read_entry(&mut slow.texts, bytes);
             let b = slow.indexed(i as u64, &Fields::of_value(&event), json);
             assert_eq!(format!("{a:?}"), format!("{b:?}"), "entry {i}");

@@ -295,7 +295,7 @@ fn run_indexer(
             let end = size.min(next + BATCH - prepared.len() as u64);
             for item in reader.entries(next, end) {
                 match item {
-                    Ok((i, bytes)) => prepared.push(ix.prepare(i, &bytes)),
+                    Ok((i, bytes)) => prepared.push(ix.prepare_owned(i, bytes)),
                     Err(e) => {
                         tracing::warn!("the console cannot read entry {next}+: {e}");
                         break;
