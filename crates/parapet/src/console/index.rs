@@ -1736,6 +1736,85 @@ mod tests {
         assert_eq!(ix.indexed().expect("indexed"), 0);
     }
 
+    /// What a crash can leave beside the segments (a merge's inputs beside its output, a
+    /// temporary file, a gap) is never read, and opening the index removes it.
+    #[test]
+    fn leftovers_of_a_crash_are_not_read_and_are_removed_on_open() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let lines: Vec<String> = (0..900)
+            .map(|i| {
+                serde_json::json!({
+                    "type": "decision", "time": "2026-01-01T00:00:00.000000Z",
+                    "user": format!("u{}", i % 3), "sql": format!("SELECT {i}"),
+                })
+                .to_string()
+            })
+            .collect();
+        // Eight segments of 100 merged into one, then a ninth.
+        let (log_dir, mut ix, all) = indexed_log(dir.path(), &lines, 100);
+        ix.settle().expect("settle");
+        let index_dir = ix.path().to_path_buf();
+        let names = |d: &Path| -> BTreeSet<String> {
+            std::fs::read_dir(d)
+                .expect("dir")
+                .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
+                .filter(|n| n.ends_with(".seg"))
+                .collect()
+        };
+        let merged: BTreeSet<String> = [(0, 800), (800, 900)]
+            .iter()
+            .map(|&(a, b)| segment::file_name(a, b))
+            .collect();
+        assert_eq!(names(&index_dir), merged);
+        let f = Filter {
+            user: Some("u1".into()),
+            limit: Some(1000),
+            ..Filter::default()
+        };
+        let want = search(&index_dir, &log_dir, &f).expect("search").ids;
+        assert_eq!(want.len(), 300);
+        // A merge's inputs left beside its output (made again in another directory).
+        let other = dir.path().join("other");
+        let mut ox = Index::open(&other, "test/log").expect("open");
+        for part in all[..700].chunks(100) {
+            ox.store(part).expect("store");
+        }
+        drop(ox);
+        for n in names(&other) {
+            std::fs::copy(other.join(&n), index_dir.join(&n)).expect("copy");
+        }
+        std::fs::write(
+            index_dir.join(format!(".{}.tmp", segment::file_name(0, 900))),
+            b"torn",
+        )
+        .expect("tmp");
+        drop(ix);
+        assert_eq!(names(&index_dir).len(), 9);
+        assert_eq!(search(&index_dir, &log_dir, &f).expect("search").ids, want);
+        assert_eq!(newest(&index_dir).expect("newest"), Some(899));
+        let ix = Index::open(&index_dir, "test/log").expect("reopen");
+        assert_eq!(ix.indexed().expect("indexed"), 900);
+        assert_eq!(names(&index_dir), merged);
+        assert!(!index_dir
+            .join(format!(".{}.tmp", segment::file_name(0, 900)))
+            .exists());
+        drop(ix);
+        // A gap (a segment gone): what follows it is removed and indexed again.
+        std::fs::remove_file(index_dir.join(segment::file_name(0, 800))).expect("remove");
+        assert_eq!(newest(&index_dir).expect("newest"), None);
+        let mut ix = Index::open(&index_dir, "test/log").expect("reopen");
+        assert_eq!(ix.indexed().expect("indexed"), 0);
+        assert!(names(&index_dir).is_empty());
+        let mut again = Preparer::default();
+        let redo: Vec<Indexed> = lines
+            .iter()
+            .enumerate()
+            .map(|(i, l)| again.prepare(i as u64, l.as_bytes()))
+            .collect();
+        ix.store(&redo).expect("store");
+        assert_eq!(search(&index_dir, &log_dir, &f).expect("search").ids, want);
+    }
+
     /// Every search gives what filtering all events one by one gives, page after page.
     #[test]
     fn text_and_filter_searches_agree_with_the_live_filter_at_every_page() {
