@@ -1197,7 +1197,13 @@ pub fn search(dir: &Path, log_dir: &Path, f: &Filter) -> anyhow::Result<Page> {
             let local = at(pos);
             if let Some(t) = &mut times {
                 let b = (u64::from(local) / segment::TIME_BLOCK) as usize;
-                if !window.meets(&t.blocks[b]) {
+                let Some(block) = t.blocks.get(b) else {
+                    anyhow::bail!(
+                        "the search index in {} is damaged (event {local} of a segment has no time); run `parapet index rebuild`",
+                        dir.display()
+                    );
+                };
+                if !window.meets(block) {
                     // Skip to the block before.
                     pos = below((b as u64 * segment::TIME_BLOCK) as u32);
                     continue;

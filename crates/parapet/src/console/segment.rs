@@ -500,6 +500,7 @@ pub struct TimeBlock {
 /// A segment opened for reading.
 pub struct Segment {
     file: File,
+    size: u64,
     /// The first event.
     pub start: u64,
     /// Events it covers.
@@ -514,7 +515,12 @@ pub struct Segment {
     odd_len: u64,
 }
 
-fn read_at(file: &File, off: u64, len: u64) -> std::io::Result<Vec<u8>> {
+/// Reads `len` bytes at `off` of a file of `size` bytes (a damaged length is an error, never a
+/// huge allocation).
+fn read_at(file: &File, size: u64, off: u64, len: u64) -> std::io::Result<Vec<u8>> {
+    if off.checked_add(len).is_none_or(|end| end > size) {
+        return Err(corrupt("out of bounds"));
+    }
     let mut buf = vec![0u8; usize::try_from(len).map_err(|_| corrupt("length"))?];
     file.read_exact_at(&mut buf, off)?;
     Ok(buf)
@@ -522,6 +528,11 @@ fn read_at(file: &File, off: u64, len: u64) -> std::io::Result<Vec<u8>> {
 
 /// Decodes a posting list (`count` events) into `out`.
 fn decode(b: &[u8], count: u64, out: &mut Vec<u32>) -> std::io::Result<()> {
+    // Every posting takes a byte at least.
+    if count > b.len() as u64 {
+        return Err(corrupt("postings"));
+    }
+    out.reserve(count as usize);
     let mut pos = 0;
     let mut prev = 0u32;
     for i in 0..count {
@@ -561,7 +572,7 @@ impl Segment {
         if len < FOOTER + 8 {
             return Err(corrupt("short"));
         }
-        let footer = read_at(&file, len - FOOTER, FOOTER)?;
+        let footer = read_at(&file, len, len - FOOTER, FOOTER)?;
         if &footer[88..96] != END {
             return Err(corrupt("no end mark"));
         }
@@ -569,11 +580,23 @@ impl Segment {
             |i: usize| u64::from_le_bytes(footer[i * 8..i * 8 + 8].try_into().unwrap_or_default());
         let (start, count, index_off, index_len) = (n(0), n(1), n(2), n(3));
         let (times_off, tblocks_off, odd_off, odd_len) = (n(4), n(5), n(6), n(7));
-        if odd_off + odd_len != len - FOOTER || index_off + index_len > times_off {
+        let in_order = [
+            MAGIC.len() as u64,
+            index_off,
+            index_off.saturating_add(index_len),
+            times_off,
+            tblocks_off,
+            odd_off,
+            odd_off.saturating_add(odd_len),
+        ]
+        .windows(2)
+        .all(|w| w[0] <= w[1]);
+        if !in_order || odd_off.saturating_add(odd_len) != len - FOOTER {
             return Err(corrupt("layout"));
         }
         Ok(Segment {
             file,
+            size: len,
             start,
             count,
             blocks: std::cell::OnceCell::new(),
@@ -591,7 +614,7 @@ impl Segment {
         if let Some(b) = self.blocks.get() {
             return Ok(b);
         }
-        let raw = read_at(&self.file, self.index_off, self.index_len)?;
+        let raw = read_at(&self.file, self.size, self.index_off, self.index_len)?;
         let mut blocks = Vec::new();
         let mut pos = 0;
         let bad = || corrupt("dictionary index");
@@ -644,7 +667,7 @@ impl Segment {
     }
 
     fn block_entries(&self, b: &BlockRef) -> std::io::Result<Vec<u8>> {
-        read_at(&self.file, b.off, b.entries_len)
+        read_at(&self.file, self.size, b.off, b.entries_len)
     }
 
     /// The events (local, ascending) holding `term`.
@@ -657,7 +680,12 @@ impl Segment {
         let blk = &blocks[b];
         let raw = self.block_entries(blk)?;
         if let Some(&(_, count, at, plen)) = entries(&raw)?.iter().find(|e| e.0 == term) {
-            let bytes = read_at(&self.file, blk.off + blk.entries_len + at, plen)?;
+            let bytes = read_at(
+                &self.file,
+                self.size,
+                blk.off.saturating_add(blk.entries_len).saturating_add(at),
+                plen,
+            )?;
             decode(&bytes, count, &mut out)?;
         }
         Ok(out)
@@ -674,7 +702,12 @@ impl Segment {
             let raw = self.block_entries(blk)?;
             for (term, count, at, plen) in entries(&raw)? {
                 if term.starts_with(prefix) {
-                    let bytes = read_at(&self.file, blk.off + blk.entries_len + at, plen)?;
+                    let bytes = read_at(
+                        &self.file,
+                        self.size,
+                        blk.off.saturating_add(blk.entries_len).saturating_add(at),
+                        plen,
+                    )?;
                     decode(&bytes, count, &mut out)?;
                     lists += 1;
                 } else if term > prefix {
@@ -694,8 +727,9 @@ impl Segment {
     pub fn time_blocks(&self) -> std::io::Result<Vec<TimeBlock>> {
         let raw = read_at(
             &self.file,
+            self.size,
             self.tblocks_off,
-            self.odd_off - self.tblocks_off,
+            self.odd_off.saturating_sub(self.tblocks_off),
         )?;
         Ok(raw
             .chunks_exact(32)
@@ -719,8 +753,16 @@ impl Segment {
         let to = blocks
             .get(b + 1)
             .map_or(self.tblocks_off - self.times_off, |n| n.off);
-        let raw = read_at(&self.file, self.times_off + from, to - from)?;
-        let n = (self.count - b as u64 * TIME_BLOCK).min(TIME_BLOCK);
+        let raw = read_at(
+            &self.file,
+            self.size,
+            self.times_off.saturating_add(from),
+            to.saturating_sub(from),
+        )?;
+        let n = self
+            .count
+            .saturating_sub(b as u64 * TIME_BLOCK)
+            .min(TIME_BLOCK);
         let mut out = Vec::with_capacity(n as usize);
         let (mut pos, mut prev) = (0, 0u64);
         for _ in 0..n {
@@ -734,7 +776,7 @@ impl Segment {
 
     /// The events whose time is not in the log's form, with it as text (`""`: none).
     pub fn odd_times(&self) -> std::io::Result<Vec<(u32, String)>> {
-        let raw = read_at(&self.file, self.odd_off, self.odd_len)?;
+        let raw = read_at(&self.file, self.size, self.odd_off, self.odd_len)?;
         let (mut out, mut pos) = (Vec::new(), 0);
         let bad = || corrupt("odd times");
         while pos < raw.len() {
@@ -777,8 +819,11 @@ impl TermCursor<'_> {
                 return Ok(None);
             }
             let len = self.blocks[self.block].entries_len;
-            let mut raw = vec![0u8; len as usize];
-            self.r.read_exact(&mut raw)?;
+            let mut raw = Vec::new();
+            (&mut self.r).take(len).read_to_end(&mut raw)?;
+            if raw.len() as u64 != len {
+                return Err(corrupt("short dictionary"));
+            }
             self.pending = entries(&raw)?
                 .into_iter()
                 .rev()
@@ -789,9 +834,12 @@ impl TermCursor<'_> {
         let Some((term, count, plen)) = self.pending.pop() else {
             return Ok(None);
         };
-        let mut raw = vec![0u8; plen as usize];
-        self.r.read_exact(&mut raw)?;
-        let mut out = Vec::with_capacity(count as usize);
+        let mut raw = Vec::new();
+        (&mut self.r).take(plen).read_to_end(&mut raw)?;
+        if raw.len() as u64 != plen {
+            return Err(corrupt("short postings"));
+        }
+        let mut out = Vec::new();
         decode(&raw, count, &mut out)?;
         Ok(Some((term, out)))
     }
@@ -891,6 +939,54 @@ mod tests {
             "x",
         ] {
             assert_eq!(time_key(odd), ODD, "{odd}");
+        }
+    }
+
+    /// A damaged file is refused by its checksum; read anyway (a search does not check the sum),
+    /// any damaged byte gives an error or wrong postings, never a panic or a huge allocation.
+    #[test]
+    fn damaged_segments_never_panic() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut b = Builder::new(100);
+        for i in 0..40u32 {
+            let time = format!("2026-01-01T00:00:{:02}.000000Z", i % 60);
+            b.event(if i % 7 == 3 {
+                Some("odd")
+            } else {
+                Some(time.as_str())
+            });
+            b.term(b'u', if i % 2 == 0 { b"alice" } else { b"bob" });
+            b.words(&format!("SELECT kilo{} FROM t{}", i % 5, i));
+        }
+        let path = b.write(dir.path()).expect("write").expect("path");
+        assert!(Segment::verify(&path, (100, 140)));
+        let seg = Segment::open(&path).expect("open");
+        let alice: Vec<u32> = (0..40).step_by(2).collect();
+        assert_eq!(seg.postings(b"ualice").expect("postings"), alice);
+        assert_eq!(seg.prefixed(b"wkilo").expect("prefix").len(), 40);
+        assert_eq!(seg.odd_times().expect("odd").len(), 6);
+        let good = std::fs::read(&path).expect("read");
+        for i in 0..good.len() {
+            for flip in [0x01u8, 0x80, 0xff] {
+                let mut bad = good.clone();
+                bad[i] ^= flip;
+                std::fs::write(&path, &bad).expect("write");
+                assert!(!Segment::verify(&path, (100, 140)), "byte {i}");
+                if let Ok(seg) = Segment::open(&path) {
+                    let _ = seg.postings(b"ualice");
+                    let _ = seg.prefixed(b"wk");
+                    let _ = seg.odd_times();
+                    if let Ok(blocks) = seg.time_blocks() {
+                        for n in 0..blocks.len() {
+                            let _ = seg.block_times(&blocks, n);
+                        }
+                    }
+                    let _ = seg.terms().and_then(|mut c| {
+                        while c.next()?.is_some() {}
+                        Ok(())
+                    });
+                }
+            }
         }
     }
 
