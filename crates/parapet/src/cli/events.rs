@@ -204,29 +204,21 @@ pub fn index(cmd: IndexCommand) -> anyhow::Result<ExitCode> {
             let config = crate::config::Config::load(&config)?;
             let log_dir = &config.log.dir;
             let dir = crate::console::index_dir(config.console.as_ref(), log_dir);
-            for f in ["events.sqlite", "events.sqlite-wal", "events.sqlite-shm"] {
-                match std::fs::remove_file(dir.join(f)) {
-                    Ok(()) => {}
-                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-                    Err(e) => {
-                        return Err(e)
-                            .context(format!("cannot remove the old index in {}", dir.display()))
-                    }
-                }
-            }
+            index::remove(&dir)?;
             let r = LogReader::open(log_dir)?;
             let (origin, size) = (r.checkpoint().origin.clone(), r.size());
             let mut ix = index::Index::open(&dir, &origin)?;
             let mut batch = Vec::with_capacity(10_000);
             for item in r.entries(0, size) {
                 let (i, bytes) = item?;
-                batch.push(ix.prepare(i, &bytes));
+                batch.push(ix.prepare_owned(i, bytes));
                 if batch.len() == 10_000 {
                     ix.store(&batch)?;
                     batch.clear();
                 }
             }
             ix.store(&batch)?;
+            ix.settle()?;
             crate::outln!("indexed {size} entries of {origin} into {}", dir.display())?;
             Ok(ExitCode::SUCCESS)
         }

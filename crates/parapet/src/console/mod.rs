@@ -16,6 +16,7 @@
 pub mod auth;
 pub mod index;
 pub mod metrics;
+pub mod segment;
 pub mod tiles;
 
 use crate::config::ConsoleSection;
@@ -34,15 +35,17 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 use tokio::net::TcpListener;
 use tokio::sync::broadcast;
 
 /// How often the indexer looks for newly published entries.
 const POLL: Duration = Duration::from_millis(100);
-/// Entries indexed per transaction, at most (a larger batch costs less per entry: FTS5 writes a
-/// segment per transaction).
+/// Entries stored as one segment, at most.
 const BATCH: u64 = 10_000;
+/// How often the indexer stores what it has prepared (one segment each time): an event is
+/// searchable and streamed within about this plus [`POLL`] of its publication.
+const STORE_EVERY: Duration = Duration::from_millis(250);
 
 struct AppState {
     control: Option<parapet_gateway::control::Control>,
@@ -253,6 +256,9 @@ fn run_indexer(
     let mut counted = 0;
     // Published sizes not yet indexed, with when each was published (for the delay metric).
     let mut pending: VecDeque<(u64, SystemTime)> = VecDeque::new();
+    // Entries prepared but not yet stored, and when the last batch was stored.
+    let mut prepared: Vec<Indexed> = Vec::new();
+    let mut stored_at = Instant::now();
     while !stop.load(Ordering::Relaxed) {
         // One look at the published log per round. The checkpoint's time is read first, so a
         // size published after it is timed from earlier, never later, than it was.
@@ -282,28 +288,37 @@ fn run_indexer(
             counted = end;
             continue;
         }
-        if indexed >= size {
-            std::thread::sleep(POLL);
-            continue;
-        }
-        let end = size.min(indexed + BATCH);
-        let mut batch = Vec::new();
-        for item in reader.entries(indexed, end) {
-            match item {
-                Ok((i, bytes)) => batch.push(ix.prepare(i, &bytes)),
-                Err(e) => {
-                    tracing::warn!("the console cannot read entry {indexed}+: {e}");
-                    break;
+        // Entries are prepared as they are published and stored (made searchable, then
+        // streamed) as one segment every STORE_EVERY, or at BATCH entries.
+        let next = indexed + prepared.len() as u64;
+        if next < size {
+            let end = size.min(next + BATCH - prepared.len() as u64);
+            for item in reader.entries(next, end) {
+                match item {
+                    Ok((i, bytes)) => prepared.push(ix.prepare_owned(i, bytes)),
+                    Err(e) => {
+                        tracing::warn!("the console cannot read entry {next}+: {e}");
+                        break;
+                    }
                 }
             }
         }
-        if batch.is_empty() {
-            std::thread::sleep(POLL);
+        let due = prepared.len() as u64 >= BATCH
+            || (!prepared.is_empty() && stored_at.elapsed() >= STORE_EVERY);
+        if !due {
+            if indexed + prepared.len() as u64 >= size {
+                std::thread::sleep(POLL);
+            }
             continue;
         }
+        let batch = std::mem::take(&mut prepared);
+        stored_at = Instant::now();
         if let Err(e) = ix.store(&batch) {
             tracing::error!("the search index cannot be written: {e:#}");
             std::thread::sleep(POLL * 10);
+            // Prepared again from what the index holds.
+            indexed = ix.indexed().unwrap_or(indexed);
+            counted = counted.min(indexed);
             continue;
         }
         indexed += batch.len() as u64;
@@ -812,7 +827,7 @@ async fn events(
     let (path, dir) = (state.index_path.clone(), state.log_dir.clone());
     // A bad filter is the caller's error; a log that cannot be read is ours.
     let found = tokio::task::spawn_blocking(move || {
-        let page = index::search(&path, &f)?;
+        let page = index::search(&path, &dir, &f)?;
         anyhow::Ok((|| {
             // The events are read from the log, which holds every entry the index does.
             let reader = LogReader::open(&dir)?;
@@ -926,7 +941,7 @@ fn catch_up(
         let mut page_filter = f.clone();
         page_filter.before = Some((to + 1).to_string());
         page_filter.limit = Some(1000);
-        let mut hits = index::search(path, &page_filter)?.ids;
+        let mut hits = index::search(path, dir, &page_filter)?.ids;
         hits.retain(|i| *i >= from);
         hits.reverse();
         out.extend(index::load(&reader, &hits)?);
