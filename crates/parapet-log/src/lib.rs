@@ -536,6 +536,13 @@ impl Log {
     }
 }
 
+/// For the fleet log sequenced at `postgres_url` (see [`Log::open_fleet`]): how many entries
+/// it has sequenced (acknowledged), and the tree size its integrator last committed (and
+/// publishes within a second). Reads only.
+pub fn fleet_sizes(postgres_url: &str) -> Result<(u64, u64), LogError> {
+    fleet::sizes(postgres_url)
+}
+
 /// How many acknowledged entries the journal of log directory `dir` holds beyond `published`
 /// entries (the size of the checkpoint a reader sees): non-zero while a writer has not yet
 /// published them (up to [`PUBLISH_INTERVAL`]), or after it stopped without doing so (a crash;

@@ -183,3 +183,32 @@ pub(crate) fn read_origin(url: &str) -> Result<String, LogError> {
         dir: format!("{location} (no parapet_fleet_state table)"),
     })
 }
+
+/// How many entries the fleet log at `url` has sequenced, and the tree size its integrator
+/// last committed (published within a second of that commit).
+pub(crate) fn sizes(url: &str) -> Result<(u64, u64), LogError> {
+    let location = url_location(url);
+    let rt = BlockingRuntime::new("parapet-fleet-status", 1)
+        .map_err(|e| LogError::io("starting a runtime", e))?;
+    let url = url.to_string();
+    rt.block_on(async move {
+        let client = connect(&url, "parapet doctor").await?;
+        let row = client
+            .query_one(
+                "SELECT (SELECT next FROM parapet_fleet_sequence WHERE id = 1), \
+                 (SELECT size FROM parapet_fleet_state WHERE id = 1)",
+                &[],
+            )
+            .await
+            .map_err(|e| pg_error(&location, "reading the fleet's state", e))?;
+        let (a, b): (Option<i64>, Option<i64>) = (row.get(0), row.get(1));
+        match (a, b) {
+            (Some(a), Some(b)) => Ok((a as u64, b as u64)),
+            _ => Err(io::Error::other(format!(
+                "{location}: the fleet's tables hold no log; create it with `parapet log init`"
+            ))),
+        }
+    })
+    .and_then(|r| r)
+    .map_err(|e| LogError::io("reading the fleet log's state", e))
+}
