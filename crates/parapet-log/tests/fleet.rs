@@ -70,6 +70,7 @@ fn spawn_child(
     key: &std::path::Path,
     tag: &str,
     count: usize,
+    stop_file: &std::path::Path,
     acks: &Acks,
 ) -> ChildAppender {
     let mut child = Command::new(std::env::current_exe().expect("test binary"))
@@ -82,6 +83,7 @@ fn spawn_child(
         .env("PARAPET_FLEET_KEY", key)
         .env("PARAPET_FLEET_TAG", tag)
         .env("PARAPET_FLEET_COUNT", count.to_string())
+        .env("PARAPET_FLEET_STOP", stop_file)
         .envs(g.aws_env())
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())
@@ -242,9 +244,21 @@ fn a_fleet_of_appenders_shares_one_log_through_kills_and_a_postgres_restart() {
         .expect("appends after restart");
     drop(logs);
 
-    // Three processes append at once; one is killed, then the one that integrates.
+    // Three processes append at once (each at least 4000 entries, then until told to stop);
+    // one is killed, then the one that integrates.
+    let stop_file = tmp.path().join("stop");
     let mut children: Vec<ChildAppender> = (0..3)
-        .map(|c| spawn_child(&url, &g, &key, &format!("child{c}"), 6000, &acks))
+        .map(|c| {
+            spawn_child(
+                &url,
+                &g,
+                &key,
+                &format!("child{c}"),
+                4000,
+                &stop_file,
+                &acks,
+            )
+        })
         .collect();
     let base = acks.lock().unwrap().len();
     wait_for("the children acknowledged 2000 entries", || {
@@ -272,6 +286,11 @@ fn a_fleet_of_appenders_shares_one_log_through_kills_and_a_postgres_restart() {
     wait_for("another process takes integration over", || {
         integrator_pid(&pg).is_some_and(|p| p != integrating)
     });
+    let after_takeover = acks.lock().unwrap().len();
+    wait_for("the survivor acknowledged 500 more entries", || {
+        acks.lock().unwrap().len() >= after_takeover + 500
+    });
+    std::fs::write(&stop_file, b"stop").unwrap();
     for (i, c) in children.iter_mut().enumerate() {
         if i != bystander && i != victim {
             assert!(c.wait().success(), "the surviving child failed");
@@ -355,8 +374,12 @@ fn fleet_child() {
         .enable_all()
         .build()
         .unwrap();
+    let stop = std::path::PathBuf::from(var("PARAPET_FLEET_STOP"));
     rt.block_on(async {
-        for chunk in (0..count).collect::<Vec<_>>().chunks(32) {
+        let mut from = 0;
+        while from < count || !stop.exists() {
+            let chunk: Vec<usize> = (from..from + 32).collect();
+            from += 32;
             let tickets: Vec<_> = chunk
                 .iter()
                 .map(|k| {
