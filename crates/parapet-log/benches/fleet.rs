@@ -20,6 +20,9 @@ use std::time::{Duration, Instant};
 
 const ENTRY: usize = 200;
 
+/// Sampled acknowledgements: (index, when).
+type Samples = Arc<Mutex<Vec<(u64, Instant)>>>;
+
 fn env_num(name: &str, default: u64) -> u64 {
     std::env::var(name)
         .ok()
@@ -29,13 +32,7 @@ fn env_num(name: &str, default: u64) -> u64 {
 
 /// Appends from `tasks` tasks for `secs`; returns the entries acknowledged. With `samples`,
 /// records (index, acknowledgement time) of about one entry every 10 ms.
-fn run_appenders(
-    log: &Log,
-    tasks: usize,
-    secs: u64,
-    tag: &str,
-    samples: Option<Arc<Mutex<Vec<(u64, Instant)>>>>,
-) -> u64 {
+fn run_appenders(log: &Log, tasks: usize, secs: u64, tag: &str, samples: Option<Samples>) -> u64 {
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -95,7 +92,7 @@ fn checkpoint_size(st: &S3Driver) -> u64 {
 /// checkpoint covered it.
 fn watch_publication(
     s3: S3Config,
-    samples: Arc<Mutex<Vec<(u64, Instant)>>>,
+    samples: Samples,
     stop: Arc<AtomicBool>,
 ) -> std::thread::JoinHandle<Vec<Duration>> {
     std::thread::spawn(move || {
@@ -186,7 +183,7 @@ fn main() {
 
     // 1 process.
     let log = Log::open_fleet(&url, &s3, &key).expect("open");
-    let samples: Arc<Mutex<Vec<(u64, Instant)>>> = Arc::default();
+    let samples: Samples = Arc::default();
     let stop = Arc::new(AtomicBool::new(false));
     let watcher = watch_publication(s3.clone(), samples.clone(), stop.clone());
     let n = run_appenders(&log, tasks, secs, "one", Some(samples.clone()));
@@ -221,7 +218,7 @@ fn main() {
         })
         .collect();
     let log = Log::open_fleet(&url, &s3, &key).expect("open");
-    let samples: Arc<Mutex<Vec<(u64, Instant)>>> = Arc::default();
+    let samples: Samples = Arc::default();
     let stop = Arc::new(AtomicBool::new(false));
     let watcher = watch_publication(s3.clone(), samples.clone(), stop.clone());
     let mine = run_appenders(&log, tasks, secs, "three", Some(samples.clone()));

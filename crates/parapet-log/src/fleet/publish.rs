@@ -30,8 +30,14 @@ pub const CAMPAIGN_INTERVAL: Duration = Duration::from_millis(300);
 /// How often the integrator looks for new batches when it found none.
 pub const POLL_INTERVAL: Duration = Duration::from_millis(20);
 
-/// Most batch rows integrated in one round.
-const ROUND_ROWS: i64 = 64;
+/// Entries a round reads batches for: the batches starting within this many indices of the
+/// tree's end (so at most twice this many entries, a batch holding at most
+/// [`crate::MAX_BATCH_ENTRIES`]).
+const ROUND_ENTRIES: i64 = crate::MAX_BATCH_ENTRIES as i64;
+
+/// How often superseded partial tiles are removed from the bucket (each is a LIST and
+/// DELETEs: done together, not on every round, so they do not hold publication up).
+const REMOVE_INTERVAL: Duration = Duration::from_secs(2);
 
 /// What the integrator thread shares with the log's handles.
 #[derive(Debug, Default)]
@@ -76,6 +82,7 @@ pub(crate) fn start(
 ) -> io::Result<IntegratorThread> {
     let shared = Arc::new(Shared::default());
     let w = Campaigner {
+        superseded: std::cell::RefCell::new((Vec::new(), std::time::Instant::now())),
         rt: BlockingRuntime::new("parapet-fleet-integrate", 1)?,
         url: url.to_string(),
         location: url_location(url),
@@ -94,6 +101,8 @@ pub(crate) fn start(
 }
 
 struct Campaigner {
+    /// Superseded partial tiles to remove, and when they were last removed.
+    superseded: std::cell::RefCell<(Vec<String>, std::time::Instant)>,
     rt: BlockingRuntime,
     url: String,
     location: String,
@@ -270,7 +279,7 @@ impl Campaigner {
             let rows = self.batches(&h, tree.size())?;
             if rows.is_empty() {
                 if stopping {
-                    return Ok(());
+                    return self.delete_published(&h);
                 }
                 self.pause(POLL_INTERVAL);
                 continue;
@@ -287,22 +296,44 @@ impl Campaigner {
                 self.integrate(&mut tree, r)?;
             }
             self.publish(&h, &mut driver, &mut tree)?;
-            if stopping && rows.len() < ROUND_ROWS as usize {
-                return Ok(());
+            if stopping {
+                // A last round: what was sequenced before the log was closed is published.
+                let more = self.batches(&h, tree.size())?;
+                if more.is_empty() {
+                    return self.delete_published(&h);
+                }
             }
         }
     }
 
-    /// The batches from index `from` on, in index order (at most [`ROUND_ROWS`]).
+    /// Deletes the batches the last published checkpoint covers (when the log closes; otherwise
+    /// the next state commit does).
+    fn delete_published(&self, h: &Holder) -> io::Result<()> {
+        let covered = self.shared.published.load(Ordering::Acquire) as i64;
+        let location = &self.location;
+        self.rt.block_on(async {
+            h.client
+                .execute(
+                    "DELETE FROM parapet_fleet_batches WHERE first < $1",
+                    &[&covered],
+                )
+                .await
+                .map(|_| ())
+                .map_err(|e| pg_error(location, "deleting published batches", e))
+        })?
+    }
+
+    /// The batches from index `from` on, in index order (those starting before
+    /// `from + ROUND_ENTRIES`).
     fn batches(&self, h: &Holder, from: u64) -> io::Result<Vec<BatchRow>> {
         let location = &self.location;
         self.rt.block_on(async {
             let rows = h
                 .client
                 .query(
-                    "SELECT first, count, entries FROM parapet_fleet_batches WHERE first >= $1 \
-                     ORDER BY first LIMIT $2",
-                    &[&(from as i64), &ROUND_ROWS],
+                    "SELECT first, count, entries FROM parapet_fleet_batches \
+                     WHERE first >= $1 AND first < $1 + $2 ORDER BY first",
+                    &[&(from as i64), &ROUND_ENTRIES],
                 )
                 .await
                 .map_err(|e| pg_error(location, "reading sequenced batches", e))?;
@@ -334,12 +365,16 @@ impl Campaigner {
     fn publish(&self, h: &Holder, driver: &mut S3Driver, tree: &mut TreeState) -> io::Result<()> {
         let (size, root) = (tree.size(), tree.root());
         let location = &self.location;
+        // The batches the last published checkpoint covers are deleted in the same transaction
+        // (one commit per round).
+        let covered = self.shared.published.load(Ordering::Acquire) as i64;
         let updated = self.rt.block_on(async {
             h.client
                 .execute(
-                    "UPDATE parapet_fleet_state SET size = $1, root = $2 \
+                    "WITH covered AS (DELETE FROM parapet_fleet_batches WHERE first < $4) \
+                     UPDATE parapet_fleet_state SET size = $1, root = $2 \
                      WHERE id = 1 AND generation = $3",
-                    &[&(size as i64), &root.as_slice(), &h.generation],
+                    &[&(size as i64), &root.as_slice(), &h.generation, &covered],
                 )
                 .await
                 .map_err(|e| pg_error(location, "committing the tree state", e))
@@ -369,18 +404,15 @@ impl Campaigner {
         })??;
         driver.publish_checkpoint()?;
         self.shared.published.store(size, Ordering::Release);
-        for p in tree.take_superseded() {
-            driver.remove_later(&p);
+        let mut superseded = self.superseded.borrow_mut();
+        superseded.0.extend(tree.take_superseded());
+        if superseded.1.elapsed() >= REMOVE_INTERVAL {
+            for p in std::mem::take(&mut superseded.0) {
+                driver.remove_later(&p);
+            }
+            superseded.1 = std::time::Instant::now();
         }
-        self.rt.block_on(async {
-            h.client
-                .execute(
-                    "DELETE FROM parapet_fleet_batches WHERE first < $1",
-                    &[&(size as i64)],
-                )
-                .await
-                .map_err(|e| pg_error(location, "deleting published batches", e))
-        })??;
+        drop(superseded);
         Ok(())
     }
 }
