@@ -88,15 +88,23 @@ fn checkpoint_size(st: &S3Driver) -> u64 {
         .unwrap_or(0)
 }
 
-/// Watches the bucket's checkpoint; for each sample (index, ack time) the time until a
-/// checkpoint covered it.
+/// What the publication watcher saw: for each sample (index, ack time) the time until a
+/// checkpoint covered it, and the integrator's rate (entries published per second from the
+/// phase's start until the last sample was covered).
+struct Watched {
+    latencies: Vec<Duration>,
+    published_per_s: f64,
+}
+
+/// Watches the bucket's checkpoint (see [`Watched`]).
 fn watch_publication(
     s3: S3Config,
     samples: Samples,
     stop: Arc<AtomicBool>,
-) -> std::thread::JoinHandle<Vec<Duration>> {
+) -> std::thread::JoinHandle<Watched> {
     std::thread::spawn(move || {
         let st = S3Driver::new(&s3).expect("driver");
+        let (start, start_size) = (Instant::now(), checkpoint_size(&st));
         let mut lat = Vec::new();
         let mut next = 0usize;
         loop {
@@ -110,7 +118,11 @@ fn watch_publication(
             let done = stop.load(Ordering::Acquire) && next == s.len();
             drop(s);
             if done {
-                return lat;
+                return Watched {
+                    latencies: lat,
+                    published_per_s: (size - start_size) as f64
+                        / now.duration_since(start).as_secs_f64(),
+                };
             }
             std::thread::sleep(Duration::from_millis(5));
         }
@@ -188,11 +200,13 @@ fn main() {
     let watcher = watch_publication(s3.clone(), samples.clone(), stop.clone());
     let n = run_appenders(&log, tasks, secs, "one", Some(samples.clone()));
     stop.store(true, Ordering::Release);
-    let mut lat = watcher.join().expect("watcher");
+    let w = watcher.join().expect("watcher");
+    let mut lat = w.latencies;
     println!(
-        "1 process:   {:>9.0} durable entries/s; ack -> published checkpoint p50 {:?}, p99 {:?} \
-         ({} samples); load {}",
+        "1 process:   {:>9.0} durable entries/s; integrated and published {:>7.0}/s; ack -> \
+         published checkpoint p50 {:?}, p99 {:?} ({} samples); load {}",
         n as f64 / secs as f64,
+        w.published_per_s,
         percentile(&mut lat, 0.5),
         percentile(&mut lat, 0.99),
         lat.len(),
@@ -232,11 +246,13 @@ fn main() {
             .expect("child count");
     }
     stop.store(true, Ordering::Release);
-    let mut lat = watcher.join().expect("watcher");
+    let w = watcher.join().expect("watcher");
+    let mut lat = w.latencies;
     println!(
-        "3 processes: {:>9.0} durable entries/s aggregate; ack -> published checkpoint p50 {:?}, \
-         p99 {:?} ({} samples); load {}",
+        "3 processes: {:>9.0} durable entries/s aggregate; integrated and published {:>7.0}/s; \
+         ack -> published checkpoint p50 {:?}, p99 {:?} ({} samples); load {}",
         total as f64 / secs as f64,
+        w.published_per_s,
         percentile(&mut lat, 0.5),
         percentile(&mut lat, 0.99),
         lat.len(),
