@@ -279,6 +279,26 @@ async fn three_gateways_share_one_log_through_kills_and_a_sequencer_restart() {
     assert!(verify.status.success(), "parapet verify --url: {report}");
     assert!(report.contains(&size.to_string()), "{report}");
 
+    // `parapet doctor` reports the fleet log: PostgreSQL answers and the bucket verifies.
+    let doctor = Command::new(env!("CARGO_BIN_EXE_parapet"))
+        .args(["doctor", "--config"])
+        .arg(&configs[2])
+        .output()
+        .unwrap();
+    let said = format!(
+        "{}{}",
+        String::from_utf8_lossy(&doctor.stdout),
+        String::from_utf8_lossy(&doctor.stderr)
+    );
+    assert!(
+        said.contains(&format!("{size} entries sequenced, {size} integrated")),
+        "{said}"
+    );
+    assert!(
+        said.contains(&format!("bucket {} verifies", g.bucket)),
+        "{said}"
+    );
+
     let entries = published_entries(&st, size);
     let mut seen = HashSet::new();
     let mut sql = String::new();
