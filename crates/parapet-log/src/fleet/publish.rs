@@ -268,6 +268,8 @@ impl Campaigner {
                 hex(&h.root)
             )));
         }
+        // Past the committed state, only this holder writes (older ones are fenced).
+        driver.sole_writer_from(h.size);
         let mut published = cp.size;
         if published < tree.size() {
             self.publish(&h, &mut driver, &mut tree)?;
