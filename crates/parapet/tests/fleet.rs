@@ -3,7 +3,8 @@
 //! with the real `parapet log init --config FILE --key KEYFILE`. pgbench runs through each
 //! gateway at once, inserting unique values into an upstream table. Mid-load one gateway that
 //! does not integrate is killed with SIGKILL, then the one that integrates (found through its
-//! advisory lock), then the sequencer's PostgreSQL is restarted (`pg_ctl restart`). Afterwards
+//! advisory lock), then the sequencer's PostgreSQL is stopped (the surviving gateway refuses: SQLSTATE 58030)
+//! and started again (`pg_ctl stop` / `start`). Afterwards
 //! the log verifies from the bucket over HTTP (`parapet verify --url`, Garage's website
 //! endpoint), the checkpoint's size is what PostgreSQL sequenced and integrated, every value in
 //! the upstream table has the decision of its INSERT in the log, and no entry is there twice.
@@ -233,7 +234,28 @@ async fn three_gateways_share_one_log_through_kills_and_a_sequencer_restart() {
     });
     let before = rows();
     wait_for("more inserts", || rows() >= before + 200);
-    seq.ctl("restart");
+    // The sequencer down: the surviving gateway refuses (fail closed, SQLSTATE 58030); back up
+    // (the same data directory, as `pg_ctl restart` would), it works again.
+    seq.ctl("stop");
+    let survivor = (0..3).find(|i| *i != bystander && *i != victim).unwrap();
+    let addr = std::net::SocketAddr::from(([127, 0, 0, 1], gateways[survivor].port));
+    let refused = match tokio_postgres::connect(&e.gw_conninfo(addr), tokio_postgres::NoTls).await {
+        Err(err) => err.code().cloned(),
+        Ok((client, conn)) => {
+            tokio::spawn(conn);
+            client
+                .batch_execute("INSERT INTO fleet_items VALUES (1)")
+                .await
+                .err()
+                .and_then(|err| err.code().cloned())
+        }
+    };
+    assert_eq!(
+        refused.as_ref().map(|c| c.code()),
+        Some("58030"),
+        "with the sequencer down a gateway must refuse (fail closed)"
+    );
+    seq.ctl("start");
     let before = rows();
     wait_for("inserts after the sequencer's restart", || {
         rows() >= before + 200
