@@ -82,6 +82,7 @@ pub(crate) fn start(
 ) -> io::Result<IntegratorThread> {
     let shared = Arc::new(Shared::default());
     let w = Campaigner {
+        idle: std::cell::RefCell::new(None),
         superseded: std::cell::RefCell::new((Vec::new(), std::time::Instant::now())),
         rt: BlockingRuntime::new("parapet-fleet-integrate", 1)?,
         url: url.to_string(),
@@ -101,6 +102,8 @@ pub(crate) fn start(
 }
 
 struct Campaigner {
+    /// The connection campaigning for the lock between attempts.
+    idle: std::cell::RefCell<Option<tokio_postgres::Client>>,
     /// Superseded partial tiles to remove, and when they were last removed.
     superseded: std::cell::RefCell<(Vec<String>, std::time::Instant)>,
     rt: BlockingRuntime,
@@ -171,15 +174,21 @@ impl Campaigner {
     fn campaign(&self) -> io::Result<Option<Holder>> {
         let (url, location) = (self.url.clone(), self.location.clone());
         let name = format!("parapet fleet integrator {}", std::process::id());
-        self.rt.block_on(async move {
-            let client = connect(&url, &name).await?;
+        // The connection of the last attempt, if it did not get the lock (kept, not reopened
+        // every attempt); dropped on any error.
+        let idle = self.idle.borrow_mut().take();
+        let (holder, idle) = self.rt.block_on(async move {
+            let client = match idle {
+                Some(c) if !c.is_closed() => c,
+                _ => connect(&url, &name).await?,
+            };
             let got: bool = client
                 .query_one("SELECT pg_try_advisory_lock($1)", &[&INTEGRATOR_LOCK])
                 .await
                 .map_err(|e| pg_error(&location, "trying the integrator lock", e))?
                 .get(0);
             if !got {
-                return Ok(None);
+                return Ok((None, Some(client)));
             }
             let row = client
                 .query_one(
@@ -195,13 +204,18 @@ impl Campaigner {
                     "{location}: parapet_fleet_state.root is not 32 bytes"
                 ))
             })?;
-            Ok(Some(Holder {
-                client,
-                generation: row.get(0),
-                size: row.get::<_, i64>(1) as u64,
-                root,
-            }))
-        })?
+            Ok::<_, io::Error>((
+                Some(Holder {
+                    client,
+                    generation: row.get(0),
+                    size: row.get::<_, i64>(1) as u64,
+                    root,
+                }),
+                None,
+            ))
+        })??;
+        *self.idle.borrow_mut() = idle;
+        Ok(holder)
     }
 
     fn err(&self, e: LogError) -> io::Error {
