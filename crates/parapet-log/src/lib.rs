@@ -36,6 +36,8 @@
 //!   resolves to the index of the run's last entry.
 //! - [`Log::append`] is `submit(..).await`.
 //! - [`LogReader`] reads entries of a log on disk (used by `parapet policy replay` and tests).
+//! - [`Log::init_fleet`] / [`Log::open_fleet`]: the same `Log` for a fleet's log, appended to by
+//!   any number of processes at once, sequenced in PostgreSQL and published to an S3 bucket.
 
 #![warn(missing_docs)]
 
