@@ -22,6 +22,11 @@ const SEQUENCE: &str = "WITH s AS (UPDATE parapet_fleet_sequence SET next = next
      INSERT INTO parapet_fleet_batches (first, count, entries) \
      SELECT first, $2, $3 FROM s RETURNING first";
 
+/// Longest a batch waits for PostgreSQL's answer: then its tickets fail (the gateway refuses
+/// the statements) and the connection is dropped, rather than every statement hanging on an
+/// unresponsive server.
+const SEQUENCE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
 /// The appender thread's state.
 struct Appender {
     rt: BlockingRuntime,
@@ -105,11 +110,22 @@ impl Appender {
         };
         let (count_i64, count_i32) = (count as i64, count as i32);
         let r = self.rt.block_on(async {
-            client
-                .query_one(st, &[&count_i64, &count_i32, &entries])
-                .await
-                .map(|row| row.get::<_, i64>(0))
-                .map_err(|e| pg_error(&location, "sequencing a batch", e))
+            let params: [&(dyn tokio_postgres::types::ToSql + Sync); 3] =
+                [&count_i64, &count_i32, &entries];
+            let query = client.query_one(st, &params);
+            match tokio::time::timeout(SEQUENCE_TIMEOUT, query).await {
+                Ok(r) => r
+                    .map(|row| row.get::<_, i64>(0))
+                    .map_err(|e| pg_error(&location, "sequencing a batch", e)),
+                Err(_) => Err(io::Error::new(
+                    io::ErrorKind::TimedOut,
+                    format!(
+                        "fleet log sequencer {location}: sequencing a batch got no answer within \
+                         {} s",
+                        SEQUENCE_TIMEOUT.as_secs()
+                    ),
+                )),
+            }
         })?;
         match r {
             Ok(first) => Ok(first as u64),
