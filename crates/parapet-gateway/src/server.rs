@@ -98,7 +98,13 @@ impl Gateway {
                     source,
                 })?;
         guard.set_max_statement_size(config.max_statement_size);
-        let (locks, approvals) = crate::control::state_from_log(log.dir(), config.review.ttl)?;
+        // A fleet's log has no directory here: its locks and approvals are the fleet state's
+        // business (branch fleetstate), so this gateway starts without any.
+        let (locks, approvals) = if log.fleet_status().is_some() {
+            Default::default()
+        } else {
+            crate::control::state_from_log(log.dir(), config.review.ttl)?
+        };
         let catalogs = targets
             .keys()
             .map(|name| (name.clone(), Arc::default()))
