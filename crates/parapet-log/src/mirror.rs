@@ -230,6 +230,8 @@ impl<S: TileSource> Mirror<S> {
                      that size: the log was forked or rewritten"
                 )));
             }
+            // The same tree (e.g. the first, empty one): its note is published here as it is.
+            self.publish(&note)?;
             self.note = note;
             return Ok(None);
         }
@@ -301,19 +303,23 @@ impl<S: TileSource> Mirror<S> {
                 ))
             })?;
         }
-        let io = |e: io::Error| {
-            MirrorError::Unavailable(format!("{}: writing the mirror: {e}", self.dir.display()))
-        };
-        self.local.sync().map_err(io)?;
-        self.local.stage_checkpoint(&note).map_err(io)?;
-        self.local.sync().map_err(io)?;
-        self.local.publish_checkpoint().map_err(io)?;
+        self.publish(&note)?;
         for p in tree.take_superseded() {
             self.local.remove_later(&p);
         }
         self.tree = tree;
         self.note = note;
         Ok(Some(n1))
+    }
+
+    /// Makes the tiles written durable, then publishes `note` as the local checkpoint.
+    fn publish(&mut self, note: &[u8]) -> Result<(), MirrorError> {
+        let dir = self.dir.display().to_string();
+        let io = |e: io::Error| MirrorError::Unavailable(format!("{dir}: writing the mirror: {e}"));
+        self.local.sync().map_err(io)?;
+        self.local.stage_checkpoint(note).map_err(io)?;
+        self.local.sync().map_err(io)?;
+        self.local.publish_checkpoint().map_err(io)
     }
 
     /// Reads `path` from the source into `buf`; a partial tile that is gone (the log grew) is
