@@ -136,7 +136,17 @@ impl Gateway {
         let log_dir = fleet
             .as_ref()
             .map_or_else(|| log.dir().to_path_buf(), |f| f.log_dir.clone());
-        let rebuilt = crate::control::state_from_log(&log_dir, config.review.ttl)?;
+        // A fleet's log has no directory of its own (`Log::dir` names the bucket): without a
+        // mirror to read (FleetOptions), such a gateway starts with no locks or approvals.
+        let rebuilt = if fleet.is_none() && log.fleet_status().is_some() {
+            crate::control::Rebuilt {
+                locks: HashMap::new(),
+                approvals: Default::default(),
+                size: 0,
+            }
+        } else {
+            crate::control::state_from_log(&log_dir, config.review.ttl)?
+        };
         let state: Arc<dyn crate::fleet::FleetState> = match &fleet {
             Some(f) => f.state.clone(),
             None => Arc::new(crate::fleet::LocalState::new(rebuilt.locks)),

@@ -37,6 +37,8 @@
 //!   resolves to the index of the run's last entry.
 //! - [`Log::append`] is `submit(..).await`.
 //! - [`LogReader`] reads entries of a log on disk (used by `parapet policy replay` and tests).
+//! - [`Log::init_fleet`] / [`Log::open_fleet`]: the same `Log` for a fleet's log, appended to by
+//!   any number of processes at once, sequenced in PostgreSQL and published to an S3 bucket.
 
 #![warn(missing_docs)]
 
@@ -45,6 +47,7 @@ pub mod bulk;
 pub mod checkpoint;
 pub mod driver;
 mod error;
+mod fleet;
 mod flush;
 pub mod hash;
 pub mod http_source;
@@ -75,7 +78,7 @@ pub use witness_client::{
 pub use writer::{FULL_SYNC_BYTES, FULL_SYNC_INTERVAL, PUBLISH_INTERVAL};
 
 use crate::checkpoint::Checkpoint;
-use crate::driver::{Driver, LocalDir};
+use crate::driver::{Driver, LocalDir, S3Config, S3Driver};
 use crate::hash::{empty_root, leaf_hash, Hash};
 use crate::note::{valid_key_name, NoteSigner};
 use crate::queue::{BatchData, Item, LocalQueue, Queue};
@@ -107,6 +110,8 @@ struct Inner {
     origin: String,
     writer: Option<std::thread::JoinHandle<()>>,
     witness: std::sync::OnceLock<witness_client::WitnessClient>,
+    /// A fleet log's integrator thread (stopped after the writer, see [`Log::open_fleet`]).
+    integrator: Option<fleet::publish::IntegratorThread>,
 }
 
 impl Drop for Inner {
@@ -117,6 +122,8 @@ impl Drop for Inner {
         if let Some(h) = self.writer.take() {
             let _ = h.join();
         }
+        // Its last round publishes what this process sequenced, if it integrates.
+        drop(self.integrator.take());
     }
 }
 
@@ -141,6 +148,28 @@ fn read_signer(key_file: &Path) -> Result<NoteSigner, LogError> {
             "{reason} (expected PRIVATE+KEY+name+keyid+key, as written by `parapet log init`)"
         ),
     })
+}
+
+/// Writes `signer`'s key to `key_file` (mode 0600; refuses to overwrite) durably.
+fn write_key_file(key_file: &Path, signer: &NoteSigner) -> Result<(), LogError> {
+    let mut f = OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(key_file)
+        .map_err(|e| {
+            if e.kind() == std::io::ErrorKind::AlreadyExists {
+                LogError::AlreadyExists {
+                    path: key_file.display().to_string(),
+                }
+            } else {
+                LogError::io(format!("creating key file {}", key_file.display()), e)
+            }
+        })?;
+    f.write_all(format!("{}\n", signer.to_key_text()).as_bytes())
+        .and_then(|()| f.sync_all())
+        .map_err(|e| LogError::io(format!("writing key file {}", key_file.display()), e))?;
+    sync_parent(key_file)
 }
 
 fn sync_parent(path: &Path) -> Result<(), LogError> {
@@ -177,24 +206,7 @@ impl Log {
         fs::create_dir_all(dir)
             .map_err(|e| LogError::io(format!("creating log directory {}", dir.display()), e))?;
         let signer = NoteSigner::generate(origin);
-        let mut f = OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(0o600)
-            .open(key_file)
-            .map_err(|e| {
-                if e.kind() == std::io::ErrorKind::AlreadyExists {
-                    LogError::AlreadyExists {
-                        path: key_file.display().to_string(),
-                    }
-                } else {
-                    LogError::io(format!("creating key file {}", key_file.display()), e)
-                }
-            })?;
-        f.write_all(format!("{}\n", signer.to_key_text()).as_bytes())
-            .and_then(|()| f.sync_all())
-            .map_err(|e| LogError::io(format!("writing key file {}", key_file.display()), e))?;
-        sync_parent(key_file)?;
+        write_key_file(key_file, &signer)?;
         let cp = Checkpoint {
             origin: origin.to_string(),
             size: 0,
@@ -282,7 +294,113 @@ impl Log {
                 origin: cp.origin,
                 writer: Some(started.thread),
                 witness: std::sync::OnceLock::new(),
+                integrator: None,
             }),
+        })
+    }
+
+    /// Creates an empty fleet log (see [`Log::open_fleet`]): the tables `parapet_fleet_*` in
+    /// the database of `postgres_url` (refuses if they hold a log), a new Ed25519 key of origin
+    /// `origin` in `key_file` (mode 0600, refuses to overwrite), and the size-0 checkpoint in the
+    /// bucket of `s3` (refuses if the bucket holds one). S3 credentials come from
+    /// `AWS_ACCESS_KEY_ID` and `AWS_SECRET_ACCESS_KEY`. Returns the verifier key.
+    pub fn init_fleet(
+        postgres_url: &str,
+        s3: &S3Config,
+        origin: &str,
+        key_file: &Path,
+    ) -> Result<String, LogError> {
+        if !valid_key_name(origin) {
+            return Err(LogError::InvalidOrigin {
+                origin: origin.to_string(),
+            });
+        }
+        if key_file.exists() {
+            return Err(LogError::AlreadyExists {
+                path: key_file.display().to_string(),
+            });
+        }
+        let mut driver = S3Driver::new(s3).map_err(|e| LogError::io("opening the bucket", e))?;
+        let mut existing = Vec::new();
+        let location = Driver::location(&driver);
+        if Driver::read_into(&driver, driver::CHECKPOINT, &mut existing)
+            .map_err(|e| LogError::io(format!("{location}: reading the checkpoint"), e))?
+        {
+            return Err(LogError::AlreadyExists {
+                path: format!("{location}: {}", driver::CHECKPOINT),
+            });
+        }
+        let signer = NoteSigner::generate(origin);
+        write_key_file(key_file, &signer)?;
+        fleet::create_tables(postgres_url, origin)?;
+        Self::init_with(&mut driver, &signer)
+    }
+
+    /// Opens the fleet log sequenced in the PostgreSQL of `postgres_url` and published to the
+    /// bucket of `s3`, signing with the key in `key_file` (the same for every process of the
+    /// fleet). Any number of processes may hold it open and append at once: each batch is
+    /// committed in PostgreSQL (`synchronous_commit = on`) before its tickets resolve, and
+    /// indices are contiguous across the fleet. One process at a time, elected with an advisory
+    /// lock and fenced by generation, integrates and publishes the tiles and checkpoint (within
+    /// a second of the acknowledgement). While PostgreSQL is unreachable appends fail; they
+    /// reconnect once it is back. [`Log::size`] is the highest index + 1 this process had
+    /// acknowledged. See `docs/log.md`, "Fleet".
+    pub fn open_fleet(postgres_url: &str, s3: &S3Config, key_file: &Path) -> Result<Log, LogError> {
+        let signer = read_signer(key_file)?;
+        let origin = fleet::read_origin(postgres_url)?;
+        let driver = S3Driver::new(s3).map_err(|e| LogError::io("opening the bucket", e))?;
+        let location = Driver::location(&driver);
+        let mut note = Vec::new();
+        let found = Driver::read_into(&driver, driver::CHECKPOINT, &mut note)
+            .map_err(|e| LogError::io(format!("{location}: reading the checkpoint"), e))?;
+        if !found {
+            return Err(LogError::NotALog { dir: location });
+        }
+        signer
+            .verifier()
+            .open(&note, "checkpoint")
+            .map_err(|_| LogError::BadSigningKey {
+                path: key_file.display().to_string(),
+                reason: format!(
+                    "it does not sign the checkpoint of {location} (wrong key for this log, or \
+                     the checkpoint was modified)"
+                ),
+            })?;
+        if signer.name() != origin {
+            return Err(LogError::BadSigningKey {
+                path: key_file.display().to_string(),
+                reason: format!("its name is not the log's origin {origin:?}"),
+            });
+        }
+        let queue = Arc::new(LocalQueue::default());
+        let size = Arc::new(AtomicU64::new(0));
+        let writer = fleet::append::start(postgres_url, queue.clone(), size.clone())
+            .map_err(|e| LogError::io("opening the fleet log", e))?;
+        let integrator = fleet::publish::start(postgres_url, s3, signer, &origin)
+            .map_err(|e| LogError::io("starting the fleet log's integrator", e))?;
+        Ok(Log {
+            inner: Arc::new(Inner {
+                queue,
+                size,
+                dir: PathBuf::from(location),
+                origin,
+                writer: Some(writer),
+                witness: std::sync::OnceLock::new(),
+                integrator: Some(integrator),
+            }),
+        })
+    }
+
+    /// For a fleet log ([`Log::open_fleet`]): whether this process integrates (holds the
+    /// integrator lock) now, and the size of the checkpoint it last published. `None` for a
+    /// log of one writer.
+    pub fn fleet_status(&self) -> Option<(bool, u64)> {
+        self.inner.integrator.as_ref().map(|t| {
+            let s = t.shared();
+            (
+                s.integrating.load(Ordering::Acquire),
+                s.published.load(Ordering::Acquire),
+            )
         })
     }
 
@@ -420,6 +538,13 @@ impl Log {
         }
         rx.await.map_err(|_| LogError::WriterGone)?
     }
+}
+
+/// For the fleet log sequenced at `postgres_url` (see [`Log::open_fleet`]): how many entries
+/// it has sequenced (acknowledged), and the tree size its integrator last committed (and
+/// publishes within a second). Reads only.
+pub fn fleet_sizes(postgres_url: &str) -> Result<(u64, u64), LogError> {
+    fleet::sizes(postgres_url)
 }
 
 /// How many acknowledged entries the journal of log directory `dir` holds beyond `published`

@@ -52,6 +52,9 @@ pub struct S3Driver {
     /// out of order on the same key.
     pending_removes: bool,
     staged: Option<Vec<u8>>,
+    /// Full tiles that end past this many entries are written without the existence check
+    /// (see [`S3Driver::sole_writer_from`]).
+    sole_from: Option<u64>,
 }
 
 impl std::fmt::Debug for S3Driver {
@@ -128,7 +131,45 @@ impl S3Driver {
             pending: Vec::new(),
             pending_removes: false,
             staged: None,
+            sole_from: None,
         })
+    }
+
+    /// Declares that no one else can have written a full tile ending past `size` entries: the
+    /// caller is the only writer of the tree beyond `size` (the fleet's integrator, fenced by
+    /// generation, past the tree state committed when it took over). Such tiles are PUT without
+    /// the existence check (one GET fewer per full tile); the PUT still carries
+    /// `If-None-Match: *`, and tiles up to `size` are still checked.
+    pub fn sole_writer_from(&mut self, size: u64) {
+        self.sole_from = Some(size);
+    }
+
+    /// Whether full tile `path` ends past the size given to [`S3Driver::sole_writer_from`].
+    fn is_fresh(&self, path: &str) -> bool {
+        let Some(size) = self.sole_from else {
+            return false;
+        };
+        let Some(rest) = path.strip_prefix("tile/") else {
+            return false;
+        };
+        let Some((level, index)) = rest.split_once('/') else {
+            return false;
+        };
+        // Entries a tile of this level spans: 256 per level above the entries.
+        let span_bits = match level {
+            "entries" => 8u32,
+            l => match l.parse::<u32>() {
+                Ok(l) if l < 7 => 8 * (l + 1),
+                _ => return false,
+            },
+        };
+        let digits: String = index.chars().filter(char::is_ascii_digit).collect();
+        let Ok(n) = digits.parse::<u64>() else {
+            return false;
+        };
+        n.checked_add(1)
+            .and_then(|e| e.checked_shl(span_bits))
+            .is_some_and(|end| end > size)
     }
 
     fn block_on<F>(&self, fut: F) -> io::Result<F::Output>
@@ -220,16 +261,18 @@ fn same_or_alarm(location: &str, path: &str, existing: &[u8], data: &[u8]) -> io
 /// same bytes (then nothing is written) or the write fails with an alarm; it is PUT with
 /// `If-None-Match: *`, which closes the race between the check and the PUT on stores that
 /// honour it (Garage 2.5 does not: there, the sequencer's fencing keeps a second writer out).
+/// With `fresh`, a full tile is PUT without the check (no one else can have written it).
 async fn put(
     store: Arc<AmazonS3>,
     location: String,
     path: String,
     data: Vec<u8>,
+    fresh: bool,
 ) -> io::Result<()> {
     let key = ObjectPath::from(path.as_str());
     let full = is_full_tile(&path);
     let reading = format!("{location}: reading {path}");
-    if full {
+    if full && !fresh {
         if let Some(existing) = get_opt(&store, &key, &reading).await? {
             return same_or_alarm(&location, &path, &existing, &data);
         }
@@ -289,11 +332,13 @@ impl Driver for S3Driver {
         if self.pending_removes {
             self.wait_pending()?;
         }
+        let fresh = is_full_tile(path) && self.is_fresh(path);
         let task = put(
             self.store.clone(),
             self.location.clone(),
             path.to_string(),
             data.to_vec(),
+            fresh,
         );
         self.start(task)
     }
@@ -317,6 +362,7 @@ impl Driver for S3Driver {
             self.location.clone(),
             super::CHECKPOINT.to_string(),
             data,
+            false,
         );
         self.block_on(task)?
     }
@@ -344,7 +390,9 @@ impl Driver for S3Driver {
                 }
                 first?;
                 match staged {
-                    Some(data) => put(store, location, super::CHECKPOINT.to_string(), data).await,
+                    Some(data) => {
+                        put(store, location, super::CHECKPOINT.to_string(), data, false).await
+                    }
                     None => Ok(()),
                 }
             })

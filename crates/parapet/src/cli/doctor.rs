@@ -209,6 +209,9 @@ fn log(config: &Config, r: &mut Report) -> anyhow::Result<()> {
             )
         }
     };
+    if let Some((url, s3)) = config.log.fleet() {
+        return fleet_log(url, &s3, &vkey, r);
+    }
     verify(dir, &vkey, r)?;
     let cp = dir.join("checkpoint");
     match std::fs::metadata(&cp).and_then(|m| m.modified()) {
@@ -219,6 +222,45 @@ fn log(config: &Config, r: &mut Report) -> anyhow::Result<()> {
         Err(e) => r.fail(
             format_args!("checkpoint {}: {e}", cp.display()),
             "check [log] dir",
+        ),
+    }
+}
+
+/// A fleet's log: PostgreSQL answers, the bucket verifies, and the integrator keeps up.
+fn fleet_log(
+    url: &str,
+    s3: &parapet_log::driver::S3Config,
+    vkey: &NoteVerifier,
+    r: &mut Report,
+) -> anyhow::Result<()> {
+    let db = crate::cli::log::redact_url(url);
+    let (sequenced, integrated) = match parapet_log::fleet_sizes(url) {
+        Ok(s) => s,
+        Err(e) => {
+            return r.fail(
+                format_args!("fleet log: PostgreSQL {db}: {e}"),
+                "check [log] postgres_url and that PostgreSQL runs (`parapet log init --config FILE --key KEYFILE` creates the log)",
+            )
+        }
+    };
+    r.ok(format_args!(
+        "fleet log: PostgreSQL {db} answers: {sequenced} entries sequenced, {integrated} integrated"
+    ))?;
+    let bucket = match parapet_log::driver::S3Driver::new(s3) {
+        Ok(b) => b,
+        Err(e) => return r.fail(
+            format_args!("fleet log: bucket {}: {e}", s3.bucket),
+            "set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, and check [log] bucket and endpoint",
+        ),
+    };
+    match parapet_log::verify::verify_source(&bucket, vkey, None, &|_| {}) {
+        Ok(report) => r.ok(format_args!(
+            "fleet log: bucket {} verifies: {report}",
+            s3.bucket
+        )),
+        Err(e) => r.fail(
+            format_args!("fleet log: bucket {} does not verify: {e}", s3.bucket),
+            "keep the bucket as it is for investigation and see docs/log.md, \"Fleet\"",
         ),
     }
 }

@@ -15,13 +15,21 @@ use std::process::ExitCode;
 #[derive(clap::Subcommand, Debug)]
 pub enum LogCommand {
     /// Create an empty log and a signing key; prints the verifier key as the last line.
+    /// `--dir DIR --origin ORIGIN` creates a log directory; `--config FILE` creates the log of
+    /// whichever backend the config's `[log]` names (for `backend = "postgres"`: the tables in
+    /// PostgreSQL and the first checkpoint in the bucket).
+    #[command(group(clap::ArgGroup::new("where").required(true).args(["dir", "config"])))]
     Init {
         /// Directory of the new log (created if missing; must not hold a log).
         #[arg(long)]
-        dir: PathBuf,
-        /// Origin: the log's unique name, also the key name (e.g. example.com/audit).
-        #[arg(long)]
-        origin: String,
+        dir: Option<PathBuf>,
+        /// A parapet config file: create the log its `[log]` section describes.
+        #[arg(long, conflicts_with = "dir")]
+        config: Option<PathBuf>,
+        /// Origin: the log's unique name, also the key name (e.g. example.com/audit). With
+        /// --config, defaults to `[log] origin`.
+        #[arg(long, required_unless_present = "config")]
+        origin: Option<String>,
         /// File for the new Ed25519 signing key (mode 0600; never overwritten).
         #[arg(long)]
         key: PathBuf,
@@ -147,9 +155,25 @@ pub struct VerifyArgs {
 /// Runs `parapet log …`.
 pub fn run(cmd: LogCommand) -> anyhow::Result<ExitCode> {
     match cmd {
-        LogCommand::Init { dir, origin, key } => {
-            let vkey = Log::init(&dir, &origin, &key)?;
-            crate::outln!("created log {origin} in {}", dir.display())?;
+        LogCommand::Init {
+            dir,
+            config,
+            origin,
+            key,
+        } => {
+            let (vkey, origin, place) = match (dir, config) {
+                (Some(dir), _) => {
+                    let origin = origin.context("--origin is required with --dir")?;
+                    (
+                        Log::init(&dir, &origin, &key)?,
+                        origin,
+                        dir.display().to_string(),
+                    )
+                }
+                (None, Some(config)) => init_from_config(&config, origin, &key)?,
+                (None, None) => bail!("give where to create the log: --dir DIR or --config FILE"),
+            };
+            crate::outln!("created log {origin} in {place}")?;
             crate::outln!("signing key: {} (keep it secret)", key.display())?;
             crate::outln!("verifier key:")?;
             crate::outln!("{vkey}")?;
@@ -190,6 +214,52 @@ pub fn run(cmd: LogCommand) -> anyhow::Result<ExitCode> {
             tasks,
             tag,
         } => torture(dir, key, tasks, tag),
+    }
+}
+
+/// `parapet log init --config FILE`: creates the log of the config's backend; returns the
+/// verifier key, the origin and where the log is.
+fn init_from_config(
+    config: &std::path::Path,
+    origin: Option<String>,
+    key: &std::path::Path,
+) -> anyhow::Result<(String, String, String)> {
+    let config = crate::config::Config::load(config)?;
+    let origin = origin.or(config.log.origin.clone()).context(
+        "the log's origin is not set: add origin = \"example.com/audit\" to [log] or pass --origin",
+    )?;
+    match config.log.fleet() {
+        Some((url, s3)) => {
+            let vkey = Log::init_fleet(url, &s3, &origin, key).with_context(|| {
+                format!(
+                    "cannot create the fleet log (PostgreSQL {}, bucket {})",
+                    redact_url(url),
+                    s3.bucket
+                )
+            })?;
+            let place = format!("PostgreSQL {} and bucket {}", redact_url(url), s3.bucket);
+            Ok((vkey, origin, place))
+        }
+        None => {
+            let dir = &config.log.dir;
+            Ok((
+                Log::init(dir, &origin, key)?,
+                origin,
+                dir.display().to_string(),
+            ))
+        }
+    }
+}
+
+/// A PostgreSQL URL without its credentials, for messages.
+pub(crate) fn redact_url(url: &str) -> String {
+    match url.rsplit_once('@') {
+        Some((scheme, host)) => match scheme.split_once("://") {
+            Some((s, _)) => format!("{s}://…@{host}"),
+            None => format!("…@{host}"),
+        },
+        None if url.contains("password") => "(conninfo with a password)".to_string(),
+        None => url.to_string(),
     }
 }
 

@@ -4,7 +4,7 @@
 
 use crate::alerts::{AlertMetrics, Alerts};
 use crate::config::Config;
-use anyhow::Context;
+use anyhow::{bail, Context};
 use parapet_gateway::Gateway;
 use parapet_guard::Guard;
 use parapet_log::Log;
@@ -122,12 +122,27 @@ pub fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
     let alert_specs = config.alerts()?;
     let guard =
         Guard::load(&config.policy_source()).context("cannot load the policies of [policy]")?;
-    let log = Log::open(&config.log.dir, &config.log.key).with_context(|| {
-        format!(
-            "cannot open the audit log in {} (create it with `parapet log init`)",
-            config.log.dir.display()
-        )
-    })?;
+    let log = match config.log.fleet() {
+        Some((url, s3)) => {
+            if witnesses.is_some() {
+                bail!("[[log.witnesses]] is not supported with [log] backend = \"postgres\" yet: remove the witnesses or use backend = \"dir\"");
+            }
+            Log::open_fleet(url, &s3, &config.log.key).with_context(|| {
+                format!(
+                    "cannot open the fleet's audit log (PostgreSQL {}, bucket {}; create it with \
+                     `parapet log init --config FILE --key KEYFILE`)",
+                    crate::cli::log::redact_url(url),
+                    s3.bucket
+                )
+            })?
+        }
+        None => Log::open(&config.log.dir, &config.log.key).with_context(|| {
+            format!(
+                "cannot open the audit log in {} (create it with `parapet log init`)",
+                config.log.dir.display()
+            )
+        })?,
+    };
     if let Some(policy) = witnesses {
         let (n, k) = (policy.witnesses.len(), policy.min_witnesses);
         log.start_witnessing(policy)
