@@ -141,7 +141,9 @@ async fn two_serve_processes_share_locks_and_single_use_approvals() {
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    let refused = alice(b.1).await.err().expect("refused on B");
+    let Err(refused) = alice(b.1).await else {
+        panic!("alice was let in on B while locked")
+    };
     let db = refused.as_db_error().expect("an ErrorResponse");
     assert_eq!(db.code().code(), "28000");
     assert!(db.message().contains("incident 9"), "{}", db.message());
