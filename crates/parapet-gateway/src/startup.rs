@@ -167,7 +167,8 @@ where
     };
     // A locked user is refused once authenticated (the lock is not told to strangers). In a
     // fleet the lock table in PostgreSQL decides; when it cannot be asked, the login is refused
-    // (57P03, as a server that cannot take connections yet: clients and poolers retry).
+    // (58030, as when the audit log cannot be written: the same fail-closed answer for the
+    // fleet's PostgreSQL being unreachable).
     let locked = match shared.state.lock_of(&start.user).await {
         Ok(l) => l.map(|l| l.reason),
         Err(e) => {
@@ -180,7 +181,7 @@ where
             );
             send_fatal(
                 &mut stream,
-                "57P03",
+                "58030",
                 &format!(
                     "parapet: cannot check whether user {} is locked, so the login is refused: {e}; try again once the fleet's PostgreSQL is reachable",
                     start.user

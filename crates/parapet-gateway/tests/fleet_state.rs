@@ -7,7 +7,7 @@
 //!   (28000, with the reason); unlocked through B, A lets the user in again.
 //! - An approval requested and granted on A reaches B through the mirror and is used once on B;
 //!   a second use raced on A and B at once runs at most once (one row), the other is refused.
-//! - With the fleet's PostgreSQL down, a login is refused (57P03: fail closed) and a lock fails.
+//! - With the fleet's PostgreSQL down, a login is refused (58030: fail closed) and a lock fails.
 
 mod common;
 
@@ -352,7 +352,7 @@ async fn without_the_fleets_postgresql_logins_are_refused_and_locks_fail() {
         .err()
         .expect("refused while the fleet's PostgreSQL is down");
     assert!(
-        refused.starts_with("57P03")
+        refused.starts_with("58030")
             && refused.contains("cannot check whether user alice is locked"),
         "{refused}"
     );
