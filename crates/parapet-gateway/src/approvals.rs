@@ -1079,4 +1079,35 @@ mod tests {
         assert_eq!(a.kind, ApprovalUse::Once);
         assert!(book.admit("alice", "main", &sha, &rules).is_none(), "used");
     }
+
+    #[test]
+    fn applying_events_again_never_moves_a_request_back() {
+        let book = Book::default();
+        let ttl = Duration::from_secs(60);
+        let req = json!({"type": "approval_request", "approval": "a", "user": "alice",
+            "target": "main", "sql_sha256": "x", "time": now_rfc3339()});
+        let grant = json!({"type": "approval_granted", "approval": "a", "by": "t",
+            "approver": "bob", "reason": "ok", "time": now_rfc3339()});
+        let used = json!({"type": "approval_used", "approval": "a"});
+        let state = || book.get("a").map(|r| r.state);
+        book.apply(&req, ttl);
+        book.apply(&grant, ttl);
+        assert_eq!(state(), Some(ApprovalState::Granted));
+        book.apply(&req, ttl);
+        assert_eq!(
+            state(),
+            Some(ApprovalState::Granted),
+            "a request seen again"
+        );
+        book.apply(&used, ttl);
+        book.apply(&grant, ttl);
+        book.apply(&json!({"type": "approval_expired", "approval": "a"}), ttl);
+        assert_eq!(
+            state(),
+            Some(ApprovalState::Used),
+            "a grant or expiry seen again"
+        );
+        book.unuse("a");
+        assert_eq!(state(), Some(ApprovalState::Granted), "given back");
+    }
 }
