@@ -220,6 +220,9 @@ pub enum ApprovalError {
     /// A bad request (empty reason, window too long, unknown rule).
     #[error("{0}")]
     Invalid(String),
+    /// The fleet's shared state could not be used (nothing changed).
+    #[error("{0}; nothing was decided")]
+    State(String),
     /// The decision could not be written to the log (nothing changed).
     #[error("the audit log cannot be written ({0}); nothing was decided")]
     Log(String),
@@ -497,7 +500,10 @@ impl Book {
         }
     }
 
-    /// Applies one audit event (in log order) to the book: how it is rebuilt at start.
+    /// Applies one audit event (in log order) to the book: how it is rebuilt at start, and how
+    /// a fleet's gateway learns what the others did (from the mirror, see
+    /// `control::follow_log`). Idempotent, and never moves a request back: an event this
+    /// gateway applied already when it wrote it changes nothing when it comes back.
     pub(crate) fn apply(&self, v: &Value, ttl: Duration) {
         let s = |k: &str| v.get(k).and_then(Value::as_str).unwrap_or("").to_string();
         let id = s("approval");
@@ -511,32 +517,32 @@ impl Book {
                 let requested = parse_time(v.get("time")).unwrap_or_else(SystemTime::now);
                 let expires_at = parse_time(v.get("expires")).unwrap_or(requested + ttl);
                 let opt = |k: &str| v.get(k).and_then(Value::as_str).map(str::to_string);
-                book.insert(
-                    id.clone(),
-                    ApprovalRequest {
-                        id,
-                        state: ApprovalState::Pending,
-                        requester: s("user"),
-                        session: s("session"),
-                        target: s("target"),
-                        sql: opt("sql"),
-                        normalized: opt("normalized"),
-                        sql_sha256: s("sql_sha256"),
-                        rules,
-                        reason: opt("reason"),
-                        requested: s("time"),
-                        decision: v.get("decision").and_then(Value::as_u64),
-                        expires: rfc3339(expires_at),
-                        resolution: None,
-                        window: None,
-                        expires_at,
-                        resolving: false,
-                        finished_at: None,
-                    },
-                );
+                book.entry(id.clone()).or_insert_with(|| ApprovalRequest {
+                    id,
+                    state: ApprovalState::Pending,
+                    requester: s("user"),
+                    session: s("session"),
+                    target: s("target"),
+                    sql: opt("sql"),
+                    normalized: opt("normalized"),
+                    sql_sha256: s("sql_sha256"),
+                    rules,
+                    reason: opt("reason"),
+                    requested: s("time"),
+                    decision: v.get("decision").and_then(Value::as_u64),
+                    expires: rfc3339(expires_at),
+                    resolution: None,
+                    window: None,
+                    expires_at,
+                    resolving: false,
+                    finished_at: None,
+                });
             }
             Some(kind @ ("approval_granted" | "approval_denied")) => {
                 let Some(r) = book.get_mut(&id) else { return };
+                if r.state != ApprovalState::Pending {
+                    return;
+                }
                 r.resolution = Some(Resolution {
                     by: s("by"),
                     approver: s("approver"),
@@ -567,7 +573,7 @@ impl Book {
                 }
             }
             Some("approval_expired") => {
-                if let Some(r) = book.get_mut(&id) {
+                if let Some(r) = book.get_mut(&id).filter(|r| r.state.is_open()) {
                     r.state = ApprovalState::Expired;
                     r.finished_at = Some(SystemTime::now());
                 }
@@ -591,6 +597,23 @@ impl Book {
 
     fn notify(&self) {
         self.changed.notify_waiters();
+    }
+
+    /// Wakes the sessions waiting on requests (after events were applied).
+    pub(crate) fn changed(&self) {
+        self.notify();
+    }
+
+    /// Gives back a single-use approval taken by [`Book::admit`] or [`Book::wait`] whose
+    /// fleet-wide claim could not be made (the statement did not run).
+    pub(crate) fn unuse(&self, id: &str) {
+        if let Some(r) = self.requests.lock().get_mut(id) {
+            if r.state == ApprovalState::Used {
+                r.state = ApprovalState::Granted;
+                r.finished_at = None;
+            }
+        }
+        self.notify();
     }
 }
 
@@ -719,9 +742,22 @@ pub(crate) async fn sweep(shared: Arc<Shared>, mut stop: tokio::sync::watch::Rec
                 .collect()
         };
         for (id, state) in lapsed {
-            let ev = json!({"type": "approval_expired", "time": now_rfc3339(), "approval": id,
-                "state": state});
-            let written = shared.log.submit(to_bytes(&ev)).await;
+            // In a fleet every gateway sees the request lapse; one records it.
+            let written: Result<(), String> =
+                match shared.state.claim(&format!("expire:{id}"), "sweep").await {
+                    Ok(true) => {
+                        let ev = json!({"type": "approval_expired", "time": now_rfc3339(),
+                            "approval": id, "state": state});
+                        shared
+                            .log
+                            .submit(to_bytes(&ev))
+                            .await
+                            .map(|_| ())
+                            .map_err(|e| e.to_string())
+                    }
+                    Ok(false) => Ok(()),
+                    Err(e) => Err(e.to_string()),
+                };
             let mut book = shared.approvals.requests.lock();
             if let Some(r) = book.get_mut(&id) {
                 r.resolving = false;
@@ -819,6 +855,27 @@ impl Control {
         Ok((r.clone(), user))
     }
 
+    /// In a fleet, two approvers on two gateways may both find a request pending: the first
+    /// to claim its decision in the fleet's state decides it.
+    async fn decide_once(&self, id: &str, token: &str) -> Result<(), ApprovalError> {
+        match self
+            .shared
+            .state
+            .claim(&format!("decide:{id}"), token)
+            .await
+        {
+            Ok(true) => Ok(()),
+            Ok(false) => {
+                self.release(id);
+                Err(ApprovalError::Busy(id.to_string()))
+            }
+            Err(e) => {
+                self.release(id);
+                Err(ApprovalError::State(e.to_string()))
+            }
+        }
+    }
+
     fn release(&self, id: &str) {
         if let Some(r) = self.shared.approvals.requests.lock().get_mut(id) {
             r.resolving = false;
@@ -869,6 +926,7 @@ impl Control {
             }
         }
         let (req, user) = self.claim(id, who, &grant.reason, grant.rules.as_deref())?;
+        self.decide_once(id, &who.token).await?;
         let now = SystemTime::now();
         let expires_at = now + window.unwrap_or(review.ttl);
         let win = window.map(|d| Window {
@@ -921,6 +979,7 @@ impl Control {
         reason: &str,
     ) -> Result<ApprovalRequest, ApprovalError> {
         let (_, user) = self.claim(id, who, reason, None)?;
+        self.decide_once(id, &who.token).await?;
         let time = now_rfc3339();
         let ev = json!({"type": "approval_denied", "time": time, "approval": id,
             "by": who.token, "approver": user, "reason": reason.trim()});
@@ -1019,5 +1078,36 @@ mod tests {
         let a = book.admit("alice", "main", &sha, &rules).expect("admitted");
         assert_eq!(a.kind, ApprovalUse::Once);
         assert!(book.admit("alice", "main", &sha, &rules).is_none(), "used");
+    }
+
+    #[test]
+    fn applying_events_again_never_moves_a_request_back() {
+        let book = Book::default();
+        let ttl = Duration::from_secs(60);
+        let req = json!({"type": "approval_request", "approval": "a", "user": "alice",
+            "target": "main", "sql_sha256": "x", "time": now_rfc3339()});
+        let grant = json!({"type": "approval_granted", "approval": "a", "by": "t",
+            "approver": "bob", "reason": "ok", "time": now_rfc3339()});
+        let used = json!({"type": "approval_used", "approval": "a"});
+        let state = || book.get("a").map(|r| r.state);
+        book.apply(&req, ttl);
+        book.apply(&grant, ttl);
+        assert_eq!(state(), Some(ApprovalState::Granted));
+        book.apply(&req, ttl);
+        assert_eq!(
+            state(),
+            Some(ApprovalState::Granted),
+            "a request seen again"
+        );
+        book.apply(&used, ttl);
+        book.apply(&grant, ttl);
+        book.apply(&json!({"type": "approval_expired", "approval": "a"}), ttl);
+        assert_eq!(
+            state(),
+            Some(ApprovalState::Used),
+            "a grant or expiry seen again"
+        );
+        book.unuse("a");
+        assert_eq!(state(), Some(ApprovalState::Granted), "given back");
     }
 }

@@ -129,7 +129,8 @@ impl Control {
     }
 
     /// Locks `user` on behalf of `by`: new sessions are refused (28000, with the reason) and
-    /// live ones terminated. Returns how many were terminated.
+    /// live ones terminated (in a fleet, on every gateway). Returns how many were terminated
+    /// here. The lock is an audit event first, then written to the fleet's state.
     pub async fn lock_user(
         &self,
         user: &str,
@@ -138,10 +139,23 @@ impl Control {
     ) -> Result<usize, GatewayError> {
         self.record(json!({"type": "user_lock", "time": now_rfc3339(), "user": user, "reason": reason, "by": by}))
             .await?;
+        let info = crate::fleet::LockInfo {
+            reason: reason.to_string(),
+            by: by.to_string(),
+        };
         self.shared
-            .locks
-            .lock()
-            .insert(user.to_string(), reason.to_string());
+            .state
+            .set_lock(user, Some(info))
+            .await
+            .map_err(|e| {
+                GatewayError::State(crate::fleet::StateError {
+                    reason: format!(
+                        "{}; the lock of {user} is recorded in the audit log but not in force: lock the user again",
+                        e.reason
+                    ),
+                    where_: e.where_,
+                })
+            })?;
         let ids: Vec<String> = self
             .shared
             .live
@@ -162,13 +176,43 @@ impl Control {
 
     /// Unlocks `user` on behalf of `by`; `false` when it was not locked.
     pub async fn unlock_user(&self, user: &str, by: &str) -> Result<bool, GatewayError> {
-        if !self.shared.locks.lock().contains_key(user) {
+        if self.shared.state.lock_of(user).await?.is_none() {
             return Ok(false);
         }
         self.record(json!({"type": "user_unlock", "time": now_rfc3339(), "user": user, "by": by}))
             .await?;
-        self.shared.locks.lock().remove(user);
+        self.shared.state.set_lock(user, None).await?;
         Ok(true)
+    }
+
+    /// Ends this gateway's live sessions of every user locked in the fleet's state (called when
+    /// the locks change elsewhere).
+    pub(crate) async fn enforce_locks(&self) {
+        let locks = self.shared.state.known_locks();
+        if locks.is_empty() {
+            return;
+        }
+        let doomed: Vec<(String, String, crate::fleet::LockInfo)> = self
+            .shared
+            .live
+            .lock()
+            .values()
+            .filter_map(|s| {
+                locks
+                    .get(&s.summary.user)
+                    .map(|l| (s.summary.id.clone(), s.summary.user.clone(), l.clone()))
+            })
+            .collect();
+        for (id, user, l) in doomed {
+            self.kill(
+                &id,
+                &format!(
+                    "parapet: terminating connection: user {user} was locked by operator {}: {}",
+                    l.by, l.reason
+                ),
+            )
+            .await;
+        }
     }
 
     /// The log's witnessing, if witnesses are configured: the last cosigned size and its age,
@@ -189,18 +233,28 @@ impl Control {
         v
     }
 
-    /// Locked users and the reasons.
+    /// Locked users and the reasons (in a fleet, as this gateway last heard from PostgreSQL).
     pub fn locked_users(&self) -> Vec<(String, String)> {
         let mut v: Vec<_> = self
             .shared
-            .locks
-            .lock()
-            .iter()
-            .map(|(u, r)| (u.clone(), r.clone()))
+            .state
+            .known_locks()
+            .into_iter()
+            .map(|(u, l)| (u, l.reason))
             .collect();
         v.sort();
         v
     }
+}
+
+/// What a gateway rebuilds from the published log at start.
+pub(crate) struct Rebuilt {
+    /// The locks in force at its end.
+    pub(crate) locks: HashMap<String, crate::fleet::LockInfo>,
+    /// The approval requests and approvals still open.
+    pub(crate) approvals: crate::approvals::Book,
+    /// The size of the log read.
+    pub(crate) size: u64,
 }
 
 /// The locks in force at the end of the published log in `dir` (its `user_lock` and
@@ -210,7 +264,7 @@ impl Control {
 pub(crate) fn state_from_log(
     dir: &Path,
     ttl: std::time::Duration,
-) -> Result<(HashMap<String, String>, crate::approvals::Book), GatewayError> {
+) -> Result<Rebuilt, GatewayError> {
     let mut locks = HashMap::new();
     let approvals = crate::approvals::Book::default();
     let reader = match LogReader::open(dir) {
@@ -236,8 +290,14 @@ pub(crate) fn state_from_log(
         let user = v.get("user").and_then(|u| u.as_str()).unwrap_or("");
         match v.get("type").and_then(|t| t.as_str()) {
             Some("user_lock") => {
-                let reason = v.get("reason").and_then(|r| r.as_str()).unwrap_or("");
-                locks.insert(user.to_string(), reason.to_string());
+                let text = |k: &str| v.get(k).and_then(|r| r.as_str()).unwrap_or("").to_string();
+                locks.insert(
+                    user.to_string(),
+                    crate::fleet::LockInfo {
+                        reason: text("reason"),
+                        by: text("by"),
+                    },
+                );
             }
             Some("user_unlock") => {
                 locks.remove(user);
@@ -246,7 +306,57 @@ pub(crate) fn state_from_log(
         }
     }
     approvals.keep_open();
-    Ok((locks, approvals))
+    Ok(Rebuilt {
+        locks,
+        approvals,
+        size: reader.size(),
+    })
+}
+
+/// Feeds the approval book with the events the published log in `dir` gains beyond entry
+/// `from` (a fleet's mirror, which other gateways' events reach as it advances): every
+/// `approval_*` event, applied as at start but never moving a request back (its own events come
+/// back this way too). Polls every 200 ms until `stop`.
+pub(crate) async fn follow_log(
+    shared: Arc<Shared>,
+    mut from: u64,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) {
+    const APPROVAL: &[u8] = b"\"type\":\"approval_";
+    loop {
+        tokio::select! {
+            _ = stop.changed() => return,
+            _ = tokio::time::sleep(std::time::Duration::from_millis(200)) => {}
+        }
+        let dir = shared.log_dir.clone();
+        let ttl = shared.config.review.ttl;
+        let book = shared.clone();
+        let read = tokio::task::spawn_blocking(move || -> Result<u64, GatewayError> {
+            let reader = LogReader::open(&dir)?;
+            let size = reader.size();
+            let mut applied = false;
+            for item in reader.entries(from, size) {
+                let (_, bytes) = item?;
+                if !bytes.windows(APPROVAL.len()).any(|w| w == APPROVAL) {
+                    continue;
+                }
+                if let Ok(v) = serde_json::from_slice::<serde_json::Value>(&bytes) {
+                    book.approvals.apply(&v, ttl);
+                    applied = true;
+                }
+            }
+            if applied {
+                book.approvals.changed();
+            }
+            Ok(size.max(from))
+        })
+        .await;
+        match read {
+            Ok(Ok(size)) => from = size,
+            Ok(Err(e)) => tracing::warn!("cannot follow the log for approvals: {e}"),
+            Err(e) => tracing::warn!("cannot follow the log for approvals: {e}"),
+        }
+    }
 }
 
 /// Upper bounds (µs) of the commit-latency buckets.

@@ -40,6 +40,9 @@ pub enum GatewayError {
         "audit log write failed: {0} (check the [log] directory, its disk space and permissions)"
     )]
     Log(#[from] parapet_log::LogError),
+    /// The fleet's shared state (PostgreSQL) cannot be used.
+    #[error("{0}")]
+    State(#[from] crate::fleet::StateError),
 }
 
 /// Why a session ended abnormally (internal; logged via tracing).

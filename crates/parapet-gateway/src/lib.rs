@@ -8,7 +8,8 @@
 //!
 //! Layout: [`server`] (accept loop, shutdown, reloads), `startup` (TLS, startup, auth),
 //! `upstream` (gateway → server login, cancel), `session` (proxy loop), `judge` (where
-//! statements are judged: inline or on a bounded thread pool), [`approvals`] (requests,
+//! statements are judged: inline or on a bounded thread pool), [`fleet`] (user locks and
+//! approval uses, kept locally or fleet-wide in PostgreSQL), [`approvals`] (requests,
 //! approvals and maintenance windows for `review` rules), `reading` (the settings that
 //! decide how the server reads text), `catalog` (each target's function catalog), [`params`]
 //! (bound values in outcomes), [`probe`] (what the upstream role may do), [`protocol`] (framing
@@ -21,6 +22,7 @@ pub mod config;
 pub mod control;
 pub mod error;
 pub mod events;
+pub mod fleet;
 mod judge;
 mod messages;
 pub mod params;
@@ -41,4 +43,4 @@ pub use config::{
 };
 pub use error::GatewayError;
 pub use scram::Verifier;
-pub use server::Gateway;
+pub use server::{FleetOptions, Gateway};

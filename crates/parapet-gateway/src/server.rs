@@ -37,6 +37,8 @@ const MAX_REFUSING: usize = 64;
 pub struct Gateway {
     shared: Arc<Shared>,
     listener: TcpListener,
+    /// The size of the published log the approval book was rebuilt from.
+    followed: u64,
 }
 
 impl std::fmt::Debug for Gateway {
@@ -47,12 +49,45 @@ impl std::fmt::Debug for Gateway {
     }
 }
 
+/// How a gateway of a fleet (several gateways writing one log) keeps what must hold
+/// fleet-wide; see [`Gateway::bind_with`].
+#[derive(Clone)]
+pub struct FleetOptions {
+    /// User locks and approval uses (e.g. [`crate::fleet::PgFleetState`]).
+    pub state: Arc<dyn crate::fleet::FleetState>,
+    /// The published log to read at start (locks, approvals) and to follow as it grows
+    /// (approvals of the whole fleet): the verified mirror of the fleet's log.
+    pub log_dir: std::path::PathBuf,
+}
+
+impl std::fmt::Debug for FleetOptions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("FleetOptions")
+            .field("state", &self.state.kind())
+            .field("log_dir", &self.log_dir)
+            .finish()
+    }
+}
+
 impl Gateway {
-    /// Validates the configuration, loads TLS material and binds the listen address.
+    /// Validates the configuration, loads TLS material and binds the listen address. Locks and
+    /// approvals are this gateway's own, rebuilt from its log's directory.
     pub async fn bind(
         config: GatewayConfig,
         guard: Arc<Guard>,
         log: Log,
+    ) -> Result<Gateway, GatewayError> {
+        Self::bind_with(config, guard, log, None).await
+    }
+
+    /// [`Gateway::bind`], for a gateway of a fleet when `fleet` is given: locks and approval
+    /// uses are kept in `fleet.state`, and the approval book is rebuilt from, and follows,
+    /// `fleet.log_dir`.
+    pub async fn bind_with(
+        config: GatewayConfig,
+        guard: Arc<Guard>,
+        log: Log,
+        fleet: Option<FleetOptions>,
     ) -> Result<Gateway, GatewayError> {
         let mut users = HashMap::new();
         for u in &config.users {
@@ -98,12 +133,23 @@ impl Gateway {
                     source,
                 })?;
         guard.set_max_statement_size(config.max_statement_size);
-        // A fleet's log has no directory here: its locks and approvals are the fleet state's
-        // business (branch fleetstate), so this gateway starts without any.
-        let (locks, approvals) = if log.fleet_status().is_some() {
-            Default::default()
+        let log_dir = fleet
+            .as_ref()
+            .map_or_else(|| log.dir().to_path_buf(), |f| f.log_dir.clone());
+        // A fleet's log has no directory of its own (`Log::dir` names the bucket): without a
+        // mirror to read (FleetOptions), such a gateway starts with no locks or approvals.
+        let rebuilt = if fleet.is_none() && log.fleet_status().is_some() {
+            crate::control::Rebuilt {
+                locks: HashMap::new(),
+                approvals: Default::default(),
+                size: 0,
+            }
         } else {
-            crate::control::state_from_log(log.dir(), config.review.ttl)?
+            crate::control::state_from_log(&log_dir, config.review.ttl)?
+        };
+        let state: Arc<dyn crate::fleet::FleetState> = match &fleet {
+            Some(f) => f.state.clone(),
+            None => Arc::new(crate::fleet::LocalState::new(rebuilt.locks)),
         };
         let catalogs = targets
             .keys()
@@ -128,9 +174,11 @@ impl Gateway {
                 superuser_warned: Mutex::default(),
                 live: Mutex::default(),
                 commit_latency: Default::default(),
-                locks: Mutex::new(locks),
-                approvals,
+                state,
+                log_dir,
+                approvals: rebuilt.approvals,
             }),
+            followed: rebuilt.size,
             listener,
         })
     }
@@ -166,6 +214,23 @@ impl Gateway {
         let (alive_tx, mut alive_rx) = mpsc::channel::<()>(1);
         let reloader = tokio::spawn(reload_loop(shared.clone(), stop_rx.clone()));
         let sweeper = tokio::spawn(crate::approvals::sweep(shared.clone(), stop_rx.clone()));
+        let follower = shared.state.is_fleet().then(|| {
+            tokio::spawn(crate::control::follow_log(
+                shared.clone(),
+                self.followed,
+                stop_rx.clone(),
+            ))
+        });
+        let enforcer = shared.state.lock_changes().map(|mut changes| {
+            let control = crate::control::Control {
+                shared: shared.clone(),
+            };
+            tokio::spawn(async move {
+                while changes.changed().await.is_ok() {
+                    control.enforce_locks().await;
+                }
+            })
+        });
         tokio::pin!(shutdown);
         loop {
             tokio::select! {
@@ -202,6 +267,9 @@ impl Gateway {
         let _ = tokio::time::timeout(Duration::from_secs(5), alive_rx.recv()).await;
         reloader.abort();
         sweeper.abort();
+        for t in [follower, enforcer].into_iter().flatten() {
+            t.abort();
+        }
         // Failed logins only counted so far get their summary before the stop.
         shared.auth_failures.flush(&shared.log);
         shared

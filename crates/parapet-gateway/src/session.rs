@@ -875,7 +875,7 @@ impl Frontend<'_> {
                 reason: d.reason.clone(),
             },
         );
-        let pre = self.submit(d, sql, protocol, stmt)?;
+        let pre = self.submit(d, sql, protocol, stmt).await?;
         Ok(Some(self.settle_pre(pre).await?))
     }
 
@@ -1448,7 +1448,7 @@ impl Frontend<'_> {
                 *self.reason.lock() = reason;
             }
         }
-        self.submit(d, sql, protocol, stmt)
+        self.submit(d, sql, protocol, stmt).await
     }
 
     /// Whether a judged statement will be held for its approval (`[review] wait`): nothing
@@ -1478,9 +1478,10 @@ impl Frontend<'_> {
     }
 
     /// Submits the decision event of `sql` (not yet waited for). A `review` decision that an
-    /// open approval or window covers is let through (the use recorded just before it); any
-    /// other `review` decision names the request it opens (or finds open).
-    fn submit(
+    /// open approval or window covers is let through (the use recorded just before it; a
+    /// single-use approval claimed in the fleet's state first, so that it runs at most once
+    /// fleet-wide); any other `review` decision names the request it opens (or finds open).
+    async fn submit(
         &self,
         mut d: Decision,
         sql: &str,
@@ -1493,7 +1494,11 @@ impl Frontend<'_> {
             let sha = crate::approvals::text_hash(sql);
             let rules = crate::approvals::review_rules(&d);
             let (user, target) = (&self.info.user, &self.info.target);
-            if let Some(a) = self.shared.approvals.admit(user, target, &sha, &rules) {
+            let mut admitted = self.shared.approvals.admit(user, target, &sha, &rules);
+            if let Some(a) = admitted.take() {
+                admitted = self.claim_use(a).await;
+            }
+            if let Some(a) = admitted {
                 // Appended before the decision that names it, so durable with it.
                 drop(
                     self.shared
@@ -1562,6 +1567,32 @@ impl Frontend<'_> {
         })
     }
 
+    /// Claims a single-use approval taken from the book in the fleet's state (a window needs
+    /// no claim): `None` if another session used it first (anywhere in the fleet), or if the
+    /// claim cannot be made (then the approval is given back: the statement does not run now).
+    async fn claim_use(
+        &self,
+        a: crate::approvals::ApprovalRef,
+    ) -> Option<crate::approvals::ApprovalRef> {
+        if a.kind != crate::approvals::ApprovalUse::Once {
+            return Some(a);
+        }
+        match self
+            .shared
+            .state
+            .claim(&format!("use:{}", a.id), &self.info.session)
+            .await
+        {
+            Ok(true) => Some(a),
+            Ok(false) => None,
+            Err(e) => {
+                tracing::error!(approval = %a.id, "cannot claim the approval's use: {e}");
+                self.shared.approvals.unuse(&a.id);
+                None
+            }
+        }
+    }
+
     /// A statement held by `review` rules whose decision is durable: opens its approval request
     /// (durably) unless one was open already; then refuses it at once (`[review] wait = 0`),
     /// or tells the client it waits and holds it until it is approved (then runs it, under a
@@ -1620,6 +1651,12 @@ impl Frontend<'_> {
                 let a = ApprovalRef {
                     id: h.id.clone(),
                     kind,
+                };
+                let Some(a) = self.claim_use(a).await else {
+                    return refuse(format!(
+                        "parapet: approval request {} was used by another session (perhaps on another gateway), or its use cannot be recorded now; send the statement again",
+                        h.id
+                    ));
                 };
                 drop(
                     self.shared

@@ -55,8 +55,11 @@ pub(crate) struct Shared {
     pub catalogs: HashMap<String, Arc<crate::catalog::CatalogSlot>>,
     /// Live sessions by id (the console lists and terminates them).
     pub live: Mutex<HashMap<String, crate::control::LiveSession>>,
-    /// Locked users and why (rebuilt from the log at start).
-    pub locks: Mutex<HashMap<String, String>>,
+    /// User locks and the use of single-use approvals: this gateway's own (rebuilt from the
+    /// log at start), or the fleet's (PostgreSQL).
+    pub state: Arc<dyn crate::fleet::FleetState>,
+    /// The published log this gateway reads (its own log directory, or the fleet's mirror).
+    pub log_dir: std::path::PathBuf,
     /// Approval requests, approvals and windows (rebuilt from the log at start).
     pub approvals: crate::approvals::Book,
     /// How long statements waited for their decisions to be durable.

@@ -165,8 +165,32 @@ where
     else {
         return Ok(());
     };
-    // A locked user is refused once authenticated (the lock is not told to strangers).
-    let locked = shared.locks.lock().get(&start.user).cloned();
+    // A locked user is refused once authenticated (the lock is not told to strangers). In a
+    // fleet the lock table in PostgreSQL decides; when it cannot be asked, the login is refused
+    // (58030, as when the audit log cannot be written: the same fail-closed answer for the
+    // fleet's PostgreSQL being unreachable).
+    let locked = match shared.state.lock_of(&start.user).await {
+        Ok(l) => l.map(|l| l.reason),
+        Err(e) => {
+            stream.write_all(&out).await?;
+            tracing::error!(user = %start.user, "login refused: cannot check the user's lock: {e}");
+            shared.event(
+                json!({"type":"login_refused","time":now_rfc3339(),"user":start.user,
+                "client_addr":peer.ip().to_string(),"target":start.database,
+                "reason":format!("cannot check whether the user is locked: {e}")}),
+            );
+            send_fatal(
+                &mut stream,
+                "58030",
+                &format!(
+                    "parapet: cannot check whether user {} is locked, so the login is refused: {e}; try again once the fleet's PostgreSQL is reachable",
+                    start.user
+                ),
+            )
+            .await?;
+            return Ok(());
+        }
+    };
     if let Some(reason) = locked {
         stream.write_all(&out).await?;
         shared.event(json!({"type":"login_refused","time":now_rfc3339(),"user":start.user,
@@ -296,7 +320,12 @@ where
         },
     );
     // Locked between the check above and now: it ends at once.
-    if let Some(reason) = shared.locks.lock().get(&info.user).cloned() {
+    if let Some(reason) = shared
+        .state
+        .known_locks()
+        .remove(&info.user)
+        .map(|l| l.reason)
+    {
         if let Some(s) = shared.live.lock().get(&info.session) {
             let _ = s.kill.send(Some(format!(
                 "parapet: terminating connection: user {} is locked: {reason}",

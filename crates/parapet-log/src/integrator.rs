@@ -54,7 +54,7 @@ pub(crate) trait Integrator {
 }
 
 /// The right edge of the tree plus the partial tiles and bundle.
-#[derive(Debug, Default)]
+#[derive(Debug, Default, Clone)]
 pub(crate) struct TreeState {
     size: u64,
     range: Vec<Hash>,
@@ -100,6 +100,11 @@ impl TreeState {
             self.levels[tl].clear();
             self.dirty[tl] = false;
         }
+    }
+
+    /// The entries of the current partial bundle (each with its u16 length), as published.
+    pub(crate) fn partial_bundle(&self) -> &[u8] {
+        &self.bundle
     }
 
     /// Rebuilds the state of the published tree of checkpoint `cp` from storage.

@@ -12,7 +12,8 @@
 //!   ([`Log::start_witnessing`], [`witness_client`]) and quorum verification
 //!   ([`verify::verify_witnessed`]).
 //! - Reading a published log, for verification, from any [`TileSource`]: a directory, or a log
-//!   served over HTTP by the tlog-tiles read API ([`http_source`]).
+//!   served over HTTP by the tlog-tiles read API ([`http_source`]); and following one into a
+//!   verified local mirror ([`mirror`]).
 //!
 //! Architecture, after Tessera: four roles, each in its module behind one small trait. The
 //! queue (`queue`: submission, group commit) feeds one writer thread; the [`sequencer`] makes
@@ -51,6 +52,7 @@ mod flush;
 pub mod hash;
 pub mod http_source;
 mod integrator;
+pub mod mirror;
 pub mod note;
 pub mod proof;
 mod queue;

@@ -6,6 +6,7 @@ pub mod console;
 pub mod docs;
 pub mod doctor;
 pub mod events;
+pub mod fleet;
 pub mod init;
 pub mod log;
 pub mod out;

@@ -149,6 +149,9 @@ pub fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
             .context("cannot start the log's witness client")?;
         eprintln!("parapet: the log's checkpoints are sent to {n} witnesses ({k} must cosign)");
     }
+    // A fleet's gateway: the verified mirror of the fleet's log in [log] dir comes first, as
+    // the alerts, the console and the gateway's rebuild read that directory.
+    let mirror = super::fleet::start_mirror(&config)?;
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -169,7 +172,8 @@ pub fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
             );
             Some(a)
         };
-        let gw = Gateway::bind(gw_config, Arc::new(guard), log).await?;
+        let fleet = super::fleet::fleet_options(&config).await?;
+        let gw = Gateway::bind_with(gw_config, Arc::new(guard), log, fleet).await?;
         eprintln!("parapet: gateway listening on {}", gw.local_addr()?);
         let console = match &config.console {
             Some(section) => Some(
@@ -188,5 +192,6 @@ pub fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
         res?;
         anyhow::Ok(())
     })?;
+    drop(mirror);
     Ok(ExitCode::SUCCESS)
 }

@@ -570,6 +570,7 @@ fn approval_error(e: parapet_gateway::approvals::ApprovalError) -> Response {
         | E::NoApprovers(_) => StatusCode::FORBIDDEN,
         E::Invalid(_) => StatusCode::BAD_REQUEST,
         E::Log(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        E::State(_) => StatusCode::SERVICE_UNAVAILABLE,
     };
     (status, format!("{e}\n")).into_response()
 }
