@@ -86,6 +86,7 @@ api_bind_addr = "127.0.0.1:$ADMINPORT"
 TOML
 RUST_LOG=garage=warn "$GARAGE" -c "$G/garage.toml" server </dev/null >"$G/garage.log" 2>&1 &
 PIDS+=($!)
+disown $! # its exit at clean-up is not news
 gcli() { # retries while the node starts
   local out
   for _ in $(seq 150); do
@@ -193,5 +194,5 @@ for run in 1 3; do
   ms=$(( ($(date +%s%N) - t0) / 1000000 ))
   row "fleet, $run gateway(s)" "$tps" "$(( (s1 - s0) * 1000 / ms ))" "$(( (p1 - p0) * 1000 / ms ))"
 done
-echo "(sequenced/s and published/s: the fleet log's entries over the run and the second after it;"
-echo " every statement is a decision entry, and its outcome another.)"
+echo "(sequenced/s and published/s: the fleet log's entries (decisions and session events) over the"
+echo " run, the second after it and pgbench's start, from PostgreSQL's counter and committed tree size.)"
