@@ -216,9 +216,8 @@ impl PgFleetState {
     }
 
     async fn open(&self) -> Result<tokio_postgres::Client, StateError> {
-        let (client, conn) = self
-            .timed(tokio_postgres::connect(&self.url, tokio_postgres::NoTls))
-            .await?;
+        let (url, tls) = parapet_log::pg_tls::prepare(&self.url).map_err(|e| self.error(e))?;
+        let (client, conn) = self.timed(tokio_postgres::connect(&url, tls)).await?;
         tokio::spawn(async move {
             if let Err(e) = conn.await {
                 tracing::warn!("connection to the fleet's PostgreSQL ended: {e}");
@@ -278,10 +277,7 @@ impl PgFleetState {
 
 /// A PostgreSQL error with its server message, when there is one.
 fn pg_error(e: &tokio_postgres::Error) -> String {
-    match e.as_db_error() {
-        Some(d) => format!("{}: {}", d.code().code(), d.message()),
-        None => e.to_string(),
-    }
+    parapet_log::pg_tls::describe(e)
 }
 
 /// Listens for lock changes until the state is dropped: on each notification, and after each
@@ -290,10 +286,10 @@ async fn listen(state: Weak<PgFleetState>) {
     let mut warned = false;
     loop {
         let Some(s) = state.upgrade() else { return };
-        let url = s.url.clone();
-        let opened = s
-            .timed(tokio_postgres::connect(&url, tokio_postgres::NoTls))
-            .await;
+        let opened = match parapet_log::pg_tls::prepare(&s.url) {
+            Ok((url, tls)) => s.timed(tokio_postgres::connect(&url, tls)).await,
+            Err(e) => Err(s.error(e)),
+        };
         let (client, mut conn) = match opened {
             Ok(c) => c,
             Err(e) => {

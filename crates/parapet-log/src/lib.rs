@@ -54,6 +54,7 @@ pub mod http_source;
 mod integrator;
 pub mod mirror;
 pub mod note;
+pub mod pg_tls;
 pub mod proof;
 mod queue;
 mod reader;

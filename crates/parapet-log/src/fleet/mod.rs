@@ -60,18 +60,21 @@ pub(crate) fn url_location(url: &str) -> String {
 
 /// A PostgreSQL error as an I/O error saying what was being done, and where.
 pub(crate) fn pg_error(location: &str, what: &str, e: tokio_postgres::Error) -> io::Error {
-    let detail = match e.as_db_error() {
-        Some(db) => format!("{}: {}", db.code().code(), db.message()),
-        None => e.to_string(),
-    };
+    let detail = crate::pg_tls::describe(&e);
     io::Error::other(format!("fleet log sequencer {location}: {what}: {detail}"))
 }
 
-/// Connects to `url` (without TLS) on the current runtime, with `synchronous_commit = on` for
-/// the session.
+/// Connects to `url` (TLS as `crate::pg_tls` says) on the current runtime, with
+/// `synchronous_commit = on` for the session.
 pub(crate) async fn connect(url: &str, name: &str) -> io::Result<tokio_postgres::Client> {
     let location = url_location(url);
-    let connecting = tokio_postgres::connect(url, tokio_postgres::NoTls);
+    let (url, tls) = crate::pg_tls::prepare(url).map_err(|e| {
+        io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!("fleet log sequencer {location}: {e}"),
+        )
+    })?;
+    let connecting = tokio_postgres::connect(&url, tls);
     let (client, conn) = tokio::time::timeout(CONNECT_TIMEOUT, connecting)
         .await
         .map_err(|_| {

@@ -51,7 +51,10 @@ impl std::fmt::Debug for PgSequencer {
 }
 
 fn pg_error(what: &str, e: tokio_postgres::Error) -> io::Error {
-    io::Error::other(format!("PostgreSQL sequencer: {what}: {e}"))
+    io::Error::other(format!(
+        "PostgreSQL sequencer: {what}: {}",
+        crate::pg_tls::describe(&e)
+    ))
 }
 
 fn fenced(generation: i64) -> io::Error {
@@ -62,13 +65,16 @@ fn fenced(generation: i64) -> io::Error {
 }
 
 impl PgSequencer {
-    /// Connects to `url` (a libpq URL or key=value string; without TLS), creates the tables
+    /// Connects to `url` (a libpq URL or key=value string; TLS as [`crate::pg_tls`] says),
+    /// creates the tables
     /// if missing, and takes the log over (a new generation).
     pub fn connect(url: &str) -> io::Result<PgSequencer> {
         let rt = BlockingRuntime::new("parapet-pg-sequencer", 1)?;
         let url_owned = url.to_string();
         let (client, generation, next_mark) = rt.block_on(async move {
-            let (client, conn) = tokio_postgres::connect(&url_owned, tokio_postgres::NoTls)
+            let (url, tls) = crate::pg_tls::prepare(&url_owned)
+                .map_err(|e| io::Error::other(format!("PostgreSQL sequencer: {e}")))?;
+            let (client, conn) = tokio_postgres::connect(&url, tls)
                 .await
                 .map_err(|e| pg_error("connecting", e))?;
             tokio::spawn(async move {
