@@ -77,6 +77,9 @@ pub struct Mirror<S: TileSource> {
     /// The local checkpoint note (empty before the first).
     note: Vec<u8>,
     alarm: Option<String>,
+    /// An older, consistent checkpoint was seen at the source and reported (once until the
+    /// source moves on).
+    stale_seen: bool,
 }
 
 impl<S: TileSource> std::fmt::Debug for Mirror<S> {
@@ -157,6 +160,7 @@ impl<S: TileSource> Mirror<S> {
             tree,
             note,
             alarm: None,
+            stale_seen: false,
         })
     }
 
@@ -218,11 +222,27 @@ impl<S: TileSource> Mirror<S> {
         let (n0, r0) = (self.tree.size(), self.tree.root());
         let n1 = cp.size;
         if n1 < n0 {
+            // An older checkpoint of this same log (its root is the verified tree's at that
+            // size): a stale publication, e.g. the PUT of an integrator that was taken over
+            // landing after its successor's. Nothing new to mirror; the mirror keeps its newer
+            // tree and waits for the next checkpoint. Any other smaller tree is an alarm.
+            let mut nodes = TileNodes::new(&self.local, n0);
+            if crate::proof::root_hash(&mut nodes, n1)? == cp.root {
+                if !self.stale_seen {
+                    self.stale_seen = true;
+                    tracing::warn!(
+                        source = %loc,
+                        "the source's checkpoint is older than this mirror's (size {n1}, this mirror verified {n0}) but consistent with it: a stale publication; waiting for a newer one"
+                    );
+                }
+                return Ok(None);
+            }
             return Err(MirrorError::Alarm(format!(
                 "{what} has size {n1}, but this mirror verified size {n0}: the log was truncated \
                  or replaced"
             )));
         }
+        self.stale_seen = false;
         if n1 == n0 {
             if cp.root != r0 {
                 return Err(MirrorError::Alarm(format!(

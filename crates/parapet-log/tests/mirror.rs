@@ -222,6 +222,25 @@ async fn a_mirror_follows_a_directory_and_refuses_every_kind_of_tampering() {
     }
     check_mirror(&dst, &vkey, 1300);
 
+    // An older checkpoint of the same log (a stale publication, e.g. after an integrator's
+    // takeover): nothing to do, no alarm; the mirror keeps its tree and follows the next one.
+    let old_root = mth(&(0..1000)
+        .map(|i| parapet_log::entry_leaf_hash(format!("mirrored entry {i}").as_bytes()))
+        .collect::<Vec<_>>());
+    std::fs::write(fake.join("checkpoint"), sign(&signer, 1000, old_root)).unwrap();
+    let mut m = Mirror::open(LocalDir::new(&fake), &dst, vkey.clone()).unwrap();
+    assert_eq!(m.step().unwrap(), None, "a stale checkpoint is not news");
+    assert_eq!(m.size(), 1300);
+    drop(m);
+    let mut m = Mirror::open(LocalDir::new(&src), &dst, vkey.clone()).unwrap();
+    assert_eq!(
+        m.step().unwrap(),
+        None,
+        "the source's current checkpoint is the mirror's"
+    );
+    drop(m);
+    check_mirror(&dst, &vkey, 1300);
+
     // A mirror directory holding another log's checkpoint is refused at open.
     let other_vkey = NoteSigner::generate("parapet.test/mirror").verifier();
     let e = Mirror::open(LocalDir::new(&src), &dst, other_vkey)
@@ -336,4 +355,17 @@ async fn a_mirror_follows_a_garage_bucket_directly_and_over_http_and_refuses_a_t
     let mut m = Mirror::open(web(), &by_http, vkey.clone()).unwrap();
     assert_eq!(m.step().unwrap(), Some(1300));
     check_mirror(&by_http, &vkey, 1300);
+}
+
+/// RFC 6962's Merkle tree hash of `leaves` (leaf hashes).
+fn mth(leaves: &[[u8; 32]]) -> [u8; 32] {
+    match leaves.len() {
+        0 => empty_root(),
+        1 => leaves[0],
+        n => {
+            // The largest power of two below n.
+            let k = 1usize << (usize::BITS - 1 - (n - 1).leading_zeros());
+            parapet_log::hash::node_hash(&mth(&leaves[..k]), &mth(&leaves[k..]))
+        }
+    }
 }
