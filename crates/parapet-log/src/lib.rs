@@ -151,8 +151,9 @@ fn read_signer(key_file: &Path) -> Result<NoteSigner, LogError> {
     })
 }
 
-/// Writes `signer`'s key to `key_file` (mode 0600; refuses to overwrite) durably.
-fn write_key_file(key_file: &Path, signer: &NoteSigner) -> Result<(), LogError> {
+/// Writes `key_text` (a signing key in its file format) to `key_file` (mode 0600; refuses to
+/// overwrite) durably: the log's key and a witness's.
+pub(crate) fn write_key_file(key_file: &Path, key_text: &str) -> Result<(), LogError> {
     let mut f = OpenOptions::new()
         .write(true)
         .create_new(true)
@@ -167,7 +168,7 @@ fn write_key_file(key_file: &Path, signer: &NoteSigner) -> Result<(), LogError> 
                 LogError::io(format!("creating key file {}", key_file.display()), e)
             }
         })?;
-    f.write_all(format!("{}\n", signer.to_key_text()).as_bytes())
+    f.write_all(format!("{key_text}\n").as_bytes())
         .and_then(|()| f.sync_all())
         .map_err(|e| LogError::io(format!("writing key file {}", key_file.display()), e))?;
     sync_parent(key_file)
@@ -207,7 +208,7 @@ impl Log {
         fs::create_dir_all(dir)
             .map_err(|e| LogError::io(format!("creating log directory {}", dir.display()), e))?;
         let signer = NoteSigner::generate(origin);
-        write_key_file(key_file, &signer)?;
+        write_key_file(key_file, &signer.to_key_text())?;
         let cp = Checkpoint {
             origin: origin.to_string(),
             size: 0,
@@ -332,7 +333,7 @@ impl Log {
             });
         }
         let signer = NoteSigner::generate(origin);
-        write_key_file(key_file, &signer)?;
+        write_key_file(key_file, &signer.to_key_text())?;
         fleet::create_tables(postgres_url, origin)?;
         Self::init_with(&mut driver, &signer)
     }

@@ -196,24 +196,7 @@ impl Witness {
             ));
         }
         let signer = CosignatureSigner::generate(name);
-        let mut f = OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(0o600)
-            .open(key_file)
-            .map_err(|e| {
-                if e.kind() == std::io::ErrorKind::AlreadyExists {
-                    LogError::AlreadyExists {
-                        path: key_file.display().to_string(),
-                    }
-                } else {
-                    LogError::io(format!("creating key file {}", key_file.display()), e)
-                }
-            })?;
-        f.write_all(format!("{}\n", signer.to_key_text()).as_bytes())
-            .and_then(|()| f.sync_all())
-            .map_err(|e| LogError::io(format!("writing key file {}", key_file.display()), e))?;
-        sync_dir(parent(key_file))?;
+        crate::write_key_file(key_file, &signer.to_key_text())?;
         Ok(signer.verifier().to_key_text())
     }
 
@@ -443,13 +426,6 @@ impl Witness {
         };
         write().map_err(|e| LogError::io(format!("storing {}", p.display()), e))?;
         sync_dir(&self.state)
-    }
-}
-
-fn parent(p: &Path) -> &Path {
-    match p.parent() {
-        Some(d) if !d.as_os_str().is_empty() => d,
-        _ => Path::new("."),
     }
 }
 
