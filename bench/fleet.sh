@@ -1,10 +1,10 @@
 #!/usr/bin/env bash
 # Fleet benchmark (not a test): pgbench through gateways that share one fleet log
-# (`[log] backend = "postgres"`: sequenced in PostgreSQL, published to a real single-node Garage),
-# beside one gateway on a local directory log. Runs, one after the other, the same total number of
-# clients: a dir-log gateway; one fleet gateway; three fleet gateways at once (the clients split
-# between them). Prints TPS, and the fleet log's durable entries per second (PostgreSQL's
-# sequence counter) and published ones (the integrator's committed size) over each run.
+# (`[log] backend = "postgres"`: sequenced in PostgreSQL, published to a real single-node Garage).
+# Runs, one after the other, the same total number of clients: PostgreSQL directly (the
+# baseline); one gateway on a local directory log; one fleet gateway; three fleet gateways at once
+# (the clients split between them). Prints TPS, and the fleet log's durable entries per second
+# (PostgreSQL's sequence counter) and published ones (the integrator's committed size) per run.
 # The log alone, with in-process appenders, is `cargo bench -p parapet-log --bench fleet`.
 #
 #   bench/fleet.sh
@@ -160,9 +160,9 @@ start fleet-b fleet; BPORT=$PORT
 start fleet-c fleet; CPORT=$PORT
 
 case $TEST in select) SEL=(-S) ;; tpcb) SEL=() ;; *) echo "TEST must be select or tpcb" >&2; exit 1 ;; esac
-bench() { # $1 = port, $2 = clients; prints TPS
+bench() { # $1 = port, $2 = clients, $3 $4 = user and database (default alice, main); prints TPS
   PGPASSWORD=$PGPW "$PGBENCH" -n "${SEL[@]}" -M "$MODE" -c "$2" -j "$(( $2 < 2 ? 1 : 2 ))" -T "$DURATION" \
-    -h 127.0.0.1 -p "$1" -U alice main 2>&1 | sed -n 's/^tps = \([0-9.]*\).*/\1/p' | cut -d. -f1
+    -h 127.0.0.1 -p "$1" -U "${3:-alice}" "${4:-main}" 2>&1 | sed -n 's/^tps = \([0-9.]*\).*/\1/p' | cut -d. -f1
 }
 counters() { # sequenced and published sizes of the fleet log
   "${PSQL[@]}" -F' ' -c "SELECT (SELECT next FROM parapet_fleet_sequence), (SELECT size FROM parapet_fleet_state)" parapet_log
@@ -172,6 +172,7 @@ printf 'fleet benchmark: pgbench %s -M %s, %s clients in all, %ss per run, load 
   "$TEST" "$MODE" "$CLIENTS" "$DURATION" "$(cut -d' ' -f1 /proc/loadavg)"
 printf '%-22s | %8s | %14s %14s\n' run tps "sequenced/s" "published/s"
 row() { printf '%-22s | %8s | %14s %14s\n' "$@"; }
+row "direct PostgreSQL" "$(bench "$PGPORT" "$CLIENTS" postgres bench)" - -
 row "dir log, 1 gateway" "$(bench "$DIRPORT" "$CLIENTS")" - -
 for run in 1 3; do
   read -r s0 p0 < <(counters)
